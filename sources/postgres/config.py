@@ -1,0 +1,98 @@
+"""Config of the PostgreSQL source (`source:` section)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from connector.settings import Section
+
+
+class SnapshotMode(StrEnum):
+    INITIAL = "initial"
+    NEVER = "never"
+    INITIAL_ONLY = "initial_only"
+    WHEN_NEEDED = "when_needed"
+
+
+class DecimalHandling(StrEnum):
+    PRECISE = "precise"
+    STRING = "string"
+    DOUBLE = "double"
+
+
+class SlotConfig(Section):
+    name: str = Field(description="Replication slot name (created when missing).", pattern=r"^[a-z0-9_]{1,63}$")
+    on_conflict: Literal["fail", "wait"] = Field(
+        "fail",
+        description="When another process streams the slot: `fail` at once naming its pid, or `wait` as a standby.",
+    )
+
+
+class PublicationConfig(Section):
+    name: str = Field(description="Publication name.")
+    mode: Literal["create", "existing"] = Field(
+        "create",
+        description="`create`: create the publication and keep its tables in sync with `tables`; "
+        "`existing`: use one a DBA made, unchanged.",
+    )
+
+
+class TableSelection(Section):
+    include: list[str] = Field(
+        default_factory=lambda: ["public.*"],
+        description="`schema.table` patterns (`*` and `?` wildcards) of the tables to capture.",
+    )
+    exclude: list[str] = Field(default_factory=list, description="Patterns removed from `include`.")
+
+
+class TableOptions(Section):
+    columns_include: list[str] | None = Field(None, description="Only these columns are captured.")
+    columns_exclude: list[str] = Field(default_factory=list, description="These columns are never captured.")
+    row_filter: str | None = Field(
+        None,
+        description="A SQL boolean expression over the table's columns; only matching rows are captured "
+        "(pushed into the publication on PostgreSQL 15+).",
+    )
+    key_columns: list[str] | None = Field(
+        None, description="Key columns for a table without a primary key (with REPLICA IDENTITY FULL)."
+    )
+    skip_unsupported_columns: bool = Field(
+        False, description="Drop columns whose type cannot be mapped instead of failing."
+    )
+
+
+class SnapshotConfig(Section):
+    mode: SnapshotMode = Field(SnapshotMode.INITIAL, description="When to take a consistent initial snapshot.")
+    chunk_size: int = Field(10_000, ge=1, description="Rows read per keyset-ordered chunk.")
+    parallelism: int = Field(1, ge=1, le=16, description="Tables read at once.")
+
+
+class HeartbeatConfig(Section):
+    enabled: bool = Field(True, description="Send heartbeats so an idle publication does not pin WAL.")
+    interval_s: float = Field(10.0, gt=0, description="Seconds between heartbeats.")
+    emit_message: bool = Field(
+        True, description="Also write a `pg_logical_emit_message` so the slot can advance on an idle database."
+    )
+
+
+class PostgresSourceConfig(Section):
+    dsn: SecretStr = Field(description="libpq connection string of the source database.")
+    topic_prefix: str = Field(description="Topics are `{topic_prefix}.{schema}.{table}`.")
+    slot: SlotConfig
+    publication: PublicationConfig
+    tables: TableSelection = Field(default_factory=TableSelection, description="Which tables to capture.")
+    table_options: dict[str, TableOptions] = Field(
+        default_factory=dict, description="Per-table options keyed by `schema.table`."
+    )
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig, description="Initial snapshot.")
+    heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig, description="Heartbeats.")
+    decimal_handling: DecimalHandling = Field(
+        DecimalHandling.PRECISE,
+        description="numeric values: `precise` (Avro decimal), `string`, or `double`.",
+    )
+    tombstones_on_delete: bool = Field(True, description="Emit a null-value record after each delete.")
+    emit_truncate: bool = Field(True, description="Emit TRUNCATE as an `op = t` event.")
+    status_interval_s: float = Field(10.0, gt=0, description="Seconds between standby status updates.")
