@@ -13,6 +13,7 @@ import typer
 
 from connector.errors import ConnectorError
 from connector.stack.cli import app as dev_app
+from schemas.cli import app as schemas_app
 
 app = typer.Typer(
     name="cdc",
@@ -24,6 +25,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Show the resolved config or the config file's JSON Schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(dev_app, name="dev")
+app.add_typer(schemas_app, name="schemas")
 
 _state: dict[str, bool] = {"debug": False}
 
