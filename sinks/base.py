@@ -25,6 +25,10 @@ class Sink(ABC):
     def run(self, stop: threading.Event) -> None:
         """Consume and apply until `stop` is set, finishing the batch in flight."""
 
+    def ready(self) -> bool:
+        """True once the connector is consuming with partitions assigned; drives /readyz."""
+        return False
+
     @abstractmethod
     def status(self) -> dict[str, Any]:
         """Stored offsets vs log end per partition: what `cdc status` prints."""

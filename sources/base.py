@@ -26,6 +26,10 @@ class Source(ABC):
     def run(self, stop: threading.Event) -> None:
         """Stream until `stop` is set, then flush, confirm the final position and return."""
 
+    def ready(self) -> bool:
+        """True once the connector is streaming (snapshot done or skipped); drives /readyz."""
+        return False
+
     @abstractmethod
     def status(self) -> dict[str, Any]:
         """Slot state, lag, snapshot progress: what `cdc status` prints."""
