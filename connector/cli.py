@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
@@ -57,12 +55,10 @@ def root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     """cdc-connector: PostgreSQL logical replication -> Kafka (Avro, Schema Registry) -> destination database."""
+    from connector import logs
+
     _state["debug"] = debug
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure("DEBUG" if debug else "INFO")
 
 
 @config_app.command("show")
@@ -84,6 +80,94 @@ def config_schema() -> None:
 
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
+
+
+Only = Annotated[
+    str | None,
+    typer.Option("--only", help="Run just one side of a config that has both: `source` or `sink`.", show_default=False),
+]
+
+
+def _only(value: str | None) -> Literal["source", "sink"] | None:
+    if value not in (None, "source", "sink"):
+        fail(f"--only takes `source` or `sink`, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+@app.command("run")
+def run(config: ConfigPath, only: Only = None) -> None:
+    """Run the pipeline CONFIG describes (its source and/or sink) until SIGTERM/SIGINT.
+
+    Serves /healthz, /readyz, /metrics and /status (see the `server` section). Exits 0 after a clean stop,
+    1 when a component fails (the cause on one line).
+    """
+    from connector import logs
+    from connector.config import load_config
+    from connector.pipeline import Pipeline
+
+    side = _only(only)
+
+    def body() -> int:
+        loaded = load_config(config)
+        logs.configure("DEBUG" if _state["debug"] else loaded.logging.level, loaded.logging.format)
+        return Pipeline(loaded, side).run()
+
+    raise typer.Exit(guarded(body))
+
+
+@app.command("validate")
+def validate(config: ConfigPath, only: Only = None) -> None:
+    """Check the file and every connection and prerequisite; print each problem with its fix. Exit 1 on any problem."""
+    from connector.config import load_config
+    from connector.pipeline import Pipeline
+    from connector.preflight import check_kafka, check_registry
+
+    side = _only(only)
+
+    def body() -> list[Any]:
+        loaded = load_config(config)
+        problems = list(check_kafka(loaded)[0]) + list(check_registry(loaded)[0])
+        problems.extend(Pipeline(loaded, side).validate())
+        return problems
+
+    problems = guarded(body)
+    if problems:
+        for problem in problems:
+            typer.echo(f"problem: {problem}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{config}: ok")
+
+
+@app.command("status")
+def status(
+    config: ConfigPath,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Slot state and lag, snapshot progress, topics, sink offsets vs log end, registry subjects."""
+    from connector.config import load_config
+    from connector.pipeline import build_components
+    from connector.preflight import check_registry
+
+    def body() -> dict[str, Any]:
+        loaded = load_config(config)
+        report: dict[str, Any] = {"name": loaded.name}
+        for side, component in build_components(loaded).items():
+            report[side] = component.status()
+        problems, subjects = check_registry(loaded)
+        report["schema_registry"] = {"subjects": subjects} if not problems else {"error": problems[0].message}
+        return report
+
+    report = guarded(body)
+    if as_json:
+        _print_json(report)
+        return
+    for section, data in report.items():
+        if isinstance(data, dict):
+            typer.echo(f"{section}:")
+            for key, value in data.items():
+                typer.echo(f"  {key}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
+        else:
+            typer.echo(f"{section}: {data}")
 
 
 def main() -> None:

@@ -1,0 +1,75 @@
+"""Logging setup: plain text or JSON lines, with secrets scrubbed from every message.
+
+Secrets are `SecretStr` in the config and never formatted into messages on purpose; the filter here is the
+safety net for text that passes through from libraries (a libpq error quoting a connection string, say).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Literal
+
+_SECRET_PATTERNS = (
+    # URL credentials: scheme://user:password@host
+    (re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)[^@\s]+(?P<post>@)"), r"\g<pre>**********\g<post>"),
+    # key=value credentials in libpq strings and librdkafka properties
+    (
+        re.compile(r"(?P<pre>\b(?:password|sasl\.password|ssl\.key\.password|basic\.auth\.user\.info)\s*[=:]\s*)"
+                   r"(?:'[^']*'|\"[^\"]*\"|\S+)", re.IGNORECASE),
+        r"\g<pre>**********",
+    ),
+)
+
+
+def scrub(text: str) -> str:
+    """Mask credentials that may appear in free text."""
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class ScrubbingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = scrub(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and record.exc_info[1] is not None:
+            # Render the traceback now, scrubbed, so handlers never format the raw exception text.
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure(level: str = "INFO", fmt: Literal["text", "json"] = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ScrubbingFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # librdkafka's and psycopg's debug chatter is rarely what an operator wants at DEBUG.
+    for noisy in ("urllib3", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -1,0 +1,146 @@
+"""Running a connector: build its source and/or sink, serve the probes, stop cleanly on SIGTERM.
+
+Shutdown contract: SIGTERM or SIGINT sets one stop event. Each component then finishes what it has in
+flight (the source flushes Kafka and confirms the acknowledged LSN; the sink commits or abandons its batch)
+and returns; the process exits 0. A component that fails stops the others and the process exits 1 with
+the error on one line. A second signal while stopping exits at once (everything is safe to kill).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Literal
+
+from connector.checks import Problem
+from connector.config import ConnectorConfig
+from connector.errors import ConfigError, ConnectorError
+from connector.ops import OpsServer
+from sinks.base import Sink
+from sources.base import Source
+
+log = logging.getLogger(__name__)
+
+Side = Literal["source", "sink"]
+
+
+def build_components(config: ConnectorConfig, only: Side | None = None) -> dict[Side, Source | Sink]:
+    """Instantiate the configured source and sink (no connections are opened here)."""
+    from transforms import build_chain
+
+    components: dict[Side, Source | Sink] = {}
+    if only == "source" and config.source is None:
+        raise ConfigError("--only source, but the config has no `source` section")
+    if only == "sink" and config.sink is None:
+        raise ConfigError("--only sink, but the config has no `sink` section")
+    if config.source is not None and only in (None, "source"):
+        from sources.postgres import PostgresSource
+
+        components["source"] = PostgresSource(config, build_chain(config.transforms_for("source"), side="source"))
+    if config.sink is not None and only in (None, "sink"):
+        from sinks.postgres import PostgresSink
+
+        components["sink"] = PostgresSink(config, build_chain(config.transforms_for("sink"), side="sink"))
+    return components
+
+
+@dataclass
+class _Worker:
+    side: Side
+    component: Source | Sink
+    thread: threading.Thread | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Pipeline:
+    """One connector process: its components on threads, one stop event, the ops server."""
+
+    def __init__(self, config: ConnectorConfig, only: Side | None = None) -> None:
+        self.config = config
+        self.stop = threading.Event()
+        self._workers = [_Worker(side, c) for side, c in build_components(config, only).items()]
+        self._ops: OpsServer | None = None
+        self._signals = 0
+
+    def validate(self) -> list[Problem]:
+        problems: list[Problem] = []
+        for worker in self._workers:
+            problems.extend(worker.component.validate())
+        return problems
+
+    def alive(self) -> bool:
+        return not any(w.error is not None for w in self._workers)
+
+    def ready(self) -> bool:
+        return bool(self._workers) and all(w.component.ready() and not w.done.is_set() for w in self._workers)
+
+    def status(self) -> dict[str, Any]:
+        return {w.side: w.component.status() for w in self._workers}
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second %s while stopping: exiting now", signal.Signals(signum).name)
+            os._exit(130)
+        log.info("%s received: finishing in-flight work and stopping", signal.Signals(signum).name)
+        self.stop.set()
+
+    def _run_worker(self, worker: _Worker) -> None:
+        try:
+            worker.component.run(self.stop)
+        except BaseException as exc:
+            worker.error = exc
+            self.stop.set()
+        finally:
+            worker.done.set()
+            if not self.stop.is_set() and worker.error is None:
+                # A component that returns on its own (e.g. snapshot.mode initial_only) ends the others too.
+                log.info("%s finished", worker.side)
+                if all(w.done.is_set() for w in self._workers):
+                    self.stop.set()
+
+    def run(self, *, install_signals: bool = True, on_ready: Callable[[OpsServer | None], None] | None = None) -> int:
+        """Run until stopped. Returns the process exit code."""
+        if install_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        server = self.config.server
+        if server.enabled:
+            self._ops = OpsServer(server.host, server.port, alive=self.alive, ready=self.ready, status=self.status)
+            self._ops.start()
+            log.info("serving /healthz /readyz /metrics /status on http://%s:%d", server.host, self._ops.port)
+        if on_ready is not None:
+            on_ready(self._ops)
+        for worker in self._workers:
+            worker.thread = threading.Thread(target=self._run_worker, args=(worker,), name=worker.side, daemon=True)
+            worker.thread.start()
+        try:
+            while not all(w.done.is_set() for w in self._workers):
+                self.stop.wait(0.5)
+                if self.stop.is_set():
+                    for worker in self._workers:
+                        if worker.thread is not None:
+                            worker.thread.join()
+        finally:
+            if self._ops is not None:
+                self._ops.stop()
+        failures = [w for w in self._workers if w.error is not None]
+        for worker in failures:
+            error = worker.error
+            if isinstance(error, ConnectorError):
+                log.error("%s stopped: %s", worker.side, error)
+            else:
+                log.error("%s failed", worker.side, exc_info=error)
+        if failures:
+            first = failures[0].error
+            if isinstance(first, ConnectorError):
+                raise first
+            raise ConnectorError(f"{failures[0].side} failed: {type(first).__name__}: {first}")
+        log.info("stopped cleanly")
+        return 0

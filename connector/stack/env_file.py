@@ -1,0 +1,59 @@
+"""`<home>/dev.env`: the endpoints of a running stack as `KEY=value` lines (shell- and dotenv-readable)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_FILE_NAME = "dev.env"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Where the stack's services answer."""
+
+    source_dsn: str
+    target_dsn: str
+    kafka_bootstrap: str
+    registry_url: str
+
+    def as_env(self) -> dict[str, str]:
+        return {
+            "CDC_SOURCE_DSN": self.source_dsn,
+            "CDC_TARGET_DSN": self.target_dsn,
+            "CDC_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "CDC_SCHEMA_REGISTRY_URL": self.registry_url,
+        }
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Endpoints | None:
+        """The endpoints named in `env`, or None when any of the four is missing."""
+        try:
+            return cls(
+                source_dsn=env["CDC_SOURCE_DSN"],
+                target_dsn=env["CDC_TARGET_DSN"],
+                kafka_bootstrap=env["CDC_KAFKA_BOOTSTRAP"],
+                registry_url=env["CDC_SCHEMA_REGISTRY_URL"],
+            )
+        except KeyError:
+            return None
+
+
+def write_env_file(path: Path, endpoints: Endpoints) -> None:
+    lines = [f"{key}={value}" for key, value in endpoints.as_env().items()]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`KEY=value` lines; blank lines, comments and an optional `export ` prefix are ignored."""
+    values: dict[str, str] = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
