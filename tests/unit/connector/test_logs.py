@@ -1,0 +1,46 @@
+"""Secrets never reach the logs, whatever a library puts in a message."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from connector.logs import JsonFormatter, ScrubbingFilter, scrub
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("connecting to postgresql://app:s3cr3t@db:5432/x failed", "s3cr3t"),
+        ("dsn host=db user=app password=s3cr3t dbname=x", "s3cr3t"),
+        ("dsn host=db password='s3 cr3t' dbname=x", "s3 cr3t"),
+        ("sasl.password=s3cr3t", "s3cr3t"),
+        ("basic.auth.user.info: user:s3cr3t", "s3cr3t"),
+    ],
+)
+def test_scrub_masks_credentials(text: str, secret: str) -> None:
+    cleaned = scrub(text)
+    assert secret not in cleaned
+    assert "**********" in cleaned
+
+
+def test_scrub_keeps_ordinary_text() -> None:
+    assert scrub("applied 10 rows to public.orders") == "applied 10 rows to public.orders"
+
+
+def test_filter_scrubs_messages_args_and_tracebacks() -> None:
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "cannot connect to %s", ("postgresql://u:pw1@h/db",), None)
+    try:
+        raise RuntimeError("password=pw2 rejected")
+    except RuntimeError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    assert ScrubbingFilter().filter(record)
+    rendered = JsonFormatter().format(record)
+    assert "pw1" not in rendered
+    assert "pw2" not in rendered
+    assert "**********" in rendered

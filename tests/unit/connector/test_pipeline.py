@@ -1,0 +1,111 @@
+"""The runner: probes, clean stop, failure propagation. Components are in-package doubles."""
+
+from __future__ import annotations
+
+import threading
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from connector.checks import Problem
+from connector.config import ConnectorConfig
+from connector.errors import DeliveryError
+from connector.ops import OpsServer
+from connector.pipeline import Pipeline, _Worker
+from sources.base import Source
+
+pytestmark = pytest.mark.unit
+
+
+class _Component(Source):
+    def __init__(self, fail_after_ready: BaseException | None = None) -> None:
+        self.started = threading.Event()
+        self.finished_cleanly = False
+        self._fail = fail_after_ready
+
+    def validate(self) -> list[Problem]:
+        return [Problem("double", "not reachable", "start it")]
+
+    def run(self, stop: threading.Event) -> None:
+        self.started.set()
+        if self._fail is not None:
+            raise self._fail
+        stop.wait()
+        self.finished_cleanly = True
+
+    def ready(self) -> bool:
+        return self.started.is_set()
+
+    def status(self) -> dict[str, Any]:
+        return {"lag_bytes": 0}
+
+
+def _config() -> ConnectorConfig:
+    return ConnectorConfig.model_validate(
+        {
+            "name": "t",
+            "kafka": {"bootstrap_servers": "127.0.0.1:1"},
+            "schema_registry": {"url": "http://127.0.0.1:1"},
+            "sink": {"dsn": "postgresql://u:pw@h/db", "topics": ["x"]},
+            "server": {"port": 0},
+        }
+    )
+
+
+def _pipeline(component: _Component) -> Pipeline:
+    pipeline = Pipeline.__new__(Pipeline)
+    pipeline.config = _config()
+    pipeline.stop = threading.Event()
+    pipeline._workers = [_Worker("source", component)]
+    pipeline._ops = None
+    pipeline._signals = 0
+    return pipeline
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_probes_follow_the_component_and_stop_is_clean() -> None:
+    component = _Component()
+    pipeline = _pipeline(component)
+    ports: list[int] = []
+    result: list[int] = []
+
+    def on_ready(ops: OpsServer | None) -> None:
+        assert ops is not None
+        ports.append(ops.port)
+
+    runner = threading.Thread(target=lambda: result.append(pipeline.run(install_signals=False, on_ready=on_ready)))
+    runner.start()
+    assert component.started.wait(5)
+    port = ports[0]
+    assert _get(port, "/healthz")[0] == 200
+    assert _get(port, "/readyz")[0] == 200
+    code, body = _get(port, "/metrics")
+    assert code == 200
+    assert b"cdc_sink_applied" in body
+    assert _get(port, "/status") == (200, b'{"source": {"lag_bytes": 0}}')
+    assert _get(port, "/nope")[0] == 404
+    pipeline.stop.set()
+    runner.join(10)
+    assert result == [0]
+    assert component.finished_cleanly
+
+
+def test_a_failing_component_fails_the_run_with_its_error() -> None:
+    pipeline = _pipeline(_Component(fail_after_ready=DeliveryError("broker said no", hint="check the broker")))
+    with pytest.raises(DeliveryError, match="broker said no"):
+        pipeline.run(install_signals=False)
+    assert not pipeline.alive()
+
+
+def test_validate_collects_problems() -> None:
+    problems = _pipeline(_Component()).validate()
+    assert [str(p) for p in problems] == ["[double] not reachable -> fix: start it"]
