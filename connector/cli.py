@@ -25,7 +25,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(dev_app, name="dev")
 app.add_typer(schemas_app, name="schemas")
 
-_state: dict[str, bool] = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "env_file": None}
+DEFAULT_ENV_FILE = Path(".cdc/dev.env")
 
 ConfigPath = Annotated[
     Path, typer.Argument(help="Connector config file (YAML).", exists=False, dir_okay=False, show_default=False)
@@ -48,25 +49,44 @@ def guarded(body: Callable[[], T]) -> T:
             raise
         fail(str(exc))
         raise AssertionError("unreachable") from None
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        from connector.logs import scrub
+
+        fail(f"unexpected {type(exc).__name__}: {scrub(str(exc))} (rerun with --debug for the traceback)")
+        raise AssertionError("unreachable") from None
 
 
 @app.callback()
 def root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--env-file",
+            help="KEY=value file whose values fill ${VAR} in configs when the environment lacks them "
+            "[default: .cdc/dev.env when it exists, as `cdc dev up` writes it]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """cdc-connector: PostgreSQL logical replication -> Kafka (Avro, Schema Registry) -> destination database."""
     from connector import logs
 
     _state["debug"] = debug
+    _state["env_file"] = env_file if env_file is not None else (DEFAULT_ENV_FILE if DEFAULT_ENV_FILE.exists() else None)
     logs.configure("DEBUG" if debug else "INFO")
 
 
 @config_app.command("show")
 def config_show(config: ConfigPath) -> None:
     """Print the resolved config (variables interpolated, defaults filled) with secrets redacted."""
-    from connector.config import load_config, redacted
+    from connector.config import redacted
 
-    loaded = guarded(lambda: load_config(config))
+    loaded = guarded(lambda: load(config))
     typer.echo(json.dumps(redacted(loaded), indent=2))
 
 
@@ -76,6 +96,14 @@ def config_schema() -> None:
     from connector.config import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
+
+
+def load(config: Path) -> Any:
+    """Load a config with ${VAR}s from the environment, then the env file."""
+    from connector.config import load_config
+    from connector.config_loader import environment_with
+
+    return load_config(config, env=environment_with(_state["env_file"]))
 
 
 def _print_json(data: Any) -> None:
@@ -102,13 +130,12 @@ def run(config: ConfigPath, only: Only = None) -> None:
     1 when a component fails (the cause on one line).
     """
     from connector import logs
-    from connector.config import load_config
     from connector.pipeline import Pipeline
 
     side = _only(only)
 
     def body() -> int:
-        loaded = load_config(config)
+        loaded = load(config)
         logs.configure("DEBUG" if _state["debug"] else loaded.logging.level, loaded.logging.format)
         return Pipeline(loaded, side).run()
 
@@ -118,14 +145,13 @@ def run(config: ConfigPath, only: Only = None) -> None:
 @app.command("validate")
 def validate(config: ConfigPath, only: Only = None) -> None:
     """Check the file and every connection and prerequisite; print each problem with its fix. Exit 1 on any problem."""
-    from connector.config import load_config
     from connector.pipeline import Pipeline
     from connector.preflight import check_kafka, check_registry
 
     side = _only(only)
 
     def body() -> list[Any]:
-        loaded = load_config(config)
+        loaded = load(config)
         problems = list(check_kafka(loaded)[0]) + list(check_registry(loaded)[0])
         problems.extend(Pipeline(loaded, side).validate())
         return problems
@@ -144,12 +170,11 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Slot state and lag, snapshot progress, topics, sink offsets vs log end, registry subjects."""
-    from connector.config import load_config
     from connector.pipeline import build_components
     from connector.preflight import check_registry
 
     def body() -> dict[str, Any]:
-        loaded = load_config(config)
+        loaded = load(config)
         report: dict[str, Any] = {"name": loaded.name}
         for side, component in build_components(loaded).items():
             report[side] = component.status()

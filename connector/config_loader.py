@@ -145,3 +145,24 @@ def read_file(path: Path) -> str:
         raise ConfigError(f"config file not found: {path}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`KEY=value` lines (as `cdc dev up` writes them); blank lines and `#` comments are skipped."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(read_file(path).splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{path}:{number}: expected KEY=value")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def environment_with(env_file: Path | None) -> dict[str, str]:
+    """The process environment over the values of `env_file` (the environment wins)."""
+    merged = read_env_file(env_file) if env_file is not None else {}
+    merged.update(os.environ)
+    return merged
