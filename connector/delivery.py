@@ -1,0 +1,234 @@
+"""Producing records to Kafka and knowing, per source transaction, when Kafka has all of them.
+
+The commit order of the source side, written down once:
+
+1. a transaction's records are produced as its changes arrive (nothing is buffered per transaction but counts);
+2. Kafka acknowledges each record (idempotent producer, `acks=all`); a failed delivery freezes everything;
+3. once every record of a transaction *and of every transaction before it* is acknowledged, the transaction's
+   end position becomes confirmable, and only then does the source advance the slot's confirmed flush LSN.
+
+`AckTracker` is the pure bookkeeping of steps 2-3; `KafkaDelivery` owns the producer, topic creation and
+schema-registry ids (one registration per distinct schema, cached).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from connector.errors import DeliveryError, RetriableError
+from connector.records import AvroSchema, Record
+
+log = logging.getLogger(__name__)
+
+_PRODUCER_DEFAULTS: dict[str, str | int | float | bool] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "compression.type": "lz4",
+    "linger.ms": 10,
+    "batch.size": 1_000_000,
+    "batch.num.messages": 10_000,
+    "queue.buffering.max.messages": 500_000,
+    "queue.buffering.max.kbytes": 512 * 1024,
+    "message.max.bytes": 8 * 1024 * 1024,
+    # librdkafka skips a message whose delivery timed out "as if it never existed": we stop instead (see
+    # DeliveryError), so a long timeout only delays that stop while brokers recover.
+    "delivery.timeout.ms": 120_000,
+}
+
+
+class TxSlot:
+    """Bookkeeping for one source transaction (or snapshot chunk): records in flight and its position."""
+
+    __slots__ = ("_tracker", "closed", "pending", "position")
+
+    def __init__(self, tracker: AckTracker) -> None:
+        self._tracker = tracker
+        self.pending = 0
+        self.closed = False
+        self.position = 0
+
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        """librdkafka delivery callback (runs inside `poll`/`flush` on the producing thread)."""
+        if err is not None:
+            self._tracker.fail(err, msg)
+        self.pending -= 1
+
+
+class AckTracker:
+    """Which source position is fully acknowledged by Kafka.
+
+    Slots are opened in source order; `confirmable()` pops the acknowledged prefix and returns the position of
+    its newest closed slot. A delivery failure is sticky: after it, `confirmable()` raises and nothing advances.
+    """
+
+    def __init__(self) -> None:
+        self._slots: deque[TxSlot] = deque()
+        self._error: DeliveryError | None = None
+        self._confirmed = 0
+
+    def open(self) -> TxSlot:
+        slot = TxSlot(self)
+        self._slots.append(slot)
+        return slot
+
+    @staticmethod
+    def close(slot: TxSlot, position: int) -> None:
+        """The slot will get no more records; `position` is confirmable once they are all acknowledged."""
+        slot.position = position
+        slot.closed = True
+
+    def fail(self, err: KafkaError, msg: Message | None) -> None:
+        if self._error is None:
+            where = f" to {msg.topic()}" if msg is not None and msg.topic() else ""
+            self._error = DeliveryError(
+                f"Kafka did not acknowledge a record{where}: {err.str()}",
+                hint="the source stopped without advancing the slot; fix Kafka and restart (changes are re-sent)",
+            )
+
+    @property
+    def error(self) -> DeliveryError | None:
+        return self._error
+
+    @property
+    def in_flight(self) -> int:
+        return sum(slot.pending for slot in self._slots)
+
+    @property
+    def open_slots(self) -> int:
+        return len(self._slots)
+
+    def confirmable(self) -> int:
+        """The highest position below which everything is acknowledged (0 when none yet)."""
+        if self._error is not None:
+            raise self._error
+        slots = self._slots
+        while slots and slots[0].closed and slots[0].pending == 0:
+            self._confirmed = max(self._confirmed, slots.popleft().position)
+        return self._confirmed
+
+
+Serializer = Callable[[str, AvroSchema, Any, bool], bytes]
+"""(topic, schema, value, is_key) -> encoded bytes (Confluent wire format)."""
+
+
+class KafkaDelivery:
+    """The source's producer: topics created on first use, records encoded and produced, acks tracked."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        properties: dict[str, str | int | float | bool],
+        *,
+        serializer: Serializer,
+        topic_partitions: int = 1,
+        topic_replication_factor: int = 1,
+        client_id: str = "cdc-source",
+    ) -> None:
+        conf: dict[str, Any] = {**_PRODUCER_DEFAULTS, **properties}
+        conf["bootstrap.servers"] = bootstrap_servers
+        conf.setdefault("client.id", client_id)
+        # Idempotence and acks=all are what the at-least-once contract rests on: never overridable.
+        conf["enable.idempotence"] = True
+        conf["acks"] = "all"
+        conf["error_cb"] = self._on_error
+        self._admin_conf = {
+            k: v for k, v in conf.items() if k.startswith(("bootstrap.", "security.", "sasl.", "ssl.", "client.id"))
+        }
+        self._producer = Producer(conf)
+        self._admin: AdminClient | None = None
+        self._serializer = serializer
+        self._partitions = topic_partitions
+        self._replication = topic_replication_factor
+        self._topics: set[str] = set()
+        self._fatal: KafkaError | None = None
+        self.tracker = AckTracker()
+        self._since_poll = 0
+        self._lock = threading.Lock()
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err
+        log.warning("kafka: %s", err.str())
+
+    def ensure_topics(self, topics: Iterable[str]) -> None:
+        """Create missing topics with the configured partitions and replication factor."""
+        wanted = [t for t in topics if t not in self._topics]
+        if not wanted:
+            return
+        if self._admin is None:
+            self._admin = AdminClient(self._admin_conf)
+        existing = set(self._admin.list_topics(timeout=30).topics)
+        missing = [t for t in dict.fromkeys(wanted) if t not in existing]
+        if missing:
+            futures = self._admin.create_topics(
+                [NewTopic(t, num_partitions=self._partitions, replication_factor=self._replication) for t in missing],
+                operation_timeout=30,
+            )
+            for topic, future in futures.items():
+                try:
+                    future.result()
+                    log.info("created topic %s (%d partitions)", topic, self._partitions)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise RetriableError(f"could not create topic {topic}: {exc}") from exc
+        self._topics.update(wanted)
+
+    def produce(self, record: Record, slot: TxSlot) -> None:
+        """Encode and produce one record; its acknowledgement counts towards `slot`."""
+        if self._fatal is not None:
+            raise DeliveryError(f"Kafka producer failed: {self._fatal.str()}", hint="check the brokers and restart")
+        topic = record.topic
+        if topic not in self._topics:
+            self.ensure_topics([topic])
+        key = None if record.key is None or record.key_schema is None else self._serializer(
+            topic, record.key_schema, record.key, True
+        )
+        value = None if record.value is None or record.value_schema is None else self._serializer(
+            topic, record.value_schema, record.value, False
+        )
+        self.produce_raw(topic, key, value, record.headers, slot)
+
+    def produce_raw(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes]], slot: TxSlot
+    ) -> None:
+        producer = self._producer
+        slot.pending += 1
+        while True:
+            try:
+                producer.produce(topic, value, key, headers=list(headers), on_delivery=slot.on_delivery)
+                break
+            except BufferError:
+                # Local queue full: serve delivery reports until there is room (backpressure to the WAL reader).
+                producer.poll(0.05)
+            except KafkaException as exc:
+                slot.pending -= 1
+                raise DeliveryError(f"could not produce to {topic}: {exc}", hint="check the brokers") from exc
+        self._since_poll += 1
+        if self._since_poll >= 1000:
+            self._since_poll = 0
+            producer.poll(0)
+
+    def poll(self, timeout: float = 0.0) -> None:
+        self._producer.poll(timeout)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait for every produced record's acknowledgement; raise if Kafka refused any."""
+        remaining = self._producer.flush(timeout)
+        if self.tracker.error is not None:
+            raise self.tracker.error
+        if remaining:
+            raise DeliveryError(
+                f"{remaining} records still unacknowledged after {timeout:.0f}s",
+                hint="Kafka is unreachable or slow; the slot was not advanced past them",
+            )
+
+    def close(self) -> None:
+        """Release the producer without waiting (a clean stop calls `flush` first)."""
+        self._producer.poll(0)

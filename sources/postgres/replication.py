@@ -1,0 +1,142 @@
+"""The streaming replication connection: IDENTIFY_SYSTEM, slot creation, START_REPLICATION and COPY BOTH I/O.
+
+One `ReplicationConnection` wraps a psycopg 3 connection opened with `replication=database`. While a slot
+created with an exported snapshot is needed by the snapshot reader, the connection must stay open and idle:
+`create_slot(export_snapshot=True)` returns the snapshot name and the caller runs no other command on this
+connection until the snapshot transaction has imported it.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import pq, sql
+
+from connector.errors import RetriableError
+from connector.positions import Lsn
+from sources.postgres.protocol import Keepalive, XLogData, decode_frame, encode_status_update, now_pg_us
+
+
+@dataclass(frozen=True, slots=True)
+class SystemInfo:
+    system_id: str
+    timeline: int
+    xlogpos: Lsn
+    dbname: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedSlot:
+    name: str
+    consistent_point: Lsn
+    snapshot_name: str | None
+
+
+class ReplicationConnection:
+    """A `replication=database` connection; after `start()` it is in COPY BOTH mode."""
+
+    def __init__(self, dsn: str, *, application_name: str = "cdc-connector") -> None:
+        try:
+            self._conn = psycopg.connect(
+                dsn, replication="database", autocommit=True, application_name=application_name
+            )
+        except psycopg.OperationalError as exc:
+            raise RetriableError(f"cannot open a replication connection: {exc}".strip()) from exc
+        self._pgconn = self._conn.pgconn
+        self._streaming = False
+
+    @property
+    def backend_pid(self) -> int:
+        return self._pgconn.backend_pid
+
+    def identify_system(self) -> SystemInfo:
+        row = self._conn.execute("IDENTIFY_SYSTEM").fetchone()
+        assert row is not None
+        return SystemInfo(str(row[0]), int(row[1]), Lsn.parse(row[2]), str(row[3]))
+
+    def create_slot(self, name: str, *, export_snapshot: bool) -> CreatedSlot:
+        snapshot = sql.SQL("EXPORT_SNAPSHOT" if export_snapshot else "NOEXPORT_SNAPSHOT")
+        query = sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {}").format(sql.Identifier(name), snapshot)
+        row = self._conn.execute(query).fetchone()
+        assert row is not None
+        return CreatedSlot(str(row[0]), Lsn.parse(row[1]), row[2] if export_snapshot else None)
+
+    def start(self, slot: str, publications: Sequence[str], start_lsn: Lsn = Lsn.INVALID) -> None:
+        """START_REPLICATION from the slot's confirmed position (`start_lsn` 0/0) with pgoutput proto_version 1."""
+        names = ",".join(publications)
+        query = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {})").format(
+            sql.Identifier(slot), sql.SQL(str(start_lsn)), sql.Literal(names)
+        )
+        pgconn = self._pgconn
+        pgconn.send_query(query.as_bytes(self._conn))
+        result = pgconn.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_BOTH:
+            raise _error_from(result, pgconn)
+        self._streaming = True
+
+    def fileno(self) -> int:
+        return self._pgconn.socket
+
+    def read(self, timeout: float) -> XLogData | Keepalive | None:
+        """The next frame, waiting up to `timeout` seconds; None when none arrived in time."""
+        pgconn = self._pgconn
+        nbytes, data = pgconn.get_copy_data(1)
+        if nbytes == 0:
+            ready, _, _ = select.select([pgconn.socket], [], [], timeout)
+            if not ready:
+                return None
+            pgconn.consume_input()
+            nbytes, data = pgconn.get_copy_data(1)
+            if nbytes == 0:
+                return None
+        if nbytes > 0:
+            return decode_frame(bytes(data))
+        # -1: the server ended COPY (an error follows, e.g. the slot was dropped); -2: connection error.
+        self._streaming = False
+        raise _error_from(pgconn.get_result(), pgconn)
+
+    def read_buffered(self) -> XLogData | Keepalive | None:
+        """The next frame already received, without waiting (the hot path)."""
+        nbytes, data = self._pgconn.get_copy_data(1)
+        if nbytes > 0:
+            return decode_frame(bytes(data))
+        if nbytes == 0:
+            return None
+        self._streaming = False
+        raise _error_from(self._pgconn.get_result(), self._pgconn)
+
+    def send_status(self, flushed: Lsn, written: Lsn | None = None, *, reply: bool = False) -> None:
+        """Standby status update: everything up to `flushed` may be released by the server."""
+        write = int(written if written is not None else flushed)
+        flush = int(flushed)
+        message = encode_status_update(write, flush, flush, now_pg_us(time.time()), reply=reply)
+        pgconn = self._pgconn
+        if pgconn.put_copy_data(message) != 1:
+            raise RetriableError(f"cannot send a status update: {pgconn.get_error_message()}")
+        while pgconn.flush() == 1:
+            select.select([], [pgconn.socket], [], 1.0)
+
+    def close(self) -> None:
+        try:
+            if self._streaming and not self._conn.closed:
+                self._pgconn.put_copy_end()
+                self._pgconn.flush()
+        except psycopg.Error:
+            pass
+        finally:
+            self._conn.close()
+
+    @property
+    def connection(self) -> psycopg.Connection:
+        return self._conn
+
+
+def _error_from(result: pq.abc.PGresult | None, pgconn: pq.abc.PGconn) -> Exception:
+    if result is not None and result.status == pq.ExecStatus.FATAL_ERROR:
+        return psycopg.errors.error_from_result(result, encoding="utf-8")
+    message = pgconn.get_error_message() or "replication stream ended"
+    return psycopg.OperationalError(message)
