@@ -2,9 +2,106 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
 import typer
+
+from connector.stack.ports import Ports
 
 app = typer.Typer(
     help="The local stack of real services (PostgreSQL, Apache Kafka, Schema Registry) as plain processes.",
     no_args_is_help=True,
 )
+
+_DEFAULTS = Ports()
+T = TypeVar("T")
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        envvar="CDC_HOME",
+        help="State directory (data, logs, pids.json, dev.env). [default: .cdc under the current directory]",
+        show_default=False,
+        file_okay=False,
+    ),
+]
+
+
+def _port_option(flag: str, env: str, what: str) -> typer.models.OptionInfo:
+    return typer.Option(flag, envvar=env, min=0, max=65535, help=f"{what} port on 127.0.0.1 (0: any free port).")
+
+
+def _run(body: Callable[[], T]) -> T:
+    # Imported here: connector.cli imports this module to mount `dev`.
+    from connector.cli import guarded
+
+    return guarded(body)
+
+
+@app.command()
+def up(
+    *,
+    home: HomeOption = None,
+    pg_port: Annotated[int, _port_option("--pg-port", "CDC_DEV_PG_PORT", "PostgreSQL")] = _DEFAULTS.postgres,
+    kafka_port: Annotated[int, _port_option("--kafka-port", "CDC_DEV_KAFKA_PORT", "Kafka broker")] = _DEFAULTS.kafka,
+    kafka_controller_port: Annotated[
+        int, _port_option("--kafka-controller-port", "CDC_DEV_KAFKA_CONTROLLER_PORT", "Kafka controller")
+    ] = _DEFAULTS.kafka_controller,
+    registry_port: Annotated[
+        int, _port_option("--registry-port", "CDC_DEV_REGISTRY_PORT", "Schema Registry HTTP")
+    ] = _DEFAULTS.registry,
+    registry_management_port: Annotated[
+        int,
+        _port_option("--registry-management-port", "CDC_DEV_REGISTRY_MANAGEMENT_PORT", "Schema Registry management"),
+    ] = _DEFAULTS.registry_management,
+    free_ports: Annotated[bool, typer.Option("--free-ports", help="Pick free ports for every service.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for each service.")] = 180.0,
+) -> None:
+    """Start PostgreSQL, Kafka and the Schema Registry (if not running), wait until they answer, write dev.env."""
+    from connector.stack import control
+
+    requested = (
+        Ports(0, 0, 0, 0, 0)
+        if free_ports
+        else Ports(pg_port, kafka_port, kafka_controller_port, registry_port, registry_management_port)
+    )
+    root = control.resolve_home(home)
+    endpoints = _run(lambda: control.up(root, requested, timeout=timeout, echo=typer.echo))
+    typer.echo(f"\nstack is up; endpoints written to {root / 'dev.env'}:")
+    for key, value in endpoints.as_env().items():
+        typer.echo(f"  {key}={value}")
+    typer.echo(f"note: {control.REGISTRY_MEMORY_NOTE}")
+    typer.echo(f"use them with: set -a; . {root / 'dev.env'}; set +a")
+
+
+@app.command()
+def down(
+    home: HomeOption = None,
+    clean: Annotated[bool, typer.Option("--clean", help="Also delete PostgreSQL's and Kafka's data.")] = False,
+) -> None:
+    """Stop exactly the processes `cdc dev up` started in this state directory."""
+    from connector.stack import control
+
+    root = control.resolve_home(home)
+    stopped = _run(lambda: control.down(root, clean=clean, echo=typer.echo))
+    typer.echo(f"stopped {len(stopped)} service(s)" if stopped else f"nothing was running from {root}")
+
+
+@app.command()
+def status(home: HomeOption = None) -> None:
+    """What runs where (pid, ports) and whether it answers now; exit 1 unless every service is healthy."""
+    from connector.stack import control
+
+    root = control.resolve_home(home)
+    services = _run(lambda: control.status(root))
+    for svc in services:
+        state = "healthy" if svc.healthy else ("running, NOT answering" if svc.running else "stopped")
+        where = " ".join(f"{key}={port}" for key, port in svc.ports.items())
+        pid = f"pid {svc.pid}" if svc.pid else "-"
+        extra = f"  [{svc.detail}]" if svc.detail else ""
+        typer.echo(f"{control.LABELS[svc.name]:<18} {state:<24} {pid:<10} {where}{extra}")
+    if not all(svc.healthy for svc in services):
+        raise typer.Exit(1)

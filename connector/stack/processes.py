@@ -59,15 +59,16 @@ def start(
     *,
     log: Path,
     cwd: Path,
+    output: Path | None = None,
     env: Mapping[str, str] | None = None,
     user: int | None = None,
     group: int | None = None,
     ports: Mapping[str, int] | None = None,
     info: Mapping[str, str] | None = None,
 ) -> ProcessRecord:
-    """Start a process in its own session (it outlives the caller) with output appended to `log`."""
+    """Start a process in its own session (it outlives the caller); stdout/stderr go to `output` or `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
+    with open(output or log, "ab") as out:
         try:
             proc = subprocess.Popen(
                 list(argv),

@@ -1,0 +1,254 @@
+"""`up`, `down` and `status` of the local stack: PostgreSQL, Apache Kafka, Apicurio Registry.
+
+State lives in one directory (`home`): `pids.json` (what runs, with which ports), `dev.env` (the
+endpoints, written once every service answers), `logs/`, and each service's files. `up` is
+idempotent: a recorded process that still runs (same pid and start time) is kept, not restarted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from connector.errors import StackError
+from connector.stack import kafka, postgres, processes, registry
+from connector.stack.env_file import ENV_FILE_NAME, Endpoints, read_env_file, write_env_file
+from connector.stack.ports import Ports, is_listening, require_free
+from connector.stack.processes import ProcessRecord
+
+HOME_ENV = "CDC_HOME"
+DEFAULT_HOME = ".cdc"
+SERVICES = ("postgres", "kafka", "registry")
+LABELS = {"postgres": "PostgreSQL", "kafka": "Apache Kafka", "registry": "Apicurio Registry"}
+REGISTRY_MEMORY_NOTE = (
+    "the registry keeps schemas in memory: restarting it loses schema ids, so run `cdc dev down` "
+    "then `cdc dev up` to restart everything together"
+)
+
+Echo = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def resolve_home(home: Path | None = None) -> Path:
+    """`--home`, else `$CDC_HOME`, else `.cdc` under the current directory."""
+    if home is None:
+        home = Path(os.environ.get(HOME_ENV) or DEFAULT_HOME)
+    return home.expanduser().absolute()
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    name: str
+    running: bool
+    healthy: bool
+    pid: int | None
+    ports: dict[str, int]
+    detail: str
+    log: str
+
+
+def endpoints_for(ports: Ports) -> Endpoints:
+    return Endpoints(
+        source_dsn=postgres.dsn(ports.postgres, "source"),
+        target_dsn=postgres.dsn(ports.postgres, "target"),
+        kafka_bootstrap=kafka.bootstrap(ports.kafka),
+        registry_url=registry.url(ports.registry),
+    )
+
+
+def _probe(name: str, ports: dict[str, int], timeout: float = 3.0) -> None:
+    if name == "postgres":
+        postgres.probe(ports["postgres"], timeout=max(1, int(timeout)))
+    elif name == "kafka":
+        if not is_listening(ports["kafka"]):
+            raise StackError("Kafka's port is not open yet")
+        kafka.probe(ports["kafka"], timeout=timeout)
+    else:
+        registry.probe(ports["registry"], timeout=timeout)
+
+
+def _is_healthy(name: str, ports: dict[str, int]) -> bool:
+    try:
+        _probe(name, ports)
+    except Exception:  # any failure of a probe means "not healthy"
+        return False
+    return True
+
+
+def _wait_healthy(record: ProcessRecord, timeout: float) -> None:
+    """Poll the service's probe until it answers; fail early if its process ends."""
+    deadline = time.monotonic() + timeout
+    last_error = "no answer"
+    while True:
+        if not processes.is_running(record):
+            code = processes.exit_code(record)
+            raise _unhealthy(record, f"exited{'' if code is None else f' with code {code}'} while starting")
+        try:
+            _probe(record.name, record.ports)
+            return
+        except Exception as exc:  # keep polling; the last error goes into the message
+            last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if time.monotonic() >= deadline:
+            raise _unhealthy(record, f"did not answer within {timeout:.0f}s ({last_error})")
+        time.sleep(1.0)
+
+
+def _unhealthy(record: ProcessRecord, what: str) -> StackError:
+    # The most recently written of the service's files tells why (a JVM that cannot start only writes stdout).
+    files = [Path(record.log)] + ([Path(record.info["stdout"])] if record.info.get("stdout") else [])
+    existing = [f for f in files if f.is_file() and f.stat().st_size > 0]
+    log = max(existing, key=lambda f: f.stat().st_mtime) if existing else Path(record.log)
+    lines = processes.tail(log, 10)
+    return StackError(
+        f"{LABELS[record.name]} {what}",
+        hint=f"last lines of {log}: " + (" | ".join(lines) if lines else "(empty)"),
+    )
+
+
+def _refuse_foreign_stack(home: Path, records: dict[str, ProcessRecord]) -> None:
+    """Never overwrite a dev.env written by someone else for services that still answer."""
+    env_file = home / ENV_FILE_NAME
+    if records or not env_file.is_file():
+        return
+    endpoints = Endpoints.from_env(read_env_file(env_file))
+    if endpoints is None:
+        return
+    port = endpoints.kafka_bootstrap.rpartition(":")[2]
+    if port.isdigit() and is_listening(int(port)):
+        raise StackError(
+            f"{env_file} describes a running stack that `cdc dev up` did not start here",
+            hint="use that stack as it is, or choose another directory with --home / CDC_HOME",
+        )
+
+
+def _effective_ports(requested: Ports, records: dict[str, ProcessRecord]) -> Ports:
+    """The requested ports, except those of services that already run (they keep theirs)."""
+    kept: dict[str, int] = {}
+    for record in records.values():
+        if processes.is_running(record):
+            kept.update(record.ports)
+    return replace(requested, **kept).resolved()
+
+
+def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _quiet) -> Endpoints:
+    """Start whatever is not running, wait until every service answers, write `dev.env`."""
+    home.mkdir(parents=True, exist_ok=True)
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+    records = processes.load_records(home)
+    _refuse_foreign_stack(home, records)
+    ports = _effective_ports(requested, records)
+    for name in SERVICES:
+        record = records.get(name)
+        if record is not None and processes.is_running(record):
+            echo(f"{LABELS[name]}: already running (pid {record.pid})")
+            _wait_healthy(record, timeout)
+            continue
+        started = time.monotonic()
+        record = _start(name, home, ports, logs, echo)
+        records[name] = record
+        processes.save_records(home, records)
+        _wait_healthy(record, timeout)
+        if name == "postgres":
+            postgres.ensure_databases(ports.postgres)
+            postgres.probe_databases(ports.postgres)
+        echo(f"{LABELS[name]}: started (pid {record.pid}) in {time.monotonic() - started:.1f}s")
+    endpoints = endpoints_for(ports)
+    write_env_file(home / ENV_FILE_NAME, endpoints)
+    return endpoints
+
+
+def _start(name: str, home: Path, ports: Ports, logs: Path, echo: Echo) -> ProcessRecord:
+    if name == "postgres":
+        require_free("postgres", ports.postgres, LABELS[name])
+        pg = postgres.prepare(home, ports.postgres)
+        echo(f"{LABELS[name]}: starting on port {ports.postgres}")
+        return processes.start(
+            name,
+            pg.argv,
+            log=logs / "postgres.log",
+            cwd=pg.cwd,
+            user=None if pg.user is None else pg.user.uid,
+            group=None if pg.user is None else pg.user.gid,
+            ports={"postgres": ports.postgres},
+            info={"data": str(pg.data_dir), "os_user": pg.user.name if pg.user else ""},
+        )
+    if name == "kafka":
+        require_free("kafka", ports.kafka, LABELS[name])
+        require_free("kafka_controller", ports.kafka_controller, LABELS[name] + " controller")
+        echo(f"{LABELS[name]}: preparing {kafka.KAFKA_VERSION} (jars via Maven on first use)")
+        kf = kafka.prepare(home, ports.kafka, ports.kafka_controller, logs)
+        echo(f"{LABELS[name]}: starting on port {ports.kafka} (controller {ports.kafka_controller})")
+        return processes.start(
+            name,
+            kf.argv,
+            log=kf.log,
+            output=logs / "kafka.out",
+            cwd=kf.cwd,
+            ports={"kafka": ports.kafka, "kafka_controller": ports.kafka_controller},
+            info={"version": kafka.KAFKA_VERSION, "stdout": str(logs / "kafka.out")},
+        )
+    require_free("registry", ports.registry, LABELS[name])
+    require_free("registry_management", ports.registry_management, LABELS[name] + " management")
+    reg = registry.prepare(home, ports.registry, ports.registry_management)
+    echo(f"{LABELS[name]}: starting {reg.version} on Java {reg.java.major} on port {ports.registry}")
+    return processes.start(
+        name,
+        reg.argv,
+        log=logs / "registry.log",
+        cwd=reg.cwd,
+        ports={"registry": ports.registry, "registry_management": ports.registry_management},
+        info={"version": reg.version, "java": f"{reg.java.path} ({reg.java.major})"},
+    )
+
+
+def down(home: Path, *, clean: bool = False, echo: Echo = _quiet) -> list[str]:
+    """Stop exactly the processes `up` recorded (newest service first); names of those that were running."""
+    records = processes.load_records(home)
+    stopped: list[str] = []
+    for name in reversed(SERVICES):
+        record = records.get(name)
+        if record is None:
+            continue
+        sig = postgres.STOP_SIGNAL if name == "postgres" else processes.signal.SIGTERM
+        if processes.stop(record, sig=sig):
+            stopped.append(name)
+            echo(f"{LABELS[name]}: stopped (pid {record.pid})")
+        else:
+            echo(f"{LABELS[name]}: was not running")
+        del records[name]
+        processes.save_records(home, records)
+    if records == {} and (home / processes.PIDS_FILE_NAME).exists():
+        (home / processes.PIDS_FILE_NAME).unlink()
+        (home / ENV_FILE_NAME).unlink(missing_ok=True)
+    if clean:
+        for path in (home / "postgres", home / "kafka" / "data", home / "kafka" / "cluster.id"):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        echo("data of PostgreSQL and Kafka deleted")
+    return stopped
+
+
+def status(home: Path) -> list[ServiceStatus]:
+    """What runs where, and whether it answers now."""
+    records = processes.load_records(home)
+    result: list[ServiceStatus] = []
+    for name in SERVICES:
+        record = records.get(name)
+        if record is None:
+            result.append(ServiceStatus(name, False, False, None, {}, "not started", ""))
+            continue
+        running = processes.is_running(record)
+        healthy = running and _is_healthy(name, record.ports)
+        detail = ", ".join(f"{key} {value}" for key, value in record.info.items() if value)
+        result.append(ServiceStatus(name, running, healthy, record.pid, record.ports, detail, record.log))
+    return result

@@ -1,0 +1,142 @@
+"""Apache Kafka for the local stack: one KRaft node (broker + controller) from Maven Central's jars."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+from connector.errors import StackError
+from connector.stack import jvm
+from connector.stack.maven import run_maven
+from connector.stack.ports import HOST
+
+KAFKA_VERSION = "4.3.1"
+_POM = "kafka-pom.xml"
+_LOG_CONFIG = "kafka-log4j2.properties"
+_LIBS_MARKER = ".complete"
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    argv: list[str]
+    cwd: Path
+    log: Path
+
+
+def bootstrap(port: int) -> str:
+    return f"{HOST}:{port}"
+
+
+def _packaged(name: str) -> str:
+    return resources.files("connector.stack").joinpath(name).read_text(encoding="utf-8")
+
+
+def ensure_libs(home: Path) -> Path:
+    """`<home>/kafka/libs` with the broker's jars; Maven runs only when they are not there yet."""
+    libs = home / "kafka" / "libs"
+    marker = libs / _LIBS_MARKER
+    if marker.is_file() and marker.read_text(encoding="utf-8").strip() == KAFKA_VERSION:
+        return libs
+    libs.mkdir(parents=True, exist_ok=True)
+    for old in libs.glob("*.jar"):
+        old.unlink()
+    pom = home / "kafka" / _POM
+    pom.write_text(_packaged(_POM), encoding="utf-8")
+    run_maven(
+        ["-f", str(pom), "dependency:copy-dependencies", f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
+        what=f"Apache Kafka {KAFKA_VERSION}",
+    )
+    marker.write_text(KAFKA_VERSION + "\n", encoding="utf-8")
+    return libs
+
+
+def _cluster_id() -> str:
+    # Kafka's Uuid text form: 16 random bytes, base64url without padding; a leading '-' would read as a flag.
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
+def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{HOST}:{controller_port}",
+        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(data_dir),
+        "num.partitions": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "5",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "5",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "true",
+    }
+    return "# written by `cdc dev up`\n" + "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+def prepare(home: Path, port: int, controller_port: int, logs: Path) -> Launch:
+    """Fetch the jars, write the configs, format the storage on first use; say how to start the broker."""
+    java = jvm.require_java(17, f"Apache Kafka {KAFKA_VERSION}")
+    libs = ensure_libs(home)
+    base = home / "kafka"
+    data_dir = base / "data"
+    config = base / "server.properties"
+    config.write_text(server_properties(data_dir, port, controller_port), encoding="utf-8")
+    log_config = base / "log4j2.properties"
+    log_config.write_text(_packaged(_LOG_CONFIG), encoding="utf-8")
+    jvm_args = [
+        java.path,
+        "-Xmx768m",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log_config}",
+        f"-Dkafka.logs.dir={logs}",
+        "-cp",
+        f"{libs}/*",
+    ]
+    if not (data_dir / "meta.properties").exists():
+        _format_storage(jvm_args, base, config, logs)
+    return Launch([*jvm_args, "kafka.Kafka", str(config)], base, logs / "kafka-server.log")
+
+
+def _format_storage(jvm_args: list[str], base: Path, config: Path, logs: Path) -> None:
+    id_file = base / "cluster.id"
+    if not id_file.is_file():
+        id_file.write_text(_cluster_id() + "\n", encoding="utf-8")
+    cluster_id = id_file.read_text(encoding="utf-8").strip()
+    result = subprocess.run(
+        [*jvm_args, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), "--ignore-formatted"],
+        capture_output=True,
+        text=True,
+        cwd=base,
+        check=False,
+        timeout=300,
+    )
+    (logs / "kafka-format.log").write_text(result.stdout + result.stderr, encoding="utf-8")
+    if result.returncode != 0:
+        last = ((result.stderr or result.stdout).strip().splitlines() or ["?"])[-1]
+        raise StackError(f"formatting Kafka's storage failed: {last}", hint=f"see {logs / 'kafka-format.log'}")
+
+
+def probe(port: int, *, timeout: float = 5.0) -> None:
+    """Raise unless the broker answers a metadata request and lists itself."""
+    admin = AdminClient(
+        {"bootstrap.servers": bootstrap(port), "log_level": 0, "socket.timeout.ms": int(timeout * 1000)}
+    )
+    metadata = admin.list_topics(timeout=timeout)
+    if not metadata.brokers:
+        raise StackError("Kafka answered without brokers")

@@ -1,0 +1,107 @@
+"""Apicurio Registry for the local stack (Confluent-compatible API at `/apis/ccompat/v7`).
+
+Its default storage is in memory: a restart forgets every schema, so ids already written to
+Kafka no longer resolve. Apicurio 3.3.3 needs Java 21; on an older JDK 3.0.9 (Java 17) is used.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from connector.errors import StackError
+from connector.stack import jvm
+from connector.stack.maven import run_maven
+from connector.stack.ports import HOST
+
+PREFERRED_VERSION = "3.3.3"
+FALLBACK_VERSION = "3.0.9"
+JAVA_ENV = "CDC_REGISTRY_JAVA"
+CCOMPAT_PATH = "/apis/ccompat/v7"
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    argv: list[str]
+    cwd: Path
+    version: str
+    java: jvm.Java
+
+
+def url(port: int) -> str:
+    return f"http://{HOST}:{port}{CCOMPAT_PATH}"
+
+
+def choose() -> tuple[str, jvm.Java]:
+    """The registry version this machine's Java can run, and that Java."""
+    java = jvm.find_java(21, JAVA_ENV)
+    if java is not None:
+        return PREFERRED_VERSION, java
+    java = jvm.find_java(17, JAVA_ENV)
+    if java is not None:
+        return FALLBACK_VERSION, java
+    raise StackError(
+        "no Java 17 or newer found for Apicurio Registry",
+        hint=f"install a JDK (21+ preferred) or point {JAVA_ENV} at its bin/java",
+    )
+
+
+def ensure_distribution(home: Path, version: str) -> Path:
+    """`<home>/registry/<version>` unpacked from the Maven artifact (fetched into ~/.m2 once)."""
+    target = home / "registry" / version
+    if (target / ".complete").is_file():
+        return target
+    download = home / "registry" / "download"
+    shutil.rmtree(target, ignore_errors=True)
+    download.mkdir(parents=True, exist_ok=True)
+    run_maven(
+        [
+            "dependency:copy",
+            f"-Dartifact=io.apicurio:apicurio-registry-app:{version}:tar.gz:all",
+            f"-DoutputDirectory={download}",
+        ],
+        what=f"Apicurio Registry {version}",
+    )
+    archive = download / f"apicurio-registry-app-{version}-all.tar.gz"
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    archive.unlink()
+    (target / ".complete").write_text(version + "\n", encoding="utf-8")
+    return target
+
+
+def _main_jar(dist: Path, version: str) -> str:
+    if (dist / "quarkus-run.jar").is_file():
+        return "quarkus-run.jar"
+    runner = f"apicurio-registry-app-{version}-runner.jar"
+    if (dist / runner).is_file():
+        return runner
+    raise StackError(f"no runnable jar in {dist}", hint=f"delete {dist} and run `cdc dev up` again")
+
+
+def prepare(home: Path, port: int, management_port: int) -> Launch:
+    version, java = choose()
+    dist = ensure_distribution(home, version)
+    argv = [
+        java.path,
+        "-Xmx512m",
+        f"-Dquarkus.http.port={port}",
+        f"-Dquarkus.http.host={HOST}",
+        f"-Dquarkus.management.port={management_port}",
+        f"-Dquarkus.management.host={HOST}",
+        "-jar",
+        _main_jar(dist, version),
+    ]
+    return Launch(argv, dist, version, java)
+
+
+def probe(port: int, *, timeout: float = 5.0) -> None:
+    """Raise unless `GET /subjects` answers with a JSON list."""
+    with urllib.request.urlopen(url(port) + "/subjects", timeout=timeout) as response:  # noqa: S310 - our own http URL
+        body = json.loads(response.read())
+    if not isinstance(body, list):
+        raise StackError("the registry answered /subjects without a list")
