@@ -1,0 +1,100 @@
+"""What the source server must provide, checked before streaming and by `cdc validate`.
+
+Each failed check is a `Problem` naming the cause and the fix. The checks only read catalogs and settings.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from connector.checks import Problem
+from sources.postgres.config import PostgresSourceConfig
+from sources.postgres.selection import TableRef, options_for
+
+COMPONENT = "source"
+
+
+def check_server(conn: psycopg.Connection, config: PostgresSourceConfig) -> list[Problem]:
+    problems: list[Problem] = []
+    row = conn.execute(
+        "SELECT current_setting('wal_level'), r.rolreplication OR r.rolsuper, r.rolname, "
+        "current_setting('max_replication_slots')::int, "
+        "(SELECT count(*) FROM pg_replication_slots), "
+        "(SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s), "
+        "current_setting('max_wal_senders')::int, "
+        "(SELECT count(*) FROM pg_stat_replication) "
+        "FROM pg_roles r WHERE r.rolname = current_user",
+        (config.slot.name,),
+    ).fetchone()
+    assert row is not None
+    wal_level, can_replicate, role, max_slots, slots, ours, max_senders, senders = row
+    if wal_level != "logical":
+        problems.append(
+            Problem(
+                COMPONENT,
+                f"wal_level is {wal_level!r}, logical replication needs 'logical'",
+                "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
+            )
+        )
+    if not can_replicate:
+        problems.append(
+            Problem(
+                COMPONENT,
+                f"role {role!r} lacks the REPLICATION attribute",
+                f"ALTER ROLE {role} REPLICATION (and allow it in pg_hba.conf for replication connections)",
+            )
+        )
+    if not ours and slots >= max_slots:
+        problems.append(
+            Problem(
+                COMPONENT,
+                f"no free replication slot ({slots} of max_replication_slots = {max_slots} used)",
+                "drop an unused slot (pg_drop_replication_slot) or raise max_replication_slots and restart",
+            )
+        )
+    if senders >= max_senders:
+        problems.append(
+            Problem(
+                COMPONENT,
+                f"no free WAL sender ({senders} of max_wal_senders = {max_senders} used)",
+                "raise max_wal_senders and restart, or stop an idle replication client",
+            )
+        )
+    return problems
+
+
+def check_tables(conn: psycopg.Connection, config: PostgresSourceConfig, tables: list[TableRef]) -> list[Problem]:
+    """SELECT privilege and a usable key for every captured table."""
+    problems: list[Problem] = []
+    for table in tables:
+        row = conn.execute(
+            "SELECT has_table_privilege(c.oid, 'SELECT'), c.relreplident, "
+            "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), "
+            "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+            (table.schema, table.table),
+        ).fetchone()
+        if row is None:
+            problems.append(Problem(COMPONENT, f"table {table} does not exist", "fix source.tables"))
+            continue
+        can_select, identity, has_pk, has_identity_index = row
+        if not can_select:
+            problems.append(
+                Problem(COMPONENT, f"no SELECT privilege on {table}", f"GRANT SELECT ON {table} TO <source role>")
+            )
+        key_columns = options_for(config, table).key_columns
+        usable = (
+            (identity == "d" and has_pk)
+            or (identity == "i" and has_identity_index)
+            or (identity == "f" and (has_pk or bool(key_columns)))
+        )
+        if not usable:
+            problems.append(
+                Problem(
+                    COMPONENT,
+                    f"table {table} has no primary key and its REPLICA IDENTITY cannot give event keys",
+                    f"add a primary key, or ALTER TABLE {table} REPLICA IDENTITY FULL and configure "
+                    f"source.table_options['{table}'].key_columns, or exclude the table",
+                )
+            )
+    return problems

@@ -1,0 +1,196 @@
+"""The replication slot's lifecycle and the connector's own bookkeeping of it.
+
+The slot is the source's position: its confirmed flush LSN means "every change before it is in Kafka".
+A slot is created only when the connector has never had one (or when `snapshot.mode: when_needed` says to
+re-snapshot); a slot that disappeared or was invalidated (`wal_status = lost`) is a fatal error, because
+changes may be missing and only a new snapshot can repair that.
+
+`cdc.source_state` (in the source database) remembers, per slot, that we created it and how far its
+snapshot got: `snapshot_state` is `running` from slot creation until every snapshot row is acknowledged by
+Kafka, then `done` (or `skipped`). A slot whose snapshot is still `running` at startup belongs to an
+interrupted snapshot: its exported snapshot died with the connection that made it, so the only clean way
+on is to drop that slot and start the snapshot again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from connector.errors import FatalError, PrerequisiteError
+from connector.positions import Lsn
+
+log = logging.getLogger(__name__)
+
+
+class SlotLostError(FatalError):
+    """The slot is gone or invalidated: changes may be missing."""
+
+
+class SlotInUseError(FatalError):
+    """Another process streams the slot."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    name: str
+    plugin: str | None
+    database: str | None
+    active: bool
+    active_pid: int | None
+    confirmed_flush: Lsn
+    restart_lsn: Lsn
+    wal_status: str | None
+    lag_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SlotState:
+    """Our own record of a slot (row of `cdc.source_state`)."""
+
+    slot_name: str
+    consistent_point: Lsn
+    snapshot_state: str
+    progress: dict[str, Any]
+
+
+def slot_info(conn: psycopg.Connection, name: str) -> SlotInfo | None:
+    row = conn.execute(
+        "SELECT slot_name, plugin, database, active, active_pid, confirmed_flush_lsn::text, restart_lsn::text, "
+        "wal_status, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint "
+        "FROM pg_replication_slots WHERE slot_name = %s",
+        (name,),
+    ).fetchone()
+    if row is None:
+        return None
+    return SlotInfo(
+        name=row[0],
+        plugin=row[1],
+        database=row[2],
+        active=bool(row[3]),
+        active_pid=row[4],
+        confirmed_flush=Lsn.parse(row[5]) if row[5] else Lsn.INVALID,
+        restart_lsn=Lsn.parse(row[6]) if row[6] else Lsn.INVALID,
+        wal_status=row[7],
+        lag_bytes=row[8],
+    )
+
+
+def check_slot(info: SlotInfo, dbname: str) -> None:
+    """Refuse a slot we cannot stream: wrong plugin/database, or invalidated."""
+    if info.wal_status == "lost":
+        raise SlotLostError(
+            f"replication slot {info.name!r} was invalidated (wal_status = lost): the server removed WAL the "
+            "connector had not read, so changes are missing from Kafka",
+            hint=f"drop the slot (SELECT pg_drop_replication_slot('{info.name}')), delete its row from "
+            "cdc.source_state and restart with snapshot.mode: initial or when_needed to re-snapshot; consider "
+            "raising max_slot_wal_keep_size",
+        )
+    if info.plugin != "pgoutput" or info.database != dbname:
+        raise PrerequisiteError(
+            f"slot {info.name!r} exists but is not a pgoutput slot of database {dbname!r} "
+            f"(plugin {info.plugin}, database {info.database})",
+            hint="choose another slot.name",
+        )
+
+
+def wait_until_free(
+    conn: psycopg.Connection, name: str, *, on_conflict: str, stop: threading.Event, poll_s: float = 2.0
+) -> bool:
+    """Return True once no other process streams the slot; False if `stop` was set while waiting."""
+    announced = False
+    while True:
+        info = slot_info(conn, name)
+        if info is None or not info.active or info.active_pid is None:
+            return True
+        if on_conflict != "wait":
+            raise SlotInUseError(
+                f"replication slot {name!r} is in use by another process (pid {info.active_pid})",
+                hint="only one connector may stream a slot; stop the other one, or set slot.on_conflict: wait "
+                "to run this one as a standby",
+            )
+        if not announced:
+            log.info("slot %s is streamed by pid %s; waiting as a standby", name, info.active_pid)
+            announced = True
+        if stop.wait(poll_s):
+            return False
+
+
+def drop_slot(conn: psycopg.Connection, name: str) -> None:
+    conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+
+
+_STATE_DDL = """
+CREATE SCHEMA IF NOT EXISTS cdc;
+CREATE TABLE IF NOT EXISTS cdc.source_state (
+    slot_name text PRIMARY KEY,
+    consistent_point pg_lsn NOT NULL,
+    snapshot_state text NOT NULL CHECK (snapshot_state IN ('running', 'done', 'skipped')),
+    progress jsonb NOT NULL DEFAULT '{}',
+    updated_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+class StateStore:
+    """Reads and writes `cdc.source_state` over a normal (autocommit) connection."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self._conn = conn
+
+    def ensure(self) -> None:
+        exists = self._conn.execute("SELECT to_regclass('cdc.source_state') IS NOT NULL").fetchone()
+        if exists and exists[0]:
+            return
+        try:
+            with self._conn.transaction():
+                for statement in _STATE_DDL.split(";"):
+                    if statement.strip():
+                        self._conn.execute(sql.SQL(statement.strip()))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise PrerequisiteError(
+                "the source role cannot create schema cdc / table cdc.source_state (the slot bookkeeping)",
+                hint="GRANT CREATE ON DATABASE to the role, or create them once as an admin (see docs/source.md)",
+            ) from exc
+
+    def get(self, slot: str) -> SlotState | None:
+        row = self._conn.execute(
+            "SELECT slot_name, consistent_point::text, snapshot_state, progress FROM cdc.source_state "
+            "WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
+        if row is None:
+            return None
+        return SlotState(row[0], Lsn.parse(row[1]), row[2], row[3] or {})
+
+    def put(
+        self, slot: str, consistent_point: Lsn, snapshot_state: str, progress: dict[str, Any] | None = None
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO cdc.source_state (slot_name, consistent_point, snapshot_state, progress) "
+            "VALUES (%s, %s::pg_lsn, %s, %s::jsonb) ON CONFLICT (slot_name) DO UPDATE SET "
+            "consistent_point = EXCLUDED.consistent_point, snapshot_state = EXCLUDED.snapshot_state, "
+            "progress = EXCLUDED.progress, updated_at = now()",
+            (slot, str(consistent_point), snapshot_state, json.dumps(progress or {})),
+        )
+
+    def update_progress(self, slot: str, progress: dict[str, Any]) -> None:
+        self._conn.execute(
+            "UPDATE cdc.source_state SET progress = %s::jsonb, updated_at = now() WHERE slot_name = %s",
+            (json.dumps(progress), slot),
+        )
+
+    def set_state(self, slot: str, snapshot_state: str) -> None:
+        self._conn.execute(
+            "UPDATE cdc.source_state SET snapshot_state = %s, updated_at = now() WHERE slot_name = %s",
+            (snapshot_state, slot),
+        )
+
+    def delete(self, slot: str) -> None:
+        self._conn.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (slot,))
