@@ -1,0 +1,83 @@
+"""Small helpers for integration tests: a PostgreSQL connection, a polling wait, reading a topic."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+
+T = TypeVar("T")
+
+
+def pg_connect(dsn: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A psycopg connection (autocommit by default, so each statement stands alone)."""
+    return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10)
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 30.0, *, interval: float = 0.2, what: str = "") -> T:
+    """Poll `predicate` until it returns something truthy and return that; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate!r}")
+        time.sleep(interval)
+
+
+def consume_all(
+    bootstrap: str,
+    topic: str,
+    *,
+    min_count: int = 1,
+    timeout: float = 30.0,
+    idle: float = 1.0,
+    config: dict[str, Any] | None = None,
+) -> list[Message]:
+    """Every message of `topic` from the beginning, read by a fresh consumer group.
+
+    Waits until at least `min_count` messages arrived (failing after `timeout`), then keeps
+    reading until the topic has been quiet for `idle` seconds.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4().hex[:12]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "topic.metadata.refresh.interval.ms": 1000,
+            **(config or {}),
+        }
+    )
+    messages: list[Message] = []
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if len(messages) >= min_count and now - quiet_since >= idle:
+                return messages
+            if now >= deadline:
+                if len(messages) >= min_count:
+                    return messages
+                raise AssertionError(
+                    f"read {len(messages)} message(s) from {topic} in {timeout:.0f}s, expected at least {min_count}"
+                )
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            error = msg.error()
+            if error is not None:
+                if error.code() in {KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART}:
+                    continue
+                raise KafkaException(error)
+            messages.append(msg)
+            quiet_since = time.monotonic()
+    finally:
+        consumer.close()
