@@ -1,0 +1,364 @@
+"""Per-table key and value schemas, and the rows, keys and envelopes that match them.
+
+`build_table_schemas` runs once per table (and again when its relation changes); the returned
+`TableSchemas` turns PostgreSQL text values into Avro-ready rows and wraps them into Debezium-compatible
+envelopes (docs/event-format.md). Record names are `{topic_prefix}.{schema}.{table}.Key|Value|Envelope`,
+each segment made a valid Avro name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from connector import __version__
+from connector.errors import SchemaError
+from connector.records import AvroSchema
+from schemas.catalog import TableInfo
+from schemas.types import (
+    CONNECT_NAME,
+    AvroType,
+    ColumnCodec,
+    avro_name,
+    column_codec,
+)
+from sources.postgres.config import DecimalHandling
+
+
+class _UnchangedToast:
+    """The value pgoutput did not send: an unchanged TOASTed column ('u' in the tuple)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNCHANGED_TOAST"
+
+    def __reduce__(self) -> str:
+        return "UNCHANGED_TOAST"
+
+
+UNCHANGED_TOAST: Final = _UnchangedToast()
+"""Pass this for a column whose tuple entry is 'u' (unchanged TOAST)."""
+
+SOURCE_RECORD_NAME = "io.debezium.connector.postgresql.Source"
+
+SOURCE_SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "name": "Source",
+    "namespace": "io.debezium.connector.postgresql",
+    "fields": [
+        {"name": "version", "type": "string"},
+        {"name": "connector", "type": "string"},
+        {"name": "name", "type": "string"},
+        {"name": "ts_ms", "type": "long"},
+        {"name": "snapshot", "type": ["null", "string"], "default": None},
+        {"name": "db", "type": "string"},
+        {"name": "sequence", "type": ["null", "string"], "default": None},
+        {"name": "schema", "type": "string"},
+        {"name": "table", "type": "string"},
+        {"name": "txId", "type": ["null", "long"], "default": None},
+        {"name": "lsn", "type": ["null", "long"], "default": None},
+        {"name": "xmin", "type": ["null", "long"], "default": None},
+        {"name": "commit_lsn", "type": ["null", "long"], "default": None},
+    ],
+    CONNECT_NAME: SOURCE_RECORD_NAME,
+}
+
+OPS: Final = frozenset({"c", "u", "d", "r", "t"})
+
+
+def source_block(
+    *,
+    name: str,
+    db: str,
+    schema: str,
+    table: str,
+    ts_ms: int,
+    snapshot: str | None = None,
+    tx_id: int | None = None,
+    lsn: Any = None,
+    commit_lsn: Any = None,
+    xmin: int | None = None,
+    sequence: str | None = None,
+    version: str = __version__,
+) -> dict[str, Any]:
+    """The `source` record of an event. `lsn`/`commit_lsn` accept ints or `Lsn`s.
+
+    `sequence` defaults to Debezium's `["<commit lsn>","<lsn>"]` (decimal strings) when both are known.
+    """
+    lsn_value = None if lsn is None else int(lsn)
+    commit_value = None if commit_lsn is None else int(commit_lsn)
+    if sequence is None and lsn_value is not None and commit_value is not None:
+        sequence = f'["{commit_value}","{lsn_value}"]'
+    return {
+        "version": version,
+        "connector": "postgresql",
+        "name": name,
+        "ts_ms": ts_ms,
+        "snapshot": snapshot,
+        "db": db,
+        "sequence": sequence,
+        "schema": schema,
+        "table": table,
+        "txId": tx_id,
+        "lsn": lsn_value,
+        "xmin": xmin,
+        "commit_lsn": commit_value,
+    }
+
+
+@dataclass(frozen=True)
+class TableSchemas:
+    """The schemas of one captured table and the builders of its rows, keys and envelopes.
+
+    `codecs` are the captured columns in table order; `row()` takes their text values in that order.
+    `key_schema` is None for a keyless table (no primary key, no replica identity index, no configured
+    `key_columns`): its records have a null key.
+    """
+
+    topic: str
+    table: TableInfo
+    codecs: tuple[ColumnCodec, ...]
+    key_columns: tuple[str, ...]
+    key_schema: AvroSchema | None
+    value_schema: AvroSchema
+    _plan: tuple[tuple[str, Any, Any, str], ...] = field(init=False, repr=False, compare=False)
+    _fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _key_fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        plan = tuple((c.field_name, c.from_text, c.placeholder, c.column.name) for c in self.codecs)
+        object.__setattr__(self, "_plan", plan)
+        object.__setattr__(self, "_fields", tuple(c.field_name for c in self.codecs))
+        by_column = {c.column.name: c.field_name for c in self.codecs}
+        object.__setattr__(self, "_key_fields", tuple(by_column[name] for name in self.key_columns))
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """The captured columns, in the order `row()` expects their values."""
+        return tuple(c.column.name for c in self.codecs)
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return self._fields
+
+    def row(self, texts: Sequence[str | _UnchangedToast | None]) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """Text values (one per codec, None for NULL, UNCHANGED_TOAST for 'u') -> (Avro row, unchanged columns)."""
+        if len(texts) != len(self._plan):
+            raise SchemaError(
+                f"{self.table.qualified_name}: got {len(texts)} values for {len(self._plan)} captured columns",
+                hint="the table changed since its schema was built; rebuild it from the relation message",
+            )
+        if UNCHANGED_TOAST in texts:
+            return self._row_with_toast(texts)
+        try:
+            return {name: convert(text) for (name, convert, _, _), text in zip(self._plan, texts, strict=True)}, ()
+        except (ValueError, TypeError, ArithmeticError, IndexError) as exc:
+            raise self._conversion_error(texts) from exc
+
+    def _row_with_toast(self, texts: Sequence[Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+        out: dict[str, Any] = {}
+        unchanged: list[str] = []
+        try:
+            for (name, convert, placeholder, column), text in zip(self._plan, texts, strict=True):
+                if text is UNCHANGED_TOAST:
+                    out[name] = placeholder
+                    unchanged.append(column)
+                else:
+                    out[name] = convert(text)
+        except (ValueError, TypeError, ArithmeticError, IndexError) as exc:
+            raise self._conversion_error(texts) from exc
+        return out, tuple(unchanged)
+
+    def _conversion_error(self, texts: Sequence[Any]) -> SchemaError:
+        for codec, text in zip(self.codecs, texts, strict=True):
+            if text is UNCHANGED_TOAST:
+                continue
+            try:
+                codec.from_text(text)
+            except (ValueError, TypeError, ArithmeticError, IndexError) as exc:
+                # The value itself is not printed: it may be personal data.
+                return SchemaError(
+                    f"cannot convert a value of {self.table.qualified_name}.{codec.column.name} "
+                    f"({codec.column.type_name}): {type(exc).__name__}",
+                    hint="exclude the column with `columns_exclude` or report the value's shape as a bug",
+                )
+        return SchemaError(f"cannot convert a row of {self.table.qualified_name}")
+
+    def row_by_name(self, texts: Mapping[str, str | _UnchangedToast | None]) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """Like `row()`, from a mapping column name -> text; missing columns are NULL."""
+        return self.row([texts.get(c.column.name) for c in self.codecs])
+
+    def key(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The key record of an Avro row (None for a keyless table)."""
+        if self.key_schema is None:
+            return None
+        return {name: row[name] for name in self._key_fields}
+
+    def envelope(
+        self,
+        *,
+        op: str,
+        before: Mapping[str, Any] | None,
+        after: Mapping[str, Any] | None,
+        source: Mapping[str, Any],
+        ts_ms: int | None,
+        change_id: str,
+        unchanged_toast: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        return {
+            "before": before,
+            "after": after,
+            "source": source,
+            "op": op,
+            "ts_ms": ts_ms,
+            "change_id": change_id,
+            "unchanged_toast": list(unchanged_toast),
+        }
+
+
+def record_namespace(topic_prefix: str, schema: str, table: str) -> str:
+    """`{topic_prefix}.{schema}.{table}` with each dot-separated segment made a valid Avro name."""
+    segments = [*topic_prefix.split("."), schema, table]
+    return ".".join(avro_name(s) for s in segments if s)
+
+
+def _dedupe_named(avro: AvroType, seen: set[str], namespace: str | None = None) -> AvroType:
+    """Replace every named type defined earlier in the schema by its full name (Avro forbids redefinition)."""
+    if isinstance(avro, list):
+        return [_dedupe_named(branch, seen, namespace) for branch in avro]
+    if not isinstance(avro, dict):
+        return avro
+    kind = avro.get("type")
+    if kind in ("record", "enum", "fixed"):
+        name = avro["name"]
+        ns = avro.get("namespace", namespace)
+        full = name if "." in name or not ns else f"{ns}.{name}"
+        if full in seen:
+            return full
+        seen.add(full)
+        if kind == "record":
+            fields = [{**f, "type": _dedupe_named(f["type"], seen, ns)} for f in avro["fields"]]
+            return {**avro, "fields": fields}
+        return avro
+    if kind == "array":
+        return {**avro, "items": _dedupe_named(avro["items"], seen, namespace)}
+    if kind == "map":
+        return {**avro, "values": _dedupe_named(avro["values"], seen, namespace)}
+    return avro
+
+
+def _with_unique_names(codecs: list[ColumnCodec]) -> list[ColumnCodec]:
+    used: set[str] = set()
+    out = []
+    for codec in codecs:
+        name = codec.field_name
+        suffix = 2
+        while name in used:
+            name = f"{codec.field_name}_{suffix}"
+            suffix += 1
+        used.add(name)
+        out.append(codec if name == codec.field_name else replace(codec, field_name=name))
+    return out
+
+
+def build_table_schemas(
+    table: TableInfo,
+    *,
+    topic: str,
+    topic_prefix: str,
+    decimal_handling: DecimalHandling = DecimalHandling.PRECISE,
+    skip_unsupported: bool = False,
+    columns_include: Collection[str] | None = None,
+    columns_exclude: Collection[str] = (),
+    key_columns: Sequence[str] | None = None,
+) -> TableSchemas:
+    """The key and value schemas of `table` and the codecs of its captured columns.
+
+    Captured columns: all columns in table order, minus generated columns (pgoutput does not send them
+    before PostgreSQL 18), restricted to `columns_include` when given, minus `columns_exclude`.
+    `key_columns` overrides the table's primary key / replica identity index (for keyless tables).
+    """
+    where = table.qualified_name
+    names = {c.name for c in table.columns}
+    for option, listed in (("columns_include", columns_include or ()), ("columns_exclude", columns_exclude)):
+        missing = [n for n in listed if n not in names]
+        if missing:
+            raise SchemaError(
+                f"{where}: `{option}` names columns the table does not have: {', '.join(missing)}",
+                hint=f"check the column names in `table_options` for {where}",
+            )
+    keys = tuple(key_columns) if key_columns is not None else table.key_columns
+    missing_keys = [k for k in keys if k not in names]
+    if missing_keys:
+        raise SchemaError(
+            f"{where}: key columns {', '.join(missing_keys)} do not exist",
+            hint=f"fix `key_columns` for {where}",
+        )
+
+    codecs: list[ColumnCodec] = []
+    for column in table.columns:
+        if column.generated:
+            continue
+        if columns_include is not None and column.name not in columns_include:
+            if column.name in keys:
+                raise SchemaError(
+                    f"{where}: key column {column.name} is not in `columns_include`",
+                    hint="key columns must be captured; add it to `columns_include`",
+                )
+            continue
+        if column.name in columns_exclude:
+            if column.name in keys:
+                raise SchemaError(
+                    f"{where}: key column {column.name} is in `columns_exclude`",
+                    hint="key columns must be captured; remove it from `columns_exclude`",
+                )
+            continue
+        try:
+            codecs.append(column_codec(table, column, decimal_handling=decimal_handling, key=column.name in keys))
+        except SchemaError:
+            if skip_unsupported and column.name not in keys:
+                continue
+            raise
+    codecs = _with_unique_names(codecs)
+
+    namespace = record_namespace(topic_prefix, table.schema, table.name)
+    value_record = _dedupe_named(
+        {"type": "record", "name": "Value", "namespace": namespace, "fields": [c.field for c in codecs],
+         CONNECT_NAME: f"{namespace}.Value"},
+        set(),
+    )  # fmt: skip
+    envelope = {
+        "type": "record",
+        "name": "Envelope",
+        "namespace": namespace,
+        "fields": [
+            {"name": "before", "type": ["null", value_record], "default": None},
+            {"name": "after", "type": ["null", f"{namespace}.Value"], "default": None},
+            {"name": "source", "type": SOURCE_SCHEMA},
+            {"name": "op", "type": "string"},
+            {"name": "ts_ms", "type": ["null", "long"], "default": None},
+            {"name": "change_id", "type": {"type": "string", "logicalType": "uuid"}},
+            {"name": "unchanged_toast", "type": {"type": "array", "items": "string"}, "default": []},
+        ],
+        CONNECT_NAME: f"{namespace}.Envelope",
+    }
+    key_schema = None
+    if keys:
+        by_name = {c.column.name: c for c in codecs}
+        key_record = _dedupe_named(
+            {"type": "record", "name": "Key", "namespace": namespace,
+             "fields": [by_name[k].field for k in keys], CONNECT_NAME: f"{namespace}.Key"},
+            set(),
+        )  # fmt: skip
+        key_schema = AvroSchema.of(key_record)
+    return TableSchemas(
+        topic=topic,
+        table=table,
+        codecs=tuple(codecs),
+        key_columns=keys,
+        key_schema=key_schema,
+        value_schema=AvroSchema.of(envelope),
+    )
+

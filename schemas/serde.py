@@ -1,0 +1,134 @@
+"""Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro binary body (no container).
+
+`Encoder` keeps one parsed fastavro schema per schema text and one reused buffer, so encoding an event is
+one `schemaless_writer` call plus a header. `Decoder` resolves ids through the registry (cached) and turns
+every way a message can be malformed into a `PoisonMessageError` that says which way.
+
+Decoded values: temporal fields (`date`, `time-micros`, `timestamp-micros`, `local-timestamp-micros`) come
+back as the Avro integers and `uuid` strings as strings, not as Python objects: PostgreSQL values such as
+`infinity`, years beyond 9999 or before 1 AD, and `24:00:00` have no `datetime` equivalent, and a decoder
+must never fail on a value the source legitimately wrote (docs/types.md lists the sentinels).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+from typing import TYPE_CHECKING, Any
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+
+from connector.errors import ConnectorError, PoisonMessageError
+from connector.records import AvroSchema
+
+if TYPE_CHECKING:
+    from schemas.registry import SchemaRegistry
+
+MAGIC = 0
+HEADER = struct.Struct(">bI")
+HEADER_SIZE = HEADER.size
+
+_RAW_LOGICAL_TYPES = frozenset({"date", "time-micros", "time-millis", "timestamp-micros", "timestamp-millis",
+                                "local-timestamp-micros", "local-timestamp-millis", "uuid"})  # fmt: skip
+
+
+def without_raw_logical_types(definition: Any) -> Any:
+    """A copy of an Avro schema definition without the logical types the decoder returns raw."""
+    if isinstance(definition, list):
+        return [without_raw_logical_types(branch) for branch in definition]
+    if not isinstance(definition, dict):
+        return definition
+    out = {}
+    for key, value in definition.items():
+        if key == "logicalType" and value in _RAW_LOGICAL_TYPES:
+            continue
+        if key in ("type", "items", "values"):
+            out[key] = without_raw_logical_types(value)
+        elif key == "fields":
+            out[key] = [{**f, "type": without_raw_logical_types(f["type"])} for f in value]
+        else:
+            out[key] = value
+    return out
+
+
+class Encoder:
+    """Encodes values to Confluent wire format. One instance per thread (it reuses its buffer)."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, Any] = {}
+        self._buffer = io.BytesIO()
+
+    def parsed(self, schema: AvroSchema) -> Any:
+        parsed = self._parsed.get(schema.text)
+        if parsed is None:
+            parsed = parse_schema(schema.definition)
+            self._parsed[schema.text] = parsed
+        return parsed
+
+    def encode(self, schema_id: int, schema: AvroSchema, value: Any) -> bytes:
+        parsed = self._parsed.get(schema.text)
+        if parsed is None:
+            parsed = self.parsed(schema)
+        buffer = self._buffer
+        buffer.seek(0)
+        buffer.truncate()
+        buffer.write(HEADER.pack(MAGIC, schema_id))
+        schemaless_writer(buffer, parsed, value)
+        return buffer.getvalue()
+
+
+class Decoder:
+    """Decodes Confluent wire-format messages; thread-safe (no shared buffers, caches under a lock)."""
+
+    def __init__(self, registry: SchemaRegistry) -> None:
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._by_id: dict[int, tuple[AvroSchema, Any]] = {}
+
+    def _schema(self, schema_id: int) -> tuple[AvroSchema, Any]:
+        with self._lock:
+            found = self._by_id.get(schema_id)
+        if found is not None:
+            return found
+        try:
+            schema = self._registry.schema_by_id(schema_id)
+        except ConnectorError as exc:
+            if exc.retriable:
+                raise
+            raise PoisonMessageError(f"unknown schema id {schema_id}: {exc.message}", hint=exc.hint) from None
+        found = (schema, parse_schema(without_raw_logical_types(schema.definition)))
+        with self._lock:
+            self._by_id[schema_id] = found
+        return found
+
+    def decode(self, data: bytes | None) -> tuple[Any, AvroSchema, int]:
+        """(value, writer schema, schema id) of a message; PoisonMessageError says why it cannot be read."""
+        if not data:
+            raise PoisonMessageError("empty message: expected Confluent wire format (magic byte 0 + schema id)")
+        if len(data) < HEADER_SIZE:
+            raise PoisonMessageError(f"message of {len(data)} bytes is shorter than the 5-byte wire-format header")
+        magic, schema_id = HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise PoisonMessageError(
+                f"bad magic byte {data[0]:#04x}: not Confluent wire format",
+                hint="the producer did not use a schema-registry Avro serializer",
+            )
+        schema, parsed = self._schema(schema_id)
+        stream = io.BytesIO(data)
+        stream.seek(HEADER_SIZE)
+        try:
+            value = schemaless_reader(stream, parsed, None)
+        except (EOFError, StopIteration) as exc:
+            raise PoisonMessageError(
+                f"truncated Avro body ({len(data) - HEADER_SIZE} bytes) for schema id {schema_id}"
+            ) from exc
+        except Exception as exc:  # fastavro raises many types on corrupt input (ValueError, UnicodeError, ...)
+            raise PoisonMessageError(
+                f"corrupt Avro body for schema id {schema_id}: {type(exc).__name__}"
+            ) from exc
+        if stream.tell() != len(data):
+            raise PoisonMessageError(
+                f"corrupt Avro body for schema id {schema_id}: {len(data) - stream.tell()} bytes left after the value"
+            )
+        return value, schema, schema_id
