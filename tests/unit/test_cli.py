@@ -1,0 +1,83 @@
+"""`cdc --help` and every subcommand's `--help` work; `cdc dev` behaves without any service running."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from connector.cli import app
+
+pytestmark = pytest.mark.unit
+
+# The contract's commands (docs: CONTRACTS.md); each must exist.
+CONTRACT_COMMANDS = [
+    ("run",),
+    ("validate",),
+    ("config", "show"),
+    ("config", "schema"),
+    ("status",),
+    ("dev", "up"),
+    ("dev", "down"),
+    ("dev", "status"),
+]
+
+
+def command_paths(command: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [prefix]
+    # Groups have `commands` (typer may use its own copy of click, so no isinstance check).
+    if getattr(command, "commands", None):
+        for name, sub in sorted(command.commands.items()):
+            paths.extend(command_paths(sub, (*prefix, name)))
+    return paths
+
+
+ALL_PATHS = command_paths(typer.main.get_command(app))
+
+
+def test_root_help_lists_the_command_groups() -> None:
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    for name in ("run", "validate", "config", "status", "dev"):
+        assert name in result.output
+
+
+@pytest.mark.parametrize("path", ALL_PATHS, ids=lambda p: " ".join(p) or "cdc")
+def test_every_command_has_help(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("path", CONTRACT_COMMANDS, ids=" ".join)
+def test_contract_command_exists(path: tuple[str, ...]) -> None:
+    assert path in ALL_PATHS
+
+
+def test_dev_up_has_every_port_option() -> None:
+    up = typer.main.get_command(app).commands["dev"].commands["up"]  # type: ignore[attr-defined]
+    flags = {opt for param in up.params for opt in param.opts}
+    assert flags >= {"--home", "--pg-port", "--kafka-port", "--kafka-controller-port", "--registry-port",
+                     "--registry-management-port", "--free-ports", "--timeout"}
+
+
+def test_dev_status_of_an_empty_home_says_not_started(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["dev", "status", "--home", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "stopped" in result.output
+
+
+def test_dev_down_of_an_empty_home_stops_nothing(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["dev", "down", "--home", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "nothing was running" in result.output
+
+
+def test_dev_home_comes_from_cdc_home(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["dev", "down"], env={"CDC_HOME": str(tmp_path / "elsewhere")})
+    assert result.exit_code == 0, result.output
+    assert str(tmp_path / "elsewhere") in result.output
