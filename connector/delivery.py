@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -114,8 +114,12 @@ class AckTracker:
         return self._confirmed
 
 
-Serializer = Callable[[str, AvroSchema, Any, bool], bytes]
-"""(topic, schema, value, is_key) -> encoded bytes (Confluent wire format)."""
+class Serializer(Protocol):
+    """Encodes keys and values (Confluent wire format), registering their schemas as needed."""
+
+    def __call__(self, topic: str, schema: AvroSchema, value: Any, is_key: bool) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class KafkaDelivery:
@@ -230,5 +234,6 @@ class KafkaDelivery:
             )
 
     def close(self) -> None:
-        """Release the producer without waiting (a clean stop calls `flush` first)."""
+        """Release the producer without waiting (a clean stop calls `flush` first) and the serializer."""
         self._producer.poll(0)
+        self._serializer.close()

@@ -2,8 +2,8 @@
 
 Two layers: the streaming-replication COPY BOTH frames (`XLogData` 'w', `PrimaryKeepalive` 'k') and the
 pgoutput messages inside an XLogData payload. Column values stay in PostgreSQL's text output format
-(`str`), `None` for SQL NULL, and `UNCHANGED_TOAST` for an unchanged TOASTed value PostgreSQL did not send;
-converting text to Avro values is the schema layer's job.
+(`str`), `None` for SQL NULL, and `UNCHANGED_TOAST` (the schema layer's sentinel) for an unchanged TOASTed
+value PostgreSQL did not send; converting text to Avro values is the schema layer's job.
 
 Reference: PostgreSQL docs, "Logical Replication Message Formats" and "Streaming Replication Protocol".
 """
@@ -16,26 +16,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from connector.errors import FatalError
+from schemas.envelope import UNCHANGED_TOAST, _UnchangedToast
 
 PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
 PG_EPOCH_UNIX_US: Final = 946_684_800_000_000
 
 
-class _Unchanged:
-    """The value of a TOASTed column an update left unchanged ('u' in TupleData)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "UNCHANGED_TOAST"
-
-    def __reduce__(self) -> str:
-        return "UNCHANGED_TOAST"
-
-
-UNCHANGED_TOAST: Final = _Unchanged()
-
-Value = str | None | _Unchanged
+Value = str | None | _UnchangedToast
 Tuple = tuple[Value, ...]
 
 

@@ -18,6 +18,7 @@ from psycopg import pq, sql
 
 from connector.errors import RetriableError
 from connector.positions import Lsn
+from schemas.types import SESSION_SETTINGS
 from sources.postgres.protocol import Keepalive, XLogData, decode_frame, encode_status_update, now_pg_us
 
 
@@ -36,13 +37,25 @@ class CreatedSlot:
     snapshot_name: str | None
 
 
+def session_options() -> str:
+    """libpq `options` applying the settings under which the schema layer's text converters are exact.
+
+    The walsender formats pgoutput's text values with its own session settings, so they must be set at connect.
+    """
+    return " ".join(f"-c {name}={value.replace(' ', chr(92) + ' ')}" for name, value in SESSION_SETTINGS.items())
+
+
 class ReplicationConnection:
     """A `replication=database` connection; after `start()` it is in COPY BOTH mode."""
 
     def __init__(self, dsn: str, *, application_name: str = "cdc-connector") -> None:
         try:
             self._conn = psycopg.connect(
-                dsn, replication="database", autocommit=True, application_name=application_name
+                dsn,
+                replication="database",
+                autocommit=True,
+                application_name=application_name,
+                options=session_options(),
             )
         except psycopg.OperationalError as exc:
             raise RetriableError(f"cannot open a replication connection: {exc}".strip()) from exc

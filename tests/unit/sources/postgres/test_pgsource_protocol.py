@@ -101,7 +101,8 @@ def test_truncate_options() -> None:
 
 def test_origin_type_message() -> None:
     assert decode_message(b"O" + struct.pack("!Q", 99) + cstr("node1")) == Origin(99, "node1")
-    assert decode_message(b"Y" + struct.pack("!I", 5000) + cstr("public") + cstr("mood")) == Type(5000, "public", "mood")
+    mood = decode_message(b"Y" + struct.pack("!I", 5000) + cstr("public") + cstr("mood"))
+    assert mood == Type(5000, "public", "mood")
     body = b"M" + b"\x00" + struct.pack("!Q", 77) + cstr("cdc-heartbeat") + struct.pack("!I", 3) + b"abc"
     assert decode_message(body) == Message(False, 77, "cdc-heartbeat", b"abc")
 

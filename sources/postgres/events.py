@@ -1,0 +1,253 @@
+"""pgoutput changes and snapshot rows -> `Record`s (Debezium-compatible envelopes, see docs/event-format.md).
+
+`EventFactory` builds one `TableEvents` per table (snapshot) or per Relation message (stream): the schema
+layer's `TableSchemas` (converters built once per column), the mapping from the relation's column order to
+the captured columns, and the topic. Everything per event is then plain data shuffling.
+
+Headers on every record: `change_id` and `source_lsn` (`commit_lsn:lsn`, decimal).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from connector.config import ConnectorConfig, SchemaRegistryConfig
+from connector.errors import SchemaError
+from connector.records import AvroSchema, Record
+from schemas.catalog import TableInfo, describe_tables
+from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, source_block
+from sources.postgres.change_id import ChangeIds
+from sources.postgres.config import PostgresSourceConfig
+from sources.postgres.protocol import Delete, Insert, Relation, Tuple, Update
+from sources.postgres.selection import TableRef, options_for
+
+log = logging.getLogger(__name__)
+
+
+class RegistrySerializer:
+    """Confluent wire format with schemas registered once per (subject, schema); `close()` ends its HTTP client."""
+
+    def __init__(self, config: SchemaRegistryConfig) -> None:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        from schemas.registry import SchemaRegistry
+        from schemas.serde import Encoder
+
+        conf: dict[str, Any] = {"url": config.url, "timeout": 10, "max.retries": 2}
+        if config.basic_auth_user_info is not None:
+            conf["basic.auth.user.info"] = config.basic_auth_user_info.get_secret_value()
+        self._client = SchemaRegistryClient(conf)
+        self._registry = SchemaRegistry(config, client=self._client)
+        self._encoder = Encoder()
+        self._ids: dict[tuple[str, bool, str], int] = {}
+
+    def __call__(self, topic: str, schema: AvroSchema, value: Any, is_key: bool) -> bytes:
+        cache_key = (topic, is_key, schema.text)
+        schema_id = self._ids.get(cache_key)
+        if schema_id is None:
+            schema_id = self._registry.register(f"{topic}-{'key' if is_key else 'value'}", schema)
+            self._ids[cache_key] = schema_id
+        return self._encoder.encode(schema_id, schema, value)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class TableEvents:
+    """Builds the records of one table version."""
+
+    __slots__ = (
+        "_db", "_full_identity", "_header_lsn", "_ids", "_index", "_key_schema", "_name", "_schemas", "_tombstones",
+        "_topic", "_value_schema", "columns", "key_columns", "last_op", "schema", "table", "table_name",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        schemas: TableSchemas,
+        *,
+        connector_name: str,
+        db: str,
+        ids: ChangeIds,
+        tombstones: bool,
+        relation_columns: Sequence[str] | None = None,
+        replica_identity: str = "d",
+    ) -> None:
+        self._schemas = schemas
+        self._topic = schemas.topic
+        self._key_schema = schemas.key_schema
+        self._value_schema = schemas.value_schema
+        self._ids = ids
+        self._db = db
+        self._name = connector_name
+        self._tombstones = tombstones
+        self._full_identity = replica_identity == "f"
+        self.schema = schemas.table.schema
+        self.table = schemas.table.name
+        self.table_name = f"{self.schema}.{self.table}"
+        self.columns = schemas.column_names
+        self.key_columns = schemas.key_columns
+        self.last_op = ""
+        self._index: tuple[int, ...] | None = None
+        if relation_columns is not None and tuple(relation_columns) != self.columns:
+            position = {name: i for i, name in enumerate(relation_columns)}
+            missing = [c for c in self.columns if c not in position]
+            if missing:
+                raise SchemaError(
+                    f"{self.table_name}: the replication stream lacks captured columns {', '.join(missing)}",
+                    hint="the publication's column list and the config's column selection differ; restart to resync",
+                )
+            self._index = tuple(position[c] for c in self.columns)
+
+    def _texts(self, values: Tuple) -> Sequence[Any]:
+        index = self._index
+        return values if index is None else [values[i] for i in index]
+
+    def _source(self, lsn: int, commit_lsn: int, xid: int | None, ts_ms: int, snapshot: str | None) -> dict[str, Any]:
+        return source_block(
+            name=self._name, db=self._db, schema=self.schema, table=self.table, ts_ms=ts_ms,
+            snapshot=snapshot, tx_id=xid, lsn=lsn, commit_lsn=commit_lsn,
+        )  # fmt: skip
+
+    def streamed(
+        self, message: Insert | Update | Delete, *, lsn: int, commit_lsn: int, ordinal: int, xid: int, commit_ms: int
+    ) -> list[Record]:
+        schemas = self._schemas
+        change_id = self._ids.streamed(commit_lsn, lsn, ordinal)
+        before = after = None
+        unchanged: tuple[str, ...] = ()
+        if type(message) is Insert:
+            op = "c"
+            after, _ = schemas.row(self._texts(message.new))
+            key = schemas.key(after)
+        elif type(message) is Update:
+            op = "u"
+            new = message.new
+            old = message.old
+            if old is not None and not message.old_is_key_only and UNCHANGED_TOAST in new:
+                # REPLICA IDENTITY FULL: the old row has the full value of every unchanged TOASTed column.
+                new = tuple(o if n is UNCHANGED_TOAST else n for n, o in zip(new, old, strict=True))
+            after, unchanged = schemas.row(self._texts(new))
+            if old is not None:
+                before, _ = schemas.row(self._texts(old))
+            key = schemas.key(after)
+        else:
+            assert isinstance(message, Delete)
+            op = "d"
+            before, _ = schemas.row(self._texts(message.old))
+            key = schemas.key(before)
+        self.last_op = op
+        value: dict[str, Any] = {
+            "before": before,
+            "after": after,
+            "source": self._source(lsn, commit_lsn, xid, commit_ms, None),
+            "op": op,
+            "ts_ms": int(time.time() * 1000),
+            "change_id": change_id,
+            "unchanged_toast": list(unchanged),
+        }
+        headers = (("change_id", change_id.encode()), ("source_lsn", f"{commit_lsn}:{lsn}".encode()))
+        record = Record(self._topic, key, value, self._key_schema, self._value_schema, headers)
+        if op == "d" and self._tombstones and key is not None:
+            return [record, Record(self._topic, key, None, self._key_schema, None, headers)]
+        return [record]
+
+    def truncate(self, *, lsn: int, commit_lsn: int, ordinal: int, xid: int, commit_ms: int) -> list[Record]:
+        change_id = self._ids.streamed(commit_lsn, lsn, ordinal)
+        self.last_op = "t"
+        value = self._schemas.envelope(
+            op="t", before=None, after=None, source=self._source(lsn, commit_lsn, xid, commit_ms, None),
+            ts_ms=int(time.time() * 1000), change_id=change_id,
+        )  # fmt: skip
+        headers = (("change_id", change_id.encode()), ("source_lsn", f"{commit_lsn}:{lsn}".encode()))
+        return [Record(self._topic, None, value, None, self._value_schema, headers)]
+
+    def snapshot_row(self, texts: Sequence[str | None], point: int, ts_ms: int, marker: str) -> list[Record]:
+        """A snapshot read (`op = r`); `texts` in `columns` order, `lsn`/`commit_lsn` = the consistent point."""
+        schemas = self._schemas
+        after, _ = schemas.row(texts)
+        key = schemas.key(after)
+        key_texts = [texts[self.columns.index(c)] for c in self.key_columns] if self.key_columns else list(texts)
+        change_id = self._ids.snapshot(point, self.schema, self.table, key_texts)
+        self.last_op = "r"
+        value: dict[str, Any] = {
+            "before": None,
+            "after": after,
+            "source": self._source(point, point, None, ts_ms, marker),
+            "op": "r",
+            "ts_ms": int(time.time() * 1000),
+            "change_id": change_id,
+            "unchanged_toast": [],
+        }
+        headers = (("change_id", change_id.encode()), ("source_lsn", f"{point}:{point}".encode()))
+        return [Record(self._topic, key, value, self._key_schema, self._value_schema, headers)]
+
+
+class EventFactory:
+    """Describes tables (catalog) and builds their `TableEvents`, once per table version."""
+
+    def __init__(self, config: ConnectorConfig, conn: psycopg.Connection, ids: ChangeIds, db: str) -> None:
+        assert config.source is not None
+        self._config = config
+        self._source: PostgresSourceConfig = config.source
+        self._conn = conn
+        self.ids = ids
+        self._db = db
+
+    def topic(self, table: TableRef) -> str:
+        return f"{self._source.topic_prefix}.{table.schema}.{table.table}"
+
+    def _describe(self, table: TableRef) -> TableInfo:
+        found = describe_tables(self._conn, [(table.schema, table.table)])
+        info = found.get((table.schema, table.table))
+        if info is None:
+            raise SchemaError(f"table {table} no longer exists", hint="restart to resync the publication")
+        return info
+
+    def _build(
+        self, table: TableRef, info: TableInfo, only: Sequence[str] | None, relation_columns: Sequence[str] | None
+    ) -> TableEvents:
+        options = options_for(self._source, table)
+        include = options.columns_include
+        if only is not None:
+            include = [c for c in (include if include is not None else only) if c in only]
+        schemas = build_table_schemas(
+            info,
+            topic=self.topic(table),
+            topic_prefix=self._source.topic_prefix,
+            decimal_handling=self._source.decimal_handling,
+            skip_unsupported=options.skip_unsupported_columns,
+            columns_include=include,
+            columns_exclude=options.columns_exclude,
+            key_columns=options.key_columns,
+        )
+        return TableEvents(
+            schemas,
+            connector_name=self._config.name,
+            db=self._db,
+            ids=self.ids,
+            tombstones=self._source.tombstones_on_delete,
+            relation_columns=relation_columns,
+            replica_identity=info.replica_identity,
+        )
+
+    def for_table(self, table: TableRef) -> TableEvents:
+        return self._build(table, self._describe(table), None, None)
+
+    def for_relation(self, relation: Relation) -> TableEvents:
+        table = TableRef(relation.namespace, relation.name)
+        names = [c.name for c in relation.columns]
+        info = self._describe(table)
+        unknown = [n for n in names if n not in {c.name for c in info.columns}]
+        if unknown:
+            raise SchemaError(
+                f"{table}: the stream carries columns the catalog no longer has ({', '.join(unknown)})",
+                hint="a column was dropped while the connector lagged; its old values cannot be typed",
+            )
+        events = self._build(table, info, names, names)
+        log.info("relation %s: %d columns, key %s", table, len(events.columns), ", ".join(events.key_columns) or "-")
+        return events

@@ -1,0 +1,562 @@
+"""The PostgreSQL source: snapshot, then stream the slot into Kafka, confirming only what Kafka holds.
+
+Commit order (see connector/delivery.py): produce a transaction's records as its changes arrive -> Kafka
+acknowledges them all (and everything before) -> the transaction's end LSN becomes the slot's confirmed
+flush LSN at the next standby status update. A delivery error stops the source before any further
+confirmation; on restart the slot replays from its confirmed LSN and re-sent changes carry the same ids.
+
+Resume contract: the constructor holds no position; `run` resumes from the slot's confirmed flush LSN and
+may be killed at any moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from connector.checks import Problem
+from connector.config import ConnectorConfig
+from connector.delivery import KafkaDelivery, TxSlot
+from connector.errors import ConfigError, ConnectorError, PrerequisiteError, is_retriable
+from connector.metrics import SNAPSHOT_ROWS, SOURCE_CONFIRMED_LSN, SOURCE_EVENTS, SOURCE_SLOT_LAG_BYTES
+from connector.positions import Lsn
+from connector.records import Record
+from sources.base import Source
+from sources.postgres import prerequisites
+from sources.postgres.change_id import ChangeIds, namespace_for
+from sources.postgres.config import PostgresSourceConfig, SnapshotMode
+from sources.postgres.events import EventFactory, RegistrySerializer, TableEvents
+from sources.postgres.protocol import (
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Keepalive,
+    Relation,
+    Truncate,
+    Update,
+    XLogData,
+    decode_message,
+    pg_time_to_unix_us,
+)
+from sources.postgres.replication import CreatedSlot, ReplicationConnection
+from sources.postgres.selection import TableRef, resolve_tables, sync_publication
+from sources.postgres.slots import (
+    SlotInUseError,
+    SlotLostError,
+    StateStore,
+    check_slot,
+    drop_slot,
+    slot_info,
+    wait_until_free,
+)
+from sources.postgres.snapshot import ProgressReporter, SnapshotProgress, SnapshotReader, SnapshotTable, TableProgress
+from transforms.base import TransformChain
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_PREFIX = "cdc-heartbeat"
+
+
+class PostgresSource(Source):
+    """`sources.base.Source` for PostgreSQL logical replication (pgoutput)."""
+
+    def __init__(self, config: ConnectorConfig, chain: TransformChain) -> None:
+        if config.source is None:
+            raise ConfigError("the config has no `source` section")
+        self._config = config
+        self._source: PostgresSourceConfig = config.source
+        self._chain = chain
+        self._ready = threading.Event()
+        self._running = False
+        self._stats: dict[str, Any] = {"state": "stopped"}
+        self._lock = threading.Lock()
+
+    # --- contract -------------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def validate(self) -> list[Problem]:
+        try:
+            with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10) as conn:
+                problems = prerequisites.check_server(conn, self._source)
+                tables = resolve_tables(conn, self._source)
+                if self._source.publication.mode == "create" and not tables:
+                    problems.append(
+                        Problem("source", "no table matches source.tables.include / exclude", "check the patterns")
+                    )
+                problems.extend(prerequisites.check_tables(conn, self._source, tables))
+                info = slot_info(conn, self._source.slot.name)
+                if info is not None and info.wal_status == "lost":
+                    problems.append(
+                        Problem(
+                            "source",
+                            f"replication slot {info.name!r} was invalidated (wal_status = lost)",
+                            "drop it and re-snapshot (see docs/source.md)",
+                        )
+                    )
+                return problems
+        except psycopg.Error as exc:
+            return [Problem("source", f"cannot connect to the source database: {str(exc).strip()}", "check source.dsn")]
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            if self._running:
+                return dict(self._stats)
+        try:
+            with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10) as conn:
+                info = slot_info(conn, self._source.slot.name)
+                state = None
+                if conn.execute("SELECT to_regclass('cdc.source_state') IS NOT NULL").fetchone() == (True,):
+                    state = StateStore(conn).get(self._source.slot.name)
+        except psycopg.Error as exc:
+            return {"state": "unreachable", "error": str(exc).strip()}
+        result: dict[str, Any] = {"state": "stopped", "slot": self._source.slot.name}
+        if info is None:
+            result["slot_state"] = "missing"
+        else:
+            result.update(
+                slot_state="lost" if info.wal_status == "lost" else ("active" if info.active else "inactive"),
+                active_pid=info.active_pid,
+                confirmed_flush_lsn=str(info.confirmed_flush),
+                lag_bytes=info.lag_bytes,
+                wal_status=info.wal_status,
+            )
+        if state is not None:
+            result["snapshot"] = {"state": state.snapshot_state, **state.progress}
+        return result
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = 1.0
+        with self._lock:
+            self._running = True
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    _Run(self, stop).execute()
+                    return
+                except ConnectorError:
+                    raise
+                except Exception as exc:
+                    if not is_retriable(exc):
+                        raise
+                    self._ready.clear()
+                    if time.monotonic() - started > 60:
+                        backoff = 1.0
+                    log.warning("source: %s; reconnecting in %.0fs", str(exc).strip() or type(exc).__name__, backoff)
+                    if stop.wait(backoff):
+                        return
+                    backoff = min(backoff * 2, 30.0)
+        finally:
+            self._ready.clear()
+            with self._lock:
+                self._running = False
+                self._stats["state"] = "stopped"
+
+    # --- helpers used by _Run -------------------------------------------------------------------------
+
+    @property
+    def _dsn(self) -> str:
+        return self._source.dsn.get_secret_value()
+
+    def _publish_stats(self, **values: Any) -> None:
+        with self._lock:
+            self._stats.update(values)
+
+
+class _Run:
+    """One connected run of the source (a retriable failure starts a fresh one)."""
+
+    def __init__(self, owner: PostgresSource, stop: threading.Event) -> None:
+        self.owner = owner
+        self.cfg = owner._source
+        self.config = owner._config
+        self.chain = owner._chain
+        self.stop = stop
+        self.dsn = owner._dsn
+        self.slot = self.cfg.slot.name
+        self.event_counts: dict[tuple[str, str], int] = {}
+
+    # --- setup ----------------------------------------------------------------------------------------
+
+    def execute(self) -> None:
+        conn = psycopg.connect(self.dsn, autocommit=True, application_name="cdc-connector")
+        repl: ReplicationConnection | None = None
+        delivery: KafkaDelivery | None = None
+        try:
+            problems = prerequisites.check_server(conn, self.cfg)
+            tables = resolve_tables(conn, self.cfg) if self.cfg.publication.mode == "create" else []
+            tables = sync_publication(conn, self.cfg, tables)
+            problems += prerequisites.check_tables(conn, self.cfg, tables)
+            if problems:
+                raise PrerequisiteError("; ".join(f"{p.message} -> fix: {p.fix}" for p in problems))
+            store = StateStore(conn)
+            store.ensure()
+            if not wait_until_free(conn, self.slot, on_conflict=self.cfg.slot.on_conflict, stop=self.stop):
+                return
+            repl = ReplicationConnection(self.dsn)
+            system = repl.identify_system()
+            ids = ChangeIds(namespace_for(system.system_id, system.dbname))
+            delivery = self._delivery()
+            factory = EventFactory(self.config, conn, ids, system.dbname)
+            created = self._prepare_slot(conn, repl, store, system.dbname)
+            if created is not None and created.snapshot_name is not None:
+                self._snapshot(
+                    conn=conn, store=store, created=created, tables=tables, factory=factory, delivery=delivery
+                )
+            elif created is None and self.cfg.snapshot.mode is SnapshotMode.INITIAL_ONLY:
+                log.info("snapshot of slot %s is complete (snapshot.mode: initial_only): nothing to do", self.slot)
+                return
+            if self.stop.is_set():
+                self._finish(delivery, repl, Lsn.INVALID)
+                return
+            if self.cfg.snapshot.mode is SnapshotMode.INITIAL_ONLY:
+                delivery.flush()
+                log.info("snapshot complete (snapshot.mode: initial_only); dropping slot %s", self.slot)
+                repl.close()
+                repl = None
+                drop_slot(conn, self.slot)
+                return
+            _Streamer(self, conn, repl, factory, delivery).stream()
+        finally:
+            if repl is not None:
+                repl.close()
+            if delivery is not None:
+                delivery.close()
+            conn.close()
+
+    def _delivery(self) -> KafkaDelivery:
+        kafka = self.config.kafka
+        registry = self.config.schema_registry
+        return KafkaDelivery(
+            kafka.bootstrap_servers,
+            dict(kafka.properties),
+            serializer=RegistrySerializer(registry),
+            topic_partitions=kafka.topic_partitions,
+            topic_replication_factor=kafka.topic_replication_factor,
+            client_id=f"cdc-{self.config.name}-source",
+        )
+
+    def _prepare_slot(
+        self, conn: psycopg.Connection, repl: ReplicationConnection, store: StateStore, dbname: str
+    ) -> CreatedSlot | None:
+        """Return the slot created now (with its exported snapshot if one is needed), or None to stream on."""
+        mode = self.cfg.snapshot.mode
+        info = slot_info(conn, self.slot)
+        state = store.get(self.slot)
+        if info is not None:
+            check_slot(info, dbname)
+            if state is not None and state.snapshot_state == "running":
+                log.warning(
+                    "the snapshot of slot %s was interrupted; an exported snapshot cannot be resumed, so the slot "
+                    "is dropped and the snapshot restarts from a new consistent point (rows already in Kafka are "
+                    "sent again with new change ids; sinks order them by LSN)",
+                    self.slot,
+                )
+                drop_slot(conn, self.slot)
+                return self._create(repl, store, snapshot=True)
+            if state is None:
+                store.put(self.slot, info.confirmed_flush, "skipped")
+                log.info("adopting existing slot %s at %s (no snapshot)", self.slot, info.confirmed_flush)
+            return None
+        if state is not None and state.snapshot_state != "running":
+            if mode is SnapshotMode.WHEN_NEEDED:
+                log.warning("slot %s is missing: taking a new snapshot (snapshot.mode: when_needed)", self.slot)
+                return self._create(repl, store, snapshot=True)
+            if mode is SnapshotMode.INITIAL_ONLY and state.snapshot_state == "done":
+                return None
+            raise SlotLostError(
+                f"replication slot {self.slot!r} disappeared after the connector used it: changes since "
+                f"{state.consistent_point} may be missing from Kafka",
+                hint="re-snapshot: set snapshot.mode: when_needed (or delete the slot's row from cdc.source_state "
+                "and use initial); the slot is never re-created silently",
+            )
+        snapshot = mode in (SnapshotMode.INITIAL, SnapshotMode.INITIAL_ONLY, SnapshotMode.WHEN_NEEDED)
+        return self._create(repl, store, snapshot=snapshot)
+
+    def _create(self, repl: ReplicationConnection, store: StateStore, *, snapshot: bool) -> CreatedSlot:
+        try:
+            created = repl.create_slot(self.slot, export_snapshot=snapshot)
+        except psycopg.errors.DuplicateObject as exc:
+            raise SlotInUseError(
+                f"replication slot {self.slot!r} was created by another process just now",
+                hint="only one connector may stream a slot",
+            ) from exc
+        store.put(self.slot, created.consistent_point, "running" if snapshot else "skipped")
+        suffix = " with an exported snapshot" if snapshot else ""
+        log.info("created slot %s at %s%s", self.slot, created.consistent_point, suffix)
+        return created
+
+    # --- snapshot -------------------------------------------------------------------------------------
+
+    def _snapshot(
+        self,
+        *,
+        conn: psycopg.Connection,
+        store: StateStore,
+        created: CreatedSlot,
+        tables: list[TableRef],
+        factory: EventFactory,
+        delivery: KafkaDelivery,
+    ) -> None:
+        reader = SnapshotReader(self.dsn, created.snapshot_name, chunk_size=self.cfg.snapshot.chunk_size)
+        reader.open()  # first: the exported snapshot is only importable while the exporter is idle
+        try:
+            point = int(created.consistent_point)
+            progress = SnapshotProgress(str(created.consistent_point))
+            plans: list[tuple[TableEvents, SnapshotTable]] = []
+            for table in tables:
+                events = factory.for_table(table)
+                order_by = events.key_columns
+                plans.append((events, SnapshotTable(table, events.columns, order_by)))
+                progress.tables[str(table)] = TableProgress(str(table), reader.estimate(table))
+            reporter = ProgressReporter(progress)
+            store.update_progress(self.slot, progress.as_dict())
+            self.owner._publish_stats(state="snapshot", snapshot=progress.as_dict())
+            ts_ms = int(time.time() * 1000)
+            chunk = self.cfg.snapshot.chunk_size
+            for index, (events, plan) in enumerate(plans):
+                last_table = index == len(plans) - 1
+                table_progress = progress.tables[str(plan.ref)]
+                slot = delivery.tracker.open()
+                in_slot = 0
+                previous: Any = None
+                for row in reader.rows(plan):
+                    if previous is not None:
+                        self._produce_all(events.snapshot_row(previous, point, ts_ms, "true"), delivery, slot)
+                        in_slot += 1
+                        table_progress.rows += 1
+                        if in_slot >= chunk:
+                            delivery.tracker.close(slot, 0)
+                            slot = delivery.tracker.open()
+                            in_slot = 0
+                            delivery.poll(0)
+                            reporter.tick(table_progress)
+                            self.owner._publish_stats(snapshot=progress.as_dict())
+                            if self.stop.is_set():
+                                log.info("stop requested during the snapshot; it will restart on the next run")
+                                return
+                    previous = row
+                if previous is not None:
+                    marker = "last" if last_table else "true"
+                    self._produce_all(events.snapshot_row(previous, point, ts_ms, marker), delivery, slot)
+                    table_progress.rows += 1
+                delivery.tracker.close(slot, 0)
+                table_progress.done = True
+                SNAPSHOT_ROWS.labels(table=str(plan.ref)).inc(table_progress.rows)
+                reporter.tick(table_progress, force=True)
+                store.update_progress(self.slot, progress.as_dict())
+            delivery.flush()
+            delivery.tracker.confirmable()
+            # Only now, with every row acknowledged by Kafka, is the snapshot complete.
+            store.update_progress(self.slot, progress.as_dict())
+            store.set_state(self.slot, "done")
+            self.owner._publish_stats(snapshot={**progress.as_dict(), "state": "done"})
+            total = sum(t.rows for t in progress.tables.values())
+            log.info("snapshot complete: %d rows from %d tables", total, len(plans))
+        finally:
+            reader.close()
+
+    def _produce_all(self, records: list[Record], delivery: KafkaDelivery, slot: TxSlot) -> None:
+        chain = self.chain
+        for record in records:
+            for out in chain.apply(record) if len(chain) else (record,):
+                delivery.produce(out, slot)
+
+    def _finish(self, delivery: KafkaDelivery, repl: ReplicationConnection, fallback: Lsn) -> None:
+        delivery.flush()
+        confirmed = delivery.tracker.confirmable()
+        if confirmed:
+            repl.send_status(Lsn(confirmed))
+        elif fallback.is_valid:
+            repl.send_status(fallback)
+
+
+class _Streamer:
+    """The streaming loop over one START_REPLICATION."""
+
+    def __init__(
+        self,
+        run: _Run,
+        conn: psycopg.Connection,
+        repl: ReplicationConnection,
+        factory: EventFactory,
+        delivery: KafkaDelivery,
+    ) -> None:
+        self.run = run
+        self.cfg = run.cfg
+        self.conn = conn
+        self.repl = repl
+        self.factory = factory
+        self.delivery = delivery
+        self.relations: dict[int, TableEvents] = {}
+        self.confirmed = Lsn.INVALID
+        self.received = 0
+        self.server_wal_end = 0
+        self.heartbeat_conn: psycopg.Connection | None = None
+        # The transaction being read: its ack slot, commit LSN, xid, commit time (ms) and next ordinal.
+        self.tx: TxSlot | None = None
+        self.commit_lsn = 0
+        self.xid = 0
+        self.commit_ms = 0
+        self.ordinal = 0
+
+    def stream(self) -> None:
+        run = self.run
+        info = slot_info(self.conn, run.slot)
+        if info is None:
+            raise SlotLostError(f"replication slot {run.slot!r} disappeared", hint="see docs/source.md, lost slots")
+        self.confirmed = info.confirmed_flush
+        self.repl.start(run.slot, [self.cfg.publication.name])
+        log.info("streaming slot %s from %s", run.slot, self.confirmed)
+        SOURCE_CONFIRMED_LSN.set(int(self.confirmed))
+        run.owner._ready.set()
+        run.owner._publish_stats(state="streaming", slot=run.slot, confirmed_flush_lsn=str(self.confirmed))
+        try:
+            self._loop()
+        finally:
+            run.owner._ready.clear()
+            if self.heartbeat_conn is not None:
+                self.heartbeat_conn.close()
+        # Clean stop: everything produced is acknowledged before the final confirmation.
+        self.delivery.flush()
+        self._confirm(force=True)
+        self._report()
+        log.info("source stopped at confirmed LSN %s", self.confirmed)
+
+    def _confirm(self, *, force: bool = False) -> None:
+        """Send a status update confirming the acknowledged prefix (step 3 of the commit order)."""
+        tracker = self.delivery.tracker
+        position = tracker.confirmable()
+        if tracker.open_slots == 0 and self.tx is None and self.server_wal_end > position:
+            # Nothing in flight: everything the server sent up to its keepalive position is in Kafka.
+            position = self.server_wal_end
+        advanced = position > int(self.confirmed)
+        if advanced:
+            self.confirmed = Lsn(position)
+        if advanced or force:
+            self.repl.send_status(self.confirmed, Lsn(max(self.received, int(self.confirmed))))
+            SOURCE_CONFIRMED_LSN.set(int(self.confirmed))
+
+    def _loop(self) -> None:
+        stop = self.run.stop
+        repl = self.repl
+        delivery = self.delivery
+        status_every = min(self.cfg.status_interval_s, self.cfg.heartbeat.interval_s)
+        heartbeat_every = self.cfg.heartbeat.interval_s
+        heartbeats = self.cfg.heartbeat.enabled and self.cfg.heartbeat.emit_message
+        next_status = next_heartbeat = time.monotonic()
+        next_status += status_every
+        next_heartbeat += heartbeat_every
+        handle = self._handle
+        since_check = 0
+        while not stop.is_set():
+            frame = repl.read_buffered()
+            if frame is None:
+                delivery.poll(0)
+                frame = repl.read(0.2)
+            since_check += 1
+            if frame is None or since_check >= 2000:
+                since_check = 0
+                now = time.monotonic()
+                if now >= next_status:
+                    self._confirm()
+                    self._report()
+                    next_status = now + status_every
+                if heartbeats and now >= next_heartbeat:
+                    self._heartbeat()
+                    next_heartbeat = now + heartbeat_every
+                if frame is None:
+                    continue
+            if type(frame) is XLogData:
+                handle(decode_message(frame.payload), frame.data_start)
+            else:
+                assert isinstance(frame, Keepalive)
+                self.server_wal_end = max(self.server_wal_end, frame.wal_end)
+                if frame.reply_requested:
+                    self._confirm(force=True)
+
+    def _handle(self, message: object, lsn: int) -> None:
+        kind = type(message)
+        if kind is Insert or kind is Update or kind is Delete:
+            assert isinstance(message, Insert | Update | Delete) and self.tx is not None
+            events = self.relations[message.relation_id]
+            records = events.streamed(
+                message, lsn=lsn, commit_lsn=self.commit_lsn, ordinal=self.ordinal, xid=self.xid,
+                commit_ms=self.commit_ms,
+            )  # fmt: skip
+            self.ordinal += 1
+            self.run._produce_all(records, self.delivery, self.tx)
+            counts = self.run.event_counts
+            key = (events.table_name, events.last_op)
+            counts[key] = counts.get(key, 0) + 1
+            self.received = max(self.received, lsn)
+        elif kind is Begin:
+            assert isinstance(message, Begin)
+            self.tx = self.delivery.tracker.open()
+            self.commit_lsn = message.final_lsn
+            self.xid = message.xid
+            self.commit_ms = pg_time_to_unix_us(message.commit_time_us) // 1000
+            self.ordinal = 0
+        elif kind is Commit:
+            assert isinstance(message, Commit) and self.tx is not None
+            self.delivery.tracker.close(self.tx, message.end_lsn)
+            self.tx = None
+            self.received = max(self.received, message.end_lsn)
+        elif kind is Relation:
+            assert isinstance(message, Relation)
+            self.relations[message.relation_id] = self.factory.for_relation(message)
+        elif kind is Truncate:
+            assert isinstance(message, Truncate) and self.tx is not None
+            for relation_id in message.relation_ids:
+                if self.cfg.emit_truncate:
+                    records = self.relations[relation_id].truncate(
+                        lsn=lsn, commit_lsn=self.commit_lsn, ordinal=self.ordinal, xid=self.xid,
+                        commit_ms=self.commit_ms,
+                    )  # fmt: skip
+                    self.run._produce_all(records, self.delivery, self.tx)
+                self.ordinal += 1
+        # Origin, Type and logical Message ('M', e.g. our heartbeats) carry nothing to produce.
+
+    def _report(self) -> None:
+        counts = self.run.event_counts
+        for (table, op), count in counts.items():
+            SOURCE_EVENTS.labels(table=table, op=op).inc(count)
+        counts.clear()
+        lag = None
+        try:
+            row = self.conn.execute(
+                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots "
+                "WHERE slot_name = %s",
+                (self.run.slot,),
+            ).fetchone()
+            lag = int(row[0]) if row and row[0] is not None else None
+        except psycopg.Error as exc:
+            log.warning("cannot read the slot lag: %s", str(exc).strip())
+        if lag is not None:
+            SOURCE_SLOT_LAG_BYTES.set(lag)
+        self.run.owner._publish_stats(
+            confirmed_flush_lsn=str(self.confirmed),
+            lag_bytes=lag,
+            in_flight=self.delivery.tracker.in_flight,
+            open_transactions=self.delivery.tracker.open_slots,
+        )
+
+    def _heartbeat(self) -> None:
+        try:
+            if self.heartbeat_conn is None or self.heartbeat_conn.closed:
+                self.heartbeat_conn = psycopg.connect(
+                    self.run.dsn, autocommit=True, application_name="cdc-connector-heartbeat"
+                )
+            self.heartbeat_conn.execute(
+                "SELECT pg_logical_emit_message(false, %s, now()::text)", (HEARTBEAT_PREFIX,)
+            )
+        except psycopg.Error as exc:
+            # A missed heartbeat only delays WAL release; streaming goes on.
+            log.warning("heartbeat failed: %s", str(exc).strip())

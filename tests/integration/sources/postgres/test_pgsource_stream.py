@@ -1,0 +1,51 @@
+"""Streaming: inserts, updates, deletes, truncates of several tables become the documented events."""
+
+from __future__ import annotations
+
+import pytest
+from pgsource_support import SourceEnv
+
+pytestmark = pytest.mark.integration
+
+
+def test_changes_of_two_tables_stream_as_envelopes(source_env: SourceEnv) -> None:
+    env = source_env
+    a = env.table("a", "CREATE TABLE {t} (id int PRIMARY KEY, name text, amount numeric(10,2), tags text[])")
+    b = env.table("b", "CREATE TABLE {t} (k text PRIMARY KEY, payload jsonb NOT NULL, at timestamptz)")
+    with env.running(snapshot={"mode": "never"}) as source:
+        source.wait_ready()
+        with env.conn.transaction():
+            env.sql(f"INSERT INTO {a} VALUES (1, 'zoë ✓ 漢字', 12.50, ARRAY['x','y']), (2, NULL, NULL, NULL)")
+            env.sql(f"""INSERT INTO {b} VALUES ('k1', '{{"a": [1, 2]}}', '2024-02-29 12:00:00.123456+00')""")
+        env.sql(f"UPDATE {a} SET name = 'renamed' WHERE id = 1")
+        env.sql(f"DELETE FROM {a} WHERE id = 2")
+        env.sql(f"TRUNCATE {b}")
+        events_a = env.read(env.topic(a), min_count=5)
+        events_b = env.read(env.topic(b), min_count=2)
+    ops = [(e.value["op"] if e.value else None, e.key) for e in events_a]
+    assert ops == [("c", {"id": 1}), ("c", {"id": 2}), ("u", {"id": 1}), ("d", {"id": 2}), (None, {"id": 2})]
+    first = events_a[0].value
+    assert first["after"]["name"] == "zoë ✓ 漢字"
+    assert str(first["after"]["amount"]) == "12.50"
+    assert first["after"]["tags"] == ["x", "y"]
+    assert first["source"]["connector"] == "postgresql"
+    assert first["source"]["table"] == a
+    assert first["source"]["txId"] == events_a[1].value["source"]["txId"]
+    assert first["change_id"] == events_a[0].change_id
+    commit, lsn = (int(x) for x in events_a[0].headers["source_lsn"].split(":"))
+    assert (commit, lsn) == (first["source"]["commit_lsn"], first["source"]["lsn"])
+    assert lsn < events_a[1].value["source"]["lsn"] <= commit
+    assert events_a[2].value["after"]["name"] == "renamed"
+    assert events_a[3].value["before"]["id"] == 2 and events_a[3].value["after"] is None
+    assert events_a[4].change_id == events_a[3].change_id  # the tombstone carries its delete's identity
+    assert len({e.change_id for e in events_a[:4]}) == 4
+
+    assert events_b[0].value["after"]["payload"] is not None
+    assert events_b[1].key is None and events_b[1].value["op"] == "t"
+
+    # Everything acknowledged was confirmed: the slot is at or past the last commit.
+    row = env.slot_row()
+    assert row is not None
+    from connector.positions import Lsn
+
+    assert Lsn.parse(row[2]).value >= events_b[1].value["source"]["commit_lsn"]
