@@ -1,0 +1,116 @@
+"""Pure parts of `cdc dev`: pid identity (never signal a reused pid), ports, dev.env, generated configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connector.errors import StackError
+from connector.stack import control, kafka, processes
+from connector.stack.env_file import Endpoints, read_env_file, write_env_file
+from connector.stack.ports import Ports, free_ports, is_free, require_free
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_reused_pid_is_not_ours_and_is_never_signalled() -> None:
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = processes.start_time_of(sleeper.pid)
+        assert started is not None
+        ours = processes.ProcessRecord("x", sleeper.pid, started, "log")
+        stranger = dataclasses.replace(ours, start_time=started - 1)  # same pid, another process's start time
+        assert processes.is_running(ours)
+        assert not processes.is_running(stranger)
+        assert processes.stop(stranger, timeout=1) is False
+        assert sleeper.poll() is None
+        assert processes.stop(ours, timeout=10) is True
+        assert sleeper.wait(10) is not None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_records_round_trip_through_pids_json(tmp_path: Path) -> None:
+    record = processes.ProcessRecord("kafka", 42, 7, "k.log", {"kafka": 1, "kafka_controller": 2}, {"version": "v"})
+    processes.save_records(tmp_path, {"kafka": record})
+    assert processes.load_records(tmp_path) == {"kafka": record}
+
+
+def test_free_ports_are_distinct_and_bindable() -> None:
+    ports = free_ports(5)
+    assert len(set(ports)) == 5
+    assert all(is_free(p) for p in ports)
+
+
+def test_zero_ports_are_resolved_and_others_kept() -> None:
+    resolved = Ports(15432, 0, 0, 18081, 0).resolved()
+    assert resolved.postgres == 15432 and resolved.registry == 18081
+    assert 0 not in resolved.as_dict().values()
+    assert len(set(resolved.as_dict().values())) == 5
+
+
+def test_default_ports_differ_from_each_other() -> None:
+    assert len(set(Ports().as_dict().values())) == 5
+
+
+def test_taken_port_names_port_and_flag() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(StackError) as caught:
+            require_free("registry", port, "Apicurio Registry")
+    message = str(caught.value)
+    assert f"port {port} (Apicurio Registry)" in message
+    assert "--registry-port" in message and "CDC_DEV_REGISTRY_PORT" in message
+
+
+def test_env_file_round_trip(tmp_path: Path) -> None:
+    endpoints = control.endpoints_for(Ports(1, 2, 3, 4, 5))
+    write_env_file(tmp_path / "dev.env", endpoints)
+    values = read_env_file(tmp_path / "dev.env")
+    assert values["CDC_SOURCE_DSN"] == "postgresql://postgres@127.0.0.1:1/source"
+    assert values["CDC_TARGET_DSN"] == "postgresql://postgres@127.0.0.1:1/target"
+    assert values["CDC_KAFKA_BOOTSTRAP"] == "127.0.0.1:2"
+    assert values["CDC_SCHEMA_REGISTRY_URL"] == "http://127.0.0.1:4/apis/ccompat/v7"
+    assert Endpoints.from_env(values) == endpoints
+
+
+def test_kafka_properties_use_the_given_ports(tmp_path: Path) -> None:
+    text = kafka.server_properties(tmp_path / "data", 19092, 19093)
+    props = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:19093"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19092"
+    assert props["log.dirs"] == str(tmp_path / "data")
+
+
+def test_home_defaults_to_dot_cdc_and_follows_cdc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CDC_HOME", raising=False)
+    assert control.resolve_home() == tmp_path / ".cdc"
+    monkeypatch.setenv("CDC_HOME", str(tmp_path / "h"))
+    assert control.resolve_home() == tmp_path / "h"
+    assert control.resolve_home(Path("x")) == tmp_path / "x"
+
+
+def test_a_foreign_dev_env_with_live_services_is_not_overwritten(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        (tmp_path / "dev.env").write_text(
+            "CDC_SOURCE_DSN=a\nCDC_TARGET_DSN=b\n"
+            f"CDC_KAFKA_BOOTSTRAP=127.0.0.1:{port}\nCDC_SCHEMA_REGISTRY_URL=c\n"
+        )
+        with pytest.raises(StackError, match="did not start"):
+            control.up(tmp_path, Ports(0, 0, 0, 0, 0))
+    assert processes.load_records(tmp_path) == {}
+    assert os.path.exists(tmp_path / "dev.env")
