@@ -250,16 +250,20 @@ def _dedupe_named(avro: AvroType, seen: set[str], namespace: str | None = None) 
 
 
 def _with_unique_names(codecs: list[ColumnCodec]) -> list[ColumnCodec]:
-    used: set[str] = set()
+    """Columns whose names are valid Avro names keep them; renamed ones get `_2`, `_3`... on collision."""
+    used = {c.field_name for c in codecs if c.field_name == c.column.name}
     out = []
     for codec in codecs:
+        if codec.field_name == codec.column.name:
+            out.append(codec)
+            continue
         name = codec.field_name
         suffix = 2
         while name in used:
             name = f"{codec.field_name}_{suffix}"
             suffix += 1
         used.add(name)
-        out.append(codec if name == codec.field_name else replace(codec, field_name=name))
+        out.append(replace(codec, field_name=name))
     return out
 
 

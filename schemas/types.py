@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from typing import Any
 
 from connector.errors import SchemaError
@@ -66,6 +66,7 @@ VARIABLE_SCALE_DECIMAL: dict[str, Any] = {
     CONNECT_NAME: VARIABLE_SCALE_DECIMAL_NAME,
 }
 
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 _NUMERIC_SPECIALS = frozenset({"NaN", "Infinity", "-Infinity"})
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _MICROS_PER_SECOND = 1_000_000
@@ -297,7 +298,7 @@ def decimal_to_bytes(unscaled: int) -> bytes:
 def variable_scale_decimal(value: Any) -> Decimal:
     """The Decimal a VariableScaleDecimal record `{scale, value}` stands for (for sinks)."""
     unscaled = int.from_bytes(value["value"], "big", signed=True)
-    return Decimal(unscaled).scaleb(-value["scale"])
+    return Decimal(unscaled).scaleb(-value["scale"], _EXACT)
 
 
 def _parse_numeric_precise(text: str) -> Any:
