@@ -121,7 +121,7 @@ def test_keyless_table_has_no_key_schema() -> None:
 def test_column_selection_and_unsupported_columns() -> None:
     t = table(column("id", "int4", not_null=True, key_position=1), column("secret", "text"),
               column("shape", pg_type("geometry", schema="public")))  # fmt: skip
-    with pytest.raises(SchemaError, match="cannot map column public.t.shape"):
+    with pytest.raises(SchemaError, match=r"cannot map column public\.t\.shape"):
         build_table_schemas(t, topic="p.public.t", topic_prefix="p")
     schemas = build_table_schemas(t, topic="p.public.t", topic_prefix="p", skip_unsupported=True,
                                   columns_exclude=["secret"])  # fmt: skip

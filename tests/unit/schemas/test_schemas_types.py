@@ -232,7 +232,11 @@ def test_numeric_string_and_double_modes() -> None:
 
 def test_enum_carries_labels() -> None:
     codec = codec_for("mood", kind="e", schema="public", labels=("sad", "ok"))
-    assert codec.value_type == {"type": "string", "connect.name": "io.debezium.data.Enum", "pg.enum.labels": ["sad", "ok"]}
+    assert codec.value_type == {
+        "type": "string",
+        "connect.name": "io.debezium.data.Enum",
+        "pg.enum.labels": ["sad", "ok"],
+    }
 
 
 @pytest.mark.parametrize(
