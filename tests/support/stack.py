@@ -4,7 +4,8 @@
 2. a live stack described by `.cdc/dev.env` at the repository root (or `$CDC_TEST_ENV_FILE`) whose services answer;
 3. a stack of our own (`connector.stack`) on free ports in a temporary directory, stopped at the end.
 
-Anything that prevents all three is a failure with its reason, never a skip.
+Anything that prevents all three is a failure with its reason, never a skip. `CDC_TEST_BACKEND=containers`
+uses Docker containers instead (tests/support/containers.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ TEST_ENV = {
     "registry_url": "CDC_TEST_SCHEMA_REGISTRY_URL",
 }
 ENV_FILE_VAR = "CDC_TEST_ENV_FILE"
+BACKEND_VAR = "CDC_TEST_BACKEND"
 
 
 class StackUnavailable(Exception):
@@ -134,6 +136,12 @@ def own_stack() -> Iterator[Stack]:
 def resolve(env: Mapping[str, str] | None = None) -> Iterator[Stack]:
     """The stack the tests use (see the module docstring)."""
     environment = os.environ if env is None else env
+    if environment.get(BACKEND_VAR) == "containers":
+        from tests.support.containers import containers_stack
+
+        with containers_stack() as in_containers:
+            yield in_containers
+        return
     stack = from_test_env(environment)
     if stack is not None:
         yield stack
