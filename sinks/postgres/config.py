@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from connector.settings import Section
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`500ms`, `30s`, `30m`, `12h`, `7d` -> timedelta."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (write e.g. `30m`, `12h`, `7d`)")
+    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
 
 
 class BatchConfig(Section):
@@ -16,6 +29,24 @@ class BatchConfig(Section):
 
 class DedupeConfig(Section):
     retention: str = Field("7d", description="How long applied change ids are kept (`30m`, `12h`, `7d`).")
+    prune_interval: str = Field("1m", description="How often the background pruner looks for expired change ids.")
+    prune_batch: int = Field(
+        5_000, ge=1, description="Change ids deleted per pruning transaction (short transactions never block applies)."
+    )
+
+    @field_validator("retention", "prune_interval")
+    @classmethod
+    def _is_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def retention_delta(self) -> timedelta:
+        return parse_duration(self.retention)
+
+    @property
+    def prune_interval_seconds(self) -> float:
+        return parse_duration(self.prune_interval).total_seconds()
 
 
 class ErrorsConfig(Section):
@@ -24,28 +55,63 @@ class ErrorsConfig(Section):
     )
     dead_letter_topic: str | None = Field(None, description="Dead-letter topic (required with tolerance `all`).")
     log_payloads: bool = Field(False, description="Include message values in error logs.")
+    max_record_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1,
+        description="A message whose key plus value is larger than this is treated as poison (stop, or dead-letter).",
+    )
+
+
+class RetryConfig(Section):
+    initial_backoff_ms: int = Field(200, ge=1, description="First wait after a retriable destination error.")
+    max_backoff_ms: int = Field(30_000, ge=1, description="Longest wait between retries (exponential, with jitter).")
+    max_attempts: int | None = Field(
+        None,
+        ge=1,
+        description="Give up (stop the sink) after this many attempts of one batch; unset: retry until stopped.",
+    )
 
 
 class PostgresSinkConfig(Section):
     dsn: SecretStr = Field(description="libpq connection string of the destination database.")
     group_id: str | None = Field(None, description="Consumer group; defaults to `cdc-{name}`.")
     topics: list[str] = Field(default_factory=list, description="Topics to consume.")
-    topics_regex: str | None = Field(None, description="Consume every topic matching this regex.")
+    topics_regex: str | None = Field(
+        None, description="Consume every topic matching this regex (new matching topics are picked up)."
+    )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where to start a partition with no stored offset."
+    )
+    consumer_properties: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Extra librdkafka consumer properties (on top of `kafka.properties`); auto commit and "
+        "offset store stay off whatever is set here.",
     )
     target_schema: str = Field("public", description="Destination schema for replicated tables.")
     table_name_format: str = Field(
         "{table}", description="Destination table name from `{topic}`, `{schema}`, `{table}`."
     )
-    table_map: dict[str, str] = Field(default_factory=dict, description="Explicit topic -> table names.")
-    mode: Literal["upsert", "append"] = Field("upsert", description="Upsert rows, or append a change log.")
-    delete_handling: Literal["hard", "soft"] = Field("hard", description="Delete rows, or mark them deleted.")
+    table_map: dict[str, str] = Field(
+        default_factory=dict, description="Explicit topic -> table names (wins over `table_name_format`)."
+    )
+    mode: Literal["upsert", "append"] = Field(
+        "upsert", description="Upsert rows on the key, or append every change to a change-log table."
+    )
+    delete_handling: Literal["hard", "soft"] = Field(
+        "hard",
+        description="Delete rows, or keep them with `__cdc_deleted = true` and `__cdc_deleted_at` set.",
+    )
     auto_create: bool = Field(True, description="Create destination tables from the value schema.")
-    auto_evolve: bool = Field(True, description="Add new columns to destination tables.")
+    auto_evolve: bool = Field(True, description="Add new columns and widen column types of destination tables.")
+    on_unsafe_schema_change: Literal["stop", "ignore"] = Field(
+        "stop",
+        description="A schema the table cannot take safely (column dropped in the source, type narrowed or changed): "
+        "`stop` with an error, or `ignore` (keep the column, write values into the existing type).",
+    )
     batch: BatchConfig = Field(default_factory=BatchConfig, description="Batching.")
     dedupe: DedupeConfig = Field(default_factory=DedupeConfig, description="Applied-change ledger.")
     errors: ErrorsConfig = Field(default_factory=ErrorsConfig, description="Bad messages.")
+    retry: RetryConfig = Field(default_factory=RetryConfig, description="Retries of retriable destination errors.")
 
     @model_validator(mode="after")
     def _topics_given(self) -> PostgresSinkConfig:
@@ -53,4 +119,12 @@ class PostgresSinkConfig(Section):
             raise ValueError("give `topics` or `topics_regex`")
         if self.errors.tolerance == "all" and not self.errors.dead_letter_topic:
             raise ValueError("errors.tolerance `all` needs errors.dead_letter_topic")
+        if self.retry.max_backoff_ms < self.retry.initial_backoff_ms:
+            raise ValueError("retry.max_backoff_ms must be >= retry.initial_backoff_ms")
+        try:
+            self.table_name_format.format(topic="t", schema="s", table="t")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"table_name_format may only use {{topic}}, {{schema}}, {{table}} (got {exc})"
+            ) from None
         return self

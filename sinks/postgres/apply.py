@@ -1,0 +1,414 @@
+"""One batch, one destination transaction (steps 2-5 of the commit order in `sinks.postgres.sink`).
+
+Within the transaction: the batch's change ids go into `cdc.applied_changes` (`ON CONFLICT DO NOTHING
+RETURNING`), and only the ids that came back are applied; per destination table the changes are split into
+runs at truncates and schema changes, each run collapsed to the last change per key, COPYed into a session
+temp table and merged with `INSERT ... SELECT ... ON CONFLICT ... DO UPDATE ... WHERE` the stored
+`(__cdc_commit_lsn, __cdc_lsn)` is lower (deletes likewise); then `cdc.sink_offsets` advances.
+
+DDL (creating or evolving tables, creating the stage tables) runs before, in short transactions of its own,
+so a failed batch never rolls back a stage table the session still believes in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from sinks.postgres.changes import UPSERT_OPS, Change, Shape, collapse
+from sinks.postgres.config import PostgresSinkConfig
+from sinks.postgres.tables import (
+    CHANGE_ID,
+    COMMIT_LSN,
+    DELETED,
+    DELETED_AT,
+    LSN,
+    OP,
+    TS_MS,
+    TableManager,
+    TableName,
+    TargetTable,
+    destination_of,
+)
+
+log = logging.getLogger(__name__)
+
+_STAGE_OP = "__cdc_stage_op"
+_STAGE_TOAST = "__cdc_stage_toast"
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    applied: Counter[tuple[str, str]] = field(default_factory=Counter)  # (table, op) -> changes applied
+    duplicates: int = 0
+    stale: int = 0
+
+
+@dataclass(slots=True)
+class _Run:
+    table: TableName
+    target: TargetTable | None
+    changes: list[Change]
+    truncate: Change | None = None
+
+
+class Applier:
+    """Applies batches of changes; holds per-session state (stage tables), so `reset` after a reconnect."""
+
+    def __init__(self, config: PostgresSinkConfig, group_id: str, tables: TableManager) -> None:
+        self._config = config
+        self._group_id = group_id
+        self._tables = tables
+        self._stages: dict[TargetTable, sql.Identifier] = {}
+        self._stage_numbers = itertools.count(1)
+
+    def reset(self) -> None:
+        """Forget session state: call when the connection was replaced."""
+        self._stages.clear()
+        self._tables.forget()
+
+    # -- preparation (own transactions) -------------------------------------------------------------
+
+    def prepare(self, conn: psycopg.Connection[Any], changes: Sequence[Change]) -> list[_Run]:
+        """Resolve, create or evolve every destination table and its stage; split changes into runs."""
+        runs: list[_Run] = []
+        by_table: dict[TableName, list[Change]] = {}
+        for change in changes:
+            by_table.setdefault(destination_of(change, self._config), []).append(change)
+        targets: dict[tuple[TableName, Shape], TargetTable | None] = {}
+        for table in sorted(by_table):
+            current: _Run | None = None
+            for change in by_table[table]:
+                key = (table, change.shape)
+                if key not in targets:
+                    targets[key] = self._tables.target(conn, table, change.shape)
+                    found = targets[key]
+                    if found is not None:
+                        self._stage(conn, found)
+                target = targets[key]
+                if change.op == "t" and self._config.mode != "append":
+                    runs.append(current or _Run(table, target, []))
+                    runs[-1].truncate = change
+                    if runs[-1].target is None:
+                        runs[-1].target = target
+                    current = None
+                    continue
+                if current is None or current.target != target:
+                    if current is not None:
+                        runs.append(current)
+                    current = _Run(table, target, [])
+                current.changes.append(change)
+            if current is not None:
+                runs.append(current)
+        return runs
+
+    def _stage(self, conn: psycopg.Connection[Any], target: TargetTable) -> sql.Identifier:
+        stage = self._stages.get(target)
+        if stage is not None:
+            return stage
+        stage = sql.Identifier(f"_cdc_stage_{next(self._stage_numbers)}")
+        with conn.transaction():
+            # CREATE ... AS SELECT copies the destination's exact column types without its constraints, so
+            # staged rows may hold NULL in columns a merge will not write (unchanged TOAST).
+            conn.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE {stage} ON COMMIT DELETE ROWS AS SELECT {cols}"
+                    "NULL::bigint AS {cl}, NULL::bigint AS {l}, NULL::uuid AS {cid}, NULL::text AS {op}, "
+                    "NULL::int AS {toast}, NULL::bigint AS {ts} FROM {table} WITH NO DATA"
+                ).format(
+                    stage=stage,
+                    cols=sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier(c)) for c in target.columns),
+                    cl=sql.Identifier(COMMIT_LSN),
+                    l=sql.Identifier(LSN),
+                    cid=sql.Identifier(CHANGE_ID),
+                    op=sql.Identifier(_STAGE_OP),
+                    toast=sql.Identifier(_STAGE_TOAST),
+                    ts=sql.Identifier(TS_MS),
+                    table=target.name.ident,
+                )
+            )
+        self._stages[target] = stage
+        return stage
+
+    # -- the transaction ------------------------------------------------------------------------------
+
+    def apply(
+        self,
+        conn: psycopg.Connection[Any],
+        changes: Sequence[Change],
+        offsets: Mapping[tuple[str, int], int],
+    ) -> ApplyResult:
+        """Apply `changes` and advance `offsets` in one transaction (committed on return)."""
+        runs = self.prepare(conn, changes)
+        result = ApplyResult()
+        with conn.transaction():
+            fresh = self._ledger(conn, changes)
+            result.duplicates = len(changes) - len(fresh)
+            for run in runs:
+                self._apply_run(conn, run, fresh, result)
+            self._advance(conn, offsets)
+        return result
+
+    def isolate(self, conn: psycopg.Connection[Any], changes: Sequence[Change]) -> list[tuple[Change, Exception]]:
+        """The changes that fail on their own (data or constraint errors), found one savepoint per change.
+
+        Everything is rolled back: the caller dead-letters the failures and applies the rest normally.
+        """
+        failures: list[tuple[Change, Exception]] = []
+        runs = self.prepare(conn, changes)
+        with conn.transaction(force_rollback=True):
+            for run in runs:
+                singles = [_Run(run.table, run.target, [c]) for c in run.changes]
+                if run.truncate is not None:
+                    singles.append(_Run(run.table, run.target, [], run.truncate))
+                for single in singles:
+                    change = single.truncate or single.changes[0]
+                    try:
+                        with conn.transaction():
+                            self._apply_run(conn, single, {change.change_id}, ApplyResult())
+                    except psycopg.Error as exc:
+                        if not (exc.sqlstate or "").startswith(("22", "23")):
+                            raise
+                        failures.append((change, exc))
+        return failures
+
+    def _ledger(self, conn: psycopg.Connection[Any], changes: Sequence[Change]) -> set[uuid.UUID]:
+        """Step 2: record the batch's change ids; returns the ones not applied before (first occurrence only)."""
+        first: dict[uuid.UUID, Change] = {}
+        for change in changes:
+            first.setdefault(change.change_id, change)
+        if not first:
+            return set()
+        # Sorted ids make concurrent sinks take the ledger's index locks in one order: no deadlock between them.
+        ids = sorted(first)
+        rows = conn.execute(
+            """INSERT INTO cdc.applied_changes (change_id, topic, partition, "offset")
+               SELECT * FROM unnest(%b::uuid[], %b::text[], %b::int[], %b::bigint[]) ORDER BY 1
+               ON CONFLICT DO NOTHING RETURNING change_id""",
+            (
+                ids,
+                [first[i].topic for i in ids],
+                [first[i].partition for i in ids],
+                [first[i].offset for i in ids],
+            ),
+        ).fetchall()
+        returned = {r[0] for r in rows}
+        return {cid for cid, change in first.items() if cid in returned and change is not None}
+
+    def _advance(self, conn: psycopg.Connection[Any], offsets: Mapping[tuple[str, int], int]) -> None:
+        """Step 4: the next offset per partition; never moves back (a zombie consumer cannot rewind it)."""
+        if not offsets:
+            return
+        items = sorted(offsets.items())
+        conn.execute(
+            """INSERT INTO cdc.sink_offsets AS o (group_id, topic, partition, next_offset, updated_at)
+               SELECT %s, t, p, n, now() FROM unnest(%b::text[], %b::int[], %b::bigint[]) AS x(t, p, n)
+               ON CONFLICT (group_id, topic, partition)
+               DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = EXCLUDED.updated_at
+               WHERE o.next_offset < EXCLUDED.next_offset""",
+            (self._group_id, [k[0] for k, _ in items], [k[1] for k, _ in items], [v for _, v in items]),
+        )
+
+    def _apply_run(
+        self, conn: psycopg.Connection[Any], run: _Run, fresh: set[uuid.UUID], result: ApplyResult
+    ) -> None:
+        """Step 3, for one run of one table."""
+        seen: set[uuid.UUID] = set()
+        changes = []
+        for change in run.changes:
+            if change.change_id in fresh and change.change_id not in seen:
+                seen.add(change.change_id)
+                changes.append(change)
+        target = run.target
+        if changes and target is not None:
+            if target.append:
+                self._append(conn, target, changes, result)
+            else:
+                self._merge(conn, target, collapse(changes), result)
+            for change in changes:
+                result.applied[(str(run.table), change.op)] += 1
+        truncate = run.truncate
+        if truncate is not None and truncate.change_id in fresh and target is not None:
+            self._truncate(conn, target, truncate, result)
+            result.applied[(str(run.table), "t")] += 1
+
+    def _copy(
+        self,
+        conn: psycopg.Connection[Any],
+        target: TargetTable,
+        rows: Sequence[tuple[Change, str, int]],
+    ) -> sql.Identifier:
+        stage = self._stages[target]
+        columns = [*target.columns, COMMIT_LSN, LSN, CHANGE_ID, _STAGE_OP, _STAGE_TOAST, TS_MS]
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            stage, sql.SQL(", ").join(map(sql.Identifier, columns))
+        )
+        pairs = list(zip(target.columns, target.converters, strict=True))
+        with conn.cursor() as cur, cur.copy(statement) as copy:
+            for change, op, toast in rows:
+                image = change.row if change.row is not None else change.key or {}
+                unchanged = change.unchanged_toast
+                values: list[Any] = []
+                for name, convert in pairs:
+                    value = image.get(name)
+                    if value is not None:
+                        if unchanged and name in unchanged:
+                            value = None
+                        elif convert is not None:
+                            value = convert(value)
+                    values.append(value)
+                values += [change.commit_lsn, change.lsn, change.change_id, op, toast, change.ts_ms]
+                copy.write_row(values)
+        return stage
+
+    def _merge(
+        self, conn: psycopg.Connection[Any], target: TargetTable, changes: Sequence[Change], result: ApplyResult
+    ) -> None:
+        groups: dict[frozenset[str], int] = {frozenset(): 0}
+        rows: list[tuple[Change, str, int]] = []
+        deletes = 0
+        for change in changes:
+            if change.op in UPSERT_OPS:
+                unchanged = change.unchanged_toast.intersection(target.columns)
+                group = groups.setdefault(frozenset(unchanged), len(groups))
+                rows.append((change, "u", group))
+            else:
+                rows.append((change, "d", 0))
+                deletes += 1
+        stage = self._copy(conn, target, rows)
+        upserts = len(rows) - deletes
+        table = target.name.ident
+        key = sql.SQL(", ").join(map(sql.Identifier, target.key))
+        guard = sql.SQL("({t}.{cl}, {t}.{l}) < ({s}.{cl}, {s}.{l})")
+        cl, lsn, cid = sql.Identifier(COMMIT_LSN), sql.Identifier(LSN), sql.Identifier(CHANGE_ID)
+        if upserts:
+            written = 0
+            for unchanged, group in groups.items():
+                if group and not any(t == group for _, op, t in rows if op == "u"):
+                    continue
+                columns = list(target.columns)
+                book = [COMMIT_LSN, LSN, CHANGE_ID]
+                book_values: list[sql.Composable] = [sql.SQL("s.{}").format(sql.Identifier(n)) for n in book]
+                if target.soft:
+                    book += [DELETED, DELETED_AT]
+                    book_values += [sql.SQL("false"), sql.SQL("NULL")]
+                updated = [c for c in columns if c not in target.key and c not in unchanged] + book
+                statement = sql.SQL(
+                    "INSERT INTO {table} AS t ({cols}) SELECT {values} FROM {stage} s "
+                    "WHERE s.{op} = 'u' AND s.{toast} = {group} ORDER BY {skey} "
+                    "ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {guard}"
+                ).format(
+                    table=table,
+                    cols=sql.SQL(", ").join(map(sql.Identifier, [*columns, *book])),
+                    values=sql.SQL(", ").join(
+                        [*(sql.SQL("s.{}").format(sql.Identifier(c)) for c in columns), *book_values]
+                    ),
+                    stage=stage,
+                    op=sql.Identifier(_STAGE_OP),
+                    toast=sql.Identifier(_STAGE_TOAST),
+                    group=sql.Literal(group),
+                    skey=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(k)) for k in target.key),
+                    key=key,
+                    sets=sql.SQL(", ").join(
+                        sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in updated
+                    ),
+                    guard=guard.format(t=sql.Identifier("t"), s=sql.Identifier("excluded"), cl=cl, l=lsn),
+                )
+                written += conn.execute(statement).rowcount
+            result.stale += upserts - written
+        if deletes:
+            match = sql.SQL(" AND ").join(
+                sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k)) for k in target.key
+            )
+            if target.soft:
+                statement = sql.SQL(
+                    "INSERT INTO {table} AS t ({cols}, {cl}, {l}, {cid}, {deleted}, {deleted_at}) "
+                    "SELECT {values}, s.{cl}, s.{l}, s.{cid}, true, now() FROM {stage} s WHERE s.{op} = 'd' "
+                    "ORDER BY {skey} ON CONFLICT ({key}) DO UPDATE SET {cl} = EXCLUDED.{cl}, {l} = EXCLUDED.{l}, "
+                    "{cid} = EXCLUDED.{cid}, {deleted} = true, {deleted_at} = EXCLUDED.{deleted_at} WHERE {guard}"
+                ).format(
+                    table=table,
+                    cols=sql.SQL(", ").join(map(sql.Identifier, target.columns)),
+                    values=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in target.columns),
+                    stage=stage,
+                    op=sql.Identifier(_STAGE_OP),
+                    skey=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(k)) for k in target.key),
+                    key=key,
+                    cl=cl,
+                    l=lsn,
+                    cid=cid,
+                    deleted=sql.Identifier(DELETED),
+                    deleted_at=sql.Identifier(DELETED_AT),
+                    guard=guard.format(t=sql.Identifier("t"), s=sql.Identifier("excluded"), cl=cl, l=lsn),
+                )
+            else:
+                statement = sql.SQL(
+                    "DELETE FROM {table} AS t USING {stage} s WHERE s.{op} = 'd' AND {match} AND {guard}"
+                ).format(
+                    table=table,
+                    stage=stage,
+                    op=sql.Identifier(_STAGE_OP),
+                    match=match,
+                    guard=guard.format(t=sql.Identifier("t"), s=sql.Identifier("s"), cl=cl, l=lsn),
+                )
+            result.stale += deletes - conn.execute(statement).rowcount
+
+    def _append(
+        self, conn: psycopg.Connection[Any], target: TargetTable, changes: Sequence[Change], result: ApplyResult
+    ) -> None:
+        stage = self._copy(conn, target, [(c, c.op, 0) for c in changes])
+        columns = list(target.columns)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {table} ({cols}, {op}, {cid}, {cl}, {l}, {ts}) "
+                "SELECT {values}, s.{sop}, s.{cid}, s.{cl}, s.{l}, s.{ts} FROM {stage} s "
+                "ON CONFLICT ({cid}) DO NOTHING"
+            ).format(
+                table=target.name.ident,
+                cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+                values=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in columns),
+                op=sql.Identifier(OP),
+                sop=sql.Identifier(_STAGE_OP),
+                cid=sql.Identifier(CHANGE_ID),
+                cl=sql.Identifier(COMMIT_LSN),
+                l=sql.Identifier(LSN),
+                ts=sql.Identifier(TS_MS),
+                stage=stage,
+            )
+        )
+
+    def _truncate(
+        self, conn: psycopg.Connection[Any], target: TargetTable, change: Change, result: ApplyResult
+    ) -> None:
+        # A guarded DELETE rather than TRUNCATE: a replayed old truncate must not remove rows written after it.
+        cl, lsn = sql.Identifier(COMMIT_LSN), sql.Identifier(LSN)
+        if target.soft:
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {table} SET {deleted} = true, {deleted_at} = now(), {cl} = %s, {l} = %s, {cid} = %s "
+                    "WHERE ({cl}, {l}) < (%s, %s)"
+                ).format(
+                    table=target.name.ident,
+                    deleted=sql.Identifier(DELETED),
+                    deleted_at=sql.Identifier(DELETED_AT),
+                    cl=cl,
+                    l=lsn,
+                    cid=sql.Identifier(CHANGE_ID),
+                ),
+                (change.commit_lsn, change.lsn, change.change_id, change.commit_lsn, change.lsn),
+            )
+        else:
+            conn.execute(
+                sql.SQL("DELETE FROM {table} WHERE ({cl}, {l}) < (%s, %s)").format(
+                    table=target.name.ident, cl=cl, l=lsn
+                ),
+                (change.commit_lsn, change.lsn),
+            )

@@ -1,0 +1,376 @@
+"""From a consumed record to a `Change`: what to do to which row, with its identity and WAL position.
+
+Two record shapes are understood:
+
+- the Debezium-style envelope (`before`/`after`/`source`/`op`/`change_id`/`unchanged_toast`, see
+  docs/event-format.md);
+- flat records, after a source-side `unwrap`: the value is the row, `change_id` comes from the header of that
+  name, `(commit_lsn, lsn)` from the header `source_lsn` (`commit:lsn`, decimal); a null value (tombstone with a
+  key) or `__deleted == "true"` is a delete. Fields whose name starts with `__` are metadata, not columns.
+
+A tombstone without a `change_id` header (the compaction marker the source writes after a delete whose envelope
+already carried the delete) changes nothing and yields no change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import Any
+
+from connector.errors import PoisonMessageError, SchemaError
+from connector.records import AvroSchema, Record
+from sinks.postgres.types import ColumnType, column_type
+
+UPSERT_OPS = frozenset("cur")
+CDC_COLUMN_PREFIX = "__cdc_"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A destination column: its name (the field's `pg.name` when present, else the field name) and Avro field."""
+
+    name: str
+    field: str
+    type: ColumnType
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """The destination shape a value schema implies: columns in schema order, key columns in key order."""
+
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    flat: bool
+    key_fields: tuple[str, ...] = ()
+    key_only: bool = False
+    """Derived from a tombstone's key schema: enough to delete, not to create or evolve a table."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def row_of(self, image: Mapping[str, Any]) -> dict[str, Any]:
+        return {c.name: image.get(c.field) for c in self.columns}
+
+    def key_of(self, key: Mapping[str, Any]) -> dict[str, Any]:
+        return {name: key.get(f) for name, f in zip(self.key, self.key_fields, strict=True)}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One row change, ready to apply. `row` is the new row (c/u/r) or the old one (d, append mode only)."""
+
+    topic: str
+    partition: int
+    offset: int
+    op: str
+    change_id: uuid.UUID
+    commit_lsn: int
+    lsn: int
+    source_schema: str
+    source_table: str
+    shape: Shape
+    key: Mapping[str, Any] | None
+    row: Mapping[str, Any] | None
+    unchanged_toast: frozenset[str] = field(default_factory=frozenset)
+    ts_ms: int | None = None
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return (self.commit_lsn, self.lsn)
+
+    @property
+    def key_tuple(self) -> tuple[Any, ...]:
+        if self.key is None:
+            return ()
+        return tuple(_hashable(self.key.get(name)) for name in self.shape.key)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+def _named_types(definition: Any, found: dict[str, Any], namespace: str | None = None) -> None:
+    if isinstance(definition, list):
+        for member in definition:
+            _named_types(member, found, namespace)
+    elif isinstance(definition, Mapping):
+        kind = definition.get("type")
+        if kind in ("record", "enum", "fixed", "error") and "name" in definition:
+            name = definition["name"]
+            ns = definition.get("namespace", namespace)
+            full = name if "." in name or not ns else f"{ns}.{name}"
+            found.setdefault(full, definition)
+            found.setdefault(name, definition)
+            namespace = ns
+        if kind in ("record", "error"):
+            for item in definition.get("fields", ()):
+                _named_types(item.get("type"), found, namespace)
+        elif kind == "array":
+            _named_types(definition.get("items"), found, namespace)
+        elif kind == "map":
+            _named_types(definition.get("values"), found, namespace)
+        elif isinstance(kind, (Mapping, list)):
+            _named_types(kind, found, namespace)
+
+
+def _resolve(definition: Any, named: Mapping[str, Any]) -> Any:
+    if isinstance(definition, str) and definition in named:
+        return named[definition]
+    if isinstance(definition, list):
+        return [_resolve(m, named) for m in definition]
+    if isinstance(definition, Mapping) and isinstance(definition.get("type"), str) and definition["type"] in named:
+        return {**definition, "type": named[definition["type"]]}
+    return definition
+
+
+def _record_of(definition: Any, named: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    definition = _resolve(definition, named)
+    if isinstance(definition, list):
+        for member in definition:
+            record = _record_of(member, named)
+            if record is not None:
+                return record
+        return None
+    if isinstance(definition, Mapping):
+        if definition.get("type") in ("record", "error"):
+            return definition
+        if isinstance(definition.get("type"), (Mapping, list)):
+            return _record_of(definition["type"], named)
+    return None
+
+
+def _is_envelope(record: Mapping[str, Any]) -> bool:
+    names = {f.get("name") for f in record.get("fields", ())}
+    return {"op", "after", "source"} <= names
+
+
+@lru_cache(maxsize=4096)
+def shape_of(value_schema: AvroSchema, key_schema: AvroSchema | None) -> Shape:
+    """The shape of a (value, key) schema pair; cached because schemas repeat on every message."""
+    named: dict[str, Any] = {}
+    _named_types(value_schema.definition, named)
+    top = _record_of(value_schema.definition, named)
+    if top is None:
+        raise SchemaError(
+            f"value schema {value_schema.name or '?'} is not a record",
+            hint="the sink applies row records or Debezium-style envelopes",
+        )
+    flat = not _is_envelope(top)
+    if flat:
+        row = top
+    else:
+        after = next(f for f in top["fields"] if f.get("name") == "after")
+        found = _record_of(after.get("type"), named)
+        if found is None:
+            raise SchemaError(f"envelope {value_schema.name or '?'} has no `after` record")
+        row = found
+    columns = []
+    for item in row.get("fields", ()):
+        name = item.get("name")
+        if not isinstance(name, str) or name.startswith("__"):
+            continue
+        where = f"{value_schema.name or 'value'}.{name}"
+        resolved = {**item, "type": _resolve(item.get("type"), named)}
+        column_name = item.get("pg.name") if isinstance(item.get("pg.name"), str) else name
+        columns.append(Column(column_name, name, column_type(resolved, where)))
+    key_fields: tuple[str, ...] = ()
+    if key_schema is not None:
+        key_named: dict[str, Any] = {}
+        _named_types(key_schema.definition, key_named)
+        key_record = _record_of(key_schema.definition, key_named)
+        if key_record is not None:
+            key_fields = tuple(f["name"] for f in key_record.get("fields", ()) if isinstance(f.get("name"), str))
+    by_field = {c.field: c.name for c in columns}
+    missing = [k for k in key_fields if k not in by_field]
+    if missing:
+        raise SchemaError(
+            f"key fields {missing} are not in the value schema {value_schema.name or '?'}",
+            hint="the message key must name columns of the row",
+        )
+    return Shape(tuple(columns), tuple(by_field[k] for k in key_fields), flat, key_fields)
+
+
+def _source_from_topic(topic: str) -> tuple[str, str]:
+    parts = topic.split(".")
+    if len(parts) >= 2:
+        return parts[-2], parts[-1]
+    return "", topic
+
+
+def _header_text(record: Record, name: str) -> str | None:
+    raw = record.header(name)
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PoisonMessageError(f"header {name} is not UTF-8 text") from None
+
+
+def _parse_uuid(text: Any, what: str) -> uuid.UUID:
+    if isinstance(text, uuid.UUID):
+        return text
+    try:
+        return uuid.UUID(str(text))
+    except ValueError:
+        raise PoisonMessageError(f"{what} is not a UUID") from None
+
+
+def _header_position(record: Record) -> tuple[int, int] | None:
+    text = _header_text(record, "source_lsn")
+    if text is None:
+        return None
+    commit, _, lsn = text.partition(":")
+    try:
+        return int(commit), int(lsn)
+    except ValueError:
+        raise PoisonMessageError("header source_lsn is not `commit_lsn:lsn` in decimal") from None
+
+
+def _coordinates(record: Record) -> tuple[int, int]:
+    if record.partition is None or record.offset is None:
+        raise PoisonMessageError("record has no partition/offset (the sink sets them; a transform dropped them?)")
+    return record.partition, record.offset
+
+
+def to_changes(record: Record) -> list[Change]:
+    """The changes one record carries (none for a plain compaction tombstone). Raises PoisonMessageError."""
+    partition, offset = _coordinates(record)
+    if record.value is None:
+        return _tombstone(record, partition, offset)
+    if record.value_schema is None:
+        raise PoisonMessageError("record has a value but no value schema")
+    shape = shape_of(record.value_schema, record.key_schema)
+    value = record.value
+    if not isinstance(value, Mapping):
+        raise PoisonMessageError("record value is not a record")
+    if shape.flat:
+        return [_flat(record, shape, value, partition, offset)]
+    return [_envelope(record, shape, value, partition, offset)]
+
+
+def _tombstone(record: Record, partition: int, offset: int) -> list[Change]:
+    change_id = _header_text(record, "change_id")
+    if change_id is None or record.key is None or record.key_schema is None:
+        return []
+    position = _header_position(record)
+    if position is None:
+        raise PoisonMessageError("tombstone with a change_id header has no source_lsn header")
+    key_schema = record.key_schema
+    shape = _key_only_shape(key_schema)
+    schema, table = _source_from_topic(record.topic)
+    return [
+        Change(
+            record.topic, partition, offset, "d", _parse_uuid(change_id, "header change_id"), *position,
+            schema, table, shape, shape.key_of(record.key), None,
+        )
+    ]  # fmt: skip
+
+
+@lru_cache(maxsize=1024)
+def _key_only_shape(key_schema: AvroSchema) -> Shape:
+    return replace(shape_of(key_schema, key_schema), flat=True, key_only=True)
+
+
+def _flat(record: Record, shape: Shape, value: Mapping[str, Any], partition: int, offset: int) -> Change:
+    change_id = _header_text(record, "change_id")
+    if change_id is None:
+        raise PoisonMessageError("flat record has no change_id header")
+    position = _header_position(record)
+    if position is None:
+        raise PoisonMessageError("flat record has no source_lsn header")
+    deleted = str(value.get("__deleted", "false")).lower() == "true"
+    schema, table = _source_from_topic(record.topic)
+    row = shape.row_of(value)
+    key = shape.key_of(record.key) if isinstance(record.key, Mapping) else {k: row.get(k) for k in shape.key}
+    return Change(
+        record.topic, partition, offset, "d" if deleted else "u", _parse_uuid(change_id, "header change_id"),
+        *position, schema, table, shape, key, row,
+    )  # fmt: skip
+
+
+def _envelope(record: Record, shape: Shape, value: Mapping[str, Any], partition: int, offset: int) -> Change:
+    op = value.get("op")
+    if op not in ("c", "u", "d", "r", "t"):
+        raise PoisonMessageError(f"envelope op {op!r} is not one of c, u, d, r, t")
+    source = value.get("source") or {}
+    commit_lsn, lsn = source.get("commit_lsn"), source.get("lsn")
+    if not isinstance(lsn, int):
+        position = _header_position(record)
+        if position is None:
+            raise PoisonMessageError("envelope has no source.lsn and no source_lsn header")
+        commit_lsn, lsn = position
+    if not isinstance(commit_lsn, int):
+        commit_lsn = lsn
+    raw_id = value.get("change_id") or _header_text(record, "change_id")
+    if raw_id is None:
+        raise PoisonMessageError("envelope has no change_id")
+    fallback_schema, fallback_table = _source_from_topic(record.topic)
+    source_schema, source_table = source.get("schema"), source.get("table")
+    schema: str = source_schema if isinstance(source_schema, str) else fallback_schema
+    table: str = source_table if isinstance(source_table, str) else fallback_table
+    image = value.get("before") if op == "d" else value.get("after")
+    if op in UPSERT_OPS and not isinstance(image, Mapping):
+        raise PoisonMessageError(f"envelope op {op!r} has no `after` row")
+    row = shape.row_of(image) if isinstance(image, Mapping) else None
+    key: Mapping[str, Any] | None = None
+    if isinstance(record.key, Mapping) and shape.key:
+        key = shape.key_of(record.key)
+    elif row is not None and shape.key:
+        key = {k: row.get(k) for k in shape.key}
+    unchanged = frozenset(value.get("unchanged_toast") or ()) if op == "u" else frozenset()
+    ts_ms = value.get("ts_ms") if isinstance(value.get("ts_ms"), int) else None
+    return Change(
+        record.topic, partition, offset, op, _parse_uuid(raw_id, "change_id"), commit_lsn, lsn,
+        schema, table, shape, key, row, unchanged, ts_ms,
+    )  # fmt: skip
+
+
+def collapse(changes: Sequence[Change]) -> list[Change]:
+    """The last change per key, in first-seen key order; `changes` are one table's, in Kafka order, no truncates.
+
+    An update whose TOASTed columns were not sent takes them from an earlier change of the same key in the
+    batch when that change knew them, so collapsing never loses a value a per-change apply would have written.
+    """
+    last: dict[tuple[Any, ...], Change] = {}
+    for item in changes:
+        change = item
+        key = change.key_tuple
+        previous = last.get(key)
+        if (
+            change.unchanged_toast
+            and previous is not None
+            and previous.op in UPSERT_OPS
+            and previous.row is not None
+            and change.row is not None
+        ):
+            known = change.unchanged_toast - previous.unchanged_toast
+            if known:
+                row = dict(change.row)
+                for name in known:
+                    row[name] = previous.row.get(name)
+                change = replace(change, row=row, unchanged_toast=change.unchanged_toast - known)
+        last[key] = change
+    return list(last.values())
+
+
+def split_at_truncates(changes: Iterable[Change]) -> list[tuple[list[Change], Change | None]]:
+    """Segments of row changes, each followed by the truncate that ends it (None for the last)."""
+    segments: list[tuple[list[Change], Change | None]] = []
+    current: list[Change] = []
+    for change in changes:
+        if change.op == "t":
+            segments.append((current, change))
+            current = []
+        else:
+            current.append(change)
+    segments.append((current, None))
+    return segments

@@ -1,0 +1,552 @@
+"""The PostgreSQL sink: consume change topics, apply them idempotently, checkpoint offsets in the target.
+
+Commit order of one batch (the only place it is written down):
+
+1. Bad messages of the batch (`errors.tolerance: all`) are produced to the dead-letter topic and flushed
+   (acknowledged by Kafka) first, so advancing past them can never lose them.
+2. One destination transaction begins. Every change id of the batch goes into `cdc.applied_changes`; only the
+   ids that were not there yet are applied (a redelivery, a replay, or the same change from another consumer
+   group or cluster changes nothing).
+3. Row changes are applied per table in Kafka order per key: upsert for c/u/r, delete (hard or soft) for d,
+   a guarded delete for t. A row is only written when the change's `(commit_lsn, lsn)` is greater than the one
+   stored in the row.
+4. `cdc.sink_offsets` advances to the last offset + 1 of every partition in the batch.
+5. COMMIT. The batch is now applied exactly once, together with its position.
+6. Then, for lag monitoring only, the offsets are committed to Kafka (asynchronously; losing this is harmless).
+
+Resume: on partition assignment the consumer seeks to `cdc.sink_offsets` (else `auto_offset_reset`); Kafka's own
+committed offsets are never read. A retriable destination error retries the whole batch from step 2 (the ledger
+makes a retry after an unacknowledged commit harmless). A revoked partition's buffered messages are dropped
+before they are applied (the new owner starts from the stored offset), so no batch is ever half-applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_any, stop_when_event_set
+from tenacity.wait import wait_exponential_jitter
+
+from connector import metrics
+from connector.checks import Problem
+from connector.config import ConnectorConfig
+from connector.errors import (
+    ConfigError,
+    ConnectorError,
+    DeliveryError,
+    FatalError,
+    PoisonMessageError,
+    RetriableError,
+    SchemaError,
+    is_retriable,
+)
+from connector.records import Record
+from schemas.registry import SchemaRegistry
+from schemas.serde import Decoder
+from sinks.base import Sink
+from sinks.postgres.apply import Applier, ApplyResult
+from sinks.postgres.changes import Change, to_changes
+from sinks.postgres.config import PostgresSinkConfig
+from sinks.postgres.state import LedgerPruner, all_offsets, ensure_state, read_offsets
+from sinks.postgres.tables import TableManager
+
+log = logging.getLogger(__name__)
+
+CRASH_AFTER_DB_COMMIT_ENV = "CDC_SINK_TEST_CRASH_AFTER_DB_COMMIT"
+"""Tests only: SIGKILL the process right after the N-th batch's DB commit, before the Kafka commit."""
+
+ERROR_HEADER = "cdc.error"
+SOURCE_TOPIC_HEADER = "cdc.source.topic"
+SOURCE_PARTITION_HEADER = "cdc.source.partition"
+SOURCE_OFFSET_HEADER = "cdc.source.offset"
+
+_POISON_SQLSTATE_CLASSES = ("22", "23")  # data exception, integrity constraint violation
+
+
+@dataclass(frozen=True, slots=True)
+class _Dead:
+    message: Message
+    error: str
+
+
+class PostgresSink(Sink):
+    """Kafka change topics -> destination PostgreSQL, exactly once in effect.
+
+    Holds no position: every run starts from `cdc.sink_offsets`. `run` may be killed at any moment (see the
+    commit order above); `stop` finishes the batch in flight, if it can, and returns.
+    """
+
+    def __init__(self, config: ConnectorConfig, chain: Any) -> None:
+        if config.sink is None:
+            raise ConfigError("the config has no `sink` section")
+        self._config = config
+        self._sink: PostgresSinkConfig = config.sink
+        self._chain = chain
+        self._group_id = config.group_id
+        self._dsn = self._sink.dsn.get_secret_value()
+        self._tables = TableManager(self._sink)
+        self._applier = Applier(self._sink, self._group_id, self._tables)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._decoder: Decoder | None = None
+        self._pending: list[Message] = []
+        self._assigned: set[tuple[str, int]] = set()
+        self._positions: dict[tuple[str, int], int] = {}
+        self._ready = threading.Event()
+        self._stop: threading.Event = threading.Event()
+        self._commits = 0
+        crash = os.environ.get(CRASH_AFTER_DB_COMMIT_ENV)
+        self._crash_after = int(crash) if crash else None
+
+    # -- contract -----------------------------------------------------------------------------------------
+
+    def validate(self) -> list[Problem]:
+        problems: list[Problem] = []
+        try:
+            with psycopg.connect(self._dsn, connect_timeout=10, autocommit=True) as conn:
+                row = conn.execute(
+                    """SELECT has_database_privilege(current_database(), 'CREATE'),
+                              to_regnamespace('cdc') IS NOT NULL,
+                              to_regnamespace(%s) IS NOT NULL""",
+                    (self._sink.target_schema,),
+                ).fetchone()
+                assert row is not None
+                can_create, has_cdc, has_target = row
+                if not has_cdc and not can_create:
+                    problems.append(
+                        Problem(
+                            "sink",
+                            "schema `cdc` does not exist and the sink's role may not create it",
+                            "GRANT CREATE ON DATABASE ... TO the sink's role, or create schema cdc for it",
+                        )
+                    )
+                if not has_target and not (self._sink.auto_create and can_create):
+                    problems.append(
+                        Problem(
+                            "sink",
+                            f"target schema {self._sink.target_schema!r} does not exist",
+                            "create it, or let the sink create it (`auto_create: true` and CREATE on the database)",
+                        )
+                    )
+        except psycopg.Error as exc:
+            problems.append(
+                Problem(
+                    "sink",
+                    f"cannot connect to the destination database: {type(exc).__name__}",
+                    "check `sink.dsn` and that the database accepts connections",
+                )
+            )
+        try:
+            metadata = Consumer(self._consumer_settings()).list_topics(timeout=10)
+        except Exception as exc:
+            problems.append(
+                Problem("sink", f"cannot reach Kafka: {type(exc).__name__}", "check `kafka.bootstrap_servers`")
+            )
+        else:
+            for topic in self._sink.topics:
+                if topic not in metadata.topics:
+                    problems.append(
+                        Problem(
+                            "sink",
+                            f"topic {topic!r} does not exist (yet)",
+                            "start the source first, create the topic, or fix `sink.topics`",
+                        )
+                    )
+        return problems
+
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def status(self) -> dict[str, Any]:
+        if self._consumer is not None:
+            stored = dict(self._positions)
+        else:
+            try:
+                with psycopg.connect(self._dsn, connect_timeout=10, autocommit=True) as conn:
+                    stored = all_offsets(conn, self._group_id)
+            except psycopg.Error as exc:
+                return {"group_id": self._group_id, "error": f"destination unreachable: {type(exc).__name__}"}
+        partitions = []
+        consumer = self._consumer or Consumer(self._consumer_settings())
+        try:
+            for (topic, partition), next_offset in sorted(stored.items()):
+                try:
+                    _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+                except Exception:
+                    high = None
+                partitions.append(
+                    {
+                        "topic": topic,
+                        "partition": partition,
+                        "next_offset": next_offset,
+                        "log_end": high,
+                        "lag": None if high is None else max(high - next_offset, 0),
+                    }
+                )
+        finally:
+            if consumer is not self._consumer:
+                consumer.close()
+        return {"group_id": self._group_id, "assigned": len(self._assigned), "partitions": partitions}
+
+    def run(self, stop: threading.Event) -> None:
+        self._stop = stop
+        pruner = LedgerPruner(
+            self._dsn,
+            self._sink.dedupe.retention_delta,
+            self._sink.dedupe.prune_interval_seconds,
+            self._sink.dedupe.prune_batch,
+            stop,
+        )
+        try:
+            self._with_retries(lambda: ensure_state(self._connection()), "setting up schema cdc")
+            self._decoder = Decoder(SchemaRegistry(self._config.schema_registry))
+            pruner.start()
+            self._consumer = Consumer(self._consumer_settings(), logger=log)
+            subscription = list(self._sink.topics)
+            if self._sink.topics_regex:
+                regex = self._sink.topics_regex
+                subscription.append(regex if regex.startswith("^") else f"^{regex}")
+            self._consumer.subscribe(
+                subscription, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            )
+            log.info("sink consuming %s as group %s", ", ".join(subscription), self._group_id)
+            while not stop.is_set():
+                messages = self._collect(stop)
+                if messages:
+                    self._process(messages)
+        finally:
+            self._ready.clear()
+            self._close()
+
+    # -- consuming ----------------------------------------------------------------------------------------
+
+    def _consumer_settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {
+            "bootstrap.servers": self._config.kafka.bootstrap_servers,
+            # New topics matching a regex subscription are found on metadata refresh; librdkafka's default is 5 min.
+            "topic.metadata.refresh.interval.ms": 10_000,
+            "max.poll.interval.ms": 600_000,
+        }
+        settings.update(self._config.kafka.properties)
+        settings.update(self._sink.consumer_properties)
+        settings.update(
+            {
+                "group.id": self._group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": self._sink.auto_offset_reset,
+            }
+        )
+        return settings
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        wanted = [(p.topic, p.partition) for p in partitions]
+        stored = self._with_retries(lambda: read_offsets(self._connection(), self._group_id, wanted), "reading offsets")
+        default = OFFSET_BEGINNING if self._sink.auto_offset_reset == "earliest" else OFFSET_END
+        for p in partitions:
+            p.offset = stored.get((p.topic, p.partition), default)
+            if (p.topic, p.partition) in stored:
+                self._positions[(p.topic, p.partition)] = stored[(p.topic, p.partition)]
+        consumer.assign(partitions)
+        self._assigned.update(wanted)
+        self._ready.set()
+        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(p.topic, p.partition) for p in partitions}
+        # Abandon buffered messages of revoked partitions: nothing of them is applied, so the next owner
+        # starting at the stored offset sees a clean state.
+        self._pending = [m for m in self._pending if (m.topic(), m.partition()) not in revoked]
+        self._assigned -= revoked
+        for key in revoked:
+            self._positions.pop(key, None)
+        log.info("revoked %d partitions", len(revoked))
+
+    def _collect(self, stop: threading.Event) -> list[Message]:
+        assert self._consumer is not None
+        limit = self._sink.batch.max_records
+        max_wait = self._sink.batch.max_wait_ms / 1000
+        deadline: float | None = None
+        self._pending = []
+        while not stop.is_set() and len(self._pending) < limit:
+            timeout = 0.5 if deadline is None else max(0.0, deadline - time.monotonic())
+            for message in self._consumer.consume(num_messages=limit - len(self._pending), timeout=timeout):
+                error = message.error()
+                if error is None:
+                    self._pending.append(message)
+                elif error.fatal():
+                    raise FatalError(f"Kafka consumer failed: {error.str()}")
+                elif error.code() not in (KafkaError._PARTITION_EOF,):
+                    log.warning("Kafka consumer: %s", error.str())
+            if self._pending and deadline is None:
+                deadline = time.monotonic() + max_wait
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        messages, self._pending = self._pending, []
+        return messages
+
+    # -- one batch ----------------------------------------------------------------------------------------
+
+    def _process(self, messages: Sequence[Message]) -> None:
+        started = time.monotonic()
+        offsets: dict[tuple[str, int], int] = {}
+        for message in messages:
+            topic, partition, offset = _coordinates(message)
+            offsets[(topic, partition)] = max(offsets.get((topic, partition), 0), offset + 1)
+        changes, dead = self._decode_all(messages)
+        if dead:
+            self._dead_letter(dead)
+        result = self._apply(changes, offsets, messages)
+        if result is None:
+            return  # stopped while retrying: nothing committed, the stored offsets stand
+        self._commits += 1
+        if self._crash_after is not None and self._commits >= self._crash_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._positions.update(offsets)
+        self._commit_kafka(offsets)
+        for (table, op), count in result.applied.items():
+            metrics.SINK_APPLIED.labels(table=table, op=op).inc(count)
+        if result.duplicates:
+            metrics.SINK_DUPLICATES.inc(result.duplicates)
+        if result.stale:
+            metrics.SINK_STALE.inc(result.stale)
+        metrics.SINK_BATCH_SECONDS.observe(time.monotonic() - started)
+
+    def _decode_all(self, messages: Sequence[Message]) -> tuple[list[Change], list[_Dead]]:
+        changes: list[Change] = []
+        dead: list[_Dead] = []
+        for message in messages:
+            try:
+                changes.extend(self._decode(message))
+            except (PoisonMessageError, SchemaError) as exc:
+                dead.append(self._poison(message, exc))
+        return changes, dead
+
+    def _decode(self, message: Message) -> list[Change]:
+        assert self._decoder is not None
+        decoder = self._decoder
+        raw_key, raw_value = message.key(), message.value()
+        size = len(raw_key or b"") + len(raw_value or b"")
+        if size > self._sink.errors.max_record_bytes:
+            raise PoisonMessageError(
+                f"record of {size} bytes exceeds errors.max_record_bytes ({self._sink.errors.max_record_bytes})"
+            )
+        key = key_schema = value = value_schema = None
+        if raw_key is not None:
+            key, key_schema, _ = self._with_retries(lambda: decoder.decode(raw_key), "decoding a key")
+        if raw_value is not None:
+            value, value_schema, _ = self._with_retries(lambda: decoder.decode(raw_value), "decoding a value")
+        _, timestamp = message.timestamp()
+        topic, partition, offset = _coordinates(message)
+        record = Record(
+            topic=topic,
+            key=key,
+            value=value,
+            key_schema=key_schema,
+            value_schema=value_schema,
+            headers=tuple(_headers(message)),
+            partition=partition,
+            offset=offset,
+            timestamp_ms=timestamp if timestamp >= 0 else None,
+        )
+        out: list[Change] = []
+        for item in self._chain.apply(record):
+            out.extend(to_changes(item))
+        return out
+
+    def _where(self, message: Message) -> str:
+        topic, partition, offset = _coordinates(message)
+        return f"{topic}[{partition}]@{offset}"
+
+    def _poison(self, message: Message, exc: ConnectorError) -> _Dead:
+        """Stop (tolerance none) or note the message for the dead-letter topic (tolerance all)."""
+        where = self._where(message)
+        if self._sink.errors.log_payloads:
+            log.error("poison message %s: %s; key=%r value=%r", where, exc, message.key(), message.value())
+        if self._sink.errors.tolerance == "none":
+            raise PoisonMessageError(
+                f"cannot apply message {where}: {exc.message}",
+                hint="fix the producer or the destination, or set `sink.errors.tolerance: all` with a "
+                "dead_letter_topic to skip such messages; the stored offsets were not advanced",
+            ) from exc
+        log.warning("message %s goes to the dead-letter topic: %s", where, exc.message)
+        return _Dead(message, exc.message)
+
+    def _dead_letter(self, dead: Sequence[_Dead]) -> None:
+        topic = self._sink.errors.dead_letter_topic
+        assert topic is not None
+        if self._producer is None:
+            settings: dict[str, Any] = {"bootstrap.servers": self._config.kafka.bootstrap_servers}
+            settings.update(self._config.kafka.properties)
+            settings.update({"enable.idempotence": True, "acks": "all"})
+            self._producer = Producer(settings, logger=log)
+        producer = self._producer
+        failures: list[str] = []
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                failures.append(error.str())
+
+        for item in dead:
+            message = item.message
+            source_topic, partition, offset = _coordinates(message)
+            headers: list[Any] = [
+                *_headers(message),
+                (ERROR_HEADER, item.error.encode()),
+                (SOURCE_TOPIC_HEADER, source_topic.encode()),
+                (SOURCE_PARTITION_HEADER, str(partition).encode()),
+                (SOURCE_OFFSET_HEADER, str(offset).encode()),
+            ]
+            producer.produce(topic, value=message.value(), key=message.key(), headers=headers, on_delivery=delivered)
+            producer.poll(0)
+            metrics.SINK_DEAD_LETTERS.labels(topic=source_topic).inc()
+        remaining = producer.flush(60)
+        if remaining or failures:
+            raise DeliveryError(
+                f"dead-letter topic {topic} did not acknowledge {remaining or len(failures)} messages"
+                + (f": {failures[0]}" if failures else ""),
+                hint="check the topic exists and accepts messages of that size; the stored offsets were not advanced",
+            )
+
+    # -- applying -----------------------------------------------------------------------------------------
+
+    def _apply(
+        self, changes: list[Change], offsets: dict[tuple[str, int], int], messages: Sequence[Message]
+    ) -> ApplyResult | None:
+        while True:
+            try:
+                return self._with_retries(
+                    lambda todo=changes: self._applier.apply(self._connection(), todo, offsets), "applying"
+                )
+            except _Stopped:
+                return None
+            except psycopg.Error as exc:
+                if not (exc.sqlstate or "").startswith(_POISON_SQLSTATE_CLASSES):
+                    raise
+                failures = self._with_retries(
+                    lambda todo=changes: self._applier.isolate(self._connection(), todo), "isolating"
+                )
+                if not failures:
+                    raise
+                by_position = {_coordinates(m): m for m in messages}
+                dead = []
+                for change, error in failures:
+                    message = by_position[(change.topic, change.partition, change.offset)]
+                    problem = _describe_db_error(error)
+                    dead.append(self._poison(message, PoisonMessageError(problem)))
+                self._dead_letter(dead)
+                bad = {id(change) for change, _ in failures}
+                changes = [c for c in changes if id(c) not in bad]
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+            self._applier.reset()
+            self._conn = psycopg.connect(
+                self._dsn, autocommit=True, connect_timeout=10, application_name=f"cdc-sink-{self._group_id}"[:63]
+            )
+        return self._conn
+
+    def _with_retries(self, body: Any, what: str) -> Any:
+        max_attempts = self._sink.retry.max_attempts
+        stop_rule: Any = stop_when_event_set(self._stop)
+        if max_attempts is not None:
+            stop_rule = stop_any(stop_rule, stop_after_attempt(max_attempts))
+
+        def before_sleep(state: Any) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "%s failed (attempt %d), retrying: %s", what, state.attempt_number, _describe_retriable(exc)
+            )
+            if self._conn is not None and self._conn.broken:
+                self._conn.close()
+
+        retrying = Retrying(
+            retry=retry_if_exception(is_retriable),
+            wait=wait_exponential_jitter(
+                initial=self._sink.retry.initial_backoff_ms / 1000, max=self._sink.retry.max_backoff_ms / 1000
+            ),
+            stop=stop_rule,
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(body)
+        except Exception as exc:
+            if is_retriable(exc):
+                if self._stop.is_set():
+                    raise _Stopped from exc
+                raise RetriableError(f"{what} kept failing: {_describe_retriable(exc)}") from exc
+            raise
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+    def _commit_kafka(self, offsets: dict[tuple[str, int], int]) -> None:
+        assert self._consumer is not None
+        mine = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self._assigned]
+        if not mine:
+            return
+        try:
+            self._consumer.commit(offsets=mine, asynchronous=True)
+        except Exception as exc:  # informational only
+            log.debug("Kafka offset commit failed: %s", exc)
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            except Exception as exc:
+                log.debug("closing the consumer: %s", exc)
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _coordinates(message: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed message (always set on messages without error)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
+
+
+def _headers(message: Message) -> list[tuple[str, bytes]]:
+    out: list[tuple[str, bytes]] = []
+    raw: Any = message.headers() or ()
+    for name, value in raw:
+        out.append((name, value.encode() if isinstance(value, str) else (value or b"")))
+    return out
+
+
+class _Stopped(Exception):
+    """The stop event was set while a retriable error was being retried."""
+
+
+def _describe_retriable(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    sqlstate = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__}" + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
+
+
+def _describe_db_error(exc: BaseException) -> str:
+    # The primary message names the constraint or the type, never the value (that goes in DETAIL).
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) or type(exc).__name__
+    return f"{primary} (SQLSTATE {getattr(exc, 'sqlstate', None)})"

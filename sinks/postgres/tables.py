@@ -1,0 +1,336 @@
+"""Destination tables: names, the catalog as it is, and the DDL that makes it fit a value schema.
+
+Every identifier is composed with `psycopg.sql.Identifier`. A name PostgreSQL would not keep exactly (longer
+than 63 bytes, which it silently truncates and which could then collide with another name; or containing NUL)
+is refused with a message instead of being created under a different name.
+
+Bookkeeping columns (names are part of the contract, see docs/sink.md):
+`__cdc_commit_lsn`, `__cdc_lsn` (bigint: the WAL position of the change that last wrote the row; a change is
+applied only when its pair is greater), `__cdc_change_id` (uuid of that change); with soft deletes
+`__cdc_deleted` (boolean) and `__cdc_deleted_at` (timestamptz); in append mode `__cdc_op`, `__cdc_ts_ms`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from connector.errors import ConfigError, SchemaError
+from sinks.postgres.changes import CDC_COLUMN_PREFIX, Change, Shape
+from sinks.postgres.config import PostgresSinkConfig
+from sinks.postgres.types import Converter, PgType, holds
+
+log = logging.getLogger(__name__)
+
+MAX_IDENTIFIER_BYTES = 63
+
+COMMIT_LSN = "__cdc_commit_lsn"
+LSN = "__cdc_lsn"
+CHANGE_ID = "__cdc_change_id"
+DELETED = "__cdc_deleted"
+DELETED_AT = "__cdc_deleted_at"
+OP = "__cdc_op"
+TS_MS = "__cdc_ts_ms"
+
+
+def check_identifier(name: str, what: str) -> str:
+    """`name` unchanged if PostgreSQL keeps it exactly, else a ConfigError naming the problem."""
+    if not name:
+        raise ConfigError(f"{what} name is empty", hint="map it to a name with `table_map` or the table name format")
+    if "\x00" in name:
+        raise ConfigError(f"{what} name {name!r} contains a NUL character", hint="PostgreSQL identifiers cannot")
+    size = len(name.encode("utf-8"))
+    if size > MAX_IDENTIFIER_BYTES:
+        raise ConfigError(
+            f"{what} name {name!r} is {size} bytes; PostgreSQL truncates names to {MAX_IDENTIFIER_BYTES} bytes, "
+            "so it would be created under another name (and could collide with a similar one)",
+            hint="map it to a shorter name (`table_map` for tables)",
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TableName:
+    schema: str
+    name: str
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+def destination_of(change: Change, config: PostgresSinkConfig) -> TableName:
+    mapped = config.table_map.get(change.topic)
+    if mapped is None:
+        mapped = config.table_name_format.format(
+            topic=change.topic, schema=change.source_schema, table=change.source_table
+        )
+    return TableName(
+        check_identifier(config.target_schema, "target schema"), check_identifier(mapped, "destination table")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TargetTable:
+    """A destination table as the apply path writes it: which shape columns go where, with which converters."""
+
+    name: TableName
+    columns: tuple[str, ...]
+    """Shape columns that exist in the table, in shape order (the ones written)."""
+    converters: tuple[Converter | None, ...]
+    key: tuple[str, ...]
+    append: bool
+    soft: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Existing:
+    columns: Mapping[str, tuple[str, bool, bool]]  # name -> (format_type, not null, has default)
+    key: tuple[str, ...]
+    unique_sets: tuple[frozenset[str], ...]
+
+
+def _read(conn: psycopg.Connection[Any], table: TableName) -> _Existing | None:
+    rows = conn.execute(
+        """
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atthasdef
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum
+        """,
+        (table.schema, table.name),
+    ).fetchall()
+    if not rows:
+        return None
+    indexes = conn.execute(
+        """
+        SELECT i.indisprimary,
+               array(SELECT a.attname FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, pos)
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.pos)
+        FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+        """,
+        (table.schema, table.name),
+    ).fetchall()
+    key: tuple[str, ...] = ()
+    for primary, names in indexes:
+        if primary:
+            key = tuple(names)
+    return _Existing(
+        {r[0]: (r[1], r[2], r[3]) for r in rows}, key, tuple(frozenset(names) for _, names in indexes)
+    )
+
+
+def _bookkeeping(config: PostgresSinkConfig) -> list[tuple[str, str, bool]]:
+    """(name, type, not null) of the columns the sink keeps next to the data."""
+    if config.mode == "append":
+        return [
+            (OP, "text", True), (CHANGE_ID, "uuid", True), (COMMIT_LSN, "bigint", True), (LSN, "bigint", True),
+            (TS_MS, "bigint", False),
+        ]  # fmt: skip
+    columns = [(COMMIT_LSN, "bigint", True), (LSN, "bigint", True), (CHANGE_ID, "uuid", True)]
+    if config.delete_handling == "soft":
+        columns += [(DELETED, "boolean", False), (DELETED_AT, "timestamp with time zone", False)]
+    return columns
+
+
+def _type_sql(pg_type: PgType) -> sql.Composable:
+    # PgType only holds built-in names from a fixed list and integer modifiers (see types.py), so its text
+    # is safe to compose; it never carries schema-provided free text.
+    return sql.SQL(str(pg_type))
+
+
+def _validate_shape(shape: Shape, table: TableName) -> None:
+    for column in shape.columns:
+        check_identifier(column.name, f"column of {table}")
+        if column.name.startswith(CDC_COLUMN_PREFIX):
+            raise SchemaError(
+                f"column {column.name!r} of {table} uses the sink's reserved prefix {CDC_COLUMN_PREFIX}",
+                hint="rename the source column",
+            )
+
+
+class TableManager:
+    """Creates and evolves destination tables; remembers what it verified per (table, shape)."""
+
+    def __init__(self, config: PostgresSinkConfig) -> None:
+        self._config = config
+        self._verified: dict[tuple[TableName, Shape], TargetTable | None] = {}
+
+    def forget(self) -> None:
+        self._verified.clear()
+
+    def target(self, conn: psycopg.Connection[Any], table: TableName, shape: Shape) -> TargetTable | None:
+        """The table ready for `shape` (created or evolved in its own short transaction), or None when a
+        key-only change (a delete from a tombstone) names a table that does not exist."""
+        cache_key = (table, shape)
+        if cache_key in self._verified:
+            return self._verified[cache_key]
+        _validate_shape(shape, table)
+        with conn.transaction():
+            # Serialize DDL between sink instances (several groups may write one target).
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"cdc-sink-ddl:{table}",))
+            existing = _read(conn, table)
+            if existing is None:
+                if shape.key_only:
+                    self._verified[cache_key] = None
+                    return None
+                if not self._config.auto_create:
+                    raise SchemaError(
+                        f"destination table {table} does not exist", hint="create it, or set `sink.auto_create: true`"
+                    )
+                self._create(conn, table, shape)
+                existing = _read(conn, table)
+                assert existing is not None
+            elif not shape.key_only:
+                self._evolve(conn, table, shape, existing)
+                existing = _read(conn, table)
+                assert existing is not None
+        target = self._target(table, shape, existing)
+        self._verified[cache_key] = target
+        return target
+
+    def _create(self, conn: psycopg.Connection[Any], table: TableName, shape: Shape) -> None:
+        append = self._config.mode == "append"
+        if not append and not shape.key:
+            raise SchemaError(
+                f"messages for {table} have no key, so rows cannot be upserted",
+                hint="give the source table a primary key (or key columns), or use `sink.mode: append`",
+            )
+        parts: list[sql.Composable] = []
+        for column in shape.columns:
+            not_null = not append and column.name in shape.key
+            parts.append(
+                sql.SQL("{} {}{}").format(
+                    sql.Identifier(column.name),
+                    _type_sql(column.type.pg_type),
+                    sql.SQL(" NOT NULL" if not_null else ""),
+                )
+            )
+        for name, type_text, not_null in _bookkeeping(self._config):
+            default = " DEFAULT false" if name == DELETED else ""
+            parts.append(
+                sql.SQL("{} {}{}{}").format(
+                    sql.Identifier(name),
+                    sql.SQL(type_text),
+                    sql.SQL(" NOT NULL" if not_null else ""),
+                    sql.SQL(default),
+                )
+            )
+        key = (CHANGE_ID,) if append else shape.key
+        parts.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema)))
+        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(table.ident, sql.SQL(", ").join(parts)))
+        log.info("created destination table %s", table)
+
+    def _evolve(self, conn: psycopg.Connection[Any], table: TableName, shape: Shape, existing: _Existing) -> None:
+        config = self._config
+        stop = config.on_unsafe_schema_change == "stop"
+        for name, type_text, _ in _bookkeeping(config):
+            if name in existing.columns:
+                continue
+            if not config.auto_evolve:
+                raise SchemaError(
+                    f"destination table {table} lacks the bookkeeping column {name}",
+                    hint="add it (see docs/sink.md) or set `sink.auto_evolve: true`",
+                )
+            # Existing rows get the lowest position, so any change replayed onto them wins the guard.
+            default = {COMMIT_LSN: " DEFAULT 0", LSN: " DEFAULT 0", DELETED: " DEFAULT false"}.get(name, "")
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN {} {}{}").format(
+                    table.ident, sql.Identifier(name), sql.SQL(type_text), sql.SQL(default)
+                )
+            )
+        for column in shape.columns:
+            found = existing.columns.get(column.name)
+            want = column.type.pg_type
+            if found is None:
+                if not config.auto_evolve:
+                    if stop:
+                        raise SchemaError(
+                            f"column {column.name!r} is new in the source but missing in {table}",
+                            hint="add it, set `sink.auto_evolve: true`, or `sink.on_unsafe_schema_change: ignore`",
+                        )
+                    continue
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                        table.ident, sql.Identifier(column.name), _type_sql(want)
+                    )
+                )
+                log.info("added column %s to %s", column.name, table)
+                continue
+            have = PgType.parse(found[0])
+            if have is None or holds(have, want):
+                continue  # a non built-in target type is the user's choice; values are cast on insert
+            if config.auto_evolve and holds(want, have):
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
+                        table.ident, sql.Identifier(column.name), _type_sql(want)
+                    )
+                )
+                log.info("widened column %s of %s from %s to %s", column.name, table, have, want)
+                continue
+            if stop:
+                raise SchemaError(
+                    f"column {column.name!r} of {table} is {have} but the source now sends {want}, "
+                    "which it cannot hold",
+                    hint="migrate the column, or set `sink.on_unsafe_schema_change: ignore` to write into it anyway",
+                )
+        shape_names = set(shape.names)
+        dropped = [
+            name for name in existing.columns if name not in shape_names and not name.startswith(CDC_COLUMN_PREFIX)
+        ]
+        for name in dropped:
+            _, not_null, has_default = existing.columns[name]
+            if stop or (not_null and not has_default and config.mode == "upsert"):
+                raise SchemaError(
+                    f"column {name!r} of {table} is not in the source's schema any more (dropped or renamed)",
+                    hint="drop or rename it in the destination, or set `sink.on_unsafe_schema_change: ignore` "
+                    "to keep it (nullable columns only)",
+                )
+
+    def _target(self, table: TableName, shape: Shape, existing: _Existing) -> TargetTable:
+        config = self._config
+        append = config.mode == "append"
+        key = shape.key
+        if not append:
+            if not key:
+                raise SchemaError(
+                    f"messages for {table} have no key, so rows cannot be upserted",
+                    hint="give the source table a primary key (or key columns), or use `sink.mode: append`",
+                )
+            if frozenset(key) not in existing.unique_sets:
+                raise SchemaError(
+                    f"{table} has no primary key or unique index on the message key {list(key)}",
+                    hint="add one (upserts need it)",
+                )
+        columns = tuple(c for c in shape.columns if c.name in existing.columns)
+        return TargetTable(
+            table,
+            tuple(c.name for c in columns),
+            tuple(c.type.convert for c in columns),
+            key,
+            append,
+            config.delete_handling == "soft",
+        )
+
+
+def group_by_table(
+    changes: Sequence[Change], config: PostgresSinkConfig
+) -> dict[TableName, list[Change]]:
+    out: dict[TableName, list[Change]] = {}
+    for change in changes:
+        out.setdefault(destination_of(change, config), []).append(change)
+    return dict(sorted(out.items()))

@@ -1,0 +1,315 @@
+"""Avro field -> PostgreSQL column type, and value conversion for the COPY fast path.
+
+A field's `pg.type` property (the source column's type as `format_type` prints it) wins when it names a
+built-in type; otherwise the type is derived from the Avro type, its `logicalType` and its Debezium
+`connect.name`. Type text reaches SQL only after it matched the grammar below and the built-in list,
+so nothing from a schema is spliced into DDL unchecked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from connector.errors import SchemaError
+
+Converter = Callable[[Any], Any]
+
+_BUILTIN = frozenset(
+    {
+        "smallint", "integer", "bigint", "numeric", "real", "double precision", "boolean", "text",
+        "character varying", "character", "bytea", "date", "time without time zone", "time with time zone",
+        "timestamp without time zone", "timestamp with time zone", "interval", "uuid", "json", "jsonb", "xml",
+        "inet", "cidr", "macaddr", "macaddr8", "money", "bit", "bit varying", "point", "line", "lseg", "box",
+        "path", "polygon", "circle", "tsvector", "tsquery", "oid", "int4range", "int8range", "numrange",
+        "tsrange", "tstzrange", "daterange", "pg_lsn", "name", '"char"',
+    }
+)  # fmt: skip
+
+_TYPE_TEXT = re.compile(
+    r'^(?P<base>"char"|[a-z][a-z0-9_ ]*?)(?:\((?P<mods>\d+(?:,-?\d+)?)\))?'
+    r"(?P<zone> with(?:out)? time zone)?(?P<arrays>(?:\[\])*)$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PgType:
+    """A column type in `format_type` spelling: base name, optional modifiers, array depth."""
+
+    base: str
+    mods: tuple[int, ...] = ()
+    arrays: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> PgType | None:
+        """The type if `text` is a built-in type in `format_type` spelling, else None."""
+        match = _TYPE_TEXT.match(text.strip())
+        if match is None:
+            return None
+        base = match.group("base") + (match.group("zone") or "")
+        if base not in _BUILTIN:
+            return None
+        mods = tuple(int(m) for m in match.group("mods").split(",")) if match.group("mods") else ()
+        return cls(base, mods, len(match.group("arrays")) // 2)
+
+    def __str__(self) -> str:
+        mods = f"({','.join(str(m) for m in self.mods)})" if self.mods else ""
+        arrays = "[]" * self.arrays
+        for zone in (" with time zone", " without time zone"):
+            if self.base.endswith(zone):
+                return f"{self.base[: -len(zone)]}{mods}{zone}{arrays}"
+        return f"{self.base}{mods}{arrays}"
+
+
+_INT_RANK = {"smallint": 1, "integer": 2, "bigint": 3}
+_TEXTUAL = {"character varying", "character", "text"}
+
+
+def holds(have: PgType, want: PgType) -> bool:
+    """True when a column of type `have` stores every value of type `want` unchanged."""
+    if have == want:
+        return True
+    if have.arrays != want.arrays:
+        return False
+    if have.base in _INT_RANK and want.base in _INT_RANK:
+        return _INT_RANK[have.base] >= _INT_RANK[want.base]
+    if have.base == "numeric" and want.base in _INT_RANK:
+        return not have.mods or have.mods[0] - (have.mods[1] if len(have.mods) > 1 else 0) >= 19
+    if have.base == "numeric" and want.base == "numeric":
+        if not have.mods:
+            return True
+        if not want.mods:
+            return False
+        hp, hs = have.mods[0], have.mods[1] if len(have.mods) > 1 else 0
+        wp, ws = want.mods[0], want.mods[1] if len(want.mods) > 1 else 0
+        return hs >= ws and hp - hs >= wp - ws
+    if have.base == "double precision" and want.base == "real":
+        return True
+    if have.base == "text" and want.base in _TEXTUAL:
+        return True
+    if have.base == "character varying" and want.base in {"character varying", "character"}:
+        return not have.mods or (bool(want.mods) and have.mods[0] >= want.mods[0])
+    if have.base == want.base and have.base.startswith(("timestamp", "time ")):
+        return not have.mods or (bool(want.mods) and have.mods[0] >= want.mods[0])
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnType:
+    """What a sink needs of one value field: the column type and how to turn Avro values into COPY values."""
+
+    pg_type: PgType
+    nullable: bool
+    convert: Converter | None = None
+
+
+_DATE_INFINITY = 2**31 - 1
+_TS_INFINITY = 2**63 - 1
+_MICROS_PER_DAY = 86_400_000_000
+
+
+def _civil(days: int) -> str:
+    """Days since 1970-01-01 -> `YYYY-MM-DD[ BC]` for any year PostgreSQL can hold (Python's date stops at 1..9999)."""
+    days += 719468
+    era = days // 146097
+    doe = days - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (month <= 2)
+    if year <= 0:
+        return f"{1 - year:04d}-{month:02d}-{day:02d} BC"
+    return f"{year:04d}-{month:02d}-{day:02d}"
+
+
+def _clock_text(micros: int) -> str:
+    seconds, fraction = divmod(micros, 1_000_000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    return f"{hour:02d}:{minute:02d}:{second:02d}.{fraction:06d}"
+
+
+def _days(value: Any) -> Any:
+    if not isinstance(value, int):
+        return value
+    if value == _DATE_INFINITY:
+        return "infinity"
+    if value == -_DATE_INFINITY - 1:
+        return "-infinity"
+    return _civil(value)
+
+
+def _epoch(scale: int, *, zone: bool) -> Converter:
+    """Integer time since the epoch in 1/scale seconds -> timestamp text (exact, any range, infinities)."""
+    suffix = "+00" if zone else ""
+
+    def convert(value: Any) -> Any:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return value
+        if value == _TS_INFINITY:
+            return "infinity"
+        if value == -_TS_INFINITY - 1:
+            return "-infinity"
+        micros = value * 1_000_000 // scale
+        days, rest = divmod(micros, _MICROS_PER_DAY)
+        text = _civil(days)
+        bc = text.endswith(" BC")
+        text = text.removesuffix(" BC")
+        return f"{text} {_clock_text(rest)}{suffix}{' BC' if bc else ''}"
+
+    return convert
+
+
+def _clock(scale: int) -> Converter:
+    def convert(value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return _clock_text(value * 1_000_000 // scale)
+        return value
+
+    return convert
+
+
+def _micro_duration(value: Any) -> Any:
+    return timedelta(microseconds=value) if isinstance(value, int) else value
+
+
+def _variable_decimal(value: Any) -> Any:
+    if isinstance(value, Mapping) and "scale" in value and "value" in value:
+        unscaled = int.from_bytes(value["value"], "big", signed=True)
+        return Decimal(unscaled).scaleb(-int(value["scale"]))
+    return value
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return value
+
+
+_CONNECT_NAMES: dict[str, tuple[str, Converter | None]] = {
+    "io.debezium.time.Date": ("date", _days),
+    "io.debezium.time.Timestamp": ("timestamp without time zone", _epoch(1_000, zone=False)),
+    "io.debezium.time.MicroTimestamp": ("timestamp without time zone", _epoch(1_000_000, zone=False)),
+    "io.debezium.time.NanoTimestamp": ("timestamp without time zone", _epoch(1_000_000_000, zone=False)),
+    "io.debezium.time.Time": ("time without time zone", _clock(1_000)),
+    "io.debezium.time.MicroTime": ("time without time zone", _clock(1_000_000)),
+    "io.debezium.time.NanoTime": ("time without time zone", _clock(1_000_000_000)),
+    "io.debezium.time.ZonedTimestamp": ("timestamp with time zone", None),
+    "io.debezium.time.ZonedTime": ("time with time zone", None),
+    "io.debezium.time.MicroDuration": ("interval", _micro_duration),
+    "io.debezium.data.Json": ("jsonb", None),
+    "io.debezium.data.Uuid": ("uuid", None),
+    "io.debezium.data.Xml": ("xml", None),
+    "io.debezium.data.VariableScaleDecimal": ("numeric", _variable_decimal),
+}
+
+_LOGICAL: dict[str, tuple[str, Converter | None]] = {
+    "date": ("date", _days),
+    "time-millis": ("time without time zone", _clock(1_000)),
+    "time-micros": ("time without time zone", _clock(1_000_000)),
+    "timestamp-millis": ("timestamp with time zone", _epoch(1_000, zone=True)),
+    "timestamp-micros": ("timestamp with time zone", _epoch(1_000_000, zone=True)),
+    "local-timestamp-millis": ("timestamp without time zone", _epoch(1_000, zone=False)),
+    "local-timestamp-micros": ("timestamp without time zone", _epoch(1_000_000, zone=False)),
+    "uuid": ("uuid", None),
+}
+
+_PRIMITIVE = {
+    "boolean": "boolean",
+    "int": "integer",
+    "long": "bigint",
+    "float": "real",
+    "double": "double precision",
+    "string": "text",
+    "bytes": "bytea",
+    "fixed": "bytea",
+    "enum": "text",
+    "map": "jsonb",
+    "record": "jsonb",
+}
+
+
+def _members(avro: Any) -> tuple[list[Any], bool]:
+    """The non-null members of a (possible) union, and whether null is one of them."""
+    if isinstance(avro, list):
+        members = [m for m in avro if m != "null"]
+        return members, len(members) != len(avro)
+    return [avro], False
+
+
+def _chain(converters: list[Converter]) -> Converter | None:
+    """Each converter acts only on the Python type it expects, so union members' converters compose."""
+    if not converters:
+        return None
+    if len(converters) == 1:
+        return converters[0]
+
+    def convert(value: Any) -> Any:
+        for item in converters:
+            value = item(value)
+        return value
+
+    return convert
+
+
+def _from_avro(avro: Any, where: str) -> tuple[PgType, Converter | None]:
+    members, _ = _members(avro)
+    if not members:
+        raise SchemaError(f"{where}: a field of type null cannot be a column")
+    if len(members) > 1:
+        # e.g. numeric as [decimal, "string"] (NaN, Infinity): the first member names the type.
+        mapped = [_from_avro(m, where) for m in members]
+        return mapped[0][0], _chain([c for _, c in mapped if c is not None])
+    avro = members[0]
+    if isinstance(avro, str):
+        avro = {"type": avro}
+    if not isinstance(avro, Mapping):
+        raise SchemaError(f"{where}: unsupported Avro type {avro!r}", hint="set the field's `pg.type` property")
+    kind = avro.get("type")
+    if isinstance(kind, (Mapping, list)) and kind is not avro:
+        return _from_avro(kind, where)
+    connect_name = avro.get("connect.name")
+    if isinstance(connect_name, str) and connect_name in _CONNECT_NAMES:
+        base, convert = _CONNECT_NAMES[connect_name]
+        return PgType(base), convert
+    logical = avro.get("logicalType")
+    if logical == "decimal":
+        precision, scale = avro.get("precision"), avro.get("scale", 0)
+        mods = (int(precision), int(scale)) if isinstance(precision, int) else ()
+        return PgType("numeric", mods), None
+    if isinstance(logical, str) and logical in _LOGICAL:
+        base, convert = _LOGICAL[logical]
+        return PgType(base), convert
+    if kind == "array":
+        item, convert = _from_avro(avro.get("items"), where)
+        if item.arrays or item.base == "jsonb":
+            return PgType("jsonb"), _to_json
+        if convert is None:
+            return PgType(item.base, item.mods, 1), None
+        item_convert = convert
+        return PgType(item.base, item.mods, 1), lambda v: [item_convert(x) for x in v] if isinstance(v, list) else v
+    if isinstance(kind, str) and kind in _PRIMITIVE:
+        base = _PRIMITIVE[kind]
+        return PgType(base), _to_json if base == "jsonb" else None
+    raise SchemaError(f"{where}: unsupported Avro type {kind!r}", hint="set the field's `pg.type` property")
+
+
+def column_type(field: Mapping[str, Any], where: str) -> ColumnType:
+    """The destination column of one Avro record field (`pg.type` wins when it is a built-in type)."""
+    _, nullable = _members(field.get("type"))
+    derived, convert = _from_avro(field.get("type"), where)
+    declared = field.get("pg.type")
+    if isinstance(declared, str):
+        parsed = PgType.parse(declared)
+        if parsed is not None:
+            if parsed.base in {"json", "jsonb"} and convert is None:
+                convert = _to_json
+            return ColumnType(parsed, nullable, convert)
+    return ColumnType(derived, nullable, convert)
