@@ -70,7 +70,7 @@ def up(
     )
     root = control.resolve_home(home)
     endpoints = _run(lambda: control.up(root, requested, timeout=timeout, echo=typer.echo))
-    typer.echo(f"\nstack is up; endpoints written to {root / 'dev.env'}:")
+    typer.echo(f"\nstack is up; endpoints in {root / 'dev.env'}:")
     for key, value in endpoints.as_env().items():
         typer.echo(f"  {key}={value}")
     typer.echo(f"note: {control.REGISTRY_MEMORY_NOTE}")
@@ -103,5 +103,11 @@ def status(home: HomeOption = None) -> None:
         pid = f"pid {svc.pid}" if svc.pid else "-"
         extra = f"  [{svc.detail}]" if svc.detail else ""
         typer.echo(f"{control.LABELS[svc.name]:<18} {state:<24} {pid:<10} {where}{extra}")
-    if not all(svc.healthy for svc in services):
-        raise typer.Exit(1)
+    if all(svc.healthy for svc in services):
+        return
+    if not any(svc.pid for svc in services):
+        foreign = _run(lambda: control.foreign_stack(root))
+        if foreign is not None:
+            typer.echo(f"a stack that `cdc dev up` did not start answers at the endpoints in {root / 'dev.env'}")
+            return
+    raise typer.Exit(1)

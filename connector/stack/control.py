@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from connector.errors import StackError
 from connector.stack import kafka, postgres, processes, registry
@@ -112,20 +113,41 @@ def _unhealthy(record: ProcessRecord, what: str) -> StackError:
     )
 
 
-def _refuse_foreign_stack(home: Path, records: dict[str, ProcessRecord]) -> None:
-    """Never overwrite a dev.env written by someone else for services that still answer."""
+def _foreign_stack(home: Path, records: dict[str, ProcessRecord]) -> Endpoints | None:
+    """A stack described by a dev.env that `up` did not write here; never overwritten or stopped by us.
+
+    When all its services answer it is used as it is (None when there is no such file). When only some
+    answer, starting ours would clobber its dev.env, so that is an error.
+    """
     env_file = home / ENV_FILE_NAME
     if records or not env_file.is_file():
-        return
+        return None
     endpoints = Endpoints.from_env(read_env_file(env_file))
     if endpoints is None:
-        return
-    port = endpoints.kafka_bootstrap.rpartition(":")[2]
-    if port.isdigit() and is_listening(int(port)):
+        return None
+    answering = {name: _endpoint_answers(name, endpoints) for name in SERVICES}
+    if all(answering.values()):
+        return endpoints
+    if any(answering.values()):
         raise StackError(
-            f"{env_file} describes a running stack that `cdc dev up` did not start here",
-            hint="use that stack as it is, or choose another directory with --home / CDC_HOME",
+            f"{env_file} describes a stack that `cdc dev up` did not start here, and part of it still runs",
+            hint="stop that stack, or choose another directory with --home / CDC_HOME",
         )
+    return None
+
+
+def _endpoint_answers(name: str, endpoints: Endpoints) -> bool:
+    try:
+        if name == "postgres":
+            port = urlsplit(endpoints.source_dsn).port
+            ports = {"postgres": port or 5432}
+        elif name == "kafka":
+            ports = {"kafka": int(endpoints.kafka_bootstrap.split(",")[0].rpartition(":")[2])}
+        else:
+            ports = {"registry": urlsplit(endpoints.registry_url).port or 80}
+    except ValueError:
+        return False
+    return _is_healthy(name, ports)
 
 
 def _effective_ports(requested: Ports, records: dict[str, ProcessRecord]) -> Ports:
@@ -139,11 +161,14 @@ def _effective_ports(requested: Ports, records: dict[str, ProcessRecord]) -> Por
 
 def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _quiet) -> Endpoints:
     """Start whatever is not running, wait until every service answers, write `dev.env`."""
+    records = processes.load_records(home)
+    foreign = _foreign_stack(home, records)
+    if foreign is not None:
+        echo(f"a stack that `cdc dev up` did not start answers at the endpoints in {home / ENV_FILE_NAME}: using it")
+        return foreign
     home.mkdir(parents=True, exist_ok=True)
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
-    records = processes.load_records(home)
-    _refuse_foreign_stack(home, records)
     ports = _effective_ports(requested, records)
     for name in SERVICES:
         record = records.get(name)
@@ -236,6 +261,11 @@ def down(home: Path, *, clean: bool = False, echo: Echo = _quiet) -> list[str]:
                 path.unlink(missing_ok=True)
         echo("data of PostgreSQL and Kafka deleted")
     return stopped
+
+
+def foreign_stack(home: Path) -> Endpoints | None:
+    """The endpoints of a fully answering stack in `home/dev.env` that `up` did not start, if any."""
+    return _foreign_stack(home, processes.load_records(home))
 
 
 def status(home: Path) -> list[ServiceStatus]:

@@ -74,6 +74,18 @@ def test_up_status_up_again_down(home: Path) -> None:
     assert processes.load_records(home) == records
     assert read_env_file(home / "dev.env") == env
 
+    # A dev.env that `up` did not write, whose services answer, is used as it is: nothing starts or changes.
+    other = home / "other"
+    other.mkdir()
+    shutil.copy(home / "dev.env", other / "dev.env")
+    reuse = cdc_dev("up", home=other)
+    assert reuse.returncode == 0, reuse.stderr
+    assert "did not start" in reuse.stdout
+    assert not (other / "pids.json").exists()
+    assert read_env_file(other / "dev.env") == env
+    assert cdc_dev("down", home=other).returncode == 0
+    assert all(processes.is_running(r) for r in records.values())
+
     down = cdc_dev("down", home=home)
     assert down.returncode == 0, down.stderr
     assert "stopped 3 service(s)" in down.stdout

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -101,16 +102,38 @@ def test_home_defaults_to_dot_cdc_and_follows_cdc_home(tmp_path: Path, monkeypat
     assert control.resolve_home(Path("x")) == tmp_path / "x"
 
 
-def test_a_foreign_dev_env_with_live_services_is_not_overwritten(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        port = sock.getsockname()[1]
-        (tmp_path / "dev.env").write_text(
-            "CDC_SOURCE_DSN=a\nCDC_TARGET_DSN=b\n"
-            f"CDC_KAFKA_BOOTSTRAP=127.0.0.1:{port}\nCDC_SCHEMA_REGISTRY_URL=c\n"
+class _FakeRegistry(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"[]"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_foreign_dev_env_with_some_live_services_is_not_overwritten(tmp_path: Path) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _FakeRegistry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        dead = free_ports(2)
+        env_file = tmp_path / "dev.env"
+        env_file.write_text(
+            f"CDC_SOURCE_DSN=postgresql://postgres@127.0.0.1:{dead[0]}/source\n"
+            f"CDC_TARGET_DSN=postgresql://postgres@127.0.0.1:{dead[0]}/target\n"
+            f"CDC_KAFKA_BOOTSTRAP=127.0.0.1:{dead[1]}\n"
+            f"CDC_SCHEMA_REGISTRY_URL=http://127.0.0.1:{server.server_port}/apis/ccompat/v7\n"
         )
-        with pytest.raises(StackError, match="did not start"):
+        before = env_file.read_text()
+        with pytest.raises(StackError, match="did not start here, and part of it still runs"):
             control.up(tmp_path, Ports(0, 0, 0, 0, 0))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
     assert processes.load_records(tmp_path) == {}
-    assert os.path.exists(tmp_path / "dev.env")
+    assert env_file.read_text() == before
