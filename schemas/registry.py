@@ -79,6 +79,16 @@ class SchemaRegistry:
         self._by_id: dict[int, AvroSchema] = {}
         self._configured: set[str] = set()
 
+    def close(self) -> None:
+        """Close the HTTP session (safe to call twice; the registry is unusable afterwards)."""
+        self._client.close()
+
+    def __enter__(self) -> SchemaRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def compatibility(self) -> str:
         return self._config.compatibility.value

@@ -18,6 +18,8 @@ from datetime import date
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from typing import Any
 
+from psycopg import sql
+
 from connector.errors import SchemaError
 from schemas.catalog import (
     KIND_ARRAY,
@@ -103,12 +105,23 @@ class ColumnCodec:
         return field
 
 
+def output_text(column: str) -> sql.Composed:
+    """A select-list expression giving `column` exactly as pgoutput sends it (the type's output function).
+
+    Use it in snapshot queries instead of `column::text`: the casts to text of `boolean` (`true`),
+    `character(n)` (trailing spaces dropped) and `inet` (`/32` added) differ from the output function.
+    `format('%s', x)` calls the output function but turns NULL into '', hence the CASE.
+    """
+    ident = sql.Identifier(column)
+    return sql.SQL("CASE WHEN {c} IS NOT NULL THEN format('%s', {c}) END").format(c=ident)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Scalar converters (text is never None here)
 
 
 def _parse_bool(text: str) -> bool:
-    return text == "t"
+    return text[0] == "t"  # output function `t`/`f`; a `::text` cast says `true`/`false`
 
 
 def _parse_bytea(text: str) -> bytes:
