@@ -87,6 +87,15 @@ class Applier:
         for table in sorted(by_table):
             current: _Run | None = None
             for change in by_table[table]:
+                if change.op == "t" and self._config.mode != "append":
+                    # A truncate has no key (so no usable shape): it needs only the table.
+                    run = current or _Run(table, None, [])
+                    if run.target is None:
+                        run.target = self._tables.truncate_target(conn, table)
+                    run.truncate = change
+                    runs.append(run)
+                    current = None
+                    continue
                 key = (table, change.shape)
                 if key not in targets:
                     targets[key] = self._tables.target(conn, table, change.shape)
@@ -94,13 +103,6 @@ class Applier:
                     if found is not None:
                         self._stage(conn, found)
                 target = targets[key]
-                if change.op == "t" and self._config.mode != "append":
-                    runs.append(current or _Run(table, target, []))
-                    runs[-1].truncate = change
-                    if runs[-1].target is None:
-                        runs[-1].target = target
-                    current = None
-                    continue
                 if current is None or current.target != target:
                     if current is not None:
                         runs.append(current)

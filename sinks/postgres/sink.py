@@ -33,8 +33,9 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_any, stop_when_event_set
-from tenacity.wait import wait_exponential_jitter
+from tenacity.wait import wait_random_exponential
 
 from connector import metrics
 from connector.checks import Problem
@@ -99,6 +100,7 @@ class PostgresSink(Sink):
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._decoder: Decoder | None = None
+        self._registry_client: SchemaRegistryClient | None = None
         self._pending: list[Message] = []
         self._assigned: set[tuple[str, int]] = set()
         self._positions: dict[tuple[str, int], int] = {}
@@ -209,7 +211,8 @@ class PostgresSink(Sink):
         )
         try:
             self._with_retries(lambda: ensure_state(self._connection()), "setting up schema cdc")
-            self._decoder = Decoder(SchemaRegistry(self._config.schema_registry))
+            self._registry_client = self._registry_client_for(self._config)
+            self._decoder = Decoder(SchemaRegistry(self._config.schema_registry, client=self._registry_client))
             pruner.start()
             self._consumer = Consumer(self._consumer_settings(), logger=log)
             subscription = list(self._sink.topics)
@@ -227,6 +230,14 @@ class PostgresSink(Sink):
         finally:
             self._ready.clear()
             self._close()
+
+    @staticmethod
+    def _registry_client_for(config: ConnectorConfig) -> SchemaRegistryClient:
+        # Our own client (rather than SchemaRegistry's default) so the sink can close its HTTP session.
+        conf: dict[str, Any] = {"url": config.schema_registry.url, "timeout": 10, "max.retries": 2}
+        if config.schema_registry.basic_auth_user_info is not None:
+            conf["basic.auth.user.info"] = config.schema_registry.basic_auth_user_info.get_secret_value()
+        return SchemaRegistryClient(conf)
 
     # -- consuming ----------------------------------------------------------------------------------------
 
@@ -474,8 +485,9 @@ class PostgresSink(Sink):
 
         retrying = Retrying(
             retry=retry_if_exception(is_retriable),
-            wait=wait_exponential_jitter(
-                initial=self._sink.retry.initial_backoff_ms / 1000, max=self._sink.retry.max_backoff_ms / 1000
+            # "Full jitter": a random wait up to the exponential bound, so restarted sinks do not retry in step.
+            wait=wait_random_exponential(
+                multiplier=self._sink.retry.initial_backoff_ms / 1000, max=self._sink.retry.max_backoff_ms / 1000
             ),
             stop=stop_rule,
             sleep=self._sleep,
@@ -517,6 +529,9 @@ class PostgresSink(Sink):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._registry_client is not None:
+            self._registry_client.close()
+            self._registry_client = None
 
 
 def _coordinates(message: Message) -> tuple[str, int, int]:

@@ -202,6 +202,14 @@ class TableManager:
         self._verified[cache_key] = target
         return target
 
+    def truncate_target(self, conn: psycopg.Connection[Any], table: TableName) -> TargetTable | None:
+        """The table a truncate applies to (None if it does not exist: nothing to truncate)."""
+        with conn.transaction():
+            existing = _read(conn, table)
+        if existing is None:
+            return None
+        return TargetTable(table, (), (), (), self._config.mode == "append", self._config.delete_handling == "soft")
+
     def _create(self, conn: psycopg.Connection[Any], table: TableName, shape: Shape) -> None:
         append = self._config.mode == "append"
         if not append and not shape.key:
