@@ -127,10 +127,10 @@ class SourceEnv:
             runner.stop()
 
     def subprocess(self, config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
-        log = log_path.open("ab")
-        return subprocess.Popen(
-            [sys.executable, "-m", "sources.postgres", str(config_path)], cwd=REPO_ROOT, stdout=log, stderr=log
-        )
+        with log_path.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "sources.postgres", str(config_path)], cwd=REPO_ROOT, stdout=log, stderr=log
+            )
 
     # --- Kafka ----------------------------------------------------------------------------------------
 
