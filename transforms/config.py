@@ -17,7 +17,9 @@ from pydantic import (
     GetJsonSchemaHandler,
     PrivateAttr,
     SecretStr,
+    SerializationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
@@ -128,7 +130,7 @@ class TransformOptions(Section):
     @model_validator(mode="after")
     def _negate_needs_predicate(self) -> TransformOptions:
         if self.negate and self.predicate is None:
-            raise ValueError("`negate` needs a `predicate`")
+            raise _invalid("`negate` needs a `predicate`")
         return self
 
 
@@ -538,6 +540,11 @@ class TransformSpec(Section):
             )
         self._settings = model.model_validate({**(self.model_extra or {}), "type": self.type})
         return self
+
+    @model_serializer(mode="plain")
+    def _dump(self, info: SerializationInfo) -> dict[str, Any]:
+        # Dump the validated options, so secrets (`salt`) print as `**********` in `cdc config show`.
+        return self.settings.model_dump(mode=info.mode)
 
     @property
     def options(self) -> dict[str, Any]:

@@ -84,9 +84,9 @@ def event(
     )
 
 
-def tombstone(tables: TableSchemas | None = None) -> Record:
+def tombstone(tables: TableSchemas | None = None, row: Mapping[str, Any] = ROW) -> Record:
     ts = tables or customers()
-    return Record(ts.topic, ts.key(ROW), None, ts.key_schema, ts.value_schema, (("change_id", CHANGE_ID.encode()),))
+    return Record(ts.topic, ts.key(row), None, ts.key_schema, ts.value_schema, (("change_id", CHANGE_ID.encode()),))
 
 
 def assert_valid(records: Iterable[Record]) -> list[Record]:

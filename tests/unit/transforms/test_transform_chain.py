@@ -1,0 +1,118 @@
+"""build_chain, TransformSpec validation at config load, the example config, and both sides of a pipeline."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from connector.config import json_schema, load_config
+from connector.errors import ConfigError
+from tests.unit.transforms.transforms_support import CHANGE_ID, ROW, assert_valid, event, run, tombstone
+from transforms import TransformChain, TransformSpec, TransformsBySide, build_chain
+from transforms.config import OPTION_MODELS, MaskOptions
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[3]
+ENV = {
+    "CDC_KAFKA_BOOTSTRAP": "127.0.0.1:9092",
+    "CDC_SCHEMA_REGISTRY_URL": "http://127.0.0.1:8081/apis/ccompat/v7",
+    "CDC_SOURCE_DSN": "postgresql://app:hunter2@127.0.0.1/source",
+    "CDC_TARGET_DSN": "postgresql://app:hunter2@127.0.0.1/target",
+}
+
+
+def test_spec_validates_options_and_keeps_them() -> None:
+    spec = TransformSpec(type="mask", fields=["email"], mode="hash", salt="pepper")  # type: ignore[call-arg]
+    assert spec.options == {"fields": ["email"], "mode": "hash", "salt": "pepper"}
+    assert isinstance(spec.settings, MaskOptions)
+    assert spec.settings.salt is not None and "pepper" not in repr(spec.settings)
+    assert TransformsBySide(source=[spec]).source[0].settings.fields == ["email"]
+
+
+def test_build_chain_accepts_specs_and_plain_mappings() -> None:
+    chain = build_chain(
+        [TransformSpec(type="route", regex="(.*)", replacement="x.$1"), {"type": "unwrap"}],  # type: ignore[call-arg]
+        side="source",
+    )
+    assert isinstance(chain, TransformChain) and len(chain) == 2
+    [out] = chain.apply(event())
+    assert out.topic == "x.shop.public.customers" and out.value == ROW
+    assert len(build_chain([], side="sink")) == 0
+
+
+def test_build_chain_errors_name_index_type_and_option() -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_chain([{"type": "unwrap"}, {"type": "route", "regex": "a", "replacement": "b"},
+                     {"type": "mask", "fields": "email"}], side="source")  # fmt: skip
+    assert str(caught.value).startswith("transforms[2] (mask): option `fields`: Input should be a valid list")
+    assert caught.value.hint
+    with pytest.raises(ConfigError, match=r"transforms\[0\] \(\?\): option `type`: Field required"):
+        build_chain([{"fields": ["a"]}], side="source")
+    with pytest.raises(ConfigError, match=r"transforms\[0\] \(nope\): unknown transform type `nope` \(known: unwrap, route"):
+        build_chain([{"type": "nope"}], side="source")
+
+
+def test_every_transform_documents_every_option() -> None:
+    schema = json_schema()
+    variants = schema["$defs"]["TransformSpec"]["oneOf"]
+    kinds = {v["properties"]["type"]["const"] for v in variants}
+    assert kinds == set(OPTION_MODELS)
+    for variant in variants:
+        for name, prop in variant["properties"].items():
+            assert prop.get("description"), f"{variant['properties']['type']['const']}.{name} has no description"
+    docs = (ROOT / "docs" / "transforms.md").read_text()
+    for kind, model in OPTION_MODELS.items():
+        assert f"### `{kind}`" in docs, f"docs/transforms.md lacks a section for {kind}"
+        for option in model.model_fields:
+            if option not in ("type", "predicate", "negate"):
+                assert f"`{option}`" in docs, f"docs/transforms.md does not mention {kind}.{option}"
+
+
+def test_example_config_loads_and_builds_both_chains() -> None:
+    config = load_config(ROOT / "configs" / "transforms.yaml", env=ENV)
+    source = config.transforms_for("source")
+    sink = config.transforms_for("sink")
+    assert [s.type for s in source] == ["outbox", "route", "mask", "filter", "unwrap"]
+    assert [s.type for s in sink] == ["rename", "insert"]
+    assert "dev-only-salt" not in config.model_dump_json()
+    source_chain, sink_chain = build_chain(source, side="source"), build_chain(sink, side="sink")
+
+    produced = [out for record in (event("c"), event("d"), tombstone()) for out in source_chain.apply(record)]
+    produced = assert_valid(produced)
+    assert [r.topic for r in produced] == ["shop.customers", "shop.customers"]
+    assert produced[0].value["email"] == hashlib.sha256(b"dev-only-salt" + b"ada@example.com").hexdigest()
+    assert produced[1].value["__deleted"] == "true"
+
+    consumed = [replace(r, partition=0, offset=i) for i, r in enumerate(produced)]
+    applied = assert_valid(out for record in consumed for out in sink_chain.apply(record))
+    assert applied[0].value["full_name"] == "Ada" and applied[0].value["origin"] == "shop-eu"
+    assert applied[1].value["kafka_offset"] == 1
+    assert all(r.header("change_id") == CHANGE_ID.encode() for r in applied)
+
+
+def test_load_config_reports_transform_options_with_their_key_path(tmp_path: Path) -> None:
+    text = (ROOT / "configs" / "transforms.yaml").read_text().replace("mode: hash", "mode: hashed")
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"transforms\.source\[2\]\.mode \(line \d+\): Input should be 'fixed'"):
+        load_config(path, env=ENV)
+
+
+def test_source_side_route_mask_unwrap_then_sink_side_rename_insert_on_envelopes() -> None:
+    """The lead's end-to-end shape, without services: envelopes on the sink side keep change_id."""
+    source = [{"type": "route", "regex": r"shop\.public\.(.*)", "replacement": "app.$1"},
+              {"type": "mask", "fields": ["email"], "mode": "null"}]  # fmt: skip
+    sink = [{"type": "rename", "renames": {"id": "customer_id"}}, {"type": "insert", "static_field": "origin",
+             "static_value": "eu"}]  # fmt: skip
+    produced = run(source, event("u", before=ROW), event("d"))
+    applied = run(sink, *[replace(r, partition=0, offset=5) for r in produced], side="sink")
+    assert [r.value["op"] for r in applied] == ["u", "d"]
+    assert applied[0].value["change_id"] == CHANGE_ID
+    after = applied[0].value["after"]
+    assert after["customer_id"] == 7 and "id" not in after and after["email"] is None and after["origin"] == "eu"
+    assert applied[1].value["before"]["customer_id"] == 7 and applied[1].value["after"] is None
+    assert applied[1].key == {"customer_id": 7}
