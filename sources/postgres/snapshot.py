@@ -7,7 +7,8 @@ nor doubles a change at the seam. The import must happen while the exporting rep
 still open and idle; the caller guarantees that.
 
 Each table is read through a server-side cursor ordered by its key, `chunk_size` rows at a time, every
-column cast to text so the streamed changes' converters apply unchanged. Memory stays bounded by one chunk.
+column loaded as the server's text output so the streamed changes' converters apply unchanged. Memory
+stays bounded by one chunk.
 An exported snapshot cannot outlive its connection, so an interrupted snapshot is never resumed: it is
 restarted from a new slot (see slots.py).
 """
@@ -23,6 +24,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.string import TextLoader
 
 from sources.postgres.replication import session_options
 from sources.postgres.selection import TableRef
@@ -81,6 +83,10 @@ class SnapshotReader:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         if self._snapshot_name is not None:
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(self._snapshot_name)))
+        # Every value as the server's text output, exactly what pgoutput sends (a `::text` cast would differ:
+        # it strips char(n) padding): every type loads as `str`, nothing is parsed client-side.
+        for (oid,) in conn.execute("SELECT oid::int FROM pg_type").fetchall():
+            conn.adapters.register_loader(oid, TextLoader)
         self._conn = conn
 
     def estimate(self, table: TableRef) -> int:
@@ -94,7 +100,7 @@ class SnapshotReader:
     def rows(self, table: SnapshotTable) -> Iterator[Sequence[str | None]]:
         """Every row of `table` as text values in `table.columns` order, in key order, chunk by chunk."""
         assert self._conn is not None
-        columns = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in table.columns)
+        columns = sql.SQL(", ").join(map(sql.Identifier, table.columns))
         query = sql.SQL("SELECT {} FROM {}").format(columns, table.ref.identifier)
         if table.order_by:
             query = sql.SQL("{} ORDER BY {}").format(query, sql.SQL(", ").join(map(sql.Identifier, table.order_by)))

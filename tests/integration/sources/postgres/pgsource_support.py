@@ -55,6 +55,8 @@ class SourceEnv:
     prefix: str
     tables: list[str] = field(default_factory=list)
     source_options: dict[str, Any] = field(default_factory=dict)
+    cleanup: list[str] = field(default_factory=list)
+    """Statements run at `close()` after the tables are dropped (types, domains, roles)."""
 
     def __post_init__(self) -> None:
         self.conn = pg_connect(self.stack.source_dsn)
@@ -192,6 +194,8 @@ class SourceEnv:
             self.sql(f'DROP PUBLICATION IF EXISTS "{self.publication}"')
             for table in self.tables:
                 self.sql(f'DROP TABLE IF EXISTS "{table}" CASCADE')
+            for statement in self.cleanup:
+                self.sql(statement)
             if self.sql("SELECT to_regclass('cdc.source_state') IS NOT NULL")[0][0]:
                 self.sql("DELETE FROM cdc.source_state WHERE slot_name = %s", (self.slot,))
         finally:

@@ -1,0 +1,39 @@
+"""Slot checks that need no server: invalidated and foreign slots are refused with the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from connector.errors import PrerequisiteError
+from connector.positions import Lsn
+from sources.postgres.slots import SlotInfo, SlotLostError, check_slot
+
+pytestmark = pytest.mark.unit
+
+
+def info(**changes: object) -> SlotInfo:
+    values: dict[str, object] = {
+        "name": "s", "plugin": "pgoutput", "database": "db", "active": False, "active_pid": None,
+        "confirmed_flush": Lsn(100), "restart_lsn": Lsn(50), "wal_status": "reserved", "lag_bytes": 0,
+    }  # fmt: skip
+    values.update(changes)
+    return SlotInfo(**values)  # type: ignore[arg-type]
+
+
+def test_usable_slot_passes() -> None:
+    check_slot(info(), "db")
+
+
+def test_lost_slot_is_fatal_and_explains_the_resnapshot() -> None:
+    with pytest.raises(SlotLostError) as caught:
+        check_slot(info(wal_status="lost"), "db")
+    text = str(caught.value)
+    assert "changes are missing" in text
+    assert "pg_drop_replication_slot('s')" in text and "when_needed" in text
+
+
+def test_slot_of_another_plugin_or_database_is_refused() -> None:
+    with pytest.raises(PrerequisiteError):
+        check_slot(info(plugin="wal2json"), "db")
+    with pytest.raises(PrerequisiteError):
+        check_slot(info(database="other"), "db")
