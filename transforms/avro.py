@@ -97,7 +97,8 @@ def standalone(definition: AvroDefinition, registry: Registry, defined: set[str]
             return name
         seen.add(name)
         if "fields" in definition:
-            return {**definition, "fields": [{**f, "type": standalone(f["type"], registry, seen)} for f in definition["fields"]]}
+            fields = [{**f, "type": standalone(f["type"], registry, seen)} for f in definition["fields"]]
+            return {**definition, "fields": fields}
         return definition
     if kind == "array":
         return {**definition, "items": standalone(definition["items"], registry, seen)}

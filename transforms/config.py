@@ -62,7 +62,8 @@ def _placeholders(template: str, allowed: set[str]) -> str:
         raise _invalid(f"not a valid format: {exc}") from None
     for name in names:
         if name not in allowed:
-            raise _invalid(f"unknown placeholder `{{{name}}}` (known: {', '.join('{' + a + '}' for a in sorted(allowed))})")
+            known = ", ".join("{" + a + "}" for a in sorted(allowed))
+            raise _invalid(f"unknown placeholder `{{{name}}}` (known: {known})")
     return template
 
 
@@ -320,7 +321,9 @@ class InsertOptions(TransformOptions):
     static_field: FieldName | None = Field(None, description="Name of a field holding `static_value`.")
     static_value: Scalar | None = Field(None, description="Value of `static_field` (string, number or boolean).")
     topic_field: FieldName | None = Field(None, description="Field receiving the topic name.")
-    partition_field: FieldName | None = Field(None, description="Field receiving the partition (null on the source side).")
+    partition_field: FieldName | None = Field(
+        None, description="Field receiving the partition (null on the source side)."
+    )
     offset_field: FieldName | None = Field(None, description="Field receiving the offset (null on the source side).")
     timestamp_field: FieldName | None = Field(
         None, description="Field receiving the record timestamp (timestamp-millis, null when unknown)."
@@ -331,13 +334,12 @@ class InsertOptions(TransformOptions):
     def _something(self) -> InsertOptions:
         if (self.static_field is None) != (self.static_value is None):
             raise _invalid("`static_field` and `static_value` go together")
-        names = [
-            n
-            for n in (self.static_field, self.topic_field, self.partition_field, self.offset_field, self.timestamp_field)
-            if n
-        ]
+        given = (self.static_field, self.topic_field, self.partition_field, self.offset_field, self.timestamp_field)
+        names = [n for n in given if n]
         if not names:
-            raise _invalid("give at least one of static_field, topic_field, partition_field, offset_field, timestamp_field")
+            raise _invalid(
+                "give at least one of static_field, topic_field, partition_field, offset_field, timestamp_field"
+            )
         if len(set(names)) != len(names):
             raise _invalid("the inserted field names must differ")
         return self

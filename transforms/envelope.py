@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from connector.records import AvroSchema, Record
 from transforms.avro import Registry, normalize, registry_of, split_nullable
-from transforms.base import Transform
+from transforms.base import Transform, evolve
 
 ENVELOPE_FIELDS = frozenset({"before", "after", "op", "source"})
 ROW_FIELDS = ("before", "after")
@@ -47,7 +47,7 @@ def is_envelope(value: Any) -> bool:
 def is_envelope_schema(definition: Any) -> bool:
     if not isinstance(definition, dict) or definition.get("type") != "record":
         return False
-    return ENVELOPE_FIELDS <= {f["name"] for f in definition.get("fields", ())}
+    return {f["name"] for f in definition.get("fields", ())} >= ENVELOPE_FIELDS
 
 
 def row_of(value: Any) -> Any:
@@ -103,7 +103,8 @@ def _plan_envelope(envelope: dict[str, Any], planner: RowPlanner, toast: ToastMa
     new_row, convert = planned
     placed = False
     fields = []
-    for field in envelope["fields"]:
+    for original in envelope["fields"]:
+        field = original
         if field["name"] in ROW_FIELDS:
             declared = field["type"]
             branches = declared if isinstance(declared, list) else [declared]
@@ -200,4 +201,4 @@ class FieldTransform(Transform):
                 key, key_schema, changed = plan.convert(key, record), plan.schema, True
         if not changed:
             return (record,)
-        return (replace(record, key=key, key_schema=key_schema, value=value, value_schema=value_schema),)
+        return (evolve(record, key=key, key_schema=key_schema, value=value, value_schema=value_schema),)

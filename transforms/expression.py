@@ -47,7 +47,8 @@ _TOKEN = re.compile(
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", "'": "'", '"': '"'}
 _KEYWORDS = frozenset({"and", "or", "not", "in", "true", "false", "null"})
 _ROOTS = frozenset(
-    {"op", "topic", "table", "schema", "partition", "offset", "timestamp", "key", "value", "after", "before", "source", "headers"}
+    {"op", "topic", "table", "schema", "partition", "offset", "timestamp"}
+    | {"key", "value", "after", "before", "source", "headers"}
 )
 
 
@@ -233,9 +234,7 @@ class _Parser:
     def comparison(self) -> Getter:
         left = self.operand()
         token = self.current
-        if token.kind == "op":
-            symbol = self.advance().text
-        elif token.kind == "keyword" and token.text == "in":
+        if token.kind == "op" or (token.kind == "keyword" and token.text == "in"):
             symbol = self.advance().text
         elif token.kind == "keyword" and token.text == "not" and self.tokens[self.index + 1].text == "in":
             self.index += 2

@@ -67,6 +67,22 @@ def _text(value: Any) -> bytes:
     return str(value).encode()
 
 
+def _hasher(salt: bytes) -> ValueMap:
+    return lambda value: None if value is None else hashlib.sha256(salt + _text(value)).hexdigest()
+
+
+def _masker(masked: Any) -> ValueMap:
+    return lambda value: None if value is None else masked
+
+
+def _constant(value: Any) -> Callable[[Record], Any]:
+    return lambda _record: value
+
+
+def _through(read: Callable[[Any], int], write: Callable[[int], Any]) -> ValueMap:
+    return lambda value: None if value is None else write(read(value))
+
+
 # --- mask -------------------------------------------------------------------------------------
 
 _INT_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
@@ -84,7 +100,9 @@ class Mask(FieldTransform):
         given = self.options.replacement
         named = resolve(type_, registry)
         if given is None:
-            empty: dict[str, Any] = {"string": "", "int": 0, "long": 0, "float": 0.0, "double": 0.0, "boolean": False, "bytes": b""}
+            empty: dict[str, Any] = {
+                "string": "", "int": 0, "long": 0, "float": 0.0, "double": 0.0, "boolean": False, "bytes": b"",
+            }  # fmt: skip
             if logical == "uuid":
                 return "00000000-0000-0000-0000-000000000000"
             if logical == "decimal":
@@ -118,10 +136,16 @@ class Mask(FieldTransform):
             if kind == "enum" and given in named.get("symbols", ()):
                 return given
             raise option_error(
-                self.label, "replacement", f"{given!r} does not fit field `{name}` of type {kind}", hint="give a value of the field's type"
+                self.label,
+                "replacement",
+                f"{given!r} does not fit field `{name}` of type {kind}",
+                hint="give a value of the field's type",
             )
         raise option_error(
-            self.label, "mode", f"field `{name}` of type {kind} has no fixed mask value", hint="use mode `null` or `hash`"
+            self.label,
+            "mode",
+            f"field `{name}` of type {kind} has no fixed mask value",
+            hint="use mode `null` or `hash`",
         )
 
     def _fixed_of_union(self, name: str, type_: Any, registry: Registry) -> Any:
@@ -150,18 +174,20 @@ class Mask(FieldTransform):
             if mode == "null":
                 if not nullable:
                     raise option_error(
-                        self.label, "mode", f"field `{name}` of `{row['name']}` is not nullable, so it cannot be masked with null",
+                        self.label,
+                        "mode",
+                        f"field `{name}` of `{row['name']}` is not nullable, so it cannot be masked with null",
                         hint="use mode `fixed` or `hash` for it",
                     )
                 mappers[name] = lambda _v: None
                 fields.append(field)
             elif mode == "hash":
                 salt = self._salt
-                mappers[name] = lambda v, s=salt: None if v is None else hashlib.sha256(s + _text(v)).hexdigest()
+                mappers[name] = _hasher(salt)
                 fields.append(_retyped(field, ["null", "string"] if nullable else "string"))
             else:
                 masked = self._fixed_of_union(name, inner, registry)
-                mappers[name] = lambda v, m=masked: None if v is None else m
+                mappers[name] = _masker(masked)
                 fields.append(field)
         return {**row, "fields": fields}, _map_fields(mappers)
 
@@ -210,7 +236,8 @@ class Rename(FieldTransform):
         renamed = [self._renames.get(n, n) for n in names]
         for old, new in zip(names, renamed, strict=True):
             if new != old and new in names and new not in self._renames:
-                raise option_error(self.label, "renames", f"`{old}` -> `{new}`: `{row['name']}` already has a field `{new}`")
+                problem = f"`{old}` -> `{new}`: `{row['name']}` already has a field `{new}`"
+                raise option_error(self.label, "renames", problem)
         fields = [{**f, "name": new} for f, new in zip(row["fields"], renamed, strict=True)]
         mapping = self._renames
         return {**row, "fields": fields}, lambda r, _rec: {mapping.get(k, k): v for k, v in r.items()}
@@ -230,8 +257,13 @@ class Insert(FieldTransform):
         added: list[tuple[str, str, Any, Callable[[Record], Any]]] = []
         if o.static_field is not None:
             value = o.static_value
-            kind = "boolean" if isinstance(value, bool) else "long" if isinstance(value, int) else "double" if isinstance(value, float) else "string"
-            added.append(("static_field", o.static_field, kind, lambda _r, v=value: v))
+            kind = (
+                "boolean" if isinstance(value, bool)
+                else "long" if isinstance(value, int)
+                else "double" if isinstance(value, float)
+                else "string"
+            )  # fmt: skip
+            added.append(("static_field", o.static_field, kind, _constant(value)))
         if o.topic_field:
             added.append(("topic_field", o.topic_field, "string", lambda r: r.topic))
         if o.partition_field:
@@ -275,7 +307,8 @@ _CASTABLE = frozenset({"boolean", "int", "long", "float", "double", "string"})
 
 def _caster(target: str, label: str, name: str) -> ValueMap:
     def fail(value: Any, why: str = "") -> TransformError:
-        return TransformError(f"{label}: cannot cast field `{name}` value of type {type(value).__name__} to {target}{why}")
+        kind = type(value).__name__
+        return TransformError(f"{label}: cannot cast field `{name}` value of type {kind} to {target}{why}")
 
     if target in _CAST_BITS:
         bits = _CAST_BITS[target]
@@ -355,7 +388,9 @@ class Cast(FieldTransform):
                 castable = (logical is None and kind in _CASTABLE) or logical == "decimal"
                 if target != "string" and not castable:
                     raise option_error(
-                        self.label, "spec", f"field `{field['name']}` of type {logical or kind} cannot be cast to {target}"
+                        self.label,
+                        "spec",
+                        f"field `{field['name']}` of type {logical or kind} cannot be cast to {target}",
                     )
             avro = _CAST_AVRO[target]
             fields.append(_retyped(field, ["null", avro] if nullable else avro))
@@ -420,11 +455,13 @@ class TimestampConvert(FieldTransform):
                 try:
                     return to_micros(fmt.parse(value))
                 except (ValueError, TypeError):
-                    raise TransformError(f"{label}: field `{name}` value does not match format `{fmt.pattern}`") from None
+                    problem = f"field `{name}` value does not match format `{fmt.pattern}`"
+                    raise TransformError(f"{label}: {problem}") from None
 
             return parse
         else:
-            raise option_error(label, "fields", f"field `{name}` of type {logical or kind} is not a timestamp, date or string")
+            problem = f"field `{name}` of type {logical or kind} is not a timestamp, date or string"
+            raise option_error(label, "fields", problem)
 
         def read(value: Any) -> int:
             if isinstance(value, datetime):
@@ -452,7 +489,7 @@ class TimestampConvert(FieldTransform):
             inner, nullable = split_nullable(field["type"])
             kind, logical = base_type(inner, registry)
             read = self._reader(name, kind, logical)
-            mappers[name] = lambda v, rd=read: None if v is None else write(rd(v))
+            mappers[name] = _through(read, write)
             fields.append(_retyped(field, ["null", target] if nullable else target))
         return {**row, "fields": fields}, _map_fields(mappers)
 
@@ -469,21 +506,24 @@ class Flatten(FieldTransform):
         self,
         fields: list[dict[str, Any]],
         registry: Registry,
-        prefix: str,
         path: tuple[str, ...],
+        *,
         nullable_parent: bool,
         out: list[tuple[dict[str, Any], tuple[str, ...]]],
     ) -> None:
+        """Append (flat field, path in the nested value) for every leaf under `path`."""
         for field in fields:
             inner, nullable = split_nullable(field["type"])
             resolved = resolve(inner, registry)
-            name = prefix + field["name"]
+            here = (*path, field["name"])
+            name = self._delimiter.join(here)
             if isinstance(resolved, dict) and resolved.get("type") == "record":
-                self._expand(resolved["fields"], registry, name + self._delimiter, (*path, field["name"]), nullable_parent or nullable, out)
+                self._expand(resolved["fields"], registry, here, nullable_parent=nullable_parent or nullable, out=out)
             elif nullable_parent:
-                out.append(({**_retyped(field, make_nullable(field["type"])), "name": name, "default": None}, (*path, field["name"])))
+                flat = {**_retyped(field, make_nullable(field["type"])), "name": name, "default": None}
+                out.append((flat, here))
             else:
-                out.append(({**field, "name": name}, (*path, field["name"])))
+                out.append(({**field, "name": name}, here))
 
     def plan_row(self, row: dict[str, Any], registry: Registry) -> RowPlan | None:
         def nested(field: dict[str, Any]) -> bool:
@@ -493,11 +533,12 @@ class Flatten(FieldTransform):
         if not any(nested(f) for f in row["fields"]):
             return None
         flat: list[tuple[dict[str, Any], tuple[str, ...]]] = []
-        self._expand(row["fields"], registry, "", (), False, flat)
+        self._expand(row["fields"], registry, (), nullable_parent=False, out=flat)
         seen: set[str] = set()
         for field, _ in flat:
             if field["name"] in seen:
-                raise option_error(self.label, "delimiter", f"flattening `{row['name']}` gives two fields named `{field['name']}`")
+                problem = f"flattening `{row['name']}` gives two fields named `{field['name']}`"
+                raise option_error(self.label, "delimiter", problem)
             seen.add(field["name"])
         paths = tuple((field["name"], path) for field, path in flat)
 

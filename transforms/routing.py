@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 from connector.records import Record
-from transforms.base import Transform
+from transforms.base import Transform, evolve
 from transforms.config import FilterOptions, RouteByFieldOptions, RouteOptions, TimestampRouterOptions
 from transforms.envelope import is_envelope
 from transforms.exceptions import TransformError
@@ -48,7 +47,7 @@ class Route(Transform):
             topic = match.expand(self._template) if match else record.topic
             if len(self._topics) < _TOPIC_CACHE_LIMIT:
                 self._topics[record.topic] = topic
-        return (record,) if topic == record.topic else (replace(record, topic=topic),)
+        return (record,) if topic == record.topic else (evolve(record, topic=topic),)
 
 
 class RouteByField(Transform):
@@ -68,7 +67,15 @@ class RouteByField(Transform):
                 return ()
             raise TransformError(f"{self.label}: `{self.options.field}` is null or absent (topic {record.topic})")
         text = _NOT_TOPIC_CHARS.sub("_", str(value).lower() if isinstance(value, bool) else str(value))
-        return (replace(record, topic=self.options.format.format(topic=record.topic, value=text)),)
+        return (evolve(record, topic=self.options.format.format(topic=record.topic, value=text)),)
+
+
+def _literal(text: str) -> Callable[[str, int], str]:
+    return lambda _topic, _micros: text
+
+
+def _moment(fmt: TimeFormat) -> Callable[[str, int], str]:
+    return lambda _topic, micros: fmt.format(from_micros(micros))
 
 
 class TimestampRouter(Transform):
@@ -79,15 +86,15 @@ class TimestampRouter(Transform):
         position = 0
         for match in re.finditer(r"\{([^{}]*)\}", options.format):
             literal = options.format[position : match.start()]
-            parts.append(lambda _t, _us, text=literal: text)
+            parts.append(_literal(literal))
             if match.group(1) == "topic":
                 parts.append(lambda topic, _us: topic)
             else:
                 fmt = TimeFormat(match.group(1))
-                parts.append(lambda _t, us, f=fmt: f.format(from_micros(us)))
+                parts.append(_moment(fmt))
             position = match.end()
         tail = options.format[position:]
-        parts.append(lambda _t, _us, text=tail: text)
+        parts.append(_literal(tail))
         self._parts = tuple(parts)
 
     def apply(self, record: Record) -> Sequence[Record]:
@@ -100,7 +107,7 @@ class TimestampRouter(Transform):
         if millis is None:
             return (record,)
         micros = millis * 1000
-        return (replace(record, topic="".join(part(record.topic, micros) for part in self._parts)),)
+        return (evolve(record, topic="".join(part(record.topic, micros) for part in self._parts)),)
 
 
 class Filter(Transform):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 from connector.records import AvroSchema, Headers, Record
 from transforms.avro import Registry, make_nullable, normalize, registry_of, resolve, split_nullable, standalone
-from transforms.base import Transform
+from transforms.base import Transform, evolve
 from transforms.config import (
     ExtractFieldOptions,
     HeadersOptions,
@@ -59,7 +59,9 @@ class Unwrap(Transform):
         self._plans: dict[AvroSchema, _UnwrapPlan | None] = {}
         self._deleted = f"{options.prefix}deleted"
 
-    def _getter(self, envelope: dict[str, Any], name: str, option: str) -> tuple[str, Any, Callable[[dict[str, Any]], Any]]:
+    def _getter(
+        self, envelope: dict[str, Any], name: str, option: str
+    ) -> tuple[str, Any, Callable[[dict[str, Any]], Any]]:
         """(added name, Avro type, value getter) of `op`, `source.lsn`, or a bare source field name."""
         registry = registry_of(envelope)
         source_field = _find_field(envelope, "source")
@@ -127,7 +129,7 @@ class Unwrap(Transform):
             if handling == "drop":
                 return ()
             if handling == "tombstone":
-                return (replace(record, value=None, value_schema=plan.schema, headers=self._headers(record, plan)),)
+                return (evolve(record, value=None, value_schema=plan.schema, headers=self._headers(record, plan)),)
             row = value["before"]
         elif op == "t":
             return () if self.options.truncate_handling == "drop" else (record,)
@@ -140,7 +142,7 @@ class Unwrap(Transform):
             out[name] = getter(value)
         if self.options.delete_handling == "rewrite":
             out[self._deleted] = "true" if op == "d" else "false"
-        return (replace(record, value=out, value_schema=plan.schema, headers=self._headers(record, plan)),)
+        return (evolve(record, value=out, value_schema=plan.schema, headers=self._headers(record, plan)),)
 
     @staticmethod
     def _headers(record: Record, plan: _UnwrapPlan) -> Headers:
@@ -180,8 +182,8 @@ class _SchemaCached(Transform):
             new_schema = AvroSchema.of(new_definition)
             self._plans[schema] = (new_schema, convert)
         if self._on_key:
-            return (replace(record, key=convert(data), key_schema=new_schema),)
-        return (replace(record, value=convert(data), value_schema=new_schema),)
+            return (evolve(record, key=convert(data), key_schema=new_schema),)
+        return (evolve(record, value=convert(data), value_schema=new_schema),)
 
 
 class Hoist(_SchemaCached):
@@ -211,7 +213,8 @@ class ExtractField(_SchemaCached):
             inner, maybe_null = split_nullable(type_)
             nullable = nullable or maybe_null
             record = resolve(inner, registry)
-            field = _find_field(record, segment) if isinstance(record, dict) and record.get("type") == "record" else None
+            is_record = isinstance(record, dict) and record.get("type") == "record"
+            field = _find_field(record, segment) if is_record else None
             if field is None:
                 where = record.get("name") if isinstance(record, dict) else str(record)
                 raise option_error(self.label, "field", f"`{segment}` is not a field of `{where}`")
@@ -267,7 +270,7 @@ class ValueToKey(Transform):
         else:
             key_schema = self._plans[record.value_schema] = self._plan(record.value_schema)
         row = row_of(record.value) or {}
-        return (replace(record, key={name: row.get(name) for name in self._fields}, key_schema=key_schema),)
+        return (evolve(record, key={name: row.get(name) for name in self._fields}, key_schema=key_schema),)
 
 
 # --- headers ----------------------------------------------------------------------------------
@@ -291,7 +294,7 @@ class HeadersTransform(Transform):
             if text is not None:
                 headers.append((name, text))
         headers.extend(self._insert)
-        return (replace(record, headers=tuple(headers)),)
+        return (evolve(record, headers=tuple(headers)),)
 
 
 # --- outbox -----------------------------------------------------------------------------------
@@ -360,7 +363,7 @@ class Outbox(Transform):
             if text is not None:
                 headers.append((name, text))
         return (
-            replace(
+            evolve(
                 record,
                 topic=topic,
                 key=row.get(o.aggregate_id_field),

@@ -35,6 +35,18 @@ _CODES: dict[str, str] = {
 _FRACTIONS = {"S": 1, "SS": 2, "SSS": 3, "SSSSSS": 6}
 
 
+def _literal(text: str) -> Callable[[datetime], str]:
+    return lambda _moment: text
+
+
+def _fraction(digits: int) -> Callable[[datetime], str]:
+    return lambda moment: f"{moment.microsecond:06d}"[:digits]
+
+
+def _strftime(code: str) -> Callable[[datetime], str]:
+    return lambda moment: moment.strftime(code)
+
+
 class TimeFormat:
     """A compiled pattern: `format(datetime) -> str` and `parse(str) -> datetime` (UTC when no offset)."""
 
@@ -48,21 +60,21 @@ class TimeFormat:
             run = match.group()
             if run.startswith("'"):
                 literal = run[1:-1].replace("''", "'") if run != "''" else "'"
-                parts.append(lambda _dt, text=literal: text)
+                parts.append(_literal(literal))
                 parse += literal.replace("%", "%%")
             elif run[0].isalpha():
                 if run in _FRACTIONS:
                     digits = _FRACTIONS[run]
-                    parts.append(lambda dt, n=digits: f"{dt.microsecond:06d}"[:n])
+                    parts.append(_fraction(digits))
                     parse += "%f"
                 elif run in _CODES:
                     code = _CODES[run]
-                    parts.append(lambda dt, c=code: dt.strftime(c))
+                    parts.append(_strftime(code))
                     parse += code
                 else:
                     raise ValueError(f"unsupported date pattern letters `{run}` in `{pattern}`")
             else:
-                parts.append(lambda _dt, text=run: text)
+                parts.append(_literal(run))
                 parse += run.replace("%", "%%")
         self._parts = tuple(parts)
         self._parse = parse
@@ -71,7 +83,7 @@ class TimeFormat:
         return "".join(part(moment) for part in self._parts)
 
     def parse(self, text: str) -> datetime:
-        moment = datetime.strptime(text, self._parse)  # noqa: DTZ007 - naive means UTC here
+        moment = datetime.strptime(text, self._parse)
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

@@ -60,7 +60,8 @@ class PythonTransform(Transform):
             derive = getattr(instance, "derive_schema", None)
         elif callable(target):
             if options.options:
-                raise option_error(label, "options", "`options` are passed to a class's constructor; this is a function")
+                problem = "`options` are passed to a class's constructor; this is a function"
+                raise option_error(label, "options", problem)
             apply = target
         else:
             raise option_error(label, "callable", f"`{options.callable}` is neither a function nor a class")
@@ -82,7 +83,8 @@ class PythonTransform(Transform):
         elif isinstance(result, (list, tuple)) and all(isinstance(r, Record) for r in result):
             records = tuple(result)
         else:
-            raise TransformError(f"{self.label}: returned {type(result).__name__}, not a Record, None or a list of Records")
+            kind = type(result).__name__
+            raise TransformError(f"{self.label}: returned {kind}, not a Record, None or a list of Records")
         if self._derive is None or not records:
             return records
         pair = (record.key_schema, record.value_schema)

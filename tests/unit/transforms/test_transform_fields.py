@@ -35,7 +35,7 @@ def test_mask_fixed_masks_both_rows_with_the_types_empty_value() -> None:
 def test_mask_fixed_replacement_must_fit_the_field_type() -> None:
     [out] = run([{"type": "mask", "fields": ["email"], "replacement": "***"}], event())
     assert out.value["after"]["email"] == "***"
-    with pytest.raises(ConfigError, match=r"transforms\[0\] \(mask\): option `replacement`: 'x' does not fit field `id`"):
+    with pytest.raises(ConfigError, match=r"transforms\[0\] \(mask\): option `replacement`: 'x' does not fit field"):
         run([{"type": "mask", "fields": ["id"], "replacement": "x"}], event())
 
 
@@ -126,12 +126,12 @@ def test_insert_static_and_record_fields_on_the_sink_side() -> None:
     sink_record = record.__class__(**{**{s: getattr(record, s) for s in record.__slots__},
                                       "partition": 3, "offset": 99, "timestamp_ms": 1_700_000_000_000})  # fmt: skip
     spec = {"type": "insert", "static_field": "region", "static_value": "eu", "topic_field": "kafka_topic",
-            "partition_field": "kafka_partition", "offset_field": "kafka_offset", "timestamp_field": "kafka_ts"}  # fmt: skip
+            "partition_field": "kafka_partition", "offset_field": "kafka_offset",
+            "timestamp_field": "kafka_ts"}  # fmt: skip
     [out] = run([spec], sink_record, side="sink")
     after = out.value["after"]
-    assert (after["region"], after["kafka_topic"], after["kafka_partition"], after["kafka_offset"], after["kafka_ts"]) == (
-        "eu", "shop.public.customers", 3, 99, 1_700_000_000_000
-    )
+    got = [after[n] for n in ("region", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_ts")]
+    assert got == ["eu", "shop.public.customers", 3, 99, 1_700_000_000_000]
     assert field_type(out.value_schema, "region") == "string"
     assert field_type(out.value_schema, "kafka_ts") == ["null", {"type": "long", "logicalType": "timestamp-millis"}]
     [source_side] = run([spec], record)
@@ -197,11 +197,14 @@ def test_timestamp_convert_to_string_unix_and_date() -> None:
     assert field_type(day.value_schema, "created_at") == ["null", {"type": "int", "logicalType": "date"}]
 
 
+FORMAT = "yyyy-MM-dd HH:mm:ss"
+
+
 def test_timestamp_convert_string_back_to_timestamp() -> None:
     specs = [
         UNWRAP,
-        {"type": "timestamp_convert", "fields": ["created_at"], "target_type": "string", "format": "yyyy-MM-dd HH:mm:ss"},
-        {"type": "timestamp_convert", "fields": ["created_at"], "target_type": "timestamp_ms", "format": "yyyy-MM-dd HH:mm:ss"},
+        {"type": "timestamp_convert", "fields": ["created_at"], "target_type": "string", "format": FORMAT},
+        {"type": "timestamp_convert", "fields": ["created_at"], "target_type": "timestamp_ms", "format": FORMAT},
     ]  # fmt: skip
     [out] = run(specs, event())
     assert out.value["created_at"] == datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -236,7 +239,8 @@ def test_flatten_nested_records_with_nullable_parents() -> None:
             {"name": "id", "type": "long"},
             {"name": "address", "type": ["null", {"type": "record", "name": "Address", "fields": [
                 {"name": "city", "type": "string"},
-                {"name": "geo", "type": {"type": "record", "name": "Geo", "fields": [{"name": "lat", "type": "double"}]}},
+                {"name": "geo", "type": {"type": "record", "name": "Geo",
+                                         "fields": [{"name": "lat", "type": "double"}]}},
             ]}], "default": None},
             {"name": "billing", "type": "Address"},
         ],

@@ -50,6 +50,9 @@ ROW = {
 }
 
 
+DEFAULT_HEADERS = (("change_id", CHANGE_ID.encode()), ("source_lsn", b"1008:1000"))
+
+
 def event(
     op: str = "c",
     *,
@@ -66,8 +69,8 @@ def event(
     if op == "d" and before is None:
         before = {**dict.fromkeys(ROW), "id": ROW["id"]}
     source = source_block(
-        name="shop", db="app", schema=ts.table.schema, table=ts.table.name, ts_ms=COMMIT_MS, lsn=lsn, commit_lsn=lsn + 8,
-        tx_id=42,
+        name="shop", db="app", schema=ts.table.schema, table=ts.table.name, ts_ms=COMMIT_MS, lsn=lsn,
+        commit_lsn=lsn + 8, tx_id=42,
     )  # fmt: skip
     value = ts.envelope(
         op=op, before=dict(before) if before else None, after=dict(after) if after else None, source=source,
@@ -80,7 +83,7 @@ def event(
         value=value,
         key_schema=ts.key_schema if op != "t" else None,
         value_schema=ts.value_schema,
-        headers=tuple(headers) if headers is not None else (("change_id", CHANGE_ID.encode()), ("source_lsn", b"1008:1000")),
+        headers=tuple(headers) if headers is not None else DEFAULT_HEADERS,
     )
 
 
