@@ -21,11 +21,13 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from connector.errors import ConnectorError, PoisonMessageError
 from connector.records import AvroSchema
+from schemas.codegen import Fallback, compile_writer
 
 if TYPE_CHECKING:
     from schemas.registry import SchemaRegistry
 
 MAGIC = 0
+_UNSET = object()
 HEADER = struct.Struct(">bI")
 HEADER_SIZE = HEADER.size
 
@@ -53,10 +55,17 @@ def without_raw_logical_types(definition: Any) -> Any:
 
 
 class Encoder:
-    """Encodes values to Confluent wire format. One instance per thread (it reuses its buffer)."""
+    """Encodes values to Confluent wire format. One instance per thread (it reuses its buffer).
 
-    def __init__(self) -> None:
+    Each schema gets a writer generated for it (schemas/codegen.py) when it uses only the Avro features
+    our envelopes use; values it does not handle, and other schemas, are written by fastavro. Both give
+    the same bytes. `specialised=False` always uses fastavro.
+    """
+
+    def __init__(self, *, specialised: bool = True) -> None:
         self._parsed: dict[str, Any] = {}
+        self._writers: dict[str, Any] = {}
+        self._specialised = specialised
         self._buffer = io.BytesIO()
 
     def parsed(self, schema: AvroSchema) -> Any:
@@ -67,6 +76,15 @@ class Encoder:
         return parsed
 
     def encode(self, schema_id: int, schema: AvroSchema, value: Any) -> bytes:
+        writer = self._writers.get(schema.text, _UNSET)
+        if writer is _UNSET:
+            writer = compile_writer(schema.definition) if self._specialised else None
+            self._writers[schema.text] = writer
+        if writer is not None:
+            try:
+                return bytes(writer(bytearray(HEADER.pack(MAGIC, schema_id)), value))
+            except (Fallback, LookupError, TypeError, AttributeError, ValueError, OverflowError):
+                pass  # a value shape the generated writer does not take: fastavro decides
         parsed = self._parsed.get(schema.text)
         if parsed is None:
             parsed = self.parsed(schema)

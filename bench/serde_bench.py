@@ -1,0 +1,107 @@
+"""Throughput of the event hot path for a 5-column table: text -> row, envelope encode, decode.
+
+Run: `python bench/serde_bench.py [N]`. Prints events/s per stage on one core; no services needed
+(the decoder's registry is a stand-in that knows one schema id).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from connector.records import AvroSchema
+from schemas.catalog import ColumnInfo, PgType, TableInfo
+from schemas.envelope import build_table_schemas, source_block
+from schemas.serde import Decoder, Encoder
+
+
+def _type(typname: str, name: str, category: str) -> PgType:
+    return PgType(oid=0, name=name, typname=typname, schema="pg_catalog", kind="b", category=category)
+
+
+def _table() -> TableInfo:
+    spec = [
+        ("id", _type("int8", "bigint", "N"), True, 1, -1, False),
+        ("name", _type("text", "text", "S"), False, None, -1, True),
+        ("amount", _type("numeric", "numeric", "N"), False, None, ((10 << 16) | 2) + 4, True),
+        ("created", _type("timestamptz", "timestamp with time zone", "D"), False, None, -1, False),
+        ("active", _type("bool", "boolean", "B"), False, None, -1, False),
+    ]
+    columns = tuple(
+        ColumnInfo(
+            name=n, attnum=i, type_oid=0, type_name=t.name, not_null=nn, key_position=k, base_kind="b",
+            resolved=t, typmod=m, toastable=toast,
+        )
+        for i, (n, t, nn, k, m, toast) in enumerate(spec, start=1)
+    )
+    return TableInfo(schema="public", name="bench", oid=0, replica_identity="d", columns=columns, has_primary_key=True)
+
+
+class _OneSchemaRegistry:
+    def __init__(self, schema: AvroSchema) -> None:
+        self.schema = schema
+
+    def schema_by_id(self, schema_id: int) -> AvroSchema:
+        return self.schema
+
+
+def _rate(label: str, n: int, body: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    body()
+    elapsed = time.perf_counter() - started
+    rate = n / elapsed
+    print(f"{label:<34} {rate:>12,.0f} events/s  ({elapsed * 1e6 / n:.2f} us/event)")
+    return rate
+
+
+def main(n: int) -> None:
+    schemas = build_table_schemas(_table(), topic="bench.public.bench", topic_prefix="bench")
+    texts = ["123456", "some customer name", "1234.50", "2024-01-02 03:04:05.123456+00", "t"]
+    source = source_block(name="bench", db="source", schema="public", table="bench", ts_ms=1700000000000,
+                          tx_id=1234, lsn=123456789, commit_lsn=123456799)  # fmt: skip
+    change_id = str(uuid.uuid4())
+    row, _ = schemas.row(texts)
+    event = schemas.envelope(op="c", before=None, after=row, source=source, ts_ms=1700000000001, change_id=change_id)
+    encoder = Encoder()
+    plain = Encoder(specialised=False)
+    assert plain.encode(1, schemas.value_schema, event) == encoder.encode(1, schemas.value_schema, event)
+    data = encoder.encode(1, schemas.value_schema, event)
+    decoder = Decoder(_OneSchemaRegistry(schemas.value_schema))  # type: ignore[arg-type]
+    print(f"envelope: {len(data)} bytes on the wire")
+
+    def convert() -> None:
+        for _ in range(n):
+            schemas.row(texts)
+
+    def encode() -> None:
+        for _ in range(n):
+            encoder.encode(1, schemas.value_schema, event)
+
+    def encode_fastavro() -> None:
+        for _ in range(n):
+            plain.encode(1, schemas.value_schema, event)
+
+    def full() -> None:
+        for _ in range(n):
+            after, _ = schemas.row(texts)
+            value = schemas.envelope(op="c", before=None, after=after, source=source, ts_ms=1700000000001,
+                                     change_id=change_id)  # fmt: skip
+            encoder.encode(1, schemas.value_schema, value)
+            encoder.encode(2, schemas.key_schema, schemas.key(after))  # type: ignore[arg-type]
+
+    def decode() -> None:
+        for _ in range(n):
+            decoder.decode(data)
+
+    _rate("text -> row (5 columns)", n, convert)
+    _rate("encode envelope (fastavro)", n, encode_fastavro)
+    _rate("encode envelope (generated)", n, encode)
+    _rate("row + envelope + key encode", n, full)
+    _rate("decode envelope", n, decode)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000)

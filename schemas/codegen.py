@@ -1,0 +1,267 @@
+"""Specialised Avro binary writers, generated per schema, byte-identical to fastavro's `schemaless_writer`.
+
+fastavro resolves every union by validating the value against each branch (for `after`, that validates the
+whole row before writing it) and converts decimals in Python; our envelopes are union-heavy, so that is
+most of the encode cost. A writer compiled for one schema knows each field's type and picks union
+branches with one `type(x) is ...` test. It only handles the Python types our codecs produce; anything
+else raises `Fallback` and the caller writes the value with fastavro instead, so results never differ
+(tests/unit/schemas/test_schemas_codegen.py compares bytes on generated values of every mapped type).
+
+Schemas using Avro features we do not generate (maps, enums, fixed, ambiguous unions) are not compiled:
+`compile_writer` returns None and fastavro writes them.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+
+class Fallback(Exception):
+    """The value holds a Python type the generated writer does not handle; write it with fastavro."""
+
+
+class _Unsupported(Exception):
+    pass
+
+
+_SMALL_RANGE = 1 << 13
+_SMALL = [b""] * (2 * _SMALL_RANGE)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+for _n in range(-_SMALL_RANGE, _SMALL_RANGE):
+    _SMALL[_n + _SMALL_RANGE] = _varint((_n << 1) ^ (_n >> 63))
+
+
+def zigzag(n: int) -> bytes:
+    """Avro's zig-zag varint encoding of a long."""
+    if -_SMALL_RANGE <= n < _SMALL_RANGE:
+        return _SMALL[n + _SMALL_RANGE]
+    return _varint((n << 1) ^ (n >> 63))
+
+
+def decimal_bytes(value: Decimal, precision: int, scale: int) -> bytes:
+    """fastavro's bytes-decimal encoding (same checks, same byte length)."""
+    sign, digits, exp = value.as_tuple()
+    if not isinstance(exp, int) or len(digits) > precision or exp + scale < 0:
+        raise Fallback  # NaN/Infinity, or out of the schema's precision/scale: let fastavro raise its error
+    unscaled = 0
+    for digit in digits:
+        unscaled = unscaled * 10 + digit
+    unscaled *= 10 ** (exp + scale)
+    size = (unscaled.bit_length() + 8) // 8
+    return (-unscaled if sign else unscaled).to_bytes(size, "big", signed=True)
+
+
+_PACK_FLOAT = struct.Struct("<f").pack
+_PACK_DOUBLE = struct.Struct("<d").pack
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+_INT_LOGICAL = frozenset({"date", "time-millis"})
+_LONG_LOGICAL = frozenset({"time-micros", "timestamp-millis", "timestamp-micros", "local-timestamp-millis",
+                           "local-timestamp-micros"})  # fmt: skip
+
+
+class _Generator:
+    def __init__(self, definition: Any) -> None:
+        self.named: dict[str, Mapping[str, Any]] = {}
+        self.functions: dict[str, str] = {}  # full name -> generated function name
+        self.sources: list[str] = []
+        self.constants: dict[str, Any] = {}
+        self.counter = 0
+        self.entry = self._writer_for(definition, None)
+
+    def _const(self, value: Any) -> str:
+        name = f"_k{len(self.constants)}"
+        self.constants[name] = value
+        return name
+
+    def _var(self) -> str:
+        self.counter += 1
+        return f"x{self.counter}"
+
+    def _full_name(self, avro: Mapping[str, Any], namespace: str | None) -> tuple[str, str | None]:
+        name = avro["name"]
+        if "." in name:
+            return name, name.rsplit(".", 1)[0]
+        ns = avro.get("namespace", namespace)
+        return (f"{ns}.{name}" if ns else name), ns
+
+    def _lookup(self, name: str, namespace: str | None) -> Mapping[str, Any]:
+        for candidate in ((f"{namespace}.{name}" if namespace and "." not in name else name), name):
+            if candidate in self.named:
+                return self.named[candidate]
+        raise _Unsupported(f"unknown named type {name}")
+
+    def _writer_for(self, avro: Any, namespace: str | None) -> str:
+        """Name of a generated function `(out, v)` writing `avro` (only records get their own function)."""
+        if isinstance(avro, Mapping) and avro.get("type") == "record":
+            full, ns = self._full_name(avro, namespace)
+            if full in self.functions:
+                return self.functions[full]
+            self.named[full] = avro
+            fname = f"w{len(self.functions)}"
+            self.functions[full] = fname
+            lines = [f"def {fname}(out, v):"]
+            for field in avro["fields"]:
+                var = self._var()
+                lines.append(f"    {var} = v[{field['name']!r}]")
+                self._emit(field["type"], var, lines, "    ", ns)
+            lines.append("    return out")
+            self.sources.append("\n".join(lines))
+            return fname
+        fname = f"w{len(self.functions)}"
+        self.functions[f"<root {fname}>"] = fname
+        lines = [f"def {fname}(out, v):"]
+        self._emit(avro, "v", lines, "    ", namespace)
+        lines.append("    return out")
+        self.sources.append("\n".join(lines))
+        return fname
+
+    def _test(self, avro: Any, namespace: str | None) -> str:
+        """The Python type test that selects this union branch (the key must differ between branches)."""
+        kind, logical = self._kind(avro, namespace)
+        if kind == "null":
+            return "None"
+        if kind == "boolean":
+            return "bool"
+        if kind in ("int", "long"):
+            return "int"
+        if kind in ("float", "double"):
+            return "float"
+        if kind == "string":
+            return "str"
+        if kind == "bytes":
+            return "Decimal" if logical == "decimal" else "bytes"
+        if kind == "record":
+            return "dict"
+        if kind == "array":
+            return "list"
+        raise _Unsupported(kind)
+
+    def _kind(self, avro: Any, namespace: str | None) -> tuple[str, str | None]:
+        if isinstance(avro, str):
+            if avro in _PRIMITIVES:
+                return avro, None
+            return self._kind(self._lookup(avro, namespace), namespace)
+        if isinstance(avro, list):
+            return "union", None
+        kind = avro.get("type")
+        if isinstance(kind, (Mapping, list)):
+            return self._kind(kind, namespace)
+        return str(kind), avro.get("logicalType")
+
+    def _emit(self, avro: Any, var: str, lines: list[str], ind: str, namespace: str | None) -> None:
+        if isinstance(avro, str) and avro not in _PRIMITIVES:
+            avro = self._lookup(avro, namespace)
+        kind, logical = self._kind(avro, namespace)
+        if kind == "union":
+            self._emit_union(avro, var, lines, ind, namespace)
+        elif kind == "record":
+            fname = self._writer_for(avro, namespace)
+            lines.append(f"{ind}if type({var}) is not dict: raise Fallback")
+            lines.append(f"{ind}{fname}(out, {var})")
+        elif kind == "null":
+            lines.append(f"{ind}if {var} is not None: raise Fallback")
+        elif kind == "boolean":
+            lines.append(f"{ind}if {var} is True: out += b'\\x01'")
+            lines.append(f"{ind}elif {var} is False: out += b'\\x00'")
+            lines.append(f"{ind}else: raise Fallback")
+        elif kind in ("int", "long"):
+            if logical is not None and logical not in (_INT_LOGICAL if kind == "int" else _LONG_LOGICAL):
+                raise _Unsupported(logical)
+            lines.append(f"{ind}if type({var}) is not int: raise Fallback")
+            lines.append(f"{ind}out += _SMALL[{var} + _R] if -_R <= {var} < _R else zigzag({var})")
+        elif kind in ("float", "double"):
+            pack = "_PACK_FLOAT" if kind == "float" else "_PACK_DOUBLE"
+            lines.append(f"{ind}if type({var}) is not float: raise Fallback")
+            lines.append(f"{ind}out += {pack}({var})")
+        elif kind == "string":
+            if logical not in (None, "uuid"):
+                raise _Unsupported(logical)
+            b = self._var()
+            if logical == "uuid":
+                lines.append(f"{ind}if type({var}) is UUID: {var} = str({var})")
+            lines.append(f"{ind}if type({var}) is not str: raise Fallback")
+            lines.append(f"{ind}{b} = {var}.encode()")
+            lines.append(f"{ind}out += _SMALL[len({b}) + _R] if len({b}) < _R else zigzag(len({b}))")
+            lines.append(f"{ind}out += {b}")
+        elif kind == "bytes":
+            b = self._var()
+            if logical == "decimal":
+                spec = avro if isinstance(avro, Mapping) else {}
+                precision, scale = int(spec["precision"]), int(spec.get("scale", 0))
+                lines.append(f"{ind}if type({var}) is Decimal: {b} = decimal_bytes({var}, {precision}, {scale})")
+                lines.append(f"{ind}elif type({var}) is bytes: {b} = {var}")
+                lines.append(f"{ind}else: raise Fallback")
+            elif logical is None:
+                lines.append(f"{ind}if type({var}) is not bytes: raise Fallback")
+                lines.append(f"{ind}{b} = {var}")
+            else:
+                raise _Unsupported(logical)
+            lines.append(f"{ind}out += zigzag(len({b}))")
+            lines.append(f"{ind}out += {b}")
+        elif kind == "array":
+            item = self._var()
+            items = avro["items"]
+            lines.append(f"{ind}if type({var}) is not list: raise Fallback")
+            lines.append(f"{ind}if {var}:")
+            lines.append(f"{ind}    out += zigzag(len({var}))")
+            lines.append(f"{ind}    for {item} in {var}:")
+            self._emit(items, item, lines, ind + "        ", namespace)
+            lines.append(f"{ind}out += b'\\x00'")
+        else:
+            raise _Unsupported(kind)
+
+    def _emit_union(self, branches: list[Any], var: str, lines: list[str], ind: str, namespace: str | None) -> None:
+        tests = [self._test(b, namespace) for b in branches]
+        if len(set(tests)) != len(tests):
+            raise _Unsupported("ambiguous union")  # e.g. int and long: fastavro's choice rules apply
+        keyword = "if"
+        for index, (branch, test) in enumerate(zip(branches, tests, strict=True)):
+            check = f"{var} is None" if test == "None" else f"type({var}) is {test}"
+            if test == "Decimal":  # a decimal branch also takes raw bytes when no bytes branch exists
+                check = f"type({var}) is Decimal" + ("" if "bytes" in tests else f" or type({var}) is bytes")
+            if test == "str" and self._kind(branch, namespace)[1] == "uuid":
+                check = f"type({var}) is str or type({var}) is UUID"
+            lines.append(f"{ind}{keyword} {check}:")
+            lines.append(f"{ind}    out += {self._const(zigzag(index))}")
+            if test != "None":
+                self._emit(branch, var, lines, ind + "    ", namespace)
+            keyword = "elif"
+        lines.append(f"{ind}else: raise Fallback")
+
+
+def compile_writer(definition: Any) -> Callable[[bytearray, Any], bytearray] | None:
+    """A function `(out, value) -> out` appending `value`'s Avro binary encoding, or None if not supported."""
+    try:
+        generator = _Generator(definition)
+    except _Unsupported:
+        return None
+    namespace: dict[str, Any] = {
+        "Fallback": Fallback,
+        "zigzag": zigzag,
+        "_SMALL": _SMALL,
+        "_R": _SMALL_RANGE,
+        "decimal_bytes": decimal_bytes,
+        "Decimal": Decimal,
+        "UUID": UUID,
+        "_PACK_FLOAT": _PACK_FLOAT,
+        "_PACK_DOUBLE": _PACK_DOUBLE,
+        **generator.constants,
+    }
+    # The source is built from the schema's structure only: field names enter as repr() literals.
+    exec(compile("\n\n".join(generator.sources), "<avro-writer>", "exec"), namespace)  # noqa: S102
+    writer: Callable[[bytearray, Any], bytearray] = namespace[generator.entry]
+    return writer
