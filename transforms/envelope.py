@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from connector.records import AvroSchema, Record
-from transforms.avro import Registry, normalize, registry_of, split_nullable
+from transforms.avro import Registry, normalize, registry_of, split_nullable, standalone
 from transforms.base import Transform, evolve
 
 ENVELOPE_FIELDS = frozenset({"before", "after", "op", "source"})
@@ -101,6 +101,8 @@ def _plan_envelope(envelope: dict[str, Any], planner: RowPlanner, toast: ToastMa
     if planned is None:
         return None
     new_row, convert = planned
+    # A dropped field may have defined a named type that a kept field only names: define it at its first use.
+    new_row = standalone(new_row, registry)
     placed = False
     fields = []
     for original in envelope["fields"]:
@@ -154,10 +156,11 @@ def plan_record(definition: Any, planner: RowPlanner) -> Plan | None:
     """The plan for a flat (normalized) record schema; other shapes are left alone."""
     if not isinstance(definition, dict) or definition.get("type") != "record":
         return None
-    planned = planner(definition, registry_of(definition))
+    registry = registry_of(definition)
+    planned = planner(definition, registry)
     if planned is None:
         return None
-    return Plan(AvroSchema.of(planned[0]), planned[1])
+    return Plan(AvroSchema.of(standalone(planned[0], registry)), planned[1])
 
 
 ApplyTo = Literal["value", "key", "both"]

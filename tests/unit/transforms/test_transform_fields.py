@@ -264,3 +264,20 @@ def test_flatten_leaves_flat_rows_alone_and_tombstones_pass() -> None:
     assert out is record
     [dead] = run([{"type": "mask", "fields": ["email"]}], tombstone())
     assert dead.value is None
+
+
+def test_dropping_the_field_that_defines_a_named_type_keeps_the_schema_valid() -> None:
+    from connector.records import AvroSchema, Record
+
+    status = {"type": "enum", "name": "Status", "symbols": ["NEW", "DONE"]}
+    schema = AvroSchema.of({
+        "type": "record", "name": "Task", "namespace": "app",
+        "fields": [{"name": "id", "type": "long"}, {"name": "first", "type": status},
+                   {"name": "last", "type": "Status"}],
+    })  # fmt: skip
+    record = Record("tasks", None, {"id": 1, "first": "NEW", "last": "DONE"}, None, schema)
+    [out] = run([{"type": "drop", "fields": ["first"]}], record)
+    assert out.value == {"id": 1, "last": "DONE"}
+    assert field_type(out.value_schema, "last") == {"type": "enum", "name": "app.Status", "symbols": ["NEW", "DONE"]}
+    [masked] = run([{"type": "mask", "fields": ["last"]}], record)
+    assert masked.value["last"] == "NEW"  # an enum's first symbol
