@@ -7,6 +7,7 @@ share ids; the name is the change's WAL coordinates (streamed) or the snapshot i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -20,13 +21,29 @@ def namespace_for(system_identifier: str, database: str) -> uuid.UUID:
     return uuid.uuid5(_ROOT, f"{system_identifier}/{database}")
 
 
-class ChangeIds:
-    """Mints change ids within one source database's namespace."""
+_CLEAR = ~(0xF000 << 64) & ~(0xC000 << 48) & ((1 << 128) - 1)
+_SET = (0x5000 << 64) | (0x8000 << 48)
 
-    __slots__ = ("_namespace",)
+
+class ChangeIds:
+    """Mints change ids within one source database's namespace.
+
+    Equal to `str(uuid.uuid5(namespace, name))`, computed from a pre-hashed namespace because it runs once per
+    event (about three times faster than going through `uuid.UUID`).
+    """
+
+    __slots__ = ("_base", "_namespace")
 
     def __init__(self, namespace: uuid.UUID) -> None:
         self._namespace = namespace
+        self._base = hashlib.sha1(namespace.bytes, usedforsecurity=False)
+
+    def _uuid5(self, name: str) -> str:
+        digest = self._base.copy()
+        digest.update(name.encode())
+        value = int.from_bytes(digest.digest()[:16], "big") & _CLEAR | _SET  # version 5, RFC 4122 variant
+        text = f"{value:032x}"
+        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
     @property
     def namespace(self) -> uuid.UUID:
@@ -34,7 +51,7 @@ class ChangeIds:
 
     def streamed(self, commit_lsn: int, lsn: int, ordinal: int) -> str:
         """A streamed change: `{commit_lsn}:{lsn}:{ordinal}` (decimal), ordinal = position within its transaction."""
-        return str(uuid.uuid5(self._namespace, f"{commit_lsn}:{lsn}:{ordinal}"))
+        return self._uuid5(f"{commit_lsn}:{lsn}:{ordinal}")
 
     def snapshot(self, consistent_point: int, schema: str, table: str, key: Sequence[Any]) -> str:
         """A snapshot row: `snapshot:{consistent_point}:{schema}.{table}:{key as canonical JSON}`.
@@ -43,4 +60,4 @@ class ChangeIds:
         Avro mapping and exact for numerics).
         """
         canonical = json.dumps(list(key), ensure_ascii=False, separators=(",", ":"))
-        return str(uuid.uuid5(self._namespace, f"snapshot:{consistent_point}:{schema}.{table}:{canonical}"))
+        return self._uuid5(f"snapshot:{consistent_point}:{schema}.{table}:{canonical}")

@@ -62,8 +62,8 @@ class TableEvents:
     """Builds the records of one table version."""
 
     __slots__ = (
-        "_db", "_full_identity", "_header_lsn", "_ids", "_index", "_key_schema", "_name", "_schemas", "_tombstones",
-        "_topic", "_value_schema", "columns", "key_columns", "last_op", "schema", "table", "table_name",
+        "_db", "_full_identity", "_ids", "_index", "_key_schema", "_name", "_schemas", "_source_template",
+        "_tombstones", "_topic", "_value_schema", "columns", "key_columns", "last_op", "schema", "table", "table_name",
     )  # fmt: skip
 
     def __init__(
@@ -92,6 +92,7 @@ class TableEvents:
         self.columns = schemas.column_names
         self.key_columns = schemas.key_columns
         self.last_op = ""
+        self._source_template = source_block(name=connector_name, db=db, schema=self.schema, table=self.table, ts_ms=0)
         self._index: tuple[int, ...] | None = None
         if relation_columns is not None and tuple(relation_columns) != self.columns:
             position = {name: i for i, name in enumerate(relation_columns)}
@@ -108,10 +109,15 @@ class TableEvents:
         return values if index is None else [values[i] for i in index]
 
     def _source(self, lsn: int, commit_lsn: int, xid: int | None, ts_ms: int, snapshot: str | None) -> dict[str, Any]:
-        return source_block(
-            name=self._name, db=self._db, schema=self.schema, table=self.table, ts_ms=ts_ms,
-            snapshot=snapshot, tx_id=xid, lsn=lsn, commit_lsn=commit_lsn,
-        )  # fmt: skip
+        """`schemas.envelope.source_block(...)` for this table, filled in from a template (once per event)."""
+        source = self._source_template.copy()
+        source["ts_ms"] = ts_ms
+        source["snapshot"] = snapshot
+        source["txId"] = xid
+        source["lsn"] = lsn
+        source["commit_lsn"] = commit_lsn
+        source["sequence"] = f'["{commit_lsn}","{lsn}"]'
+        return source
 
     def streamed(
         self, message: Insert | Update | Delete, *, lsn: int, commit_lsn: int, ordinal: int, xid: int, commit_ms: int

@@ -36,3 +36,11 @@ def test_snapshot_ids_depend_on_point_table_and_key() -> None:
     assert a == str(uuid.uuid5(ids.namespace, 'snapshot:500:public.t:["1"]'))
     assert len({a, ids.snapshot(501, "public", "t", ["1"]), ids.snapshot(500, "public", "u", ["1"]),
                 ids.snapshot(500, "public", "t", ["2"]), ids.snapshot(500, "public", "t", ["1", None])}) == 5
+
+
+def test_fast_path_equals_the_standard_uuid5() -> None:
+    ids = ChangeIds(namespace_for("7711445309574004350", "source"))
+    for commit, lsn, ordinal in [(0, 0, 0), (2**64 - 1, 2**63, 10**6), (30816392, 30812880, 7)]:
+        assert ids.streamed(commit, lsn, ordinal) == str(uuid.uuid5(ids.namespace, f"{commit}:{lsn}:{ordinal}"))
+    name = 'snapshot:5:public.t:["é",null]'
+    assert ids.snapshot(5, "public", "t", ["é", None]) == str(uuid.uuid5(ids.namespace, name))
