@@ -7,10 +7,24 @@ explanation names the exact field, which Apicurio's compatibility endpoint does 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from connector.errors import ConfigError, RetriableError
 from connector.records import AvroSchema
+from schemas.catalog import describe_tables
+from schemas.envelope import TableSchemas, build_table_schemas
+from sources.postgres.config import PostgresSourceConfig
+from sources.postgres.selection import options_for, resolve_tables
+
+if TYPE_CHECKING:
+    from schemas.registry import SchemaRegistry
 
 _PROMOTIONS = {
     "int": {"int", "long", "float", "double"},
@@ -54,6 +68,14 @@ def _short(avro: Any) -> str:
     return str(avro)
 
 
+def _short_value(avro: Any) -> str:
+    """Like `_short`, without the null branch of an optional field (nullability is reported apart)."""
+    if isinstance(avro, list):
+        branches = [b for b in avro if b != "null"]
+        return _short(branches[0] if len(branches) == 1 else branches)
+    return _short(avro)
+
+
 def _nullable(avro: Any) -> bool:
     return isinstance(avro, list) and "null" in avro
 
@@ -80,13 +102,14 @@ def describe_changes(old: AvroSchema, new: AvroSchema) -> list[str]:
             continue
         old_type, new_type = before["type"], f["type"]
         old_pg, new_pg = before.get("pg.type"), f.get("pg.type")
-        if _short(old_type) != _short(new_type) or old_pg != new_pg:
-            old_desc = f"{old_pg} ({_short(old_type)})" if old_pg else _short(old_type)
-            new_desc = f"{new_pg} ({_short(new_type)})" if new_pg else _short(new_type)
-            if _nullable(old_type) and not _nullable(new_type):
-                messages.append(f"column {name} became required: {old_desc} -> {new_desc}")
-            else:
-                messages.append(f"column {name} changed type: {old_desc} -> {new_desc}")
+        old_desc = f"{old_pg} ({_short_value(old_type)})" if old_pg else _short_value(old_type)
+        new_desc = f"{new_pg} ({_short_value(new_type)})" if new_pg else _short_value(new_type)
+        if old_desc != new_desc:
+            messages.append(f"column {name} changed type: {old_desc} -> {new_desc}")
+        if _nullable(old_type) and not _nullable(new_type):
+            messages.append(f"column {name} became required (not null)")
+        elif not _nullable(old_type) and _nullable(new_type):
+            messages.append(f"column {name} became optional (nullable)")
     return messages
 
 
@@ -158,8 +181,16 @@ class _Resolution:
         if wkind == "union":
             return [p for branch in writer for p in self.check(reader, branch, path)]
         if rkind == "union":
-            if any(not self.check(branch, writer, path) for branch in reader):
-                return []
+            saved = set(self.seen)
+            for branch in reader:
+                if not self.check(branch, writer, path):
+                    return []
+                self.seen = set(saved)  # a failed trial must not hide problems from the explanation below
+            # Explain with the branch of the same kind (and name): "field x is missing", not "no branch fits".
+            for branch in reader:
+                resolved = self.rnames.resolve(branch)
+                if _kind(resolved) == wkind and (wkind != "record" or _short_name(resolved) == _short_name(writer)):
+                    return self.check(resolved, writer, path)
             return mismatch
         if rkind in _PRIMITIVES or wkind in _PRIMITIVES:
             if wkind in _PRIMITIVES and rkind in _PROMOTIONS.get(wkind, {wkind}):
@@ -219,3 +250,182 @@ def problems_for(level: str, new: AvroSchema, versions: list[AvroSchema]) -> lis
         if level.startswith(("FORWARD", "FULL")):
             problems.extend(f"old schema cannot read new data: {p}" for p in incompatibilities(old, new))
     return list(dict.fromkeys(problems))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `cdc schemas check`: the schemas the source would produce (now, or after a migration) vs the registry
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectCheck:
+    """The verdict for one subject: `{topic}-key` or `{topic}-value`."""
+
+    subject: str
+    table: str
+    kind: str  # "key" | "value"
+    exists: bool
+    compatible: bool
+    level: str
+    latest_version: int | None
+    changes: tuple[str, ...]
+    problems: tuple[str, ...]
+
+    @property
+    def status(self) -> str:
+        if not self.compatible:
+            return "incompatible"
+        if not self.exists:
+            return "new"
+        return "compatible" if self.changes else "unchanged"
+
+    def line(self) -> str:
+        """One line for a user: what changed and the fix (incompatible) or the status."""
+        if self.compatible:
+            return f"{self.status}: {self.subject}" + (f" ({'; '.join(self.changes)})" if self.changes else "")
+        what = "; ".join(self.changes or self.problems) or "rejected by the registry"
+        return (
+            f"incompatible: {self.subject} ({self.level}, latest version {self.latest_version}): {what}. "
+            f"Fix: {fix_for(self)}"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "table": self.table,
+            "kind": self.kind,
+            "status": self.status,
+            "exists": self.exists,
+            "compatible": self.compatible,
+            "level": self.level,
+            "latest_version": self.latest_version,
+            "changes": list(self.changes),
+            "problems": list(self.problems),
+        }
+
+
+def fix_for(check: SubjectCheck) -> str:
+    text = " ".join(check.changes + check.problems)
+    if "removed" in text or "no default" in text:
+        return "keep the column (or make it nullable first and drop it in a later release) or relax the compatibility"
+    if "changed type" in text or "cannot be read" in text:
+        return "add a new column with the new type and backfill it instead of changing the type in place"
+    if "became required" in text:
+        return "keep the column nullable in the schema (e.g. keep it out of the key)"
+    return "make the change additive (new nullable columns) or register under a new topic"
+
+
+_TX_CONTROL = frozenset({"begin", "commit", "rollback", "end", "abort", "start"})
+_SQL_NOISE = re.compile(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(\$[A-Za-z0-9_]*\$).*?\1", re.S)
+
+
+def transaction_control_in(script: str) -> list[str]:
+    """Statements of `script` that would end the check's transaction (so the migration would really commit)."""
+    stripped = _SQL_NOISE.sub(" ", script)
+    found = []
+    for statement in stripped.split(";"):
+        words = statement.split()
+        if words and words[0].lower() in _TX_CONTROL:
+            found.append(" ".join(words[:2]).upper())
+    return found
+
+
+def derive_schemas(conn: psycopg.Connection[Any], source: PostgresSourceConfig) -> list[TableSchemas]:
+    """The key/value schemas the source would build now for every table its config selects.
+
+    Same selection (include/exclude patterns) and the same per-table options as the running source.
+    """
+    tables = resolve_tables(conn, source)
+    infos = describe_tables(conn, [(t.schema, t.table) for t in tables])
+    derived = []
+    for table in tables:
+        info = infos.get((table.schema, table.table))
+        if info is None:
+            continue
+        options = options_for(source, table)
+        derived.append(
+            build_table_schemas(
+                info,
+                topic=f"{source.topic_prefix}.{table.schema}.{table.table}",
+                topic_prefix=source.topic_prefix,
+                decimal_handling=source.decimal_handling,
+                skip_unsupported=options.skip_unsupported_columns,
+                columns_include=options.columns_include,
+                columns_exclude=options.columns_exclude,
+                key_columns=options.key_columns,
+            )
+        )
+    return derived
+
+
+def derive_schemas_after(
+    dsn: str, source: PostgresSourceConfig, migration: str | None, *, lock_timeout_ms: int = 5000
+) -> list[TableSchemas]:
+    """`derive_schemas` on the database as it is, or as it would be after `migration` (rolled back).
+
+    The migration really runs, inside one transaction that is always rolled back: it takes its locks
+    (bounded by `lock_timeout_ms`) and does its work (a table rewrite costs what it costs); run the check
+    against a staging copy when that matters.
+    """
+    if migration is not None:
+        control = transaction_control_in(migration)
+        if control:
+            raise ConfigError(
+                f"the migration controls its own transaction ({', '.join(control)}): it would commit for real",
+                hint="remove BEGIN/COMMIT/ROLLBACK from the file; the check wraps it in a rolled-back transaction",
+            )
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            try:
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_timeout_ms}ms")))
+                if migration is not None:
+                    try:
+                        conn.execute(migration.encode())
+                    except psycopg.Error as exc:
+                        raise ConfigError(
+                            f"the migration fails on the source database: {_first_line(exc)}",
+                            hint="fix the migration (it was rolled back)",
+                        ) from None
+                    if conn.info.transaction_status != TransactionStatus.INTRANS:
+                        raise ConfigError("the migration ended the check's transaction",
+                                          hint="remove transaction control statements from the file")  # fmt: skip
+                return derive_schemas(conn, source)
+            finally:
+                conn.rollback()
+    except psycopg.OperationalError as exc:
+        raise RetriableError(
+            f"cannot connect to the source database: {_first_line(exc)}",
+            hint="check `source.dsn` and that the server is running",
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def check_against_registry(registry: SchemaRegistry, derived: list[TableSchemas]) -> list[SubjectCheck]:
+    """Check each derived schema against its subject's latest version (a new subject is compatible)."""
+    checks = []
+    for table_schemas in derived:
+        pairs = [("key", table_schemas.key_schema), ("value", table_schemas.value_schema)]
+        for kind, schema in pairs:
+            if schema is None:
+                continue  # keyless table: records have a null key, no key subject
+            subject = f"{table_schemas.topic}-{kind}"
+            result = registry.check(subject, schema)
+            problems: list[str] = []
+            if result.latest_schema is not None and not result.compatible:
+                problems = problems_for(registry.compatibility, schema, [result.latest_schema])
+            checks.append(
+                SubjectCheck(
+                    subject=subject,
+                    table=table_schemas.table.qualified_name,
+                    kind=kind,
+                    exists=result.exists,
+                    compatible=result.compatible,
+                    level=result.level or registry.compatibility,
+                    latest_version=result.latest_version,
+                    changes=tuple(result.messages),
+                    problems=tuple(problems),
+                )
+            )
+    return checks

@@ -54,6 +54,7 @@ class CompatResult:
     messages: list[str] = field(default_factory=list)
     latest_version: int | None = None
     level: str | None = None
+    latest_schema: AvroSchema | None = None
 
 
 class SchemaNotFoundError(SchemaError):
@@ -221,7 +222,7 @@ class SchemaRegistry:
         version, current, _ = latest
         messages = describe_changes(current, schema)
         if current.text == schema.text:
-            return CompatResult(subject, True, True, [], version, self.compatibility)
+            return CompatResult(subject, True, True, [], version, self.compatibility, current)
         self._ensure_compatibility(subject)
         try:
             ok = bool(
@@ -235,4 +236,4 @@ class SchemaRegistry:
             )
         except SchemaRegistryError as exc:
             raise self._http_error(exc, f"testing compatibility of subject {subject}") from None
-        return CompatResult(subject, ok, True, messages, version, self.compatibility)
+        return CompatResult(subject, ok, True, messages, version, self.compatibility, current)
