@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from connector.records import Record
 from transforms.envelope import is_envelope, op_of, row_of, table_of
@@ -124,7 +125,8 @@ def _walk(value: Any, path: tuple[str, ...]) -> Any:
         if not isinstance(value, dict):
             return None
         value = value.get(segment)
-    return value
+    # The sink's decoder gives `uuid` fields as UUID objects; conditions compare them as text.
+    return str(value) if isinstance(value, UUID) else value
 
 
 def _header(record: Record, name: str) -> str | None:

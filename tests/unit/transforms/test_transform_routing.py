@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from uuid import UUID
 
 import pytest
 
 from connector.errors import ConfigError
-from tests.unit.transforms.transforms_support import ROW, event, run, tombstone
+from tests.unit.transforms.transforms_support import CHANGE_ID, ROW, event, run, tombstone
 from transforms.exceptions import TransformError
 from transforms.expression import ExpressionError, compile_condition, tokenize
 
@@ -137,6 +138,12 @@ def test_filter_bad_condition_names_the_column() -> None:
 )
 def test_condition_language(condition: str, expected: bool) -> None:
     assert compile_condition(condition)(event()) is expected
+
+
+def test_condition_compares_decoded_uuids_as_text() -> None:
+    record = event()
+    decoded = replace(record, value={**record.value, "after": {**ROW, "name": UUID(CHANGE_ID)}})
+    assert compile_condition(f"value.name == '{CHANGE_ID}'")(decoded)
 
 
 def test_condition_on_flat_rows_after_unwrap() -> None:
