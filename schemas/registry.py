@@ -19,7 +19,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from connector.config import SchemaRegistryConfig
-from connector.errors import ConnectorError, RetriableError, SchemaError
+from connector.errors import ConfigError, ConnectorError, RetriableError, SchemaError
 from connector.records import AvroSchema
 from schemas.compat import describe_changes
 
@@ -74,7 +74,16 @@ class SchemaRegistry:
         conf: dict[str, Any] = {"url": config.url, "timeout": 10, "max.retries": 2}
         if config.basic_auth_user_info is not None:
             conf["basic.auth.user.info"] = config.basic_auth_user_info.get_secret_value()
-        self._client = client or SchemaRegistryClient(conf)
+        if client is None:
+            try:
+                client = SchemaRegistryClient(conf)
+            except (ValueError, TypeError) as exc:
+                # The client's messages name settings, never their values.
+                raise ConfigError(
+                    f"schema registry settings for {self.url} are invalid: {exc}",
+                    hint="check `schema_registry.url` and `schema_registry.basic_auth_user_info`",
+                ) from None
+        self._client = client
         self._lock = threading.Lock()
         self._registered: dict[tuple[str, str], int] = {}
         self._by_id: dict[int, AvroSchema] = {}
