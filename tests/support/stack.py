@@ -4,8 +4,8 @@
 2. a live stack described by `.cdc/dev.env` at the repository root (or `$CDC_TEST_ENV_FILE`) whose services answer;
 3. a stack of our own (`connector.stack`) on free ports in a temporary directory, stopped at the end.
 
-Anything that prevents all three is a failure with its reason, never a skip. `CDC_TEST_BACKEND=containers`
-uses Docker containers instead (tests/support/containers.py).
+Anything that prevents all three is a failure with its reason, never a skip. `CDC_TEST_BACKEND=processes`
+goes straight to 3; `CDC_TEST_BACKEND=containers` uses Docker containers instead (tests/support/containers.py).
 """
 
 from __future__ import annotations
@@ -141,6 +141,10 @@ def resolve(env: Mapping[str, str] | None = None) -> Iterator[Stack]:
 
         with containers_stack() as in_containers:
             yield in_containers
+        return
+    if environment.get(BACKEND_VAR) == "processes":
+        with own_stack() as forced:
+            yield forced
         return
     stack = from_test_env(environment)
     if stack is not None:
