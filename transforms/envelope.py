@@ -92,7 +92,9 @@ ToastMap = Callable[[list[str]], list[str]]
 """Maps the envelope's `unchanged_toast` column names the way a transform maps row fields (rename, drop)."""
 
 
-def _plan_envelope(envelope: dict[str, Any], planner: RowPlanner, toast: ToastMap | None) -> Plan | None:
+def _plan_envelope(
+    envelope: dict[str, Any], planner: RowPlanner, toast: ToastMap | None, blank_toast: bool
+) -> Plan | None:
     registry = registry_of(envelope)
     row_name = envelope_row_name(envelope, registry)
     if row_name is None:
@@ -122,13 +124,19 @@ def _plan_envelope(envelope: dict[str, Any], planner: RowPlanner, toast: ToastMa
             field = {**field, "type": out if isinstance(declared, list) else out[0]}
         fields.append(field)
 
+    # Unchanged TOAST placeholders are not values: a converting transform sees null there (sinks skip them).
+    blankable = frozenset(f["name"] for f in registry[row_name]["fields"] if split_nullable(f["type"])[1])
+
     def convert_envelope(value: Any, record: Record) -> Any:
         if not isinstance(value, dict):
             return value
         out = dict(value)
+        unchanged = value.get("unchanged_toast") if blank_toast else None
         for name in ROW_FIELDS:
             row = value.get(name)
             if row is not None:
+                if unchanged and name == "after":
+                    row = {**row, **{column: None for column in unchanged if column in blankable}}
                 out[name] = convert(row, record)
         if toast is not None and value.get("unchanged_toast"):
             out["unchanged_toast"] = toast(value["unchanged_toast"])
@@ -137,11 +145,13 @@ def _plan_envelope(envelope: dict[str, Any], planner: RowPlanner, toast: ToastMa
     return Plan(AvroSchema.of({**envelope, "fields": fields}), convert_envelope)
 
 
-def plan_value(schema: AvroSchema, planner: RowPlanner, toast: ToastMap | None = None) -> Plan | None:
+def plan_value(
+    schema: AvroSchema, planner: RowPlanner, toast: ToastMap | None = None, blank_toast: bool = False
+) -> Plan | None:
     """The plan for a value schema: rows of an envelope, or the record itself."""
     definition = normalize(schema.definition)
     if is_envelope_schema(definition):
-        return _keep_text(schema, definition, _plan_envelope(definition, planner, toast))
+        return _keep_text(schema, definition, _plan_envelope(definition, planner, toast, blank_toast))
     return _keep_text(schema, definition, plan_record(definition, planner))
 
 
@@ -183,6 +193,9 @@ class FieldTransform(Transform):
     toast_columns: ToastMap | None = None
     """Set by transforms that rename or remove fields, so `unchanged_toast` keeps naming row fields."""
 
+    converts_values: bool = False
+    """True for transforms that parse values (cast, timestamp_convert): they see unchanged TOAST columns as null."""
+
     def apply(self, record: Record) -> Sequence[Record]:
         value, value_schema, key, key_schema = record.value, record.value_schema, record.key, record.key_schema
         changed = False
@@ -190,7 +203,8 @@ class FieldTransform(Transform):
             if value_schema in self._value_plans:
                 plan = self._value_plans[value_schema]
             else:
-                plan = self._value_plans[value_schema] = plan_value(value_schema, self.plan_row, self.toast_columns)
+                plan = plan_value(value_schema, self.plan_row, self.toast_columns, self.converts_values)
+                self._value_plans[value_schema] = plan
             if plan is not None:
                 value, value_schema, changed = plan.convert(value, record), plan.schema, True
         if self._on_key and key is not None and key_schema is not None:

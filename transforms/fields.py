@@ -368,6 +368,7 @@ def _caster(target: str, label: str, name: str) -> ValueMap:
 
 
 class Cast(FieldTransform):
+    converts_values = True
     def __init__(self, options: CastOptions, label: str) -> None:
         super().__init__(label, options.apply_to)
         self._spec = dict(options.spec)
@@ -413,6 +414,7 @@ _TARGET_TYPES: dict[str, Any] = {
 
 
 class TimestampConvert(FieldTransform):
+    converts_values = True
     def __init__(self, options: TimestampConvertOptions, label: str) -> None:
         super().__init__(label, options.apply_to)
         self.options = options

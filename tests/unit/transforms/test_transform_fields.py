@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -281,3 +282,15 @@ def test_dropping_the_field_that_defines_a_named_type_keeps_the_schema_valid() -
     assert field_type(out.value_schema, "last") == {"type": "enum", "name": "app.Status", "symbols": ["NEW", "DONE"]}
     [masked] = run([{"type": "mask", "fields": ["last"]}], record)
     assert masked.value["last"] == "NEW"  # an enum's first symbol
+
+
+def test_converting_transforms_see_unchanged_toast_columns_as_null() -> None:
+    record = event("u", before={**dict.fromkeys(ROW), "id": 7}, after={**ROW, "name": "__cdc_unavailable_value"})
+    record = replace(record, value={**record.value, "unchanged_toast": ["name"]})
+    [out] = run([{"type": "cast", "spec": {"name": "int32"}}], record)
+    assert out.value["after"]["name"] is None and out.value["unchanged_toast"] == ["name"]
+    with pytest.raises(TransformError, match="cannot cast field `name`"):
+        sent = replace(record, value={**record.value, "unchanged_toast": []})
+        run([{"type": "cast", "spec": {"name": "int32"}}], sent)
+    [masked] = run([{"type": "mask", "fields": ["name"], "mode": "hash", "salt": "s"}], record)
+    assert masked.value["after"]["name"] == hashlib.sha256(b"s__cdc_unavailable_value").hexdigest()  # sinks skip it
