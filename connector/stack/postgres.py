@@ -82,7 +82,13 @@ def require_bindir(*, install: bool = True) -> Path:
     """The server binaries; installed from Debian's packages when missing and running as root."""
     bindir = find_bindir()
     if bindir is None and install and os.geteuid() == 0 and shutil.which("apt-get"):
-        result = subprocess.run(["sh", "-c", INSTALL_COMMAND], capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            ["sh", "-c", INSTALL_COMMAND],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["?"])[-1]
             raise StackError(f"installing PostgreSQL failed: {last}", hint=f"run `{INSTALL_COMMAND}` by hand")

@@ -137,3 +137,16 @@ def test_a_foreign_dev_env_with_some_live_services_is_not_overwritten(tmp_path: 
         thread.join()
     assert processes.load_records(tmp_path) == {}
     assert env_file.read_text() == before
+
+
+def test_a_service_that_dies_while_starting_is_one_line_with_its_log_tail(tmp_path: Path) -> None:
+    log = tmp_path / "kafka.out"
+    script = "for i in $(seq 1 15); do echo line-$i; done; exit 3"
+    record = processes.start("kafka", ["sh", "-c", script], log=log, cwd=tmp_path, ports={"kafka": free_ports(1)[0]})
+    with pytest.raises(StackError) as caught:
+        control._wait_healthy(record, timeout=30)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("Apache Kafka exited with code 3 while starting")
+    assert str(log) in message
+    assert "line-15" in message and "line-6" in message and "line-5 " not in message + " "
