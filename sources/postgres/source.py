@@ -44,7 +44,13 @@ from sources.postgres.protocol import (
     pg_time_to_unix_us,
 )
 from sources.postgres.replication import CreatedSlot, ReplicationConnection
-from sources.postgres.selection import TableRef, resolve_tables, sync_publication
+from sources.postgres.selection import (
+    TableRef,
+    publication_exists,
+    publication_tables,
+    resolve_tables,
+    sync_publication,
+)
 from sources.postgres.slots import (
     SlotInUseError,
     SlotLostError,
@@ -90,6 +96,17 @@ class PostgresSource(Source):
                     problems.append(
                         Problem("source", "no table matches source.tables.include / exclude", "check the patterns")
                     )
+                publication = self._source.publication
+                if publication.mode == "existing":
+                    if not publication_exists(conn, publication.name):
+                        problems.append(
+                            Problem(
+                                "source",
+                                f"publication {publication.name!r} does not exist (publication.mode: existing)",
+                                f"CREATE PUBLICATION {publication.name} FOR TABLE ..., or set publication.mode: create",
+                            )
+                        )
+                    tables = publication_tables(conn, publication.name)
                 problems.extend(prerequisites.check_tables(conn, self._source, tables))
                 info = slot_info(conn, self._source.slot.name)
                 if info is not None and info.wal_status == "lost":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from pgsource_support import RunningSource, SourceEnv
 
@@ -24,7 +26,7 @@ def test_table_without_usable_key_is_reported_with_the_three_fixes(source_env: S
     for fix in ("add a primary key", "REPLICA IDENTITY FULL", "key_columns"):
         assert fix in problems[0].fix
     with pytest.raises(PrerequisiteError, match="no primary key"):
-        source.run(__import__("threading").Event())
+        source.run(threading.Event())
     # The third fix works: REPLICA IDENTITY FULL plus configured key columns.
     env.sql(f"ALTER TABLE {table} REPLICA IDENTITY FULL")
     fixed = PostgresSource(env.config(table_options={f"public.{table}": {"key_columns": ["a"]}}), TransformChain())
@@ -88,3 +90,13 @@ def test_a_vanished_slot_is_a_loud_error_and_never_recreated(source_env: SourceE
     with env.running(snapshot={"mode": "when_needed"}) as again:
         again.wait_ready()
         wait_for(lambda: env.slot_row() is not None, 10)
+
+
+def test_missing_existing_publication_is_reported(source_env: SourceEnv) -> None:
+    env = source_env
+    env.table("pub", "CREATE TABLE {t} (id int PRIMARY KEY)")
+    source = PostgresSource(env.config(publication={"name": env.publication, "mode": "existing"}), TransformChain())
+    problems = source.validate()
+    assert [p.message for p in problems] == [f"publication {env.publication!r} does not exist (publication.mode: existing)"]
+    with pytest.raises(PrerequisiteError, match="does not exist"):
+        source.run(threading.Event())
