@@ -97,6 +97,7 @@ def test_missing_existing_publication_is_reported(source_env: SourceEnv) -> None
     env.table("pub", "CREATE TABLE {t} (id int PRIMARY KEY)")
     source = PostgresSource(env.config(publication={"name": env.publication, "mode": "existing"}), TransformChain())
     problems = source.validate()
-    assert [p.message for p in problems] == [f"publication {env.publication!r} does not exist (publication.mode: existing)"]
+    expected = f"publication {env.publication!r} does not exist (publication.mode: existing)"
+    assert [p.message for p in problems] == [expected]
     with pytest.raises(PrerequisiteError, match="does not exist"):
         source.run(threading.Event())
