@@ -219,6 +219,8 @@ class TimestampRouterOptions(TransformOptions):
     @field_validator("format")
     @classmethod
     def _check_format(cls, value: str) -> str:
+        if re.search(r"[{}]", re.sub(r"\{[^{}]*\}", "", value)):
+            raise _invalid("unbalanced `{` or `}` (placeholders are `{topic}` and `{<date pattern>}`)")
         for piece in re.findall(r"\{([^{}]*)\}", value):
             if piece != "topic":
                 try:

@@ -116,3 +116,33 @@ def test_source_side_route_mask_unwrap_then_sink_side_rename_insert_on_envelopes
     assert after["customer_id"] == 7 and "id" not in after and after["email"] is None and after["origin"] == "eu"
     assert applied[1].value["before"]["customer_id"] == 7 and applied[1].value["after"] is None
     assert applied[1].key == {"customer_id": 7}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"type": "drop"}, r"\(drop\): option `fields`: Field required"),
+        ({"type": "drop", "fields": ["a"], "apply_to": "row"}, r"\(drop\): option `apply_to`: Input should be 'value'"),
+        ({"type": "keep", "fields": []}, r"\(keep\): option `fields`: List should have at least 1 item"),
+        ({"type": "rename", "renames": {"a": "b-c"}}, r"\(rename\): option `renames.a`: String should match pattern"),
+        ({"type": "hoist"}, r"\(hoist\): option `field`: Field required"),
+        ({"type": "hoist", "field": "f", "record_name": "a..b"}, r"\(hoist\): option `record_name`: String should"),
+        ({"type": "hoist", "field": "f", "apply_to": "both"}, r"\(hoist\): option `apply_to`: Input should be"),
+        ({"type": "extract_field", "field": "a.-b"}, r"\(extract_field\): option `field`: String should match pattern"),
+        ({"type": "value_to_key", "fields": []}, r"\(value_to_key\): option `fields`: List should have at least 1"),
+        ({"type": "flatten", "delimiter": ""}, r"\(flatten\): option `delimiter`: String should match pattern"),
+        ({"type": "outbox", "id_field": "1d"}, r"\(outbox\): option `id_field`: String should match pattern"),
+        ({"type": "unwrap", "add_fields": ["source."]}, r"\(unwrap\): option `add_fields.0`: String should match"),
+        ({"type": "unwrap", "prefix": "-"}, r"\(unwrap\): option `prefix`: String should match pattern"),
+        ({"type": "filter", "action": "maybe"}, r"\(filter\): option `action`: Input should be 'keep' or 'drop'"),
+        ({"type": "timestamp_router", "format": "{topic}-{yyyy"}, r"\(timestamp_router\): option `format`: unbalanced"),
+        ({"type": "timestamp_router", "format": "{topic}-{qq}"}, r"\(timestamp_router\): option `format`: unsupported"),
+        ({"type": "route_by_field", "field": "key.x", "on_missing": "x"}, r"\(route_by_field\): option `on_missing`"),
+        ({"type": "insert", "topic_field": "a", "offset_field": "a"}, r"\(insert\): the inserted field names"),
+        ({"type": "headers", "insert": {"a": 1}}, r"\(headers\): option `insert.a`: Input should be a valid string"),
+        ({"type": "python", "callable": "m:f", "extra": 1}, r"\(python\): option `extra`: Extra inputs are not"),
+    ],
+)
+def test_bad_options_of_every_transform(spec: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=r"^transforms\[0\] " + message):
+        build_chain([spec], side="source")
