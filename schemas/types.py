@@ -110,10 +110,11 @@ def output_text(column: str) -> sql.Composed:
 
     Use it in snapshot queries instead of `column::text`: the casts to text of `boolean` (`true`),
     `character(n)` (trailing spaces dropped) and `inet` (`/32` added) differ from the output function.
-    `format('%s', x)` calls the output function but turns NULL into '', hence the CASE.
+    `concat(x)` calls the output function but turns NULL into '', hence the CASE. (No `format('%s', x)`:
+    its `%` would be taken for a placeholder in a query with parameters.)
     """
     ident = sql.Identifier(column)
-    return sql.SQL("CASE WHEN {c} IS NOT NULL THEN format('%s', {c}) END").format(c=ident)
+    return sql.SQL("CASE WHEN {c} IS NOT NULL THEN concat({c}) END").format(c=ident)
 
 
 # ---------------------------------------------------------------------------------------------------------

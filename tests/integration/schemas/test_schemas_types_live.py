@@ -7,6 +7,7 @@ cannot agree with itself and still be wrong.
 
 from __future__ import annotations
 
+import random
 import struct
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ import pytest
 from psycopg import sql
 
 from connector.config import SchemaRegistryConfig
-from schemas.catalog import describe_tables
+from schemas.catalog import ColumnInfo, PgType, TableInfo, describe_tables
 from schemas.envelope import build_table_schemas, source_block
 from schemas.registry import SchemaRegistry
 from schemas.serde import Decoder, Encoder
@@ -28,6 +29,7 @@ from schemas.types import (
     SESSION_SETTINGS,
     TIMESTAMP_NEGATIVE_INFINITY,
     TIMESTAMP_POSITIVE_INFINITY,
+    column_codec,
     output_text,
     variable_scale_decimal,
 )
@@ -275,3 +277,50 @@ def test_every_type_survives_the_text_path(
                 assert got == native, where
             else:
                 raise AssertionError(f"no oracle {kind}")
+
+
+def test_random_intervals_and_timestamps_match_postgresql(source: tuple[psycopg.Connection[Any], str]) -> None:
+    """Thousands of random values: our interval text equals PostgreSQL's iso_8601 output, our epoch
+    micros equal PostgreSQL's own epoch arithmetic (BC, far future, a zone with a -03:30 offset)."""
+    conn, _ = source
+    rng = random.Random(20261123)
+    units = ["years", "mons", "days", "hours", "minutes", "seconds", "microseconds"]
+    literals = []
+    for _ in range(3000):
+        parts = [f"{rng.randint(-10**9, 10**9) if u == 'microseconds' else rng.randint(-10**5, 10**5)} {u}"
+                 for u in units if rng.random() < 0.5]  # fmt: skip
+        literals.append(" ".join(parts) or "0")
+    query = sql.SQL("SELECT {} FROM unnest(%s::interval[]) AS v").format(output_text("v"))
+    postgres_style = [r[0] for r in conn.execute(query, (literals,)).fetchall()]
+    conn.execute("SET IntervalStyle = iso_8601")
+    iso = [r[0] for r in conn.execute(query, (literals,)).fetchall()]
+    conn.execute("SET IntervalStyle = postgres")
+    interval = build_codec_for(conn, "interval")
+    assert [interval(text) for text in postgres_style] == iso
+
+    conn.execute("SET TimeZone = 'America/St_Johns'")
+    rows = conn.execute(
+        "SELECT format('%s', t), format('%s', t::timestamp), (extract(epoch FROM t) * 1000000)::bigint, "
+        "(extract(epoch FROM t::timestamp) * 1000000)::bigint, format('%s', t::date), t::date - DATE '1970-01-01' "
+        "FROM (SELECT TIMESTAMPTZ '4713-01-01 00:00:00+00 BC' + (i / 5000.0) * "
+        "(TIMESTAMPTZ '200000-01-01 00:00:00+00' - TIMESTAMPTZ '4713-01-01 00:00:00+00 BC') AS t "
+        "FROM generate_series(1, 5000) AS i) AS s"
+    ).fetchall()
+    timestamptz, timestamp, day = (build_codec_for(conn, t) for t in ("timestamptz", "timestamp", "date"))
+    for tz_text, ts_text, tz_micros, ts_micros, date_text, days in rows:
+        assert (timestamptz(tz_text), timestamp(ts_text), day(date_text)) == (tz_micros, ts_micros, days), tz_text
+
+
+def build_codec_for(conn: psycopg.Connection[Any], type_name: str) -> Callable[[str | None], Any]:
+    """The converter of a column of `type_name` (described by the live catalog)."""
+    row = conn.execute(
+        "SELECT t.oid, format_type(t.oid, NULL), t.typname, n.nspname, t.typcategory FROM pg_type t "
+        "JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = %s::regtype",
+        (type_name,),
+    ).fetchone()
+    assert row is not None
+    resolved = PgType(oid=row[0], name=row[1], typname=row[2], schema=row[3], kind="b", category=row[4])
+    column = ColumnInfo(name="c", attnum=1, type_oid=row[0], type_name=row[1], not_null=False, key_position=None,
+                        base_kind="b", resolved=resolved)  # fmt: skip
+    info = TableInfo(schema="s", name="t", oid=0, replica_identity="d", columns=(column,), has_primary_key=False)
+    return column_codec(info, column, decimal_handling=DecimalHandling.PRECISE).from_text
