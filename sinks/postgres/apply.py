@@ -254,6 +254,10 @@ class Applier:
             stage, sql.SQL(", ").join(map(sql.Identifier, columns))
         )
         pairs = list(zip(target.columns, target.converters, strict=True))
+        # The stage empties only at commit, and one transaction may merge several runs into the same
+        # table: rows staged by an earlier run must not be merged again (that would resurrect a row a
+        # later delete removed).
+        conn.execute(sql.SQL("TRUNCATE {}").format(stage))
         with conn.cursor() as cur, cur.copy(statement) as copy:
             for change, op, toast in rows:
                 image = change.row if change.row is not None else change.key or {}

@@ -113,13 +113,13 @@ def start_connector(config_path: Path, stack: Any, log_path: Path) -> subprocess
         CDC_KAFKA_BOOTSTRAP=stack.kafka_bootstrap,
         CDC_SCHEMA_REGISTRY_URL=stack.registry_url,
     )
-    log = log_path.open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "connector.cli", "--env-file", os.devnull, "run", str(config_path)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    with log_path.open("wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "connector.cli", "--env-file", os.devnull, "run", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
 
 def test_cdc_run_replicates_changes_and_stops_cleanly_on_sigterm(stack: Any, unique_name: Any, tmp_path: Path) -> None:
