@@ -34,8 +34,9 @@ _PRODUCER_DEFAULTS: dict[str, str | int | float | bool] = {
     "linger.ms": 10,
     "batch.size": 1_000_000,
     "batch.num.messages": 10_000,
-    "queue.buffering.max.messages": 500_000,
-    "queue.buffering.max.kbytes": 512 * 1024,
+    # The local queue bounds the source's memory: when it is full, reading WAL waits for acknowledgements.
+    "queue.buffering.max.messages": 200_000,
+    "queue.buffering.max.kbytes": 64 * 1024,
     "message.max.bytes": 8 * 1024 * 1024,
     # librdkafka skips a message whose delivery timed out "as if it never existed": we stop instead (see
     # DeliveryError), so a long timeout only delays that stop while brokers recover.

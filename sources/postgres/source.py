@@ -21,7 +21,7 @@ import psycopg
 from connector.checks import Problem
 from connector.config import ConnectorConfig
 from connector.delivery import KafkaDelivery, TxSlot
-from connector.errors import ConfigError, ConnectorError, PrerequisiteError, is_retriable
+from connector.errors import ConfigError, PrerequisiteError, is_retriable
 from connector.metrics import SNAPSHOT_ROWS, SOURCE_CONFIRMED_LSN, SOURCE_EVENTS, SOURCE_SLOT_LAG_BYTES
 from connector.positions import Lsn
 from connector.records import Record
@@ -158,9 +158,8 @@ class PostgresSource(Source):
                 try:
                     _Run(self, stop).execute()
                     return
-                except ConnectorError:
-                    raise
                 except Exception as exc:
+                    # One place decides what is worth retrying (connection loss, slot briefly busy...).
                     if not is_retriable(exc):
                         raise
                     self._ready.clear()
