@@ -23,6 +23,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from psycopg import sql
 
 from tests.support.helpers import wait_for
@@ -159,6 +161,19 @@ def test_source_and_sink_chains_through_the_real_pipeline(stack: Any, unique_nam
         wait_for(target_matches, 120, interval=0.5, what="the target to hold the transformed source rows")
         offsets = rows(stack.target_dsn, table, ["id", "kafka_offset"])
         assert all(offset is not None for _, offset in offsets)
+        # The topics are the routed ones, and what the registry holds is the unwrapped, masked row.
+        topics = set(AdminClient({"bootstrap.servers": stack.kafka_bootstrap}).list_topics(timeout=10).topics)
+        assert f"{name}.{table}" in topics
+        assert f"{name}.public.{table}" not in topics
+        with SchemaRegistryClient({"url": stack.registry_url}) as registry:
+            value_schema = json.loads(registry.get_latest_version(f"{name}.{table}-value").schema.schema_str)
+            key_schema = json.loads(registry.get_latest_version(f"{name}.{table}-key").schema.schema_str)
+        fields = {f["name"]: f for f in value_schema["fields"]}
+        assert value_schema["type"] == "record"
+        assert {"id", "email", "amount", "note", "__deleted"} <= set(fields)
+        assert not {"before", "after", "op", "source"} & set(fields)
+        assert fields["email"]["type"] in ("string", ["null", "string"])
+        assert [f["name"] for f in key_schema["fields"]] == ["id"]
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
         assert "Traceback" not in (tmp_path / "cdc.log").read_text(errors="replace")
