@@ -10,9 +10,9 @@ import json
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Discriminator, Field, SecretStr, Tag, ValidationError, model_validator
 
 from connector.config_loader import LoadedDocument, format_path, load_yaml, read_file
 from connector.errors import ConfigError
@@ -78,7 +78,10 @@ class ConnectorConfig(Section):
     source: PostgresSourceConfig | None = Field(None, description="PostgreSQL source.")
     kafka: KafkaConfig = Field(description="Kafka cluster.")
     schema_registry: SchemaRegistryConfig = Field(description="Schema Registry.")
-    transforms: list[TransformSpec] | TransformsBySide = Field(
+    transforms: Annotated[
+        Annotated[list[TransformSpec], Tag("list")] | Annotated[TransformsBySide, Tag("by_side")],
+        Discriminator(lambda v: "list" if isinstance(v, list) else "by_side"),
+    ] = Field(
         default_factory=list,
         description="Single-message transforms: a list (for the one side this config runs) or "
         "`{source: [...], sink: [...]}`.",
@@ -109,10 +112,13 @@ class ConnectorConfig(Section):
         return (self.sink.group_id if self.sink and self.sink.group_id else None) or f"cdc-{self.name}"
 
 
+_TAGS = {"list", "by_side"}
+
+
 def _describe(error: Mapping[str, Any], document: LoadedDocument) -> str:
     path = tuple(error["loc"])
     # pydantic puts union member names (`list[TransformSpec]`) into the path; drop them for users.
-    path = tuple(p for p in path if not (isinstance(p, str) and ("[" in p or p[:1].isupper())))
+    path = tuple(p for p in path if not (isinstance(p, str) and ("[" in p or p[:1].isupper() or p in _TAGS)))
     line = document.line_of(path)
     where = format_path(path) + (f" (line {line})" if line else "")
     kind = error["type"]
