@@ -73,6 +73,14 @@ _LONG_LOGICAL = frozenset({"time-micros", "timestamp-millis", "timestamp-micros"
                            "local-timestamp-micros"})  # fmt: skip
 
 
+def _full_name(avro: Mapping[str, Any], namespace: str | None) -> tuple[str, str | None]:
+    name = avro["name"]
+    if "." in name:
+        return name, name.rsplit(".", 1)[0]
+    ns = avro.get("namespace", namespace)
+    return (f"{ns}.{name}" if ns else name), ns
+
+
 class _Generator:
     def __init__(self, definition: Any) -> None:
         self.named: dict[str, Mapping[str, Any]] = {}
@@ -91,13 +99,6 @@ class _Generator:
         self.counter += 1
         return f"x{self.counter}"
 
-    def _full_name(self, avro: Mapping[str, Any], namespace: str | None) -> tuple[str, str | None]:
-        name = avro["name"]
-        if "." in name:
-            return name, name.rsplit(".", 1)[0]
-        ns = avro.get("namespace", namespace)
-        return (f"{ns}.{name}" if ns else name), ns
-
     def _lookup(self, name: str, namespace: str | None) -> Mapping[str, Any]:
         for candidate in ((f"{namespace}.{name}" if namespace and "." not in name else name), name):
             if candidate in self.named:
@@ -107,7 +108,7 @@ class _Generator:
     def _writer_for(self, avro: Any, namespace: str | None) -> str:
         """Name of a generated function `(out, v)` writing `avro` (only records get their own function)."""
         if isinstance(avro, Mapping) and avro.get("type") == "record":
-            full, ns = self._full_name(avro, namespace)
+            full, ns = _full_name(avro, namespace)
             if full in self.functions:
                 return self.functions[full]
             self.named[full] = avro
@@ -265,3 +266,169 @@ def compile_writer(definition: Any) -> Callable[[bytearray, Any], bytearray] | N
     exec(compile("\n\n".join(generator.sources), "<avro-writer>", "exec"), namespace)  # noqa: S102
     writer: Callable[[bytearray, Any], bytearray] = namespace[generator.entry]
     return writer
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Readers: the same idea for decoding. A generated reader returns exactly what fastavro's
+# `schemaless_reader` returns for the same (logical-type-stripped) schema; on malformed input it raises
+# IndexError/EOFError (truncated) or ValueError/UnicodeDecodeError/struct.error (corrupt).
+
+_UNPACK_FLOAT = struct.Struct("<f").unpack_from
+_UNPACK_DOUBLE = struct.Struct("<d").unpack_from
+
+
+def _varint_tail(buf: bytes, pos: int, first: int) -> tuple[int, int]:
+    n = first & 0x7F
+    shift = 7
+    b = first
+    while b & 0x80:
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+    return n, pos
+
+
+class _ReaderGenerator:
+    def __init__(self, definition: Any) -> None:
+        self.named: dict[str, Mapping[str, Any]] = {}
+        self.functions: dict[str, str] = {}
+        self.sources: list[str] = []
+        self.constants: dict[str, Any] = {}
+        self.counter = 0
+        self.entry = self._reader_for(definition, None)
+
+    def _const(self, value: Any) -> str:
+        name = f"_k{len(self.constants)}"
+        self.constants[name] = value
+        return name
+
+    def _var(self) -> str:
+        self.counter += 1
+        return f"y{self.counter}"
+
+    def _reader_for(self, avro: Any, namespace: str | None) -> str:
+        if isinstance(avro, Mapping) and avro.get("type") == "record":
+            full, ns = _full_name(avro, namespace)
+            if full in self.functions:
+                return self.functions[full]
+            self.named[full] = avro
+            fname = f"r{len(self.functions)}"
+            self.functions[full] = fname
+            lines = [f"def {fname}(buf, pos):", "    end = len(buf)"]
+            names = []
+            for field in avro["fields"]:
+                var = self._var()
+                names.append((field["name"], var))
+                self._emit(field["type"], var, lines, "    ", ns)
+            items = ", ".join(f"{name!r}: {var}" for name, var in names)
+            lines.append(f"    return {{{items}}}, pos")
+            self.sources.append("\n".join(lines))
+            return fname
+        fname = f"r{len(self.functions)}"
+        self.functions[f"<root {fname}>"] = fname
+        lines = [f"def {fname}(buf, pos):", "    end = len(buf)"]
+        self._emit(avro, "v", lines, "    ", namespace)
+        lines.append("    return v, pos")
+        self.sources.append("\n".join(lines))
+        return fname
+
+    def _lookup(self, name: str, namespace: str | None) -> Mapping[str, Any]:
+        for candidate in ((f"{namespace}.{name}" if namespace and "." not in name else name), name):
+            if candidate in self.named:
+                return self.named[candidate]
+        raise _Unsupported(f"unknown named type {name}")
+
+    @staticmethod
+    def _long(target: str, lines: list[str], ind: str) -> None:
+        lines.append(f"{ind}_b = buf[pos]")
+        lines.append(f"{ind}pos += 1")
+        lines.append(f"{ind}if _b & 0x80: _n, pos = _varint_tail(buf, pos, _b)")
+        lines.append(f"{ind}else: _n = _b")
+        lines.append(f"{ind}{target} = (_n >> 1) ^ -(_n & 1)")
+
+    def _sized(self, target: str, lines: list[str], ind: str, *, text: bool) -> None:
+        size = self._var()
+        self._long(size, lines, ind)
+        lines.append(f"{ind}if {size} < 0 or pos + {size} > end: raise EOFError")
+        lines.append(f"{ind}{target} = buf[pos:pos + {size}]" + (".decode()" if text else ""))
+        lines.append(f"{ind}pos += {size}")
+
+    def _emit(self, avro: Any, target: str, lines: list[str], ind: str, namespace: str | None) -> None:
+        if isinstance(avro, str) and avro not in _PRIMITIVES:
+            avro = self._lookup(avro, namespace)
+        if isinstance(avro, list):
+            index = self._var()
+            self._long(index, lines, ind)
+            keyword = "if"
+            for position, branch in enumerate(avro):
+                lines.append(f"{ind}{keyword} {index} == {position}:")
+                self._emit(branch, target, lines, ind + "    ", namespace)
+                keyword = "elif"
+            lines.append(f"{ind}else: raise ValueError('union index out of range')")
+            return
+        spec: Mapping[str, Any] = avro if isinstance(avro, Mapping) else {"type": avro}
+        kind = spec["type"]
+        if isinstance(kind, (Mapping, list)):
+            self._emit(kind, target, lines, ind, namespace)
+            return
+        logical = spec.get("logicalType")
+        if logical is not None and not (kind == "bytes" and logical == "decimal"):
+            raise _Unsupported(f"logical type {logical}")  # the decoder strips the ones it reads raw
+        if kind == "record":
+            fname = self._reader_for(spec, namespace)
+            lines.append(f"{ind}{target}, pos = {fname}(buf, pos)")
+        elif kind == "null":
+            lines.append(f"{ind}{target} = None")
+        elif kind == "boolean":
+            lines.append(f"{ind}{target} = buf[pos] != 0")
+            lines.append(f"{ind}pos += 1")
+        elif kind in ("int", "long"):
+            self._long(target, lines, ind)
+        elif kind in ("float", "double"):
+            unpack, size = ("_UNPACK_FLOAT", 4) if kind == "float" else ("_UNPACK_DOUBLE", 8)
+            lines.append(f"{ind}{target} = {unpack}(buf, pos)[0]")
+            lines.append(f"{ind}pos += {size}")
+        elif kind == "string":
+            self._sized(target, lines, ind, text=True)
+        elif kind == "bytes":
+            if logical == "decimal":
+                raw = self._var()
+                self._sized(raw, lines, ind, text=False)
+                lines.append(f"{ind}{target} = _read_decimal({raw}, {self._const(dict(spec))})")
+            else:
+                self._sized(target, lines, ind, text=False)
+        elif kind == "array":
+            count, item = self._var(), self._var()
+            lines.append(f"{ind}{target} = []")
+            lines.append(f"{ind}while True:")
+            self._long(count, lines, ind + "    ")
+            lines.append(f"{ind}    if {count} == 0: break")
+            lines.append(f"{ind}    if {count} < 0:")
+            lines.append(f"{ind}        {count} = -{count}")
+            self._long("_", lines, ind + "        ")  # block size in bytes: not needed
+            lines.append(f"{ind}    for _i in range({count}):")
+            self._emit(spec["items"], item, lines, ind + "        ", namespace)
+            lines.append(f"{ind}        {target}.append({item})")
+        else:
+            raise _Unsupported(str(kind))
+
+
+def compile_reader(definition: Any) -> Callable[[bytes, int], tuple[Any, int]] | None:
+    """A function `(buf, pos) -> (value, new pos)` decoding one value, or None if the schema is not supported."""
+    try:
+        generator = _ReaderGenerator(definition)
+    except _Unsupported:
+        return None
+    from fastavro.read import LOGICAL_READERS
+
+    namespace: dict[str, Any] = {
+        "_varint_tail": _varint_tail,
+        "_UNPACK_FLOAT": _UNPACK_FLOAT,
+        "_UNPACK_DOUBLE": _UNPACK_DOUBLE,
+        "_read_decimal": LOGICAL_READERS["bytes-decimal"],  # fastavro's own conversion: identical Decimals
+        **generator.constants,
+    }
+    exec(compile("\n\n".join(generator.sources), "<avro-reader>", "exec"), namespace)  # noqa: S102
+    reader: Callable[[bytes, int], tuple[Any, int]] = namespace[generator.entry]
+    return reader

@@ -1,8 +1,9 @@
 """Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro binary body (no container).
 
-`Encoder` keeps one parsed fastavro schema per schema text and one reused buffer, so encoding an event is
-one `schemaless_writer` call plus a header. `Decoder` resolves ids through the registry (cached) and turns
-every way a message can be malformed into a `PoisonMessageError` that says which way.
+`Encoder` and `Decoder` use a writer/reader generated per schema (schemas/codegen.py, same results as
+fastavro, about twice as fast for our union-heavy envelopes) and fastavro for anything else. `Decoder`
+resolves ids through the registry (cached) and turns every way a message can be malformed into a
+`PoisonMessageError` that says which way.
 
 Decoded values: temporal fields (`date`, `time-micros`, `timestamp-micros`, `local-timestamp-micros`) come
 back as the Avro integers and `uuid` strings as strings, not as Python objects: PostgreSQL values such as
@@ -21,7 +22,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from connector.errors import ConnectorError, PoisonMessageError
 from connector.records import AvroSchema
-from schemas.codegen import Fallback, compile_writer
+from schemas.codegen import Fallback, compile_reader, compile_writer
 
 if TYPE_CHECKING:
     from schemas.registry import SchemaRegistry
@@ -99,12 +100,13 @@ class Encoder:
 class Decoder:
     """Decodes Confluent wire-format messages; thread-safe (no shared buffers, caches under a lock)."""
 
-    def __init__(self, registry: SchemaRegistry) -> None:
+    def __init__(self, registry: SchemaRegistry, *, specialised: bool = True) -> None:
         self._registry = registry
+        self._specialised = specialised
         self._lock = threading.Lock()
-        self._by_id: dict[int, tuple[AvroSchema, Any]] = {}
+        self._by_id: dict[int, tuple[AvroSchema, Any, Any]] = {}
 
-    def _schema(self, schema_id: int) -> tuple[AvroSchema, Any]:
+    def _schema(self, schema_id: int) -> tuple[AvroSchema, Any, Any]:
         with self._lock:
             found = self._by_id.get(schema_id)
         if found is not None:
@@ -115,7 +117,9 @@ class Decoder:
             if exc.retriable:
                 raise
             raise PoisonMessageError(f"unknown schema id {schema_id}: {exc.message}", hint=exc.hint) from None
-        found = (schema, parse_schema(without_raw_logical_types(schema.definition)))
+        definition = without_raw_logical_types(schema.definition)
+        reader = compile_reader(definition) if self._specialised else None
+        found = (schema, parse_schema(definition), reader)
         with self._lock:
             self._by_id[schema_id] = found
         return found
@@ -132,7 +136,21 @@ class Decoder:
                 f"bad magic byte {data[0]:#04x}: not Confluent wire format",
                 hint="the producer did not use a schema-registry Avro serializer",
             )
-        schema, parsed = self._schema(schema_id)
+        schema, parsed, reader = self._schema(schema_id)
+        if reader is not None:
+            try:
+                value, end = reader(data if type(data) is bytes else bytes(data), HEADER_SIZE)
+            except (IndexError, EOFError, struct.error) as exc:
+                raise PoisonMessageError(
+                    f"truncated Avro body ({len(data) - HEADER_SIZE} bytes) for schema id {schema_id}"
+                ) from exc
+            except Exception as exc:  # ValueError (bad union index), UnicodeDecodeError, decimal errors
+                raise PoisonMessageError(f"corrupt Avro body for schema id {schema_id}: {type(exc).__name__}") from exc
+            if end != len(data):
+                raise PoisonMessageError(
+                    f"corrupt Avro body for schema id {schema_id}: {len(data) - end} bytes left after the value"
+                )
+            return value, schema, schema_id
         stream = io.BytesIO(data)
         stream.seek(HEADER_SIZE)
         try:

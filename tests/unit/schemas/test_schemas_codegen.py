@@ -13,9 +13,9 @@ import fastavro
 import pytest
 
 from connector.records import AvroSchema
-from schemas.codegen import compile_writer, zigzag
+from schemas.codegen import compile_reader, compile_writer, zigzag
 from schemas.envelope import build_table_schemas, source_block
-from schemas.serde import Encoder
+from schemas.serde import Encoder, without_raw_logical_types
 from sources.postgres.config import DecimalHandling
 from tests.unit.schemas.schemas_support import array_of, column, numeric_typmod, pg_type, table
 
@@ -140,3 +140,73 @@ def test_unsupported_schemas_are_not_compiled() -> None:
     assert compile_writer(["null", "int", "long"]) is None
     schema = AvroSchema.of({"type": "map", "values": "long"})
     assert Encoder().encode(1, schema, {"a": 1})[5:] == fastavro_bytes(schema, {"a": 1})
+
+
+def _nan_safe(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return "float-nan"
+    if isinstance(value, dict):
+        return {k: _nan_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_safe(v) for v in value]
+    return value
+
+
+def fastavro_read(definition: Any, data: bytes) -> tuple[Any, int]:
+    stream = io.BytesIO(data)
+    value = fastavro.schemaless_reader(stream, fastavro.parse_schema(definition), None)
+    return value, stream.tell()
+
+
+@pytest.mark.parametrize("handling", list(DecimalHandling))
+def test_generated_reader_returns_what_fastavro_returns(handling: DecimalHandling) -> None:
+    schemas = build_table_schemas(every_type_table(), topic="p.public.every", topic_prefix="p",
+                                  decimal_handling=handling)  # fmt: skip
+    definition = without_raw_logical_types(schemas.value_schema.definition)
+    parsed = fastavro.parse_schema(definition)
+    reader = compile_reader(definition)
+    assert reader is not None
+    rng = random.Random(7)
+    for round_ in range(200):
+        rows = [{c.field_name: random_value(c.avro, rng) for c in schemas.codecs} for _ in range(2)]
+        event = schemas.envelope(op="u", before=rows[0] if round_ % 2 else None, after=rows[1],
+                                 source=source_block(name="n", db="d", schema="public", table="every", ts_ms=1),
+                                 ts_ms=None, change_id=str(uuid.uuid4()), unchanged_toast=("x",))  # fmt: skip
+        data = b"\x00\x00\x00\x00\x01" + fastavro_bytes(schemas.value_schema, event)
+        value, end = reader(data, 5)
+        stream = io.BytesIO(data[5:])
+        expected = fastavro.schemaless_reader(stream, parsed, None)
+        assert _nan_safe(value) == _nan_safe(expected), f"round {round_}"
+        assert end == len(data)
+
+
+def test_generated_reader_fails_where_fastavro_fails() -> None:
+    """Random corruption: both readers fail, or both read the same value and stop at the same byte."""
+    schemas = build_table_schemas(every_type_table(), topic="p.public.every", topic_prefix="p")
+    definition = without_raw_logical_types(schemas.value_schema.definition)
+    reader = compile_reader(definition)
+    assert reader is not None
+    rng = random.Random(11)
+    agreed_failures = 0
+    for _ in range(400):
+        row = {c.field_name: random_value(c.avro, rng) for c in schemas.codecs}
+        event = schemas.envelope(op="c", before=None, after=row, ts_ms=1, change_id=str(uuid.uuid4()),
+                                 source=source_block(name="n", db="d", schema="p", table="t", ts_ms=1))  # fmt: skip
+        data = bytearray(fastavro_bytes(schemas.value_schema, event))
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            data = data[: rng.randrange(len(data))]
+        ours: Any
+        theirs: Any
+        try:
+            ours = reader(bytes(data), 0)
+        except Exception:
+            ours = "failed"
+        try:
+            theirs = fastavro_read(definition, bytes(data))
+        except Exception:
+            theirs = "failed"
+        assert _nan_safe(ours) == _nan_safe(theirs)
+        agreed_failures += ours == "failed"
+    assert agreed_failures > 50  # the corruption did exercise the failure paths
