@@ -69,6 +69,7 @@ class Feed:
     value_id: int = field(init=False)
     encoder: Encoder = field(default_factory=Encoder)
     change_ids: list[str] = field(default_factory=list)
+    live: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.refresh_schema()

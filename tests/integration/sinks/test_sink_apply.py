@@ -17,16 +17,16 @@ COLUMNS = """id bigint PRIMARY KEY, name text, amount numeric(12,2), tags text[]
 
 
 def mixed_ops(feed: Any, rng: random.Random, n: int) -> None:
-    live: list[int] = []
-    next_id = 1
+    """`n` random inserts, updates and deletes; repeated calls on one feed continue its key space."""
+    live: list[int] = feed.live
     for i in range(n):
+        next_id = len(feed.change_ids) + 1
         roll = rng.random()
         if roll < 0.45 or len(live) < 3:
             feed.insert(id=next_id, name=f"n{next_id}", amount=f"{rng.randint(0, 10**6) / 100:.2f}",
                         tags=["a", f"t{i}"], doc=f'{{"i": {i}}}', at="2024-05-06 07:08:09.123456+00",
                         day="2024-02-29", big="x" * rng.randint(0, 50))
             live.append(next_id)
-            next_id += 1
         elif roll < 0.85:
             key = rng.choice(live)
             feed.update({"id": key}, name=f"u{i}", amount=f"{rng.randint(0, 10**6) / 100:.2f}")
