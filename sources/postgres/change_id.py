@@ -53,6 +53,13 @@ class ChangeIds:
         """A streamed change: `{commit_lsn}:{lsn}:{ordinal}` (decimal), ordinal = position within its transaction."""
         return self._uuid5(f"{commit_lsn}:{lsn}:{ordinal}")
 
+    def key_change_delete(self, commit_lsn: int, lsn: int, ordinal: int) -> str:
+        """The delete half of an update that changed the row's key: `{commit_lsn}:{lsn}:{ordinal}:d`.
+
+        The create half keeps the update's own id.
+        """
+        return self._uuid5(f"{commit_lsn}:{lsn}:{ordinal}:d")
+
     def snapshot(self, consistent_point: int, schema: str, table: str, key: Sequence[Any]) -> str:
         """A snapshot row: `snapshot:{consistent_point}:{schema}.{table}:{key as canonical JSON}`.
 

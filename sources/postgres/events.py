@@ -123,40 +123,62 @@ class TableEvents:
         self, message: Insert | Update | Delete, *, lsn: int, commit_lsn: int, ordinal: int, xid: int, commit_ms: int
     ) -> list[Record]:
         schemas = self._schemas
-        change_id = self._ids.streamed(commit_lsn, lsn, ordinal)
-        before = after = None
-        unchanged: tuple[str, ...] = ()
+        texts = self._texts
+        cid = self._ids.streamed(commit_lsn, lsn, ordinal)
+        src = self._source(lsn, commit_lsn, xid, commit_ms, None)
         if type(message) is Insert:
-            op = "c"
-            after, _ = schemas.row(self._texts(message.new))
-            key = schemas.key(after)
-        elif type(message) is Update:
-            op = "u"
+            after, _ = schemas.row(texts(message.new))
+            return self._records("c", after=after, key=schemas.key(after), change_id=cid, source=src)
+        if type(message) is Update:
             new = message.new
             old = message.old
             if old is not None and not message.old_is_key_only and UNCHANGED_TOAST in new:
                 # REPLICA IDENTITY FULL: the old row has the full value of every unchanged TOASTed column.
                 new = tuple(o if n is UNCHANGED_TOAST else n for n, o in zip(new, old, strict=True))
-            after, unchanged = schemas.row(self._texts(new))
-            if old is not None:
-                before, _ = schemas.row(self._texts(old))
+            after, unchanged = schemas.row(texts(new))
             key = schemas.key(after)
-        else:
-            assert isinstance(message, Delete)
-            op = "d"
-            before, _ = schemas.row(self._texts(message.old))
-            key = schemas.key(before)
+            if old is None:
+                return self._records("u", after=after, key=key, unchanged=unchanged, change_id=cid, source=src)
+            before, _ = schemas.row(texts(old))
+            old_key = schemas.key(before)
+            if old_key == key:
+                return self._records(
+                    "u", before=before, after=after, key=key, unchanged=unchanged, change_id=cid, source=src
+                )
+            # The key changed: like Debezium, a delete of the old key (+ tombstone) and a create of the new one,
+            # so keyed consumers (compaction, sinks) drop the old row.
+            delete_id = self._ids.key_change_delete(commit_lsn, lsn, ordinal)
+            return [
+                *self._records("d", before=before, key=old_key, change_id=delete_id, source=src),
+                *self._records("c", after=after, key=key, unchanged=unchanged, change_id=cid, source=src.copy()),
+            ]
+        assert isinstance(message, Delete)
+        before, _ = schemas.row(texts(message.old))
+        return self._records("d", before=before, key=schemas.key(before), change_id=cid, source=src)
+
+    def _records(
+        self,
+        op: str,
+        *,
+        key: dict[str, Any] | None,
+        change_id: str,
+        source: dict[str, Any],
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+        unchanged: Sequence[str] = (),
+    ) -> list[Record]:
         self.last_op = op
         value: dict[str, Any] = {
             "before": before,
             "after": after,
-            "source": self._source(lsn, commit_lsn, xid, commit_ms, None),
+            "source": source,
             "op": op,
             "ts_ms": int(time.time() * 1000),
             "change_id": change_id,
             "unchanged_toast": list(unchanged),
         }
-        headers = (("change_id", change_id.encode()), ("source_lsn", f"{commit_lsn}:{lsn}".encode()))
+        position = f"{source['commit_lsn']}:{source['lsn']}"
+        headers = (("change_id", change_id.encode()), ("source_lsn", position.encode()))
         record = Record(self._topic, key, value, self._key_schema, self._value_schema, headers)
         if op == "d" and self._tombstones and key is not None:
             return [record, Record(self._topic, key, None, self._key_schema, None, headers)]

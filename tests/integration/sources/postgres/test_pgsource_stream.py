@@ -49,3 +49,18 @@ def test_changes_of_two_tables_stream_as_envelopes(source_env: SourceEnv) -> Non
     from connector.positions import Lsn
 
     assert Lsn.parse(row[2]).value >= events_b[1].value["source"]["commit_lsn"]
+
+
+def test_primary_key_update_becomes_delete_and_create(source_env: SourceEnv) -> None:
+    env = source_env
+    table = env.table("pk", "CREATE TABLE {t} (id int PRIMARY KEY, v text)")
+    with env.running(snapshot={"mode": "never"}) as source:
+        source.wait_ready()
+        env.sql(f"INSERT INTO {table} VALUES (1, 'a')")
+        env.sql(f"UPDATE {table} SET id = 2 WHERE id = 1")
+        events = env.read(env.topic(table), min_count=4)
+    shape = [(e.key, e.value["op"] if e.value else None) for e in events]
+    assert shape == [({"id": 1}, "c"), ({"id": 1}, "d"), ({"id": 1}, None), ({"id": 2}, "c")]
+    assert events[3].value["after"] == {"id": 2, "v": "a"}
+    assert events[1].change_id != events[3].change_id
+    assert events[1].value["source"]["lsn"] == events[3].value["source"]["lsn"]

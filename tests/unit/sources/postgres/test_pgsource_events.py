@@ -73,3 +73,18 @@ def test_snapshot_row_ids_come_from_point_and_key() -> None:
     assert record.value["op"] == "r" and record.value["source"]["snapshot"] == "last"
     assert record.value["source"]["lsn"] == record.value["source"]["commit_lsn"] == 500
     assert record.value["change_id"] == ChangeIds(namespace_for("1", "db")).snapshot(500, "public", "t", ["5"])
+
+
+def test_key_change_becomes_delete_tombstone_create() -> None:
+    message = Update(1, ("6", "hi"), ("5", None), True)
+    delete, tombstone, create = events().streamed(message, lsn=10, commit_lsn=20, ordinal=2, xid=1, commit_ms=0)
+    ids = ChangeIds(namespace_for("1", "db"))
+    assert (delete.key, delete.value["op"], delete.value["before"]["id"]) == ({"id": 5}, "d", 5)
+    assert delete.value["change_id"] == ids.key_change_delete(20, 10, 2)
+    assert tombstone.key == {"id": 5} and tombstone.value is None
+    assert (create.key, create.value["op"], create.value["after"]) == ({"id": 6}, "c", {"id": 6, "body": "hi"})
+    assert create.value["change_id"] == ids.streamed(20, 10, 2) != delete.value["change_id"]
+    # An update whose old key tuple equals the new key stays one update.
+    (same,) = events().streamed(Update(1, ("5", "x"), ("5", None), True), lsn=1, commit_lsn=2, ordinal=0, xid=1,
+                                commit_ms=0)  # fmt: skip
+    assert same.value["op"] == "u"
