@@ -65,6 +65,8 @@ class SnapshotTable:
     ref: TableRef
     columns: tuple[str, ...]
     order_by: tuple[str, ...]
+    row_filter: str | None = None
+    """The table's configured row filter (operator-written SQL, as in the publication)."""
 
 
 class SnapshotReader:
@@ -102,6 +104,8 @@ class SnapshotReader:
         assert self._conn is not None
         columns = sql.SQL(", ").join(map(sql.Identifier, table.columns))
         query = sql.SQL("SELECT {} FROM {}").format(columns, table.ref.identifier)
+        if table.row_filter:
+            query = sql.SQL("{} WHERE ({})").format(query, sql.SQL(table.row_filter))
         if table.order_by:
             query = sql.SQL("{} ORDER BY {}").format(query, sql.SQL(", ").join(map(sql.Identifier, table.order_by)))
         with self._conn.cursor(name=f"cdc_snapshot_{table.ref.table[:40]}") as cursor:

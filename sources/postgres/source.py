@@ -46,6 +46,7 @@ from sources.postgres.protocol import (
 from sources.postgres.replication import CreatedSlot, ReplicationConnection
 from sources.postgres.selection import (
     TableRef,
+    options_for,
     publication_exists,
     publication_tables,
     resolve_tables,
@@ -330,7 +331,8 @@ class _Run:
             for table in tables:
                 events = factory.for_table(table)
                 order_by = events.key_columns
-                plans.append((events, SnapshotTable(table, events.columns, order_by)))
+                row_filter = options_for(self.cfg, table).row_filter
+                plans.append((events, SnapshotTable(table, events.columns, order_by, row_filter)))
                 progress.tables[str(table)] = TableProgress(str(table), reader.estimate(table))
             reporter = ProgressReporter(progress)
             store.update_progress(self.slot, progress.as_dict())
