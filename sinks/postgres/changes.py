@@ -6,7 +6,8 @@ Two record shapes are understood:
   docs/event-format.md);
 - flat records, after a source-side `unwrap`: the value is the row, `change_id` comes from the header of that
   name, `(commit_lsn, lsn)` from the header `source_lsn` (`commit:lsn`, decimal); a null value (tombstone with a
-  key) or `__deleted == "true"` is a delete. Fields whose name starts with `__` are metadata, not columns.
+  key) or `__deleted == "true"` is a delete. Fields whose name starts with `__` (and carry no `pg.name`) are
+  metadata, not columns.
 
 A tombstone without a `change_id` header (the compaction marker the source writes after a delete whose envelope
 already carried the delete) changes nothing and yields no change.
@@ -175,8 +176,10 @@ def shape_of(value_schema: AvroSchema, key_schema: AvroSchema | None) -> Shape:
     columns = []
     for item in row.get("fields", ()):
         name = item.get("name")
-        if not isinstance(name, str) or name.startswith("__"):
+        if not isinstance(name, str):
             continue
+        if flat and name.startswith("__") and "pg.name" not in item:
+            continue  # metadata a transform added (`__deleted`, `__op`, ...), not a column
         where = f"{value_schema.name or 'value'}.{name}"
         resolved = {**item, "type": _resolve(item.get("type"), named)}
         column_name = item.get("pg.name") if isinstance(item.get("pg.name"), str) else name
