@@ -55,6 +55,7 @@ class SourceEnv:
     prefix: str
     tables: list[str] = field(default_factory=list)
     source_options: dict[str, Any] = field(default_factory=dict)
+    kafka_properties: dict[str, Any] = field(default_factory=dict)
     cleanup: list[str] = field(default_factory=list)
     """Statements run at `close()` after the tables are dropped (types, domains, roles)."""
 
@@ -105,7 +106,7 @@ class SourceEnv:
         return {
             "name": self.name,
             "source": merged,
-            "kafka": {"bootstrap_servers": self.stack.kafka_bootstrap},
+            "kafka": {"bootstrap_servers": self.stack.kafka_bootstrap, "properties": self.kafka_properties},
             "schema_registry": {"url": self.stack.registry_url},
             "server": {"enabled": False},
         }
