@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 from pgsource_support import SourceEnv
 
+from connector.positions import Lsn
+from tests.support.helpers import wait_for
+
 pytestmark = pytest.mark.integration
 
 
@@ -43,12 +46,9 @@ def test_changes_of_two_tables_stream_as_envelopes(source_env: SourceEnv) -> Non
     assert events_b[0].value["after"]["payload"] is not None
     assert events_b[1].key is None and events_b[1].value["op"] == "t"
 
-    # Everything acknowledged was confirmed: the slot is at or past the last commit.
-    row = env.slot_row()
-    assert row is not None
-    from connector.positions import Lsn
-
-    assert Lsn.parse(row[2]).value >= events_b[1].value["source"]["commit_lsn"]
+    # Everything acknowledged was confirmed (the final status update at stop): the slot is past the last commit.
+    last_commit = Lsn(events_b[1].value["source"]["commit_lsn"])
+    wait_for(lambda: Lsn.parse(env.slot_row()[2]) > last_commit, 10, what="the final confirmation")  # type: ignore[index]
 
 
 def test_primary_key_update_becomes_delete_and_create(source_env: SourceEnv) -> None:
@@ -64,3 +64,24 @@ def test_primary_key_update_becomes_delete_and_create(source_env: SourceEnv) -> 
     assert events[3].value["after"] == {"id": 2, "v": "a"}
     assert events[1].change_id != events[3].change_id
     assert events[1].value["source"]["lsn"] == events[3].value["source"]["lsn"]
+
+
+def test_idle_slot_advances_and_status_shows_lag(source_env: SourceEnv) -> None:
+    """Writes to tables the connector does not capture must not pin WAL: the slot follows the server."""
+    env = source_env
+    env.table("captured", "CREATE TABLE {t} (id int PRIMARY KEY)")
+    other = f"{env.name}x_uncaptured"  # outside the include pattern
+    env.sql(f"CREATE TABLE {other} (id int PRIMARY KEY, v text)")
+    env.cleanup.append(f"DROP TABLE IF EXISTS {other}")
+    with env.running(snapshot={"mode": "never"}) as source:
+        source.wait_ready()
+        env.sql(f"INSERT INTO {other} SELECT g, repeat('x', 100) FROM generate_series(1, 5000) g")
+        target = Lsn.parse(env.sql("SELECT pg_current_wal_lsn()::text")[0][0])
+        wait_for(lambda: Lsn.parse(env.slot_row()[2]) >= target, 60, what="the idle slot to advance")  # type: ignore[index]
+        status = wait_for(lambda: (s := source.source.status()).get("lag_bytes") is not None and s, 30)
+    assert status["state"] == "streaming" and status["slot"] == env.slot
+    assert Lsn.parse(status["confirmed_flush_lsn"]) >= target
+    assert isinstance(status["lag_bytes"], int)
+    stopped = source.source.status()
+    assert stopped["state"] == "stopped" and stopped["slot_state"] == "inactive"
+    assert stopped["snapshot"]["state"] == "skipped"
