@@ -1,6 +1,7 @@
 """Throughput of the event hot path for a 5-column table: text -> row, envelope encode, decode.
 
-Run: `python bench/serde_bench.py [N]`. Prints events/s per stage on one core; no services needed
+Run: `python bench/serde_bench.py [N]`. Prints events/s per stage on one core (best of 5 runs of N
+events); no services needed
 (the decoder's registry is a stand-in that knows one schema id).
 """
 
@@ -48,12 +49,15 @@ class _OneSchemaRegistry:
         return self.schema
 
 
-def _rate(label: str, n: int, body: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    body()
-    elapsed = time.perf_counter() - started
-    rate = n / elapsed
-    print(f"{label:<34} {rate:>12,.0f} events/s  ({elapsed * 1e6 / n:.2f} us/event)")
+def _rate(label: str, n: int, body: Callable[[], Any], repeats: int = 5) -> float:
+    """Best of `repeats` runs: the machine is shared, the best run is the least disturbed one."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        body()
+        best = min(best, time.perf_counter() - started)
+    rate = n / best
+    print(f"{label:<34} {rate:>12,.0f} events/s  ({best * 1e6 / n:.2f} us/event, best of {repeats})")
     return rate
 
 
@@ -111,4 +115,4 @@ def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20_000)

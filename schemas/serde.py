@@ -107,8 +107,7 @@ class Decoder:
         self._by_id: dict[int, tuple[AvroSchema, Any, Any]] = {}
 
     def _schema(self, schema_id: int) -> tuple[AvroSchema, Any, Any]:
-        with self._lock:
-            found = self._by_id.get(schema_id)
+        found = self._by_id.get(schema_id)  # entries are only ever added: a lock-free read is safe
         if found is not None:
             return found
         try:
@@ -136,7 +135,8 @@ class Decoder:
                 f"bad magic byte {data[0]:#04x}: not Confluent wire format",
                 hint="the producer did not use a schema-registry Avro serializer",
             )
-        schema, parsed, reader = self._schema(schema_id)
+        found = self._by_id.get(schema_id)
+        schema, parsed, reader = found if found is not None else self._schema(schema_id)
         if reader is not None:
             try:
                 value, end = reader(data if type(data) is bytes else bytes(data), HEADER_SIZE)
