@@ -132,10 +132,10 @@ def _parse_bytea(text: str) -> bytes:
 
 
 def _parse_bytea_escape(text: str) -> bytes:
-    # bytea_output = escape: printable bytes as is, `\\` for a backslash, `\ooo` octal for the rest.
+    # bytea_output = escape: printable ASCII as is, `\\` for a backslash, `\ooo` octal for other bytes.
+    raw = text.encode()
     out = bytearray()
     i = 0
-    raw = text.encode("latin-1", errors="strict") if text.isascii() else text.encode()
     n = len(raw)
     while i < n:
         b = raw[i]
