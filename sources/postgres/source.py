@@ -229,6 +229,10 @@ class _Run:
                 )
             elif created is None and self.cfg.snapshot.mode is SnapshotMode.INITIAL_ONLY:
                 log.info("snapshot of slot %s is complete (snapshot.mode: initial_only): nothing to do", self.slot)
+                repl.close()
+                repl = None
+                if slot_info(conn, self.slot) is not None:
+                    drop_slot(conn, self.slot)  # left behind by a stop between the snapshot's end and its drop
                 return
             if self.stop.is_set():
                 self._finish(delivery, repl, Lsn.INVALID)
@@ -298,6 +302,10 @@ class _Run:
         return self._create(repl, store, snapshot=snapshot)
 
     def _create(self, repl: ReplicationConnection, store: StateStore, *, snapshot: bool) -> CreatedSlot:
+        if snapshot:
+            # Recorded before the slot exists: a crash right after CREATE_REPLICATION_SLOT must not leave a slot
+            # that the next start would adopt as if its snapshot were done.
+            store.put(self.slot, Lsn.INVALID, "running")
         try:
             created = repl.create_slot(self.slot, export_snapshot=snapshot)
         except psycopg.errors.DuplicateObject as exc:

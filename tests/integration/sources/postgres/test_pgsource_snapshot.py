@@ -124,3 +124,31 @@ def test_snapshot_ids_are_stable_and_interrupted_snapshot_restarts(source_env: S
 def int_lsn(text: str) -> int:
     high, low = text.split("/")
     return (int(high, 16) << 32) | int(low, 16)
+
+
+def test_initial_only_reads_once_and_leaves_no_slot(source_env: SourceEnv) -> None:
+    env = source_env
+    table = env.table("once", "CREATE TABLE {t} (id int PRIMARY KEY)")
+    env.sql(f"INSERT INTO {table} SELECT g FROM generate_series(1, 100) g")
+    for _ in range(2):
+        with env.running(snapshot={"mode": "initial_only"}) as source:
+            source.join_error(120)
+        assert env.slot_row() is None
+    events = env.read(env.topic(table), min_count=100)
+    assert sorted(e.key["id"] for e in events) == list(range(1, 101))  # read once: the second run did nothing
+    assert env.sql("SELECT snapshot_state FROM cdc.source_state WHERE slot_name = %s", (env.slot,)) == [("done",)]
+
+
+def test_a_crash_between_bookkeeping_and_slot_creation_snapshots_again(source_env: SourceEnv) -> None:
+    env = source_env
+    table = env.table("crash", "CREATE TABLE {t} (id int PRIMARY KEY)")
+    env.sql(f"INSERT INTO {table} SELECT g FROM generate_series(1, 10) g")
+    with env.running(snapshot={"mode": "never"}) as source:  # creates cdc.source_state if needed
+        source.wait_ready()
+    env.drop_slot()
+    env.sql("UPDATE cdc.source_state SET snapshot_state = 'running', consistent_point = '0/0' WHERE slot_name = %s",
+            (env.slot,))  # fmt: skip
+    with env.running(snapshot={"mode": "initial"}) as source:
+        source.wait_ready()
+    events = env.read(env.topic(table), min_count=10)
+    assert sorted(e.key["id"] for e in events) == list(range(1, 11))
