@@ -56,6 +56,7 @@ _TIMESTAMP_MIN_FINITE = TIMESTAMP_NEGATIVE_INFINITY + 1
 
 PG_TYPE = "pg.type"
 PG_NAME = "pg.name"
+PG_NOT_NULL = "pg.not_null"
 PG_ENUM_LABELS = "pg.enum.labels"
 CONNECT_NAME = "connect.name"
 
@@ -100,6 +101,9 @@ class ColumnCodec:
         if self.nullable:
             field["default"] = None
         field[PG_TYPE] = self.column.type_name
+        if self.column.not_null and self.nullable:
+            # The column is NOT NULL even though the field is optional (see docs/types.md, Nullability).
+            field[PG_NOT_NULL] = True
         if self.field_name != self.column.name:
             field[PG_NAME] = self.column.name
         return field

@@ -59,6 +59,8 @@ CASES: list[tuple[str, dict[str, Any], str, Any]] = [
     ("oid", {}, "4294967295", 4294967295),
     ("bool", {}, "t", True),
     ("bool", {}, "f", False),
+    ("bool", {}, "true", True),  # `col::text` spelling
+    ("bool", {}, "false", False),
     ("text", {}, "héllo\nworld", "héllo\nworld"),
     ("varchar", {}, "", ""),
     ("bpchar", {}, "ab  ", "ab  "),
@@ -302,7 +304,11 @@ def test_toast_placeholders_and_nullability() -> None:
     assert numeric_key.nullable
     assert numeric_key.placeholder is None
     # Non-key columns are nullable even when NOT NULL: deletes under REPLICA IDENTITY DEFAULT send only the key.
-    assert codec_for("int4", not_null=True).nullable
+    not_null = codec_for("int4", not_null=True)
+    assert not_null.nullable
+    assert not_null.field["pg.not_null"] is True
+    assert "pg.not_null" not in codec_for("int4").field
+    assert "pg.not_null" not in codec_for("int4", not_null=True, key=True).field
 
 
 def test_field_names_are_avro_names() -> None:
