@@ -81,9 +81,16 @@ class Applier:
         """Resolve, create or evolve every destination table and its stage; split changes into runs."""
         runs: list[_Run] = []
         by_table: dict[TableName, list[Change]] = {}
+        names: dict[tuple[str, str, str], TableName] = {}
         for change in changes:
-            by_table.setdefault(destination_of(change, self._config), []).append(change)
-        targets: dict[tuple[TableName, Shape], TargetTable | None] = {}
+            source = (change.topic, change.source_schema, change.source_table)
+            table = names.get(source)
+            if table is None:
+                table = names[source] = destination_of(change, self._config)
+            by_table.setdefault(table, []).append(change)
+        # Keyed by the shape's identity: shapes are cached per schema, and hashing one per change is costly.
+        targets: dict[tuple[TableName, int], TargetTable | None] = {}
+        shapes: list[Shape] = []
         for table in sorted(by_table):
             current: _Run | None = None
             for change in by_table[table]:
@@ -96,8 +103,9 @@ class Applier:
                     runs.append(run)
                     current = None
                     continue
-                key = (table, change.shape)
+                key = (table, id(change.shape))
                 if key not in targets:
+                    shapes.append(change.shape)  # keeps the id valid for this call
                     targets[key] = self._tables.target(conn, table, change.shape)
                     found = targets[key]
                     if found is not None:
@@ -189,8 +197,8 @@ class Applier:
             first.setdefault(change.change_id, change)
         if not first:
             return set()
-        # Sorted ids make concurrent sinks take the ledger's index locks in one order: no deadlock between them.
-        ids = sorted(first)
+        ids = list(first)
+        # ORDER BY: concurrent sinks take the ledger's index locks in one order, so they never deadlock.
         rows = conn.execute(
             """INSERT INTO cdc.applied_changes (change_id, topic, partition, "offset")
                SELECT * FROM unnest(%b::uuid[], %b::text[], %b::int[], %b::bigint[]) ORDER BY 1
@@ -201,6 +209,7 @@ class Applier:
                 [first[i].partition for i in ids],
                 [first[i].offset for i in ids],
             ),
+            binary=True,
         ).fetchall()
         returned = {r[0] for r in rows}
         return {cid for cid, change in first.items() if cid in returned and change is not None}

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -111,6 +111,9 @@ class ColumnType:
 _DATE_INFINITY = 2**31 - 1
 _TS_INFINITY = 2**63 - 1
 _MICROS_PER_DAY = 86_400_000_000
+# Python's datetime covers years 1..9999; beyond that (and BC) the converters write PostgreSQL text.
+_PY_MIN_MICROS = -62_135_596_800_000_000
+_PY_MAX_MICROS = 253_402_300_799_999_999
 
 
 def _civil(days: int) -> str:
@@ -149,15 +152,19 @@ def _days(value: Any) -> Any:
 def _epoch(scale: int, *, zone: bool) -> Converter:
     """Integer time since the epoch in 1/scale seconds -> timestamp text (exact, any range, infinities)."""
     suffix = "+00" if zone else ""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC if zone else None)
 
     def convert(value: Any) -> Any:
-        if not isinstance(value, int) or isinstance(value, bool):
+        if type(value) is not int:
             return value
+        micros = value * 1_000_000 // scale
+        if _PY_MIN_MICROS <= micros <= _PY_MAX_MICROS:
+            # Fast path: psycopg dumps a datetime in C; the text path below covers every other value.
+            return epoch + timedelta(microseconds=micros)
         if value == _TS_INFINITY:
             return "infinity"
         if value == -_TS_INFINITY - 1:
             return "-infinity"
-        micros = value * 1_000_000 // scale
         days, rest = divmod(micros, _MICROS_PER_DAY)
         text = _civil(days)
         bc = text.endswith(" BC")

@@ -1,0 +1,266 @@
+"""Sink throughput: rows/s applied, batch latency and RSS, for narrow and wide rows, insert- and upsert-heavy.
+
+    python bench/sink_bench.py --rows 200000 [--batch 5000] [--e2e]
+
+Reads the endpoints from the environment (CDC_TARGET_DSN, and for --e2e CDC_KAFKA_BOOTSTRAP and
+CDC_SCHEMA_REGISTRY_URL; `.cdc/dev.env` holds them for the local stack).
+
+1. apply: `Applier.apply` on prepared changes (ledger insert + COPY into the stage + merge + offsets, one
+   transaction per batch) - the destination side alone; compared with a per-row `executemany` upsert.
+2. --e2e: envelopes produced to Kafka, then a PostgresSink consumes, decodes and applies them; rows/s from the
+   first to the last applied offset (includes Kafka consume and Avro decoding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from connector.records import AvroSchema, Record
+from sinks.postgres.apply import Applier
+from sinks.postgres.changes import Change, to_changes
+from sinks.postgres.config import PostgresSinkConfig
+from sinks.postgres.state import ensure_state
+from sinks.postgres.tables import TableManager
+
+
+def load_env() -> None:
+    path = Path(__file__).resolve().parents[1] / ".cdc" / "dev.env"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                key, _, value = line.partition("=")
+                os.environ.setdefault(key.strip(), value.strip())
+
+
+def schemas(table: str, wide: bool) -> tuple[AvroSchema, AvroSchema]:
+    fields: list[dict[str, Any]] = [{"name": "id", "type": "long", "pg.type": "bigint"}]
+    extra = 30 if wide else 4
+    for i in range(extra):
+        kind = i % 4
+        if kind == 0:
+            fields.append({"name": f"s{i}", "type": ["null", "string"], "pg.type": "text"})
+        elif kind == 1:
+            fields.append({"name": f"n{i}", "type": ["null", "long"], "pg.type": "bigint"})
+        elif kind == 2:
+            fields.append({"name": f"d{i}", "type": ["null", {"type": "bytes", "logicalType": "decimal",
+                                                              "precision": 12, "scale": 2}],
+                           "pg.type": "numeric(12,2)"})
+        else:
+            fields.append({"name": f"t{i}", "type": ["null", {"type": "long", "logicalType": "timestamp-micros"}],
+                           "pg.type": "timestamp with time zone"})
+    ns = f"bench.public.{table}"
+    value = {"type": "record", "name": "Value", "namespace": ns, "fields": fields}
+    envelope = {
+        "type": "record", "name": "Envelope", "namespace": ns,
+        "fields": [
+            {"name": "before", "type": ["null", value]},
+            {"name": "after", "type": ["null", f"{ns}.Value"]},
+            {"name": "source", "type": {"type": "record", "name": "Source", "fields": [
+                {"name": "schema", "type": "string"}, {"name": "table", "type": "string"},
+                {"name": "lsn", "type": ["null", "long"]}, {"name": "commit_lsn", "type": ["null", "long"]}]}},
+            {"name": "op", "type": "string"},
+            {"name": "ts_ms", "type": ["null", "long"]},
+            {"name": "change_id", "type": {"type": "string", "logicalType": "uuid"}},
+            {"name": "unchanged_toast", "type": {"type": "array", "items": "string"}},
+        ],
+    }
+    key = {"type": "record", "name": "Key", "namespace": ns, "fields": [fields[0]]}
+    return AvroSchema.of(envelope), AvroSchema.of(key)
+
+
+def row(i: int, version: int, wide: bool) -> dict[str, Any]:
+    from decimal import Decimal
+
+    out: dict[str, Any] = {"id": i}
+    for c in range(30 if wide else 4):
+        kind = c % 4
+        if kind == 0:
+            out[f"s{c}"] = f"value {i} {version} {c}"
+        elif kind == 1:
+            out[f"n{c}"] = i * 1000 + version
+        elif kind == 2:
+            out[f"d{c}"] = Decimal(i % 100000) / 100
+        else:
+            out[f"t{c}"] = 1_700_000_000_000_000 + i
+    return out
+
+
+def envelope(table: str, i: int, version: int, lsn: int, wide: bool) -> dict[str, Any]:
+    return {
+        "before": None, "after": row(i, version, wide),
+        "source": {"schema": "public", "table": table, "lsn": lsn, "commit_lsn": lsn + 1},
+        "op": "c" if version == 0 else "u", "ts_ms": 0, "change_id": str(uuid.uuid4()), "unchanged_toast": [],
+    }
+
+
+def make_changes(table: str, n: int, wide: bool, upsert_heavy: bool, lsn0: int) -> list[Change]:
+    value_schema, key_schema = schemas(table, wide)
+    keys = max(n // 10, 1) if upsert_heavy else n
+    out: list[Change] = []
+    for j in range(n):
+        i = j % keys
+        value = envelope(table, i, j // keys, lsn0 + 2 * j, wide)
+        record = Record(f"bench.public.{table}", {"id": i}, value, key_schema, value_schema,
+                        partition=0, offset=j)
+        out.extend(to_changes(record))
+    return out
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_apply(dsn: str, n: int, batch: int, wide: bool, upsert_heavy: bool) -> dict[str, Any]:
+    table = f"bench_{uuid.uuid4().hex[:8]}"
+    config = PostgresSinkConfig.model_validate({"dsn": dsn, "topics": ["x"]})
+    applier = Applier(config, "bench", TableManager(config))
+    built = time.perf_counter()
+    changes = make_changes(table, n, wide, upsert_heavy, 1000)
+    build_s = time.perf_counter() - built
+    latencies = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ensure_state(conn)
+        applier.apply(conn, changes[:1], {})  # create the table outside the measurement
+        started = time.perf_counter()
+        for start in range(1, n, batch):
+            chunk = changes[start : start + batch]
+            t0 = time.perf_counter()
+            applier.apply(conn, chunk, {(f"bench.public.{table}", 0): start + len(chunk)})
+            latencies.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - started
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+    return {
+        "case": f"apply {'wide(31)' if wide else 'narrow(5)'} {'upsert' if upsert_heavy else 'insert'}-heavy",
+        "rows_per_s": round((n - 1) / elapsed),
+        "batch_p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "batch_max_ms": round(max(latencies) * 1000, 1),
+        "to_changes_per_s": round(n / build_s),
+        "rss_mib": round(rss_mib()),
+    }
+
+
+def bench_executemany(dsn: str, n: int, batch: int) -> dict[str, Any]:
+    """The alternative path: one INSERT ... ON CONFLICT per row via executemany (pipelined by psycopg)."""
+    table = f"bench_{uuid.uuid4().hex[:8]}"
+    ident = sql.Identifier(table)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, s0 text, n1 bigint, d2 numeric(12,2), "
+                             "t3 timestamptz, __cdc_commit_lsn bigint, __cdc_lsn bigint)").format(ident))
+        statement = sql.SQL(
+            "INSERT INTO {t} AS t VALUES (%s, %s, %s, %s, to_timestamp(%s), %s, %s) ON CONFLICT (id) DO UPDATE SET "
+            "s0 = EXCLUDED.s0, n1 = EXCLUDED.n1, d2 = EXCLUDED.d2, t3 = EXCLUDED.t3, "
+            "__cdc_commit_lsn = EXCLUDED.__cdc_commit_lsn, __cdc_lsn = EXCLUDED.__cdc_lsn "
+            "WHERE (t.__cdc_commit_lsn, t.__cdc_lsn) < (EXCLUDED.__cdc_commit_lsn, EXCLUDED.__cdc_lsn)"
+        ).format(t=ident)
+        rows = [(i, f"value {i}", i, i % 1000, 1_700_000_000 + i, 2 * i + 1, 2 * i) for i in range(n)]
+        started = time.perf_counter()
+        for start in range(0, n, batch):
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(statement, rows[start : start + batch])
+        elapsed = time.perf_counter() - started
+        conn.execute(sql.SQL("DROP TABLE {}").format(ident))
+    return {"case": "executemany narrow(5) insert-heavy (no ledger)", "rows_per_s": round(n / elapsed)}
+
+
+def bench_e2e(n: int, batch: int, wide: bool) -> dict[str, Any]:
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from connector.config import ConnectorConfig, SchemaRegistryConfig
+    from schemas.registry import SchemaRegistry
+    from schemas.serde import Encoder
+    from sinks.postgres import PostgresSink
+    from transforms.base import TransformChain
+
+    bootstrap, registry_url = os.environ["CDC_KAFKA_BOOTSTRAP"], os.environ["CDC_SCHEMA_REGISTRY_URL"]
+    dsn = os.environ["CDC_TARGET_DSN"]
+    table = f"bench_{uuid.uuid4().hex[:8]}"
+    topic = f"bench.public.{table}"
+    for future in AdminClient({"bootstrap.servers": bootstrap}).create_topics([NewTopic(topic, 1, 1)]).values():
+        future.result(30)
+    value_schema, key_schema = schemas(table, wide)
+    client = SchemaRegistryClient({"url": registry_url})
+    registry = SchemaRegistry(SchemaRegistryConfig(url=registry_url), client=client)
+    value_id = registry.register(f"{topic}-value", value_schema)
+    key_id = registry.register(f"{topic}-key", key_schema)
+    encoder = Encoder()
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000})
+    for j in range(n):
+        value = envelope(table, j, 0, 1000 + 2 * j, wide)
+        producer.produce(topic, key=encoder.encode(key_id, key_schema, {"id": j}),
+                         value=encoder.encode(value_id, value_schema, value))
+        if j % 10000 == 0:
+            producer.poll(0)
+    producer.flush(60)
+    client.close()
+    config = ConnectorConfig.model_validate({
+        "name": f"bench-{table}", "kafka": {"bootstrap_servers": bootstrap},
+        "schema_registry": {"url": registry_url},
+        "sink": {"dsn": dsn, "topics": [topic], "batch": {"max_records": batch, "max_wait_ms": 500}},
+    })
+    sink = PostgresSink(config, TransformChain())
+    stop = threading.Event()
+    thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        thread.start()
+        first = last = None
+        while True:
+            exists = conn.execute("SELECT to_regclass('cdc.sink_offsets') IS NOT NULL").fetchone()
+            found = None
+            if exists and exists[0]:
+                found = conn.execute("SELECT next_offset FROM cdc.sink_offsets WHERE group_id = %s AND topic = %s",
+                                     (config.group_id, topic)).fetchone()
+            now = time.perf_counter()
+            if found and first is None:
+                first = (now, found[0])
+            if found and found[0] >= n:
+                last = (now, found[0])
+                break
+            if not thread.is_alive():
+                raise SystemExit("sink stopped")
+            time.sleep(0.05)
+        stop.set()
+        thread.join(60)
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+    assert first is not None and last is not None
+    rate = (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
+    return {"case": f"e2e kafka->pg {'wide(31)' if wide else 'narrow(5)'} insert-heavy",
+            "rows_per_s": round(rate), "rss_mib": round(rss_mib())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--e2e", action="store_true", help="also measure Kafka -> sink -> PostgreSQL")
+    args = parser.parse_args()
+    load_env()
+    dsn = os.environ["CDC_TARGET_DSN"]
+    results = [
+        bench_apply(dsn, args.rows, args.batch, wide=False, upsert_heavy=False),
+        bench_apply(dsn, args.rows, args.batch, wide=False, upsert_heavy=True),
+        bench_apply(dsn, args.rows // 4, args.batch, wide=True, upsert_heavy=False),
+        bench_apply(dsn, args.rows // 4, args.batch, wide=True, upsert_heavy=True),
+        bench_executemany(dsn, min(args.rows, 50_000), args.batch),
+    ]
+    if args.e2e:
+        results.append(bench_e2e(args.rows, args.batch, wide=False))
+        results.append(bench_e2e(args.rows // 4, args.batch, wide=True))
+    for result in results:
+        print("  ".join(f"{k}={v}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    main()
