@@ -41,6 +41,7 @@ class PgType:
     category: str
     element: PgType | None = None
     enum_labels: tuple[str, ...] = ()
+    element_typmod: int = -1  # an array of a domain: the domain's typmod, which applies to the elements
 
     @property
     def is_builtin(self) -> bool:
@@ -185,7 +186,10 @@ class _TypeResolver:
             if row.typmod != -1:
                 typmod = row.typmod
             row = self._rows[row.basetype]
-        return self._resolve(row.oid), typmod, not_null
+        resolved = self._resolve(row.oid)
+        if typmod == -1 and resolved.kind == KIND_ARRAY:
+            typmod = resolved.element_typmod
+        return resolved, typmod, not_null
 
     def declared_kind(self, oid: int) -> str:
         row = self._rows[oid]
@@ -199,10 +203,11 @@ class _TypeResolver:
             return cached
         row = self._rows[oid]
         element = None
+        element_typmod = -1
         kind = row.typtype
         if row.category == "A" and row.elem:
             kind = KIND_ARRAY
-            element, _, _ = self.unwrap(row.elem, -1)
+            element, element_typmod, _ = self.unwrap(row.elem, -1)
         resolved = PgType(
             oid=row.oid,
             name=row.name,
@@ -212,6 +217,7 @@ class _TypeResolver:
             category=row.category,
             element=element,
             enum_labels=row.labels,
+            element_typmod=element_typmod,
         )
         self._cache[oid] = resolved
         return resolved

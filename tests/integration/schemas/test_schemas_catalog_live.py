@@ -38,7 +38,7 @@ def test_describe_tables(schema: tuple[psycopg.Connection[Any], str]) -> None:
     run(conn, s, "CREATE DOMAIN {s}.big_amount AS {s}.amount")
     run(conn, s, """CREATE TABLE {s}."Mixed Case" (
         b text, a int, gone int, c {s}.big_amount, d {s}.mood[], e {s}.mood, f varchar(20)[],
-        g numeric(7,3)[], h int GENERATED ALWAYS AS (a * 2) STORED, i int[],
+        g numeric(7,3)[], h int GENERATED ALWAYS AS (a * 2) STORED, i int[], j {s}.amount[],
         PRIMARY KEY (b, a) INCLUDE (f))""")
     run(conn, s, 'ALTER TABLE {s}."Mixed Case" DROP COLUMN gone')
     run(conn, s, "CREATE TABLE {s}.by_index (x int NOT NULL, y int NOT NULL, z text)")
@@ -57,7 +57,7 @@ def test_describe_tables(schema: tuple[psycopg.Connection[Any], str]) -> None:
     assert mixed.has_primary_key and mixed.replica_identity == "d"
     assert mixed.key_columns == ("b", "a")  # key order, not table order; INCLUDE columns are not key columns
     cols = {c.name: c for c in mixed.columns}
-    assert [c.name for c in mixed.columns] == ["b", "a", "c", "d", "e", "f", "g", "h", "i"]  # dropped column gone
+    assert [c.name for c in mixed.columns] == ["b", "a", "c", "d", "e", "f", "g", "h", "i", "j"]  # dropped column gone
     assert (cols["b"].key_position, cols["a"].key_position, cols["f"].key_position) == (1, 2, None)
     assert cols["b"].not_null and cols["b"].toastable and not cols["a"].toastable
     c = cols["c"]
@@ -73,6 +73,8 @@ def test_describe_tables(schema: tuple[psycopg.Connection[Any], str]) -> None:
     assert cols["g"].typmod == ((7 << 16) | 3) + 4
     assert cols["h"].generated and not cols["i"].generated
     assert cols["i"].type_name == "integer[]"
+    j = cols["j"]  # an array of a domain: elements unwrapped, the domain's typmod applies to them
+    assert j.element is not None and j.element.typname == "numeric" and j.typmod == ((12 << 16) | 2) + 4
 
     by_index = found[(s, "by_index")]
     assert (by_index.has_primary_key, by_index.replica_identity, by_index.key_columns) == (False, "i", ("y", "x"))
