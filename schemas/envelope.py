@@ -65,9 +65,6 @@ SOURCE_SCHEMA: dict[str, Any] = {
     CONNECT_NAME: SOURCE_RECORD_NAME,
 }
 
-OPS: Final = frozenset({"c", "u", "d", "r", "t"})
-
-
 def source_block(
     *,
     name: str,

@@ -1,7 +1,7 @@
 """PostgreSQL column type -> Avro field type, and the converter from PostgreSQL's text output to that value.
 
-pgoutput (text mode) and a snapshot's `SELECT col::text` both hand us values in PostgreSQL's text output
-format; `column_codec` picks, once per column, a converter that turns that text into the Python value
+pgoutput (text mode) and a snapshot's `SELECT {output_text(col)}` both hand us values in PostgreSQL's text
+output format; `column_codec` picks, once per column, a converter that turns that text into the Python value
 fastavro writes. Converters are plain closures with fast paths (`int`, `float`, `str` passthrough) because
 they run once per column per row. The mapping table, sentinels and every lossy corner are in docs/types.md.
 
