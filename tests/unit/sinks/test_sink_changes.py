@@ -1,0 +1,154 @@
+"""Records -> changes (envelopes and flat records), collapsing per key, names and config checks."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from connector.errors import ConfigError, PoisonMessageError
+from connector.records import AvroSchema, Record
+from sinks.postgres.changes import collapse, split_at_truncates, to_changes
+from sinks.postgres.config import PostgresSinkConfig, parse_duration
+from sinks.postgres.tables import check_identifier, destination_of
+
+pytestmark = pytest.mark.unit
+
+VALUE = {
+    "type": "record", "name": "Value", "namespace": "p.s.t",
+    "fields": [
+        {"name": "id", "type": "int", "pg.type": "integer"},
+        {"name": "v", "type": ["null", "string"], "pg.type": "text"},
+        {"name": "Odd_name", "type": ["null", "string"], "pg.type": "text", "pg.name": "Odd name"},
+    ],
+}
+ENVELOPE = AvroSchema.of({
+    "type": "record", "name": "Envelope", "namespace": "p.s.t",
+    "fields": [
+        {"name": "before", "type": ["null", VALUE]},
+        {"name": "after", "type": ["null", "p.s.t.Value"]},
+        {"name": "source", "type": {"type": "record", "name": "Source", "fields": []}},
+        {"name": "op", "type": "string"},
+        {"name": "change_id", "type": {"type": "string", "logicalType": "uuid"}},
+        {"name": "unchanged_toast", "type": {"type": "array", "items": "string"}},
+    ],
+})
+KEY = AvroSchema.of({"type": "record", "name": "Key", "namespace": "p.s.t",
+                     "fields": [{"name": "id", "type": "int", "pg.type": "integer"}]})
+FLAT = AvroSchema.of({**VALUE, "fields": [*VALUE["fields"], {"name": "__deleted", "type": "string"}]})
+
+
+def envelope(op: str, key: int, v: str | None, lsn: int, toast: tuple[str, ...] = ()) -> Record:
+    row = {"id": key, "v": v, "Odd_name": "o"}
+    value = {
+        "before": row if op == "d" else None, "after": None if op in "dt" else row,
+        "source": {"schema": "s", "table": "t", "lsn": lsn, "commit_lsn": lsn + 1},
+        "op": op, "change_id": str(uuid.uuid4()), "unchanged_toast": list(toast),
+    }
+    return Record("p.s.t", None if op == "t" else {"id": key}, value, None if op == "t" else KEY, ENVELOPE,
+                  partition=0, offset=lsn)
+
+
+def test_envelope_becomes_a_change_with_position_and_column_names() -> None:
+    [change] = to_changes(envelope("u", 7, "x", 100, toast=("Odd name",)))
+    assert change.op == "u"
+    assert change.position == (101, 100)
+    assert (change.source_schema, change.source_table) == ("s", "t")
+    assert change.row == {"id": 7, "v": "x", "Odd name": "o"}
+    assert change.key == {"id": 7}
+    assert change.unchanged_toast == frozenset({"Odd name"})
+    assert change.shape.key == ("id",)
+
+
+def headers(change_id: str, position: str = "5:4") -> tuple[tuple[str, bytes], ...]:
+    return (("change_id", change_id.encode()), ("source_lsn", position.encode()))
+
+
+def test_flat_records_take_identity_and_position_from_headers() -> None:
+    cid = str(uuid.uuid4())
+    record = Record("p.s.t", {"id": 1}, {"id": 1, "v": "a", "Odd_name": None, "__deleted": "true"}, KEY, FLAT,
+                    headers=headers(cid, "10:9"), partition=0, offset=3)
+    [change] = to_changes(record)
+    assert change.op == "d"
+    assert change.change_id == uuid.UUID(cid)
+    assert change.position == (10, 9)
+    assert "__deleted" not in change.shape.names
+
+
+def test_tombstones_delete_only_with_a_change_id() -> None:
+    assert to_changes(Record("p.s.t", {"id": 1}, None, KEY, None, partition=0, offset=1)) == []
+    cid = str(uuid.uuid4())
+    [change] = to_changes(Record("p.s.t", {"id": 1}, None, KEY, None, headers=headers(cid), partition=0, offset=1))
+    assert (change.op, change.key, change.shape.key_only) == ("d", {"id": 1}, True)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        Record("p.s.t", {"id": 1}, {"id": 1, "v": "a"}, KEY, FLAT, partition=0, offset=1),  # no change_id header
+        Record("p.s.t", {"id": 1}, {"id": 1}, KEY, FLAT, headers=(("change_id", b"not-a-uuid"),
+                                                                   ("source_lsn", b"1:1")), partition=0, offset=1),
+        Record("p.s.t", {"id": 1}, {"id": 1}, KEY, FLAT, headers=(("change_id", str(uuid.uuid4()).encode()),
+                                                                   ("source_lsn", b"x")), partition=0, offset=1),
+    ],
+)
+def test_malformed_records_are_poison(record: Record) -> None:
+    with pytest.raises(PoisonMessageError):
+        to_changes(record)
+
+
+def test_collapse_keeps_the_last_change_per_key_and_fills_unchanged_toast() -> None:
+    changes = [c for r in (envelope("c", 1, "a", 10), envelope("u", 1, None, 20, toast=("v",)),
+                           envelope("c", 2, "b", 30), envelope("d", 2, "b", 40)) for c in to_changes(r)]
+    last = collapse(changes)
+    assert [(c.key, c.op) for c in last] == [({"id": 1}, "u"), ({"id": 2}, "d")]
+    assert last[0].row is not None and last[0].row["v"] == "a"
+    assert last[0].unchanged_toast == frozenset()
+
+
+def test_truncates_split_runs() -> None:
+    changes = [c for r in (envelope("c", 1, "a", 10), envelope("t", 0, None, 20), envelope("c", 2, "b", 30))
+               for c in to_changes(r)]
+    segments = split_at_truncates(changes)
+    assert [([c.op for c in run], end.op if end else None) for run, end in segments] == [
+        (["c"], "t"), (["c"], None)]
+
+
+@pytest.mark.parametrize("name", ["x" * 64, "é" * 32, "a\x00b", ""])
+def test_names_postgres_cannot_keep_exactly_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError):
+        check_identifier(name, "table")
+
+
+def test_hostile_but_valid_names_pass_unchanged() -> None:
+    for name in ['Robert"); DROP TABLE x;--', "select", "ünï 表", "x" * 63]:
+        assert check_identifier(name, "table") == name
+
+
+def config(**values: Any) -> PostgresSinkConfig:
+    return PostgresSinkConfig.model_validate({"dsn": "postgresql://x", "topics": ["p.s.t"], **values})
+
+
+def test_destination_names_from_format_or_map() -> None:
+    [change] = to_changes(envelope("c", 1, "a", 10))
+    assert str(destination_of(change, config(table_name_format="{schema}_{table}"))) == "public.s_t"
+    mapped = config(table_map={"p.s.t": "Other"}, target_schema="replica")
+    assert (destination_of(change, mapped).schema, destination_of(change, mapped).name) == ("replica", "Other")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"topics": []}, {"table_name_format": "{nope}"}, {"errors": {"tolerance": "all"}},
+     {"dedupe": {"retention": "7 weeks"}}, {"retry": {"initial_backoff_ms": 10, "max_backoff_ms": 5}}],
+)
+def test_config_mistakes_are_rejected(values: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        config(**values)
+
+
+def test_durations() -> None:
+    assert parse_duration("7d").total_seconds() == 7 * 86400
+    assert parse_duration("30m").total_seconds() == 1800
+    assert parse_duration("500ms").total_seconds() == 0.5

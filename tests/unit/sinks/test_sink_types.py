@@ -1,0 +1,122 @@
+"""Avro field -> destination column type, type widening rules, and value conversion for COPY."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from connector.errors import SchemaError
+from sinks.postgres.types import PgType, column_type, holds
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["integer", "numeric(10,2)", "character varying(20)", "timestamp(3) with time zone", "text[]",
+     "time without time zone", "double precision", '"char"', "numeric", "bit varying(5)"],
+)
+def test_builtin_types_round_trip(text: str) -> None:
+    parsed = PgType.parse(text)
+    assert parsed is not None
+    assert str(parsed) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["integer); DROP TABLE x;--", "mood", "public.mood", "interval year to month", "numeric(10,2", "",
+     "integer[] ; select 1"],
+)
+def test_anything_else_is_not_spliced_into_ddl(text: str) -> None:
+    assert PgType.parse(text) is None
+
+
+def t(text: str) -> PgType:
+    parsed = PgType.parse(text)
+    assert parsed is not None
+    return parsed
+
+
+@pytest.mark.parametrize(
+    ("have", "want", "expected"),
+    [
+        ("bigint", "integer", True),
+        ("integer", "bigint", False),
+        ("numeric(12,2)", "numeric(10,2)", True),
+        ("numeric(10,2)", "numeric(10,3)", False),
+        ("numeric", "bigint", True),
+        ("text", "character varying(20)", True),
+        ("character varying(10)", "character varying(20)", False),
+        ("double precision", "real", True),
+        ("integer[]", "integer", False),
+        ("text", "integer", False),
+    ],
+)
+def test_holds(have: str, want: str, expected: bool) -> None:
+    assert holds(t(have), t(want)) is expected
+
+
+def test_pg_type_property_wins_and_nullability_follows_the_union() -> None:
+    column = column_type({"name": "a", "type": ["null", "string"], "pg.type": "character varying(20)"}, "x")
+    assert str(column.pg_type) == "character varying(20)"
+    assert column.nullable
+    assert not column_type({"name": "a", "type": "long"}, "x").nullable
+
+
+@pytest.mark.parametrize(
+    ("avro", "expected"),
+    [
+        ({"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}, "numeric(10,2)"),
+        ({"type": "long", "logicalType": "timestamp-micros"}, "timestamp with time zone"),
+        ({"type": "long", "logicalType": "local-timestamp-micros"}, "timestamp without time zone"),
+        ({"type": "string", "logicalType": "uuid"}, "uuid"),
+        ({"type": "string", "connect.name": "io.debezium.data.Json"}, "jsonb"),
+        ({"type": "array", "items": ["null", "long"]}, "bigint[]"),
+        ({"type": "enum", "name": "E", "symbols": ["a"]}, "text"),
+        ({"type": "int", "logicalType": "date", "connect.name": "io.debezium.time.Date"}, "date"),
+    ],
+)
+def test_avro_mapping_without_pg_type(avro: object, expected: str) -> None:
+    assert str(column_type({"name": "a", "type": avro}, "x").pg_type) == expected
+
+
+def test_union_of_decimal_and_string_maps_to_numeric() -> None:
+    decimal = {"type": "bytes", "logicalType": "decimal", "precision": 5, "scale": 1}
+    column = column_type({"name": "a", "type": ["null", decimal, "string"]}, "x")
+    assert str(column.pg_type) == "numeric(5,1)"
+
+
+def test_a_null_only_field_is_refused() -> None:
+    with pytest.raises(SchemaError):
+        column_type({"name": "a", "type": "null"}, "x")
+
+
+def convert(avro: object, value: object) -> object:
+    column = column_type({"name": "a", "type": avro}, "x")
+    return column.convert(value) if column.convert else value
+
+
+def test_temporal_values_convert_exactly_including_infinities_and_far_years() -> None:
+    ts = {"type": "long", "logicalType": "timestamp-micros"}
+    assert convert(ts, 0) == datetime(1970, 1, 1, tzinfo=UTC)
+    assert convert(ts, 2**63 - 1) == "infinity"
+    assert convert(ts, -(2**63)) == "-infinity"
+    # Expected texts as PostgreSQL prints these instants (checked with psql).
+    assert convert(ts, 146_000_000 * 86_400_000_000) == "401704-06-04 00:00:00.000000+00"
+    assert convert(ts, -62_200_000_000_000_000) == "0003-12-17 14:13:20.000000+00 BC"
+    date = {"type": "int", "logicalType": "date"}
+    assert convert(date, 0) == "1970-01-01"
+    assert convert(date, 2**31 - 1) == "infinity"
+    assert convert(date, -719_529) == "0002-12-31 BC"
+    time = {"type": "long", "logicalType": "time-micros"}
+    assert convert(time, 86_400_000_000) == "24:00:00.000000"
+
+
+def test_variable_scale_decimal_and_json_values() -> None:
+    vsd = {"type": "record", "name": "VariableScaleDecimal", "connect.name": "io.debezium.data.VariableScaleDecimal",
+           "fields": [{"name": "scale", "type": "int"}, {"name": "value", "type": "bytes"}]}
+    assert convert(vsd, {"scale": 2, "value": (-12345).to_bytes(2, "big", signed=True)}) == Decimal("-123.45")
+    assert convert(vsd, "NaN") == "NaN"
+    assert convert({"type": "map", "values": "long"}, {"a": 1}) == '{"a":1}'
