@@ -8,6 +8,7 @@ so nothing from a schema is spliced into DDL unchecked.
 
 from __future__ import annotations
 
+import decimal
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -187,10 +188,14 @@ def _micro_duration(value: Any) -> Any:
     return timedelta(microseconds=value) if isinstance(value, int) else value
 
 
+_EXACT = decimal.Context(prec=decimal.MAX_PREC)
+
+
 def _variable_decimal(value: Any) -> Any:
     if isinstance(value, Mapping) and "scale" in value and "value" in value:
         unscaled = int.from_bytes(value["value"], "big", signed=True)
-        return Decimal(unscaled).scaleb(-int(value["scale"]))
+        # The default context rounds to 28 digits; an unconstrained numeric may hold far more.
+        return Decimal(unscaled).scaleb(-int(value["scale"]), _EXACT)
     return value
 
 
