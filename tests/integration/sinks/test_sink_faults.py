@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 
 import pytest
@@ -14,6 +15,7 @@ from tests.integration.sinks.conftest import (
     caught_up,
     kill,
     log_end,
+    run_until_caught_up,
     start_process,
     stored_offsets,
     table_texts,
@@ -98,3 +100,55 @@ def test_two_groups_into_one_target_apply_each_change_once(env: Env) -> None:
         rows = table_texts(env.target, sql.Identifier(feed.table), list(feed.schemas.column_names), ["id"])
         assert rows == feed.expected()
         assert ledger_count(env, feed.change_ids) == len(feed.change_ids)
+
+
+def test_rebalance_within_one_group_loses_and_doubles_nothing(env: Env) -> None:
+    rng = random.Random(13)
+    feed = env.feed(COLUMNS, partitions=4)
+    data = env.config([feed.topic])
+    data["sink"]["batch"] = {"max_records": 20, "max_wait_ms": 20}
+    config = to_config(data)
+    first = RunningSink(config)
+    second: RunningSink | None = None
+    try:
+        for round_number in range(6):
+            mixed_ops(feed, rng, 150)
+            env.flush()
+            if round_number == 2:
+                second = RunningSink(config)  # joins the group: partitions move while batches are in flight
+            time.sleep(0.5)
+        ends = log_end(env.stack.kafka_bootstrap, [feed.topic])
+        wait_until(lambda: caught_up(env.target, config.group_id, ends), 180, "the group to catch up", first.alive)
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+    assert first.error is None and (second is None or second.error is None)
+    rows = table_texts(env.target, sql.Identifier(feed.table), list(feed.schemas.column_names), ["id"])
+    assert rows == feed.expected()
+    assert ledger_count(env, feed.change_ids) == len(feed.change_ids)
+
+
+def test_pruned_ledger_replay_is_stopped_by_the_lsn_guard(env: Env) -> None:
+    from datetime import timedelta
+
+    from sinks.postgres.state import LedgerPruner
+
+    rng = random.Random(17)
+    feed = env.feed(COLUMNS, partitions=2)
+    mixed_ops(feed, rng, 300)
+    run_until_caught_up(env, env.config([feed.topic], delete_handling="soft"), [feed.topic])
+    before = env.target.execute(sql.SQL("SELECT t::text FROM {} t ORDER BY id").format(
+        sql.Identifier(feed.table))).fetchall()
+    # Age only this test's ledger rows, then prune with the default retention.
+    env.target.execute("UPDATE cdc.applied_changes SET applied_at = now() - interval '30 days' WHERE topic = %s",
+                       (feed.topic,))
+    stop = threading.Event()
+    pruned = LedgerPruner(env.stack.target_dsn, timedelta(days=7), 60, 100, stop).prune_once()
+    assert pruned >= len(feed.change_ids)
+    assert ledger_count(env, feed.change_ids) == 0
+
+    run_until_caught_up(env, env.config([feed.topic], delete_handling="soft"), [feed.topic])
+    after = env.target.execute(sql.SQL("SELECT t::text FROM {} t ORDER BY id").format(
+        sql.Identifier(feed.table))).fetchall()
+    assert after == before
