@@ -11,6 +11,7 @@ import pytest
 from tests.support.stack import Stack, StackUnavailable, resolve
 
 _PREFIX = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+_used: list[Stack] = []
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +23,7 @@ def stack() -> Iterator[Stack]:
     """
     try:
         with resolve() as found:
+            _used.append(found)
             yield found
     except StackUnavailable as exc:
         pytest.fail(f"no stack for integration tests: {exc}", pytrace=False)
@@ -37,3 +39,9 @@ def unique_name() -> Callable[[str], str]:
         return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
     return make
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which services the integration tests ran against (a live stack, variables, or their own)."""
+    for found in _used:
+        terminalreporter.write_line(f"integration stack: {found.origin}")
