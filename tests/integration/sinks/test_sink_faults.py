@@ -35,8 +35,10 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(env: Env) -> None:
     topics = [f.topic for f in feeds]
     data = env.config(topics)
     data["sink"]["batch"] = {"max_records": 20, "max_wait_ms": 50}
-    # A killed member holds its partitions until its session times out: keep that short for the test.
-    data["sink"]["consumer_properties"] = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
+    # A killed member holds its partitions until its session times out; a static member that comes back under
+    # the same instance id takes them over at once.
+    data["sink"]["consumer_properties"] = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
+                                           "group.instance.id": env.unique_name("member")}
     group = to_config(data).group_id
     config_path = write_config(env.tmp / "sink.json", data)
     log_path = env.tmp / "sink.log"
