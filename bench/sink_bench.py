@@ -188,7 +188,8 @@ def bench_e2e(n: int, batch: int, wide: bool) -> dict[str, Any]:
     dsn = os.environ["CDC_TARGET_DSN"]
     table = f"bench_{uuid.uuid4().hex[:8]}"
     topic = f"bench.public.{table}"
-    for future in AdminClient({"bootstrap.servers": bootstrap}).create_topics([NewTopic(topic, 1, 1)]).values():
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
         future.result(30)
     value_schema, key_schema = schemas(table, wide)
     client = SchemaRegistryClient({"url": registry_url})
@@ -248,18 +249,18 @@ def main() -> None:
     args = parser.parse_args()
     load_env()
     dsn = os.environ["CDC_TARGET_DSN"]
-    results = [
-        bench_apply(dsn, args.rows, args.batch, wide=False, upsert_heavy=False),
-        bench_apply(dsn, args.rows, args.batch, wide=False, upsert_heavy=True),
-        bench_apply(dsn, args.rows // 4, args.batch, wide=True, upsert_heavy=False),
-        bench_apply(dsn, args.rows // 4, args.batch, wide=True, upsert_heavy=True),
-        bench_executemany(dsn, min(args.rows, 50_000), args.batch),
+    cases = [
+        lambda: bench_apply(dsn, args.rows, args.batch, wide=False, upsert_heavy=False),
+        lambda: bench_apply(dsn, args.rows, args.batch, wide=False, upsert_heavy=True),
+        lambda: bench_apply(dsn, args.rows // 4, args.batch, wide=True, upsert_heavy=False),
+        lambda: bench_apply(dsn, args.rows // 4, args.batch, wide=True, upsert_heavy=True),
+        lambda: bench_executemany(dsn, min(args.rows, 50_000), args.batch),
     ]
     if args.e2e:
-        results.append(bench_e2e(args.rows, args.batch, wide=False))
-        results.append(bench_e2e(args.rows // 4, args.batch, wide=True))
-    for result in results:
-        print("  ".join(f"{k}={v}" for k, v in result.items()))
+        cases.append(lambda: bench_e2e(args.rows, args.batch, wide=False))
+        cases.append(lambda: bench_e2e(args.rows // 4, args.batch, wide=True))
+    for case in cases:
+        print("  ".join(f"{k}={v}" for k, v in case().items()), flush=True)
 
 
 if __name__ == "__main__":

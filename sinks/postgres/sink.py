@@ -354,9 +354,9 @@ class PostgresSink(Sink):
             )
         key = key_schema = value = value_schema = None
         if raw_key is not None:
-            key, key_schema, _ = self._with_retries(lambda: decoder.decode(raw_key), "decoding a key")
+            key, key_schema = self._decode_one(decoder, raw_key, "decoding a key")
         if raw_value is not None:
-            value, value_schema, _ = self._with_retries(lambda: decoder.decode(raw_value), "decoding a value")
+            value, value_schema = self._decode_one(decoder, raw_value, "decoding a value")
         _, timestamp = message.timestamp()
         topic, partition, offset = _coordinates(message)
         record = Record(
@@ -374,6 +374,16 @@ class PostgresSink(Sink):
         for item in self._chain.apply(record):
             out.extend(to_changes(item))
         return out
+
+    def _decode_one(self, decoder: Decoder, data: bytes, what: str) -> tuple[Any, Any]:
+        try:
+            value, schema, _ = decoder.decode(data)
+        except ConnectorError as exc:
+            if not exc.retriable:
+                raise
+            # The registry is unreachable (only happens on a schema-cache miss): retry with backoff.
+            value, schema, _ = self._with_retries(lambda: decoder.decode(data), what)
+        return value, schema
 
     def _where(self, message: Message) -> str:
         topic, partition, offset = _coordinates(message)
