@@ -155,6 +155,15 @@ class PostgresSink(Sink):
                 Problem("sink", f"cannot reach Kafka: {type(exc).__name__}", "check `kafka.bootstrap_servers`")
             )
         else:
+            dead_letter_topic = self._sink.errors.dead_letter_topic
+            if self._sink.errors.tolerance == "all" and dead_letter_topic not in metadata.topics:
+                problems.append(
+                    Problem(
+                        "sink",
+                        f"dead-letter topic {dead_letter_topic!r} does not exist",
+                        "create it (bad messages need it) or fix `sink.errors.dead_letter_topic`",
+                    )
+                )
             for topic in self._sink.topics:
                 if topic not in metadata.topics:
                     problems.append(
