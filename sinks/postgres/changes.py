@@ -6,8 +6,9 @@ Two record shapes are understood:
   docs/event-format.md);
 - flat records, after a source-side `unwrap`: the value is the row, `change_id` comes from the header of that
   name, `(commit_lsn, lsn)` from the header `source_lsn` (`commit:lsn`, decimal); a null value (tombstone with a
-  key) or `__deleted == "true"` is a delete. Fields whose name starts with `__` (and carry no `pg.name`) are
-  metadata, not columns.
+  key) or `__deleted == "true"` is a delete; a string or bytes value equal to the source's unchanged-TOAST
+  placeholder (`__cdc_unavailable_value`) marks that column as not sent. Fields whose name starts with `__`
+  (and carry no `pg.name`) are metadata, not columns.
 
 A tombstone without a `change_id` header (the compaction marker the source writes after a delete whose envelope
 already carried the delete) changes nothing and yields no change.
@@ -26,6 +27,8 @@ from connector.records import AvroSchema, Record
 from sinks.postgres.types import ColumnType, column_type
 
 UPSERT_OPS = frozenset("cur")
+UNAVAILABLE_VALUE = "__cdc_unavailable_value"
+_PLACEHOLDERS = (UNAVAILABLE_VALUE, UNAVAILABLE_VALUE.encode())
 CDC_COLUMN_PREFIX = "__cdc_"
 
 
@@ -293,10 +296,12 @@ def _flat(record: Record, shape: Shape, value: Mapping[str, Any], partition: int
     deleted = str(value.get("__deleted", "false")).lower() == "true"
     schema, table = _source_from_topic(record.topic)
     row = shape.row_of(value)
+    # `unchanged_toast` went with the envelope; the source's placeholder still marks such values.
+    unchanged = frozenset(name for name, item in row.items() if item in _PLACEHOLDERS) if not deleted else frozenset()
     key = shape.key_of(record.key) if isinstance(record.key, Mapping) else {k: row.get(k) for k in shape.key}
     return Change(
         record.topic, partition, offset, "d" if deleted else "u", _parse_uuid(change_id, "header change_id"),
-        *position, schema, table, shape, key, row,
+        *position, schema, table, shape, key, row, unchanged,
     )  # fmt: skip
 
 

@@ -35,7 +35,6 @@ from schemas.catalog import describe_tables
 from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, source_block
 from schemas.registry import SchemaRegistry
 from schemas.serde import Encoder
-from transforms.base import TransformChain
 
 RUNNER = Path(__file__).with_name("sink_process.py")
 
@@ -279,8 +278,9 @@ class RunningSink:
 
     def __init__(self, config: ConnectorConfig) -> None:
         from sinks.postgres import PostgresSink
+        from transforms.registry import build_chain
 
-        self.sink = PostgresSink(config, TransformChain())
+        self.sink = PostgresSink(config, build_chain(config.transforms_for("sink"), side="sink"))
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)

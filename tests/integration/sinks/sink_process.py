@@ -10,7 +10,7 @@ import threading
 
 from connector.config import ConnectorConfig
 from sinks.postgres import PostgresSink
-from transforms.base import TransformChain
+from transforms.registry import build_chain
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
         config = ConnectorConfig.model_validate(json.load(handle))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    PostgresSink(config, TransformChain()).run(stop)
+    PostgresSink(config, build_chain(config.transforms_for("sink"), side="sink")).run(stop)
 
 
 if __name__ == "__main__":

@@ -132,3 +132,30 @@ def test_append_mode_keeps_every_change(env: Env) -> None:
     run_until_caught_up(env, env.config([feed.topic], mode="append", table_map={feed.topic: table}), [feed.topic])
     rows = table_texts(env.target, sql.Identifier(table), ["__cdc_op", "id", "v"], ["__cdc_lsn"])
     assert rows == [("c", "1", "a"), ("u", "1", "b"), ("d", "1", None)]
+
+
+@pytest.mark.parametrize(
+    "unwrap",
+    [{"type": "unwrap", "delete_handling": "rewrite"},
+     {"type": "unwrap", "delete_handling": "tombstone", "drop_tombstones": False}],
+    ids=["rewrite", "tombstone"],
+)
+def test_flat_records_after_unwrap_match_the_source(env: Env, unwrap: dict[str, Any]) -> None:
+    feed = env.feed("id int PRIMARY KEY, v text, big text")
+    rng = random.Random(21)
+    for i in range(1, 60):
+        feed.insert(id=i, v=f"v{i}", big="B" * 3000)
+    for _ in range(80):
+        key = rng.randint(1, 59)
+        if rng.random() < 0.7:
+            feed.update({"id": key}, toast=("big",), v=f"u{rng.random()}")  # big not sent: placeholder
+        else:
+            feed.source.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(feed.ident), (key,))
+            feed.emit("d", feed._key_image({"id": key}), None)
+            feed.source.execute(sql.SQL("INSERT INTO {} VALUES (%s, 're', 'R')").format(feed.ident), (key,))
+            after, _ = feed.schemas.row([str(key), "re", "R"])
+            feed.emit("c", None, after)
+    data = env.config([feed.topic])
+    data["transforms"] = [unwrap]
+    run_until_caught_up(env, data, [feed.topic])
+    assert target_rows(env, feed.table, feed) == feed.expected()
