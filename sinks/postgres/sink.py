@@ -236,6 +236,8 @@ class PostgresSink(Sink):
                 messages = self._collect(stop)
                 if messages:
                     self._process(messages)
+        except _Stopped:
+            log.info("stopped while retrying; nothing of the batch in flight was committed")
         finally:
             self._ready.clear()
             self._close()

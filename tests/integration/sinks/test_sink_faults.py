@@ -154,3 +154,32 @@ def test_pruned_ledger_replay_is_stopped_by_the_lsn_guard(env: Env) -> None:
     after = env.target.execute(sql.SQL("SELECT t::text FROM {} t ORDER BY id").format(
         sql.Identifier(feed.table))).fetchall()
     assert after == before
+
+
+def test_destination_connection_loss_is_retried_without_loss_or_doubles(env: Env) -> None:
+    rng = random.Random(19)
+    feed = env.feed(COLUMNS, partitions=2)
+    data = env.config([feed.topic], retry={"initial_backoff_ms": 50, "max_backoff_ms": 500})
+    data["sink"]["batch"] = {"max_records": 20, "max_wait_ms": 20}
+    config = to_config(data)
+    running = RunningSink(config)
+    terminated = 0
+    try:
+        for _ in range(6):
+            mixed_ops(feed, rng, 100)
+            env.flush()
+            time.sleep(rng.uniform(0.1, 0.5))
+            rows = env.target.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                (f"cdc-sink-{config.group_id}"[:63],),
+            ).fetchall()
+            terminated += len(rows)
+        ends = log_end(env.stack.kafka_bootstrap, [feed.topic])
+        wait_until(lambda: caught_up(env.target, config.group_id, ends), 120, "the sink to catch up", running.alive)
+    finally:
+        running.close()
+    assert running.error is None, running.error
+    assert terminated > 0
+    rows = table_texts(env.target, sql.Identifier(feed.table), list(feed.schemas.column_names), ["id"])
+    assert rows == feed.expected()
+    assert ledger_count(env, feed.change_ids) == len(feed.change_ids)
