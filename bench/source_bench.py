@@ -72,6 +72,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--tx-size", type=int, default=1000, help="rows per source transaction")
     parser.add_argument("--profile", action="store_true", help="print the top functions by own time")
+    parser.add_argument("--workers", type=int, default=0, help="source.encode_workers")
     args = parser.parse_args()
     env = endpoints()
     name = f"bench_{uuid.uuid4().hex[:8]}"
@@ -87,6 +88,7 @@ def main() -> int:
                 "tables": {"include": [f"public.{name}"]},
                 "snapshot": {"mode": "never"},
                 "status_interval_s": 0.5,
+                "encode_workers": args.workers,
                 "heartbeat": {"interval_s": 0.5, "emit_message": False},
             },
             "kafka": {"bootstrap_servers": env["CDC_KAFKA_BOOTSTRAP"]},
@@ -139,7 +141,7 @@ def main() -> int:
         thread.join()
         print(
             f"{args.shape}: {args.rows} events in {elapsed:.2f}s = {args.rows / elapsed:,.0f} events/s "
-            f"(WAL -> Kafka acknowledged -> slot confirmed); tx size {args.tx_size}; "
+            f"(WAL -> Kafka acknowledged -> slot confirmed); tx size {args.tx_size}; workers {args.workers}; "
             f"peak RSS {rss_kb() / 1024:.0f} MiB (before streaming {rss_before / 1024:.0f} MiB); "
             f"connector CPU {cpu:.2f}s = {cpu / elapsed:.0%} of one core, {1e6 * cpu / args.rows:.1f} us/event"
         )

@@ -190,8 +190,6 @@ class KafkaDelivery:
         if self._fatal is not None:
             raise DeliveryError(f"Kafka producer failed: {self._fatal.str()}", hint="check the brokers and restart")
         topic = record.topic
-        if topic not in self._topics:
-            self.ensure_topics([topic])
         key = None if record.key is None or record.key_schema is None else self._serializer(
             topic, record.key_schema, record.key, True
         )
@@ -203,6 +201,8 @@ class KafkaDelivery:
     def produce_raw(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes]], slot: TxSlot
     ) -> None:
+        if topic not in self._topics:
+            self.ensure_topics([topic])
         producer = self._producer
         slot.pending += 1
         while True:

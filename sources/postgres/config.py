@@ -96,3 +96,10 @@ class PostgresSourceConfig(Section):
     tombstones_on_delete: bool = Field(True, description="Emit a null-value record after each delete.")
     emit_truncate: bool = Field(True, description="Emit TRUNCATE as an `op = t` event.")
     status_interval_s: float = Field(10.0, gt=0, description="Seconds between standby status updates.")
+    encode_workers: int = Field(
+        0,
+        ge=0,
+        le=32,
+        description="Processes that convert and Avro-encode streamed changes in parallel (0: in the reading "
+        "process). Used when no source-side transforms are configured.",
+    )

@@ -30,6 +30,7 @@ from sources.postgres import prerequisites
 from sources.postgres.change_id import ChangeIds, namespace_for
 from sources.postgres.config import PostgresSourceConfig, SnapshotMode
 from sources.postgres.events import EventFactory, RegistrySerializer, TableEvents
+from sources.postgres.parallel import WorkerPool
 from sources.postgres.protocol import (
     Begin,
     Commit,
@@ -67,6 +68,8 @@ from transforms.base import TransformChain
 log = logging.getLogger(__name__)
 
 HEARTBEAT_PREFIX = "cdc-heartbeat"
+_POOLED = frozenset(b"IUDT")
+_TRUNCATE = ord("T")
 
 
 class PostgresSource(Source):
@@ -244,13 +247,30 @@ class _Run:
                 repl = None
                 drop_slot(conn, self.slot)
                 return
-            _Streamer(self, conn, repl, factory, delivery).stream()
+            pool = self._pool(system.system_id, system.dbname, delivery)
+            try:
+                _Streamer(self, conn, repl, factory, delivery, pool=pool).stream()
+            finally:
+                if pool is not None:
+                    pool.close()
         finally:
             if repl is not None:
                 repl.close()
             if delivery is not None:
                 delivery.close()
             conn.close()
+
+    def _pool(self, system_id: str, db: str, delivery: KafkaDelivery) -> WorkerPool | None:
+        workers = self.cfg.encode_workers
+        if workers == 0:
+            return None
+        if len(self.chain):
+            log.info("source-side transforms are configured: encoding in the reading process (no encode_workers)")
+            return None
+        log.info("starting %d encoder worker processes", workers)
+        return WorkerPool(
+            self.config, system_id=system_id, db=db, workers=workers, delivery=delivery, counts=self.event_counts
+        )
 
     def _delivery(self) -> KafkaDelivery:
         kafka = self.config.kafka
@@ -414,8 +434,11 @@ class _Streamer:
         repl: ReplicationConnection,
         factory: EventFactory,
         delivery: KafkaDelivery,
+        *,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.run = run
+        self.pool = pool
         self.cfg = run.cfg
         self.conn = conn
         self.repl = repl
@@ -451,6 +474,8 @@ class _Streamer:
             if self.heartbeat_conn is not None:
                 self.heartbeat_conn.close()
         # Clean stop: everything produced is acknowledged before the final confirmation.
+        if self.pool is not None:
+            self.pool.finish()
         self.delivery.flush()
         self._confirm(force=True)
         self._report()
@@ -459,8 +484,11 @@ class _Streamer:
     def _confirm(self, *, force: bool = False) -> None:
         """Send a status update confirming the acknowledged prefix (step 3 of the commit order)."""
         tracker = self.delivery.tracker
+        if self.pool is not None:
+            self.pool.drain()
         position = tracker.confirmable()
-        if tracker.open_slots == 0 and self.tx is None and self.server_wal_end > position:
+        idle = self.pool is None or self.pool.idle
+        if idle and tracker.open_slots == 0 and self.tx is None and self.server_wal_end > position:
             # Nothing in flight: everything the server sent up to its keepalive position is in Kafka.
             position = self.server_wal_end
         advanced = position > int(self.confirmed)
@@ -481,15 +509,21 @@ class _Streamer:
         next_status += status_every
         next_heartbeat += heartbeat_every
         handle = self._handle
+        pool = self.pool
         since_check = 0
         while not stop.is_set():
             frame = repl.read_buffered()
             if frame is None:
+                if pool is not None:
+                    pool.send_partial()  # nothing more buffered: do not hold a small batch back
+                    pool.drain()
                 delivery.poll(0)
                 frame = repl.read(0.2)
             since_check += 1
             if frame is None or since_check >= 2000:
                 since_check = 0
+                if pool is not None:
+                    pool.drain()
                 now = time.monotonic()
                 if now >= next_status:
                     self._confirm()
@@ -501,7 +535,17 @@ class _Streamer:
                 if frame is None:
                     continue
             if type(frame) is XLogData:
-                handle(decode_message(frame.payload), frame.data_start)
+                payload = frame.payload
+                if pool is not None and payload[0] in _POOLED:
+                    # Fast path: the worker decodes the change; here only its coordinates are kept. A TRUNCATE
+                    # takes one ordinal per table (its relation count is the Int32 after the type byte).
+                    lsn = frame.data_start
+                    assert self.tx is not None
+                    pool.add((bytes(payload), lsn, self.commit_lsn, self.ordinal, self.xid, self.commit_ms), self.tx)
+                    self.ordinal += int.from_bytes(payload[1:5], "big") if payload[0] == _TRUNCATE else 1
+                    self.received = max(self.received, lsn)
+                    continue
+                handle(decode_message(payload), frame.data_start)
             else:
                 assert isinstance(frame, Keepalive)
                 self.server_wal_end = max(self.server_wal_end, frame.wal_end)
@@ -537,7 +581,10 @@ class _Streamer:
             self.received = max(self.received, message.end_lsn)
         elif kind is Relation:
             assert isinstance(message, Relation)
-            self.relations[message.relation_id] = self.factory.for_relation(message)
+            if self.pool is not None:
+                self.pool.relation(message)
+            else:
+                self.relations[message.relation_id] = self.factory.for_relation(message)
         elif kind is Truncate:
             assert isinstance(message, Truncate) and self.tx is not None
             for relation_id in message.relation_ids:

@@ -101,3 +101,17 @@ def test_missing_existing_publication_is_reported(source_env: SourceEnv) -> None
     assert [p.message for p in problems] == [expected]
     with pytest.raises(PrerequisiteError, match="does not exist"):
         source.run(threading.Event())
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "encode-workers"])
+def test_an_unmappable_column_stops_the_source_naming_it(source_env: SourceEnv, workers: int) -> None:
+    env = source_env
+    table = env.table("odd", "CREATE TABLE {t} (id int PRIMARY KEY, p aclitem)")
+    runner = RunningSource(PostgresSource(env.config(snapshot={"mode": "never"}, encode_workers=workers),
+                                          TransformChain()))  # fmt: skip
+    runner.start()
+    runner.wait_ready()
+    env.sql(f"INSERT INTO {table} VALUES (1, 'postgres=r/postgres')")
+    error = runner.join_error(60)
+    assert error is not None and f"public.{table}.p" in str(error)
+    assert "skip_unsupported_columns" in str(error)

@@ -34,8 +34,10 @@ def high_watermark(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-def test_kill_9_at_random_moments(source_env: SourceEnv, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "encode-workers"])
+def test_kill_9_at_random_moments(source_env: SourceEnv, tmp_path: Path, workers: int) -> None:
     env = source_env
+    env.source_options["encode_workers"] = workers
     table = env.table("kill", "CREATE TABLE {t} (id int PRIMARY KEY, v int NOT NULL)")
     topic = env.topic(table)
     config = env.write_config(tmp_path / "source.json", snapshot={"mode": "never"})

@@ -11,8 +11,10 @@ from tests.support.helpers import wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_changes_of_two_tables_stream_as_envelopes(source_env: SourceEnv) -> None:
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "encode-workers"])
+def test_changes_of_two_tables_stream_as_envelopes(source_env: SourceEnv, workers: int) -> None:
     env = source_env
+    env.source_options["encode_workers"] = workers
     a = env.table("a", "CREATE TABLE {t} (id int PRIMARY KEY, name text, amount numeric(10,2), tags text[])")
     b = env.table("b", "CREATE TABLE {t} (k text PRIMARY KEY, payload jsonb NOT NULL, at timestamptz)")
     with env.running(snapshot={"mode": "never"}) as source:
@@ -51,8 +53,10 @@ def test_changes_of_two_tables_stream_as_envelopes(source_env: SourceEnv) -> Non
     wait_for(lambda: Lsn.parse(env.slot_row()[2]) > last_commit, 10, what="the final confirmation")  # type: ignore[index]
 
 
-def test_primary_key_update_becomes_delete_and_create(source_env: SourceEnv) -> None:
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "encode-workers"])
+def test_primary_key_update_becomes_delete_and_create(source_env: SourceEnv, workers: int) -> None:
     env = source_env
+    env.source_options["encode_workers"] = workers
     table = env.table("pk", "CREATE TABLE {t} (id int PRIMARY KEY, v text)")
     with env.running(snapshot={"mode": "never"}) as source:
         source.wait_ready()

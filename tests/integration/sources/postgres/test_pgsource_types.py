@@ -27,8 +27,10 @@ ROW = """(%s, -32768, 2147483647, -9223372036854775808, 'NaN', '-Infinity', 1234
     '192.168.0.1/24', '10.0.0.0/8', '08:00:2b:01:02:03', 12.34, 5, repeat('toast ', 5000))"""
 
 
-def test_types_stream_like_they_snapshot(source_env: SourceEnv) -> None:
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "encode-workers"])
+def test_types_stream_like_they_snapshot(source_env: SourceEnv, workers: int) -> None:
     env = source_env
+    env.source_options["encode_workers"] = workers
     name = f"{env.name}_types"
     env.cleanup += [f"DROP TYPE IF EXISTS {name}_mood", f"DROP DOMAIN IF EXISTS {name}_pos"]
     env.sql(f"CREATE TYPE {name}_mood AS ENUM ('sad', 'happy')")
