@@ -16,8 +16,12 @@ Commit order of one batch (the only place it is written down):
 
 Resume: on partition assignment the consumer seeks to `cdc.sink_offsets` (else `auto_offset_reset`); Kafka's own
 committed offsets are never read. A retriable destination error retries the whole batch from step 2 (the ledger
-makes a retry after an unacknowledged commit harmless). A revoked partition's buffered messages are dropped
-before they are applied (the new owner starts from the stored offset), so no batch is ever half-applied.
+makes a retry after an unacknowledged commit harmless).
+
+Batches are applied one at a time, in order, on an applier thread while the next batch is consumed and decoded.
+On a rebalance the batch in flight is finished (its transaction commits whole or not at all) and buffered messages
+of revoked partitions are dropped unapplied (the new owner starts from the stored offset): no batch is ever
+half-applied.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +79,13 @@ _POISON_SQLSTATE_CLASSES = ("22", "23")  # data exception, integrity constraint 
 
 
 @dataclass(frozen=True, slots=True)
+class _InFlight:
+    future: Future[ApplyResult | None]
+    offsets: dict[tuple[str, int], int]
+    started: float
+
+
+@dataclass(frozen=True, slots=True)
 class _Dead:
     message: Message
     error: str
@@ -102,6 +114,9 @@ class PostgresSink(Sink):
         self._decoder: Decoder | None = None
         self._registry_client: SchemaRegistryClient | None = None
         self._pending: list[Message] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._in_flight: _InFlight | None = None
+        self._producer_lock = threading.Lock()
         self._assigned: set[tuple[str, int]] = set()
         self._positions: dict[tuple[str, int], int] = {}
         self._ready = threading.Event()
@@ -232,14 +247,18 @@ class PostgresSink(Sink):
                 subscription, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
             )
             log.info("sink consuming %s as group %s", ", ".join(subscription), self._group_id)
+            # Decoding (CPU in this process) overlaps the previous batch's apply (waiting on the database).
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-sink-apply")
             while not stop.is_set():
                 messages = self._collect(stop)
                 if messages:
                     self._process(messages)
+            self._finish_in_flight()
         except _Stopped:
             log.info("stopped while retrying; nothing of the batch in flight was committed")
         finally:
             self._ready.clear()
+            self._abandon_in_flight()
             self._close()
 
     @staticmethod
@@ -272,6 +291,7 @@ class PostgresSink(Sink):
         return settings
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._finish_in_flight()  # its offsets must be stored before they are read, and it holds the connection
         wanted = [(p.topic, p.partition) for p in partitions]
         stored = self._with_retries(lambda: read_offsets(self._connection(), self._group_id, wanted), "reading offsets")
         default = OFFSET_BEGINNING if self._sink.auto_offset_reset == "earliest" else OFFSET_END
@@ -285,8 +305,10 @@ class PostgresSink(Sink):
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Finish the batch being applied (its transaction commits whole or not at all) ...
+        self._finish_in_flight()
         revoked = {(p.topic, p.partition) for p in partitions}
-        # Abandon buffered messages of revoked partitions: nothing of them is applied, so the next owner
+        # ... and abandon buffered messages of revoked partitions: nothing of them is applied, so the next owner
         # starting at the stored offset sees a clean state.
         self._pending = [m for m in self._pending if (m.topic(), m.partition()) not in revoked]
         self._assigned -= revoked
@@ -301,6 +323,7 @@ class PostgresSink(Sink):
         deadline: float | None = None
         self._pending = []
         while not stop.is_set() and len(self._pending) < limit:
+            self._finish_in_flight(wait=False)
             timeout = 0.5 if deadline is None else max(0.0, deadline - time.monotonic())
             for message in self._consumer.consume(num_messages=limit - len(self._pending), timeout=timeout):
                 error = message.error()
@@ -320,6 +343,7 @@ class PostgresSink(Sink):
     # -- one batch ----------------------------------------------------------------------------------------
 
     def _process(self, messages: Sequence[Message]) -> None:
+        """Decode this batch (while the previous one is being applied), then hand it to the applier thread."""
         started = time.monotonic()
         offsets: dict[tuple[str, int], int] = {}
         for message in messages:
@@ -328,9 +352,22 @@ class PostgresSink(Sink):
         changes, dead = self._decode_all(messages)
         if dead:
             self._dead_letter(dead)
-        result = self._apply(changes, offsets, messages)
+        # One transaction at a time, in batch order: the previous batch commits before this one starts.
+        self._finish_in_flight()
+        assert self._executor is not None
+        future = self._executor.submit(self._apply, changes, offsets, messages)
+        self._in_flight = _InFlight(future, offsets, started)
+
+    def _finish_in_flight(self, *, wait: bool = True) -> None:
+        """Wait for the batch being applied (raising its error), then commit its offsets to Kafka (step 6)."""
+        in_flight = self._in_flight
+        if in_flight is None or (not wait and not in_flight.future.done()):
+            return
+        self._in_flight = None
+        result = in_flight.future.result()
         if result is None:
             return  # stopped while retrying: nothing committed, the stored offsets stand
+        offsets, started = in_flight.offsets, in_flight.started
         self._commits += 1
         if self._crash_after is not None and self._commits >= self._crash_after:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -417,12 +454,13 @@ class PostgresSink(Sink):
     def _dead_letter(self, dead: Sequence[_Dead]) -> None:
         topic = self._sink.errors.dead_letter_topic
         assert topic is not None
-        if self._producer is None:
-            settings: dict[str, Any] = {"bootstrap.servers": self._config.kafka.bootstrap_servers}
-            settings.update(self._config.kafka.properties)
-            settings.update({"enable.idempotence": True, "acks": "all"})
-            self._producer = Producer(settings, logger=log)
-        producer = self._producer
+        with self._producer_lock:  # the decoding and the applying thread may both dead-letter
+            if self._producer is None:
+                settings: dict[str, Any] = {"bootstrap.servers": self._config.kafka.bootstrap_servers}
+                settings.update(self._config.kafka.properties)
+                settings.update({"enable.idempotence": True, "acks": "all"})
+                self._producer = Producer(settings, logger=log)
+            producer = self._producer
         failures: list[str] = []
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
@@ -536,6 +574,17 @@ class PostgresSink(Sink):
             self._consumer.commit(offsets=mine, asynchronous=True)
         except Exception as exc:  # informational only
             log.debug("Kafka offset commit failed: %s", exc)
+
+    def _abandon_in_flight(self) -> None:
+        """On the way out after an error: let the batch in flight end (commit or not) without raising again."""
+        if self._in_flight is not None:
+            try:
+                self._finish_in_flight()
+            except Exception as exc:
+                log.debug("batch in flight ended with %s", type(exc).__name__)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def _close(self) -> None:
         if self._consumer is not None:
