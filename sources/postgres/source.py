@@ -225,6 +225,8 @@ class _Run:
             ids = ChangeIds(namespace_for(system.system_id, system.dbname))
             delivery = self._delivery()
             factory = EventFactory(self.config, conn, ids, system.dbname)
+            if not len(self.chain):  # with transforms, records may be routed elsewhere: create topics on use
+                delivery.ensure_topics(factory.topic(t) for t in tables)
             created = self._prepare_slot(conn, repl, store, system.dbname)
             if created is not None and created.snapshot_name is not None:
                 self._snapshot(

@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pgsource_support import SourceEnv
 
 from tests.support.helpers import pg_connect, wait_for
@@ -27,9 +27,14 @@ def int_lsn(text: str) -> int:
 
 
 def high_watermark(bootstrap: str, topic: str) -> int:
+    """The topic's end offset; 0 while it does not exist (nothing was acknowledged yet)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks", "enable.auto.commit": False})
     try:
         return int(consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1])
+    except KafkaException as exc:
+        if exc.args[0].code() in (KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART):
+            return 0
+        raise
     finally:
         consumer.close()
 
