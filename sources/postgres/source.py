@@ -495,6 +495,8 @@ class _Streamer:
             position = self.server_wal_end
         advanced = position > int(self.confirmed)
         if advanced:
+            log.debug("confirming %s (acknowledged prefix %s, server position %s)", Lsn(position),
+                      Lsn(tracker.confirmable()), Lsn(self.server_wal_end))  # fmt: skip
             self.confirmed = Lsn(position)
         if advanced or force:
             self.repl.send_status(self.confirmed, Lsn(max(self.received, int(self.confirmed))))
