@@ -19,6 +19,9 @@ _NETWORK_SIGNS = (
     "connect timed out",
     "Temporary failure in name resolution",
     "offline mode",
+    # With -q Maven hides transfer errors; these follow when nothing could be downloaded.
+    "No plugin found for prefix",
+    "Plugin not found",
 )
 
 
@@ -50,7 +53,8 @@ def run_maven(args: Sequence[str], *, what: str, timeout: float = 1800) -> None:
     if any(sign in output for sign in _NETWORK_SIGNS):
         raise StackError(
             f"Maven could not download {what}: the remote repository is unreachable",
-            hint="check network/proxy settings (~/.m2/settings.xml) or run once where the repository is reachable",
+            hint="check the network and the proxy/mirror settings in ~/.m2/settings.xml, "
+            "or run once where it is reachable: the jars stay cached in ~/.m2",
         )
     errors = [line.strip() for line in output.splitlines() if "ERROR" in line] or output.strip().splitlines()[-1:]
     raise StackError(

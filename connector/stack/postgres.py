@@ -144,7 +144,7 @@ def _chown_tree(path: Path, user: OsUser) -> None:
 
 
 def _check_reachable(path: Path, user: OsUser) -> None:
-    result = _run_as(user, ["test", "-w", str(path), "-a", "-x", str(path)])
+    result = _run_as(user, ["/bin/sh", "-c", 'test -w "$1" -a -x "$1"', "sh", str(path)])
     if result.returncode != 0:
         raise StackError(
             f"the OS user `{user.name}` that runs PostgreSQL cannot reach {path}",
