@@ -71,5 +71,5 @@ def configure(level: str = "INFO", fmt: Literal["text", "json"] = "text") -> Non
     root.addHandler(handler)
     root.setLevel(level)
     # librdkafka's and psycopg's debug chatter is rarely what an operator wants at DEBUG.
-    for noisy in ("urllib3", "httpx", "httpcore"):
+    for noisy in ("urllib3", "httpx", "httpx2", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -32,7 +32,9 @@ def test_scrub_keeps_ordinary_text() -> None:
 
 
 def test_filter_scrubs_messages_args_and_tracebacks() -> None:
-    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "cannot connect to %s", ("postgresql://u:pw1@h/db",), None)
+    record = logging.LogRecord(
+        "x", logging.ERROR, __file__, 1, "cannot connect to %s", ("postgresql://u:pw1@h/db",), None
+    )
     try:
         raise RuntimeError("password=pw2 rejected")
     except RuntimeError:
