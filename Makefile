@@ -16,14 +16,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-# A demo table gives the quickstart config something to capture.
-QUICKSTART_SEED := create table if not exists public.customers (id bigint primary key, name text not null, email text); \
-	insert into public.customers values (1, 'Ada', 'ada@example.com'), (2, 'Grace', null) on conflict (id) do nothing
+# The main job on the local stack: source and sink of configs/quickstart.yaml in one process, while a
+# demo table changes; ends when the target equals the source. QUICKSTART_SECONDS=0 runs until Ctrl-C.
+QUICKSTART_SECONDS ?= 20
 
 quickstart: venv
 	$(BIN)/cdc dev up
-	set -a && . $(CDC_HOME)/dev.env && set +a && psql -q -v ON_ERROR_STOP=1 "$$CDC_SOURCE_DSN" -c "$(QUICKSTART_SEED)"
-	$(BIN)/cdc --env-file $(CDC_HOME)/dev.env validate configs/quickstart.yaml
+	$(BIN)/cdc dev demo configs/quickstart.yaml --seconds $(QUICKSTART_SECONDS) --env-file $(CDC_HOME)/dev.env
+	$(BIN)/cdc --env-file $(CDC_HOME)/dev.env status configs/quickstart.yaml
 
 # The suite starts its own stack on free ports when no live one answers (see tests/conftest.py).
 test: venv lint typecheck pytest

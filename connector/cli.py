@@ -164,6 +164,21 @@ def validate(config: ConfigPath, only: Only = None) -> None:
     typer.echo(f"{config}: ok")
 
 
+def _ours(config: Any, subject: str) -> bool:
+    """Whether a registry subject belongs to one of this connector's topics (`{topic}-key|value`)."""
+    import re
+
+    topic = subject.rsplit("-", 1)[0]
+    if config.source is not None and topic.startswith(f"{config.source.topic_prefix}."):
+        return True
+    if config.sink is not None:
+        if topic in config.sink.topics:
+            return True
+        if config.sink.topics_regex and re.search(config.sink.topics_regex, topic):
+            return True
+    return False
+
+
 @app.command("status")
 def status(
     config: ConfigPath,
@@ -179,7 +194,11 @@ def status(
         for side, component in build_components(loaded).items():
             report[side] = component.status()
         problems, subjects = check_registry(loaded)
-        report["schema_registry"] = {"subjects": subjects} if not problems else {"error": problems[0].message}
+        report["schema_registry"] = (
+            {"subjects": [s for s in subjects if _ours(loaded, s)], "subjects_in_registry": len(subjects)}
+            if not problems
+            else {"error": problems[0].message}
+        )
         return report
 
     report = guarded(body)

@@ -111,3 +111,29 @@ def status(home: HomeOption = None) -> None:
             typer.echo(f"a stack that `cdc dev up` did not start answers at the endpoints in {root / 'dev.env'}")
             return
     raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    config: Annotated[Path, typer.Argument(help="A config with a source and a sink.")] = Path(
+        "configs/quickstart.yaml"
+    ),
+    seconds: Annotated[
+        float, typer.Option("--seconds", help="Write changes this long, wait for the target, stop (0: until Ctrl-C).")
+    ] = 20.0,
+    env_file: Annotated[Path, typer.Option("--env-file", help="Endpoints written by `cdc dev up`.")] = Path(
+        ".cdc/dev.env"
+    ),
+) -> None:
+    """Run CONFIG on the local stack with a demo table (public.customers) that changes while it streams."""
+    from connector import logs
+    from connector.config import load_config
+    from connector.config_loader import environment_with
+    from connector.stack.demo import run_demo
+
+    def body() -> int:
+        loaded = load_config(config, env=environment_with(env_file if env_file.exists() else None))
+        logs.configure(loaded.logging.level, loaded.logging.format)
+        return run_demo(loaded, seconds)
+
+    raise typer.Exit(_run(body))
