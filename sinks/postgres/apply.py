@@ -69,6 +69,7 @@ class Applier:
         self._tables = tables
         self._stages: dict[TargetTable, sql.Identifier] = {}
         self._stage_numbers = itertools.count(1)
+        self._dirty: set[TargetTable] = set()  # whose stage holds rows in the current transaction
 
     def reset(self) -> None:
         """Forget session state: call when the connection was replaced."""
@@ -159,6 +160,7 @@ class Applier:
         """Apply `changes` and advance `offsets` in one transaction (committed on return)."""
         runs = self.prepare(conn, changes)
         result = ApplyResult()
+        self._dirty.clear()  # stages are empty when a transaction starts (ON COMMIT DELETE ROWS, or rollback)
         with conn.transaction():
             fresh = self._ledger(conn, changes)
             result.duplicates = len(changes) - len(fresh)
@@ -174,6 +176,7 @@ class Applier:
         """
         failures: list[tuple[Change, Exception]] = []
         runs = self.prepare(conn, changes)
+        self._dirty.clear()
         with conn.transaction(force_rollback=True):
             for run in runs:
                 singles = [_Run(run.table, run.target, [c]) for c in run.changes]
@@ -262,24 +265,26 @@ class Applier:
         statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
             stage, sql.SQL(", ").join(map(sql.Identifier, columns))
         )
-        pairs = list(zip(target.columns, target.converters, strict=True))
         # The stage empties only at commit, and one transaction may merge several runs into the same
         # table: rows staged by an earlier run must not be merged again (that would resurrect a row a
         # later delete removed).
-        conn.execute(sql.SQL("TRUNCATE {}").format(stage))
+        if target in self._dirty:
+            conn.execute(sql.SQL("TRUNCATE {}").format(stage))
+        self._dirty.add(target)
+        names = target.columns
+        converted = [(i, convert) for i, convert in enumerate(target.converters) if convert is not None]
+        position = {name: i for i, name in enumerate(names)}
         with conn.cursor() as cur, cur.copy(statement) as copy:
             for change, op, toast in rows:
                 image = change.row if change.row is not None else change.key or {}
-                unchanged = change.unchanged_toast
-                values: list[Any] = []
-                for name, convert in pairs:
-                    value = image.get(name)
+                values: list[Any] = [image.get(name) for name in names]
+                for i, convert in converted:
+                    value = values[i]
                     if value is not None:
-                        if unchanged and name in unchanged:
-                            value = None
-                        elif convert is not None:
-                            value = convert(value)
-                    values.append(value)
+                        values[i] = convert(value)
+                for name in change.unchanged_toast:
+                    if name in position:
+                        values[position[name]] = None  # never written for this change (see _merge)
                 values += [change.commit_lsn, change.lsn, change.change_id, op, toast, change.ts_ms]
                 copy.write_row(values)
         return stage

@@ -418,6 +418,8 @@ class PostgresSink(Sink):
             offset=offset,
             timestamp_ms=timestamp if timestamp >= 0 else None,
         )
+        if not len(self._chain):
+            return to_changes(record)
         out: list[Change] = []
         for item in self._chain.apply(record):
             out.extend(to_changes(item))

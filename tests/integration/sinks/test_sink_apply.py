@@ -159,3 +159,13 @@ def test_flat_records_after_unwrap_match_the_source(env: Env, unwrap: dict[str, 
     data["transforms"] = [unwrap]
     run_until_caught_up(env, data, [feed.topic])
     assert target_rows(env, feed.table, feed) == feed.expected()
+
+
+def test_rows_before_a_truncate_in_the_same_batch_stay_gone(env: Env) -> None:
+    feed = env.feed("id int PRIMARY KEY, v text")
+    feed.insert(id=1, v="a")
+    feed.insert(id=2, v="b")
+    feed.truncate()
+    feed.insert(id=3, v="c")  # same batch, same table, a second run after the truncate
+    run_until_caught_up(env, env.config([feed.topic]), [feed.topic])
+    assert table_texts(env.target, sql.Identifier(feed.table), ["id", "v"], ["id"]) == [("3", "c")]
