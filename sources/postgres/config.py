@@ -67,7 +67,6 @@ class TableOptions(Section):
 class SnapshotConfig(Section):
     mode: SnapshotMode = Field(SnapshotMode.INITIAL, description="When to take a consistent initial snapshot.")
     chunk_size: int = Field(10_000, ge=1, description="Rows read per keyset-ordered chunk.")
-    parallelism: int = Field(1, ge=1, le=16, description="Tables read at once.")
 
 
 class HeartbeatConfig(Section):
