@@ -39,12 +39,12 @@ def check(
     the configured compatibility level (set on existing subjects, as the connector itself would do).
     Exit 1 with one line per incompatible subject; 0 when every subject is compatible or new.
     """
-    from connector.config import load_config
+    from connector.cli import load
     from schemas.compat import check_against_registry, derive_schemas_after
     from schemas.registry import SchemaRegistry
 
     try:
-        loaded = load_config(config)
+        loaded = load(config)
         if loaded.source is None:
             raise ConfigError(f"{config}: no `source` section", hint="schemas are derived from the source's tables")
         script = None
