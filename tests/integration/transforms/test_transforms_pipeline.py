@@ -9,14 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,82 +20,18 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from psycopg import sql
 
+from tests.integration.pipeline_support import (
+    drop_replication_state,
+    free_port,
+    http_get,
+    start_connector,
+    write_config,
+)
 from tests.support.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
 SALT = "integration-salt"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def ready(port: int, process: subprocess.Popen[bytes]) -> bool:
-    if process.poll() is not None:
-        raise AssertionError(f"the connector exited ({process.returncode})")
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def write_config(path: Path, name: str, table: str, port: int, transforms: dict[str, Any]) -> None:
-    config = {
-        "name": name,
-        "kafka": {"bootstrap_servers": "${CDC_KAFKA_BOOTSTRAP}"},
-        "schema_registry": {"url": "${CDC_SCHEMA_REGISTRY_URL}"},
-        "source": {
-            "dsn": "${CDC_SOURCE_DSN}",
-            "topic_prefix": name,
-            "slot": {"name": name},
-            "publication": {"name": name},
-            "tables": {"include": [f"public.{table}"]},
-            "heartbeat": {"interval_s": 1},
-            "status_interval_s": 1,
-        },
-        "sink": {
-            "dsn": "${CDC_TARGET_DSN}",
-            "topics_regex": f"^{name}\\..*",
-            "batch": {"max_records": 500, "max_wait_ms": 100},
-        },
-        "transforms": transforms,
-        "server": {"port": port},
-    }
-    path.write_text(json.dumps(config))  # JSON is YAML
-
-
-def drop_replication_state(dsn: str, slot: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for _ in range(50):
-            row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
-            if row is None:
-                break
-            if row[0] is None:
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-                break
-            time.sleep(0.2)
-        conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(slot)))
-
-
-def start_connector(config_path: Path, stack: Any, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "CDC_SOURCE_DSN": stack.source_dsn,
-        "CDC_TARGET_DSN": stack.target_dsn,
-        "CDC_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
-        "CDC_SCHEMA_REGISTRY_URL": stack.registry_url,
-    }
-    with log_path.open("wb") as log:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "connector.cli", "--env-file", os.devnull, "run", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
 
 
 def rows(dsn: str, table: str, columns: list[str]) -> list[tuple[Any, ...]]:
@@ -137,7 +66,12 @@ def test_source_and_sink_chains_through_the_real_pipeline(stack: Any, unique_nam
     write_config(config_path, name, table, port, transforms)
     process = start_connector(config_path, stack, tmp_path / "cdc.log")
     try:
-        wait_for(lambda: ready(port, process), 90, interval=0.5, what="/readyz")
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"the connector exited ({process.returncode})")
+            return http_get(port, "/readyz")[0] == 200
+
+        wait_for(ready, 90, interval=0.5, what="/readyz")
         with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
             t = sql.Identifier(table)
             late = "INSERT INTO {} SELECT g, 'late' || g || '@x.org', g, NULL FROM generate_series(51, 60) g"
@@ -181,4 +115,4 @@ def test_source_and_sink_chains_through_the_real_pipeline(stack: Any, unique_nam
         if process.poll() is None:
             process.kill()
             process.wait(10)
-        drop_replication_state(stack.source_dsn, name)
+        drop_replication_state(stack.source_dsn, name, name)
