@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -185,6 +185,11 @@ class KafkaDelivery:
                         raise RetriableError(f"could not create topic {topic}: {exc}") from exc
         self._topics.update(wanted)
 
+    @property
+    def schema_ids(self) -> Callable[[str, AvroSchema, bool], int] | None:
+        """The serializer's `schema_id(topic, schema, is_key)`, if it has one: for callers that encode themselves."""
+        return getattr(self._serializer, "schema_id", None)
+
     def produce(self, record: Record, slot: TxSlot) -> None:
         """Encode and produce one record; its acknowledgement counts towards `slot`."""
         if self._fatal is not None:
@@ -205,9 +210,11 @@ class KafkaDelivery:
             self.ensure_topics([topic])
         producer = self._producer
         slot.pending += 1
+        header_list: list[Any] = headers if type(headers) is list else list(headers)
+        on_delivery = slot.on_delivery
         while True:
             try:
-                producer.produce(topic, value, key, headers=list(headers), on_delivery=slot.on_delivery)
+                producer.produce(topic, value, key, headers=header_list, on_delivery=on_delivery)
                 break
             except BufferError:
                 # Local queue full: serve delivery reports until there is room (backpressure to the WAL reader).

@@ -32,13 +32,31 @@ _SMALL_RANGE = 1 << 13
 _SMALL = [b""] * (2 * _SMALL_RANGE)
 
 
-def _varint(n: int) -> bytes:
+def _varint_slow(n: int) -> bytes:
     out = bytearray()
     while n & ~0x7F:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+# Unsigned varints of every 14-bit value, and the same 14 bits as two continued bytes: a large varint (LSNs,
+# timestamps) is a few table lookups instead of a byte-by-byte loop.
+_LOW14 = [_varint_slow(_n) for _n in range(1 << 14)]
+_PAIR14 = [bytes(((_n & 0x7F) | 0x80, (_n >> 7) | 0x80)) for _n in range(1 << 14)]
+
+
+def _varint(n: int) -> bytes:
+    """The unsigned (already zig-zagged, non-negative) varint."""
+    if n < 0x4000:
+        return _LOW14[n]
+    out = _PAIR14[n & 0x3FFF]
+    n >>= 14
+    while n >= 0x4000:
+        out += _PAIR14[n & 0x3FFF]
+        n >>= 14
+    return out + _LOW14[n]
 
 
 for _n in range(-_SMALL_RANGE, _SMALL_RANGE):

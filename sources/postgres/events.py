@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -20,13 +20,21 @@ from connector.config import ConnectorConfig, SchemaRegistryConfig
 from connector.errors import SchemaError
 from connector.records import AvroSchema, Record
 from schemas.catalog import TableInfo, describe_tables
+from schemas.codegen import Fallback
 from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, source_block
+from schemas.fastpath import FALLBACK_ERRORS, EnvelopeWriter
 from sources.postgres.change_id import ChangeIds
 from sources.postgres.config import PostgresSourceConfig
 from sources.postgres.protocol import Delete, Insert, Relation, Tuple, Update
 from sources.postgres.selection import TableRef, options_for
 
 log = logging.getLogger(__name__)
+
+SchemaIds = Callable[[str, AvroSchema, bool], int]
+"""(topic, schema, is_key) -> the registry id of the subject's schema (registered on first use)."""
+Encoded = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+"""(key, value, headers) of one record in Confluent wire format, for `KafkaDelivery.produce_raw`."""
+_FALLBACK = (Fallback, *FALLBACK_ERRORS)
 
 
 class RegistrySerializer:
@@ -54,6 +62,15 @@ class RegistrySerializer:
             self._ids[cache_key] = schema_id
         return self._encoder.encode(schema_id, schema, value)
 
+    def schema_id(self, topic: str, schema: AvroSchema, is_key: bool) -> int:
+        """The id `__call__` frames values with (registering the schema on first use)."""
+        cache_key = (topic, is_key, schema.text)
+        schema_id = self._ids.get(cache_key)
+        if schema_id is None:
+            schema_id = self._registry.register(f"{topic}-{'key' if is_key else 'value'}", schema)
+            self._ids[cache_key] = schema_id
+        return schema_id
+
     def close(self) -> None:
         self._client.close()
 
@@ -62,8 +79,9 @@ class TableEvents:
     """Builds the records of one table version."""
 
     __slots__ = (
-        "_db", "_full_identity", "_ids", "_index", "_key_schema", "_name", "_schemas", "_source_template",
-        "_tombstones", "_topic", "_value_schema", "columns", "key_columns", "last_op", "schema", "table", "table_name",
+        "_db", "_full_identity", "_ids", "_index", "_key_schema", "_name", "_schema_ids", "_schemas",
+        "_source_template", "_tombstones", "_topic", "_value_schema", "_writer", "columns", "key_columns", "last_op",
+        "schema", "table", "table_name", "topic",
     )  # fmt: skip
 
     def __init__(
@@ -79,6 +97,9 @@ class TableEvents:
     ) -> None:
         self._schemas = schemas
         self._topic = schemas.topic
+        self.topic = schemas.topic
+        self._schema_ids: SchemaIds | None = None
+        self._writer: EnvelopeWriter | None = None
         self._key_schema = schemas.key_schema
         self._value_schema = schemas.value_schema
         self._ids = ids
@@ -155,6 +176,84 @@ class TableEvents:
         assert isinstance(message, Delete)
         before, _ = schemas.row(texts(message.old))
         return self._records("d", before=before, key=schemas.key(before), change_id=cid, source=src)
+
+    def enable_fastpath(self, schema_ids: SchemaIds) -> None:
+        """Let `streamed_encoded` write envelopes straight to bytes, framed with the ids `schema_ids` gives."""
+        self._schema_ids = schema_ids
+        self._writer = None
+
+    def _build_writer(self) -> EnvelopeWriter | None:
+        schema_ids = self._schema_ids
+        assert schema_ids is not None
+        # Registered in the order the ordinary path registers them (key first), on the first event.
+        key_id = None if self._key_schema is None else schema_ids(self._topic, self._key_schema, True)
+        value_id = schema_ids(self._topic, self._value_schema, False)
+        writer = EnvelopeWriter.build(
+            self._schemas, connector_name=self._name, db=self._db, key_schema_id=key_id, value_schema_id=value_id
+        )
+        if writer is None:
+            self._schema_ids = None  # not supported for this table: always the ordinary path
+            return None
+        self._writer = writer
+        return writer
+
+    def streamed_encoded(
+        self, message: Insert | Update | Delete, *, lsn: int, commit_lsn: int, ordinal: int, xid: int, commit_ms: int
+    ) -> list[Encoded] | None:
+        """`streamed(...)` encoded to wire format (the same bytes), or None: use `streamed` for this change.
+
+        None when `enable_fastpath` was not called, for an update that changes the key, and for values the
+        generated writers do not take (the ordinary path lets fastavro write them).
+        """
+        writer = self._writer
+        if writer is None:
+            if self._schema_ids is None:
+                return None
+            writer = self._build_writer()
+            if writer is None:
+                return None
+        schemas = self._schemas
+        index = self._index
+        before: dict[str, Any] | None = None
+        after: dict[str, Any] | None = None
+        unchanged: Sequence[str] = ()
+        if type(message) is Insert:
+            op = "c"
+            new = message.new
+            after, _ = schemas.row(new if index is None else [new[i] for i in index])
+            key = schemas.key(after)
+        elif type(message) is Update:
+            op = "u"
+            new = message.new
+            old = message.old
+            if old is not None and not message.old_is_key_only and UNCHANGED_TOAST in new:
+                new = tuple(o if n is UNCHANGED_TOAST else n for n, o in zip(new, old, strict=True))
+            after, unchanged = schemas.row(new if index is None else [new[i] for i in index])
+            key = schemas.key(after)
+            if old is not None:
+                before, _ = schemas.row(old if index is None else [old[i] for i in index])
+                if schemas.key(before) != key:
+                    return None  # a key change: delete + create, built by `streamed`
+        else:
+            assert type(message) is Delete
+            op = "d"
+            old = message.old
+            before, _ = schemas.row(old if index is None else [old[i] for i in index])
+            key = schemas.key(before)
+        change_id = self._ids.streamed(commit_lsn, lsn, ordinal)
+        try:
+            key_bytes = writer.key(key)
+            value = writer.value(
+                op, before=before, after=after, lsn=lsn, commit_lsn=commit_lsn, xid=xid, commit_ms=commit_ms,
+                ts_ms=int(time.time() * 1000), change_id=change_id, unchanged=unchanged,
+            )  # fmt: skip
+        except _FALLBACK:
+            return None
+        self.last_op = op
+        headers = [("change_id", change_id.encode()), ("source_lsn", f"{commit_lsn}:{lsn}".encode())]
+        if op == "d" and self._tombstones and key is not None:
+            return [(key_bytes, value, headers), (key_bytes, None, headers)]
+        return [(key_bytes, value, headers)]
 
     def _records(
         self,

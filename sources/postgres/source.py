@@ -447,6 +447,8 @@ class _Streamer:
         self.factory = factory
         self.delivery = delivery
         self.relations: dict[int, TableEvents] = {}
+        # Without transforms, streamed changes are encoded straight to wire-format bytes (schemas/fastpath.py).
+        self.schema_ids = delivery.schema_ids if not len(run.chain) else None
         self.confirmed = Lsn.INVALID
         self.received = 0
         self.server_wal_end = 0
@@ -561,12 +563,21 @@ class _Streamer:
         if kind is Insert or kind is Update or kind is Delete:
             assert isinstance(message, Insert | Update | Delete) and self.tx is not None
             events = self.relations[message.relation_id]
-            records = events.streamed(
+            encoded = events.streamed_encoded(
                 message, lsn=lsn, commit_lsn=self.commit_lsn, ordinal=self.ordinal, xid=self.xid,
                 commit_ms=self.commit_ms,
             )  # fmt: skip
+            if encoded is not None:
+                produce = self.delivery.produce_raw
+                for key_bytes, value_bytes, headers in encoded:
+                    produce(events.topic, key_bytes, value_bytes, headers, self.tx)
+            else:
+                records = events.streamed(
+                    message, lsn=lsn, commit_lsn=self.commit_lsn, ordinal=self.ordinal, xid=self.xid,
+                    commit_ms=self.commit_ms,
+                )  # fmt: skip
+                self.run._produce_all(records, self.delivery, self.tx)
             self.ordinal += 1
-            self.run._produce_all(records, self.delivery, self.tx)
             counts = self.run.event_counts
             key = (events.table_name, events.last_op)
             counts[key] = counts.get(key, 0) + 1
@@ -588,7 +599,10 @@ class _Streamer:
             if self.pool is not None:
                 self.pool.relation(message)
             else:
-                self.relations[message.relation_id] = self.factory.for_relation(message)
+                events = self.factory.for_relation(message)
+                if self.schema_ids is not None:
+                    events.enable_fastpath(self.schema_ids)
+                self.relations[message.relation_id] = events
         elif kind is Truncate:
             assert isinstance(message, Truncate) and self.tx is not None
             for relation_id in message.relation_ids:
