@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeGuard
 
 from connector.errors import PoisonMessageError, SchemaError
 from connector.records import AvroSchema, Record
@@ -30,6 +30,7 @@ UPSERT_OPS = frozenset("cur")
 UNAVAILABLE_VALUE = "__cdc_unavailable_value"
 _PLACEHOLDERS = (UNAVAILABLE_VALUE, UNAVAILABLE_VALUE.encode())
 CDC_COLUMN_PREFIX = "__cdc_"
+_NONE: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,16 +52,29 @@ class Shape:
     key_fields: tuple[str, ...] = ()
     key_only: bool = False
     """Derived from a tombstone's key schema: enough to delete, not to create or evolve a table."""
+    # Derived once per shape (shapes are cached per schema), read for every message.
+    names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _fields: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+    _key_pairs: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+    _as_is: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(c.name for c in self.columns))
+        object.__setattr__(self, "_fields", tuple((c.name, c.field) for c in self.columns))
+        object.__setattr__(self, "_key_pairs", tuple(zip(self.key, self.key_fields, strict=False)))
+        object.__setattr__(self, "_as_is", all(c.name == c.field for c in self.columns))
 
     def row_of(self, image: Mapping[str, Any]) -> dict[str, Any]:
-        return {c.name: image.get(c.field) for c in self.columns}
+        """The row in column order. An image that already is exactly that (names, order) is used as it is:
+        rows are only read downstream (`collapse` copies before it changes one)."""
+        if self._as_is and type(image) is dict and tuple(image) == self.names:
+            return image
+        return {name: image.get(f) for name, f in self._fields}
 
     def key_of(self, key: Mapping[str, Any]) -> dict[str, Any]:
-        return {name: key.get(f) for name, f in zip(self.key, self.key_fields, strict=True)}
+        if len(self._key_pairs) != len(self.key):
+            raise ValueError("key and key_fields differ in length")
+        return {name: key.get(f) for name, f in self._key_pairs}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +102,19 @@ class Change:
 
     @property
     def key_tuple(self) -> tuple[Any, ...]:
-        if self.key is None:
+        key = self.key
+        if key is None:
             return ()
-        return tuple(_hashable(self.key.get(name)) for name in self.shape.key)
+        values = tuple(key.get(name) for name in self.shape.key)
+        for value in values:
+            if isinstance(value, (list, dict)):
+                return tuple(_hashable(v) for v in values)
+        return values
+
+
+def _is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    # Decoded records are dicts: `isinstance(value, Mapping)` goes through the ABC machinery, dearer per message.
+    return type(value) is dict or isinstance(value, Mapping)
 
 
 def _hashable(value: Any) -> Any:
@@ -256,7 +280,7 @@ def to_changes(record: Record) -> list[Change]:
         raise PoisonMessageError("record has a value but no value schema")
     shape = shape_of(record.value_schema, record.key_schema)
     value = record.value
-    if not isinstance(value, Mapping):
+    if not _is_mapping(value):
         raise PoisonMessageError("record value is not a record")
     if shape.flat:
         return [_flat(record, shape, value, partition, offset)]
@@ -298,7 +322,7 @@ def _flat(record: Record, shape: Shape, value: Mapping[str, Any], partition: int
     row = shape.row_of(value)
     # `unchanged_toast` went with the envelope; the source's placeholder still marks such values.
     unchanged = frozenset(name for name, item in row.items() if item in _PLACEHOLDERS) if not deleted else frozenset()
-    key = shape.key_of(record.key) if isinstance(record.key, Mapping) else {k: row.get(k) for k in shape.key}
+    key = shape.key_of(record.key) if _is_mapping(record.key) else {k: row.get(k) for k in shape.key}
     return Change(
         record.topic, partition, offset, "d" if deleted else "u", _parse_uuid(change_id, "header change_id"),
         *position, schema, table, shape, key, row, unchanged,
@@ -321,21 +345,25 @@ def _envelope(record: Record, shape: Shape, value: Mapping[str, Any], partition:
     raw_id = value.get("change_id") or _header_text(record, "change_id")
     if raw_id is None:
         raise PoisonMessageError("envelope has no change_id")
-    fallback_schema, fallback_table = _source_from_topic(record.topic)
-    source_schema, source_table = source.get("schema"), source.get("table")
-    schema: str = source_schema if isinstance(source_schema, str) else fallback_schema
-    table: str = source_table if isinstance(source_table, str) else fallback_table
+    schema, table = source.get("schema"), source.get("table")
+    if not isinstance(schema, str) or not isinstance(table, str):
+        fallback_schema, fallback_table = _source_from_topic(record.topic)
+        schema = schema if isinstance(schema, str) else fallback_schema
+        table = table if isinstance(table, str) else fallback_table
     image = value.get("before") if op == "d" else value.get("after")
-    if op in UPSERT_OPS and not isinstance(image, Mapping):
+    if op in UPSERT_OPS and not _is_mapping(image):
         raise PoisonMessageError(f"envelope op {op!r} has no `after` row")
-    row = shape.row_of(image) if isinstance(image, Mapping) else None
+    row = shape.row_of(image) if _is_mapping(image) else None
     key: Mapping[str, Any] | None = None
-    if isinstance(record.key, Mapping) and shape.key:
+    if _is_mapping(record.key) and shape.key:
         key = shape.key_of(record.key)
     elif row is not None and shape.key:
         key = {k: row.get(k) for k in shape.key}
-    unchanged = frozenset(value.get("unchanged_toast") or ()) if op == "u" else frozenset()
-    ts_ms = value.get("ts_ms") if isinstance(value.get("ts_ms"), int) else None
+    toast = value.get("unchanged_toast") if op == "u" else None
+    unchanged = frozenset(toast) if toast else _NONE
+    ts_ms = value.get("ts_ms")
+    if not isinstance(ts_ms, int):
+        ts_ms = None
     return Change(
         record.topic, partition, offset, op, _parse_uuid(raw_id, "change_id"), commit_lsn, lsn,
         schema, table, shape, key, row, unchanged, ts_ms,

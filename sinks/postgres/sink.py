@@ -345,11 +345,7 @@ class PostgresSink(Sink):
     def _process(self, messages: Sequence[Message]) -> None:
         """Decode this batch (while the previous one is being applied), then hand it to the applier thread."""
         started = time.monotonic()
-        offsets: dict[tuple[str, int], int] = {}
-        for message in messages:
-            topic, partition, offset = _coordinates(message)
-            offsets[(topic, partition)] = max(offsets.get((topic, partition), 0), offset + 1)
-        changes, dead = self._decode_all(messages)
+        changes, dead, offsets = self._decode_all(messages)
         if dead:
             self._dead_letter(dead)
         # One transaction at a time, in batch order: the previous batch commits before this one starts.
@@ -381,17 +377,25 @@ class PostgresSink(Sink):
             metrics.SINK_STALE.inc(result.stale)
         metrics.SINK_BATCH_SECONDS.observe(time.monotonic() - started)
 
-    def _decode_all(self, messages: Sequence[Message]) -> tuple[list[Change], list[_Dead]]:
+    def _decode_all(
+        self, messages: Sequence[Message]
+    ) -> tuple[list[Change], list[_Dead], dict[tuple[str, int], int]]:
+        """The batch's changes, its bad messages, and the next offset per partition."""
         changes: list[Change] = []
         dead: list[_Dead] = []
+        offsets: dict[tuple[str, int], int] = {}
         for message in messages:
+            topic, partition, offset = _coordinates(message)
+            where = (topic, partition)
+            if offsets.get(where, 0) <= offset:
+                offsets[where] = offset + 1
             try:
-                changes.extend(self._decode(message))
+                changes.extend(self._decode(message, topic, partition, offset))
             except (PoisonMessageError, SchemaError) as exc:
                 dead.append(self._poison(message, exc))
-        return changes, dead
+        return changes, dead, offsets
 
-    def _decode(self, message: Message) -> list[Change]:
+    def _decode(self, message: Message, topic: str, partition: int, offset: int) -> list[Change]:
         assert self._decoder is not None
         decoder = self._decoder
         raw_key, raw_value = message.key(), message.value()
@@ -406,7 +410,6 @@ class PostgresSink(Sink):
         if raw_value is not None:
             value, value_schema = self._decode_one(decoder, raw_value, "decoding a value")
         _, timestamp = message.timestamp()
-        topic, partition, offset = _coordinates(message)
         record = Record(
             topic=topic,
             key=key,
