@@ -8,7 +8,7 @@ each segment made a valid Avro name.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -20,6 +20,7 @@ from schemas.types import (
     CONNECT_NAME,
     AvroType,
     ColumnCodec,
+    _identity,
     avro_name,
     column_codec,
 )
@@ -105,6 +106,29 @@ def source_block(
     }
 
 
+def _compile_row_builder(codecs: Sequence[ColumnCodec]) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """`texts -> {field: from_text(text)}` as one generated function: no per-column call for text columns."""
+    namespace: dict[str, Any] = {}
+    texts = [f"t{i}" for i in range(len(codecs))]
+    items = []
+    for i, codec in enumerate(codecs):
+        namespace[f"_n{i}"] = codec.field_name
+        if codec.text_converter is not None:
+            namespace[f"_c{i}"] = codec.text_converter
+            items.append(f"_n{i}: None if t{i} is None else _c{i}(t{i})")
+        elif codec.from_text is _identity:
+            items.append(f"_n{i}: t{i}")
+        else:
+            namespace[f"_c{i}"] = codec.from_text
+            items.append(f"_n{i}: _c{i}(t{i})")
+    unpack = f"    {', '.join(texts)}, = texts\n" if codecs else ""
+    source = f"def build(texts):\n{unpack}    return {{{', '.join(items)}}}\n"
+    # Only generated names and constants appear in the source: column names are passed as values.
+    exec(compile(source, "<row-builder>", "exec"), namespace)  # noqa: S102
+    build: Callable[[Sequence[Any]], dict[str, Any]] = namespace["build"]
+    return build
+
+
 @dataclass(frozen=True)
 class TableSchemas:
     """The schemas of one captured table and the builders of its rows, keys and envelopes.
@@ -123,6 +147,7 @@ class TableSchemas:
     _plan: tuple[tuple[str, Any, Any, str], ...] = field(init=False, repr=False, compare=False)
     _fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _key_fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _build_row: Callable[[Sequence[Any]], dict[str, Any]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         plan = tuple((c.field_name, c.from_text, c.placeholder, c.column.name) for c in self.codecs)
@@ -130,6 +155,7 @@ class TableSchemas:
         object.__setattr__(self, "_fields", tuple(c.field_name for c in self.codecs))
         by_column = {c.column.name: c.field_name for c in self.codecs}
         object.__setattr__(self, "_key_fields", tuple(by_column[name] for name in self.key_columns))
+        object.__setattr__(self, "_build_row", _compile_row_builder(self.codecs))
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -150,7 +176,7 @@ class TableSchemas:
         if UNCHANGED_TOAST in texts:
             return self._row_with_toast(texts)
         try:
-            return {name: convert(text) for (name, convert, _, _), text in zip(self._plan, texts, strict=True)}, ()
+            return self._build_row(texts), ()
         except (ValueError, TypeError, ArithmeticError, IndexError) as exc:
             raise self._conversion_error(texts) from exc
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from typing import Any
 
@@ -93,6 +93,8 @@ class ColumnCodec:
     nullable: bool
     field_name: str
     placeholder: Any = None
+    text_converter: Callable[[str], Any] | None = None
+    """`from_text` for non-null text, without the null check (None: the text is the value), for generated rows."""
 
     @property
     def field(self) -> dict[str, Any]:
@@ -242,11 +244,27 @@ def _timestamp_micros(text: str, *, with_offset: bool) -> int:
     return micros
 
 
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MICRO = timedelta(microseconds=1)
+
+
 def _parse_timestamp(text: str) -> int:
+    # Years 1-9999 AD (nearly every value) are parsed in C; the rest (BC, infinity, year > 9999) below.
+    if len(text) >= 19 and text[10] == " ":
+        try:
+            return (datetime.fromisoformat(text) - _EPOCH) // _ONE_MICRO
+        except (ValueError, TypeError):
+            pass
     return _timestamp_micros(text, with_offset=False)
 
 
 def _parse_timestamptz(text: str) -> int:
+    if len(text) >= 22 and text[10] == " ":
+        try:
+            return (datetime.fromisoformat(text) - _EPOCH_UTC) // _ONE_MICRO
+        except (ValueError, TypeError):  # TypeError: no offset in the text (naive minus aware)
+            pass
     return _timestamp_micros(text, with_offset=True)
 
 
@@ -576,4 +594,5 @@ def column_codec(
         nullable=nullable,
         field_name=avro_name(column.name),
         placeholder=placeholder,
+        text_converter=None if passthrough else convert,
     )
