@@ -67,7 +67,13 @@ def zigzag(n: int) -> bytes:
     """Avro's zig-zag varint encoding of a long."""
     if -_SMALL_RANGE <= n < _SMALL_RANGE:
         return _SMALL[n + _SMALL_RANGE]
-    return _varint((n << 1) ^ (n >> 63))
+    n = (n << 1) ^ (n >> 63)  # _varint, inlined: this runs several times per event
+    out = _PAIR14[n & 0x3FFF]
+    n >>= 14
+    while n >= 0x4000:
+        out += _PAIR14[n & 0x3FFF]
+        n >>= 14
+    return out + _LOW14[n]
 
 
 def decimal_bytes(value: Decimal, precision: int, scale: int) -> bytes:
@@ -229,7 +235,7 @@ class _Generator:
                 lines.append(f"{ind}{b} = {var}")
             else:
                 raise _Unsupported(logical)
-            lines.append(f"{ind}out += zigzag(len({b}))")
+            lines.append(f"{ind}out += _SMALL[len({b}) + _R] if len({b}) < _R else zigzag(len({b}))")
             lines.append(f"{ind}out += {b}")
         elif kind == "array":
             item = self._var()

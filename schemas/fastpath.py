@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from connector import __version__
-from schemas.codegen import compile_writer, zigzag
+from schemas.codegen import _SMALL, _SMALL_RANGE, compile_writer, zigzag
 from schemas.envelope import TableSchemas
 from schemas.serde import HEADER, MAGIC
 
@@ -27,11 +27,15 @@ FALLBACK_ERRORS = (LookupError, TypeError, AttributeError, ValueError, OverflowE
 _NULL = b"\x00"
 _SOME = b"\x02"  # union branch 1 of ["null", X]
 _UUID_LEN = zigzag(36)
+_R = _SMALL_RANGE
 
 
 def _string(text: str) -> bytes:
     data = text.encode()
     return zigzag(len(data)) + data
+
+
+_OPS = {op: _string(op) for op in "cud"}
 
 
 class EnvelopeWriter:
@@ -129,12 +133,12 @@ class EnvelopeWriter:
             self._row_writer(out, after)
         sequence_bytes = f'{sequence}{lsn}"]'.encode()
         out += head
-        out += zigzag(len(sequence_bytes))
+        out += _SMALL[len(sequence_bytes) + _R]  # two decimal longs: far below the small-number table's limit
         out += sequence_bytes
         out += middle
         out += zigzag(lsn)
         out += tail
-        out += _string(op)
+        out += _OPS[op] if op in _OPS else _string(op)
         out += _SOME
         out += zigzag(ts_ms)
         cid = change_id.encode()

@@ -21,8 +21,7 @@ def namespace_for(system_identifier: str, database: str) -> uuid.UUID:
     return uuid.uuid5(_ROOT, f"{system_identifier}/{database}")
 
 
-_CLEAR = ~(0xF000 << 64) & ~(0xC000 << 48) & ((1 << 128) - 1)
-_SET = (0x5000 << 64) | (0x8000 << 48)
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 class ChangeIds:
@@ -41,9 +40,9 @@ class ChangeIds:
     def _uuid5(self, name: str) -> str:
         digest = self._base.copy()
         digest.update(name.encode())
-        value = int.from_bytes(digest.digest()[:16], "big") & _CLEAR | _SET  # version 5, RFC 4122 variant
-        text = f"{value:032x}"
-        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+        h = digest.hexdigest()
+        # Version 5 replaces the 13th hex digit; the RFC 4122 variant sets the top two bits of the 17th.
+        return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
     @property
     def namespace(self) -> uuid.UUID:

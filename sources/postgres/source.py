@@ -561,10 +561,11 @@ class _Streamer:
     def _handle(self, message: object, lsn: int) -> None:
         kind = type(message)
         if kind is Insert or kind is Update or kind is Delete:
-            assert isinstance(message, Insert | Update | Delete) and self.tx is not None
-            events = self.relations[message.relation_id]
+            assert self.tx is not None
+            events = self.relations[message.relation_id]  # type: ignore[attr-defined]
             encoded = events.streamed_encoded(
-                message, lsn=lsn, commit_lsn=self.commit_lsn, ordinal=self.ordinal, xid=self.xid,
+                message,  # type: ignore[arg-type]
+                lsn=lsn, commit_lsn=self.commit_lsn, ordinal=self.ordinal, xid=self.xid,
                 commit_ms=self.commit_ms,
             )  # fmt: skip
             if encoded is not None:
@@ -573,7 +574,8 @@ class _Streamer:
                     produce(events.topic, key_bytes, value_bytes, headers, self.tx)
             else:
                 records = events.streamed(
-                    message, lsn=lsn, commit_lsn=self.commit_lsn, ordinal=self.ordinal, xid=self.xid,
+                    message,  # type: ignore[arg-type]
+                    lsn=lsn, commit_lsn=self.commit_lsn, ordinal=self.ordinal, xid=self.xid,
                     commit_ms=self.commit_ms,
                 )  # fmt: skip
                 self.run._produce_all(records, self.delivery, self.tx)
