@@ -207,18 +207,30 @@ class Applier:
         unique = list(first.values())
         # ORDER BY: concurrent sinks take the ledger's index locks in one order, so they never deadlock; sorted
         # keys also visit the index's leaf pages in order.
-        cur = conn.execute(
-            """INSERT INTO cdc.applied_changes (change_id, topic, partition, "offset")
-               SELECT * FROM unnest(%b::uuid[], %b::text[], %b::int[], %b::bigint[]) ORDER BY 1
-               ON CONFLICT DO NOTHING RETURNING change_id""",
-            (
-                [c.change_id for c in unique],
-                [c.topic for c in unique],
-                [c.partition for c in unique],
-                [c.offset for c in unique],
-            ),
-            binary=True,
-        )
+        topic, partition = unique[0].topic, unique[0].partition
+        if all(c.partition == partition and c.topic == topic for c in unique):
+            # One partition (the usual batch of a partitioned consumer): no per-change topic and partition
+            # arrays to build and send.
+            cur = conn.execute(
+                """INSERT INTO cdc.applied_changes (change_id, topic, partition, "offset")
+                   SELECT i, %b::text, %b::int, o FROM unnest(%b::uuid[], %b::bigint[]) AS x(i, o) ORDER BY 1
+                   ON CONFLICT DO NOTHING RETURNING change_id""",
+                (topic, partition, [c.change_id for c in unique], [c.offset for c in unique]),
+                binary=True,
+            )
+        else:
+            cur = conn.execute(
+                """INSERT INTO cdc.applied_changes (change_id, topic, partition, "offset")
+                   SELECT * FROM unnest(%b::uuid[], %b::text[], %b::int[], %b::bigint[]) ORDER BY 1
+                   ON CONFLICT DO NOTHING RETURNING change_id""",
+                (
+                    [c.change_id for c in unique],
+                    [c.topic for c in unique],
+                    [c.partition for c in unique],
+                    [c.offset for c in unique],
+                ),
+                binary=True,
+            )
         if cur.rowcount == len(unique):
             # All inserted: the returned ids need not be read (psycopg parses rows only when fetched).
             return None if len(unique) == len(changes) else set(first)

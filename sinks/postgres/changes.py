@@ -57,12 +57,14 @@ class Shape:
     _fields: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
     _key_pairs: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
     _as_is: bool = field(init=False, repr=False, compare=False)
+    _key_as_is: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", tuple(c.name for c in self.columns))
         object.__setattr__(self, "_fields", tuple((c.name, c.field) for c in self.columns))
         object.__setattr__(self, "_key_pairs", tuple(zip(self.key, self.key_fields, strict=False)))
         object.__setattr__(self, "_as_is", all(c.name == c.field for c in self.columns))
+        object.__setattr__(self, "_key_as_is", self.key == self.key_fields)
 
     def row_of(self, image: Mapping[str, Any]) -> dict[str, Any]:
         """The row in column order. An image that already is exactly that (names, order) is used as it is:
@@ -74,6 +76,8 @@ class Shape:
     def key_of(self, key: Mapping[str, Any]) -> dict[str, Any]:
         if len(self._key_pairs) != len(self.key):
             raise ValueError("key and key_fields differ in length")
+        if self._key_as_is and type(key) is dict and tuple(key) == self.key:
+            return key
         return {name: key.get(f) for name, f in self._key_pairs}
 
 
