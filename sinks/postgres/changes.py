@@ -232,6 +232,23 @@ def shape_of(value_schema: AvroSchema, key_schema: AvroSchema | None) -> Shape:
     return Shape(tuple(columns), tuple(by_field[k] for k in key_fields), flat, key_fields)
 
 
+_by_identity: dict[tuple[int, int], tuple[AvroSchema, AvroSchema | None, Shape]] = {}
+
+
+def _shape_for(value_schema: AvroSchema, key_schema: AvroSchema | None) -> Shape:
+    """`shape_of`, first looked up by the schemas' identity: the decoder hands out one schema object per id, and
+    hashing a schema (its whole definition) on every message is dearer than the rest of building a change."""
+    where = (id(value_schema), id(key_schema))
+    found = _by_identity.get(where)
+    if found is not None and found[0] is value_schema and found[1] is key_schema:
+        return found[2]
+    shape = shape_of(value_schema, key_schema)
+    if len(_by_identity) >= 4096:
+        _by_identity.clear()  # schemas come and go (ids are reused once an object is freed); stay bounded
+    _by_identity[where] = (value_schema, key_schema, shape)  # holding the schemas keeps their ids valid
+    return shape
+
+
 def _source_from_topic(topic: str) -> tuple[str, str]:
     parts = topic.split(".")
     if len(parts) >= 2:
@@ -282,7 +299,7 @@ def to_changes(record: Record) -> list[Change]:
         return _tombstone(record, partition, offset)
     if record.value_schema is None:
         raise PoisonMessageError("record has a value but no value schema")
-    shape = shape_of(record.value_schema, record.key_schema)
+    shape = _shape_for(record.value_schema, record.key_schema)
     value = record.value
     if not _is_mapping(value):
         raise PoisonMessageError("record value is not a record")
