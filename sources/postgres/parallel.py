@@ -62,7 +62,8 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: ConnectorC
             if kind == "relation":
                 relation = message[1]
                 try:
-                    relations[relation.relation_id] = factory.for_relation(relation)
+                    relations[relation.relation_id] = table_events = factory.for_relation(relation)
+                    table_events.enable_fastpath(serializer.schema_id)
                 except Exception as exc:  # reported with the next batch, which needs this relation
                     relation_error = exc
                 continue
@@ -84,6 +85,15 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: ConnectorC
                                 )  # fmt: skip
                     else:
                         events = relations[change.relation_id]  # type: ignore[union-attr]
+                        fast = events.streamed_encoded(
+                            change,  # type: ignore[arg-type]
+                            lsn=lsn, commit_lsn=commit_lsn, ordinal=ordinal, xid=xid, commit_ms=commit_ms,
+                        )  # fmt: skip
+                        if fast is not None:
+                            out.append([(events.topic, k, v, tuple(h)) for k, v, h in fast])
+                            key = (events.table_name, events.last_op)
+                            counts[key] = counts.get(key, 0) + 1
+                            continue
                         records = events.streamed(
                             change,  # type: ignore[arg-type]
                             lsn=lsn, commit_lsn=commit_lsn, ordinal=ordinal, xid=xid, commit_ms=commit_ms,
