@@ -41,7 +41,7 @@ def test_register_sets_the_level_first_and_is_idempotent(stack: Stack, unique_na
         schema_id = registry.register(subject, schema)
         assert registry.register(subject, schema) == schema_id
         assert subject_level(stack, subject) == "FULL"
-        assert subject in registry.subjects()
+        # (not `subjects()`: Apicurio lists at most apicurio.ccompat.max-subjects, 1000 by default)
         latest = registry.latest(subject)
         assert latest is not None and latest[0] == 1 and latest[2] == schema_id
     with SchemaRegistry(config) as fresh:
