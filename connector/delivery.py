@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from connector.errors import DeliveryError, RetriableError
+from connector.logs import KAFKA_LOGGER
 from connector.records import AvroSchema, Record
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ class KafkaDelivery:
         self._admin_conf = {
             k: v for k, v in conf.items() if k.startswith(("bootstrap.", "security.", "sasl.", "ssl.", "client.id"))
         }
-        self._producer = Producer(conf)
+        self._producer = Producer(conf, logger=logging.getLogger(KAFKA_LOGGER))
         self._admin: AdminClient | None = None
         self._serializer = serializer
         self._partitions = topic_partitions
@@ -168,7 +169,7 @@ class KafkaDelivery:
         if not wanted:
             return
         if self._admin is None:
-            self._admin = AdminClient(self._admin_conf)
+            self._admin = AdminClient(self._admin_conf, logger=logging.getLogger(KAFKA_LOGGER))
         existing = set(self._admin.list_topics(timeout=30).topics)
         missing = [t for t in dict.fromkeys(wanted) if t not in existing]
         if missing:

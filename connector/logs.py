@@ -13,6 +13,9 @@ import sys
 import time
 from typing import Literal
 
+KAFKA_LOGGER = "librdkafka"
+"""librdkafka's own log lines go through Python logging under this name (scrubbed, rate-limited)."""
+
 _SECRET_PATTERNS = (
     # URL credentials: scheme://user:password@host
     (re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)[^@\s]+(?P<post>@)"), r"\g<pre>**********\g<post>"),
@@ -45,6 +48,39 @@ class ScrubbingFilter(logging.Filter):
         return True
 
 
+_DIGITS = re.compile(r"\d+")
+
+
+class RepeatFilter(logging.Filter):
+    """Lets one of a run of alike messages through per `window_s`, then says how many were held back.
+
+    A broker or database that stays down makes client libraries log the same failure many times a second;
+    an operator needs the first line and a count, not a flood. Messages that differ only in numbers
+    (timestamps, retry counts, ports) count as alike.
+    """
+
+    def __init__(self, window_s: float = 30.0) -> None:
+        super().__init__()
+        self._window_s = window_s
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, _DIGITS.sub("#", record.getMessage()))
+        now = time.monotonic()
+        first, held = self._seen.get(key, (0.0, 0))
+        if now - first < self._window_s:
+            self._seen[key] = (first, held + 1)
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if held:
+            record.msg, record.args = f"{record.getMessage()} ({held} alike messages held back)", None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -61,6 +97,7 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str = "INFO", fmt: Literal["text", "json"] = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ScrubbingFilter())
+    handler.addFilter(RepeatFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -71,5 +108,6 @@ def configure(level: str = "INFO", fmt: Literal["text", "json"] = "text") -> Non
     root.addHandler(handler)
     root.setLevel(level)
     # librdkafka's and psycopg's debug chatter is rarely what an operator wants at DEBUG.
+    logging.getLogger(KAFKA_LOGGER).setLevel(max(logging.INFO, logging.getLogger().level))
     for noisy in ("urllib3", "httpx", "httpx2", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -164,7 +164,7 @@ class PostgresSink(Sink):
                 )
             )
         try:
-            metadata = Consumer(self._consumer_settings()).list_topics(timeout=10)
+            metadata = Consumer(self._consumer_settings(), logger=log).list_topics(timeout=10)
         except Exception as exc:
             problems.append(
                 Problem("sink", f"cannot reach Kafka: {type(exc).__name__}", "check `kafka.bootstrap_servers`")
@@ -203,7 +203,7 @@ class PostgresSink(Sink):
             except psycopg.Error as exc:
                 return {"group_id": self._group_id, "error": f"destination unreachable: {type(exc).__name__}"}
         partitions = []
-        consumer = self._consumer or Consumer(self._consumer_settings())
+        consumer = self._consumer or Consumer(self._consumer_settings(), logger=log)
         try:
             for (topic, partition), next_offset in sorted(stored.items()):
                 try:

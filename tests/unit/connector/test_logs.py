@@ -46,3 +46,22 @@ def test_filter_scrubs_messages_args_and_tracebacks() -> None:
     assert "pw1" not in rendered
     assert "pw2" not in rendered
     assert "**********" in rendered
+
+
+def test_repeat_filter_holds_back_alike_warnings_and_counts_them() -> None:
+    from connector.logs import RepeatFilter
+
+    gate = RepeatFilter(window_s=3600)
+
+    def record(message: str, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord("librdkafka", level, __file__, 1, message, None, None)
+
+    assert gate.filter(record("Connect to 127.0.0.1:1 failed (after 0ms)"))
+    assert not gate.filter(record("Connect to 127.0.0.1:1 failed (after 3ms)"))
+    assert gate.filter(record("a different failure"))
+    assert gate.filter(record("progress 1", logging.INFO))
+    assert gate.filter(record("progress 1", logging.INFO))
+    gate._window_s = 0
+    again = record("Connect to 127.0.0.1:1 failed (after 9ms)")
+    assert gate.filter(again)
+    assert again.getMessage().endswith("(1 alike messages held back)")
