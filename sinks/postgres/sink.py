@@ -324,8 +324,13 @@ class PostgresSink(Sink):
         self._pending = []
         while not stop.is_set() and len(self._pending) < limit:
             self._finish_in_flight(wait=False)
-            timeout = 0.5 if deadline is None else max(0.0, deadline - time.monotonic())
-            for message in self._consumer.consume(num_messages=limit - len(self._pending), timeout=timeout):
+            # librdkafka's batch consume waits its whole timeout unless `num_messages` arrive: wait for the first
+            # message alone, so a batch opens as soon as data is there and closes `max_wait_ms` later.
+            if deadline is None:
+                wanted, timeout = 1, 0.5
+            else:
+                wanted, timeout = limit - len(self._pending), max(0.0, deadline - time.monotonic())
+            for message in self._consumer.consume(num_messages=wanted, timeout=timeout):
                 error = message.error()
                 if error is None:
                     self._pending.append(message)
