@@ -103,7 +103,7 @@ def test_load_config_reports_transform_options_with_their_key_path(tmp_path: Pat
 
 
 def test_source_side_route_mask_unwrap_then_sink_side_rename_insert_on_envelopes() -> None:
-    """The lead's end-to-end shape, without services: envelopes on the sink side keep change_id."""
+    """The end-to-end shape, without services: envelopes on the sink side keep change_id."""
     source = [{"type": "route", "regex": r"shop\.public\.(.*)", "replacement": "app.$1"},
               {"type": "mask", "fields": ["email"], "mode": "null"}]  # fmt: skip
     sink = [{"type": "rename", "renames": {"id": "customer_id"}}, {"type": "insert", "static_field": "origin",
