@@ -105,14 +105,17 @@ def _full_name(avro: Mapping[str, Any], namespace: str | None) -> tuple[str, str
     return (f"{ns}.{name}" if ns else name), ns
 
 
-class _Generator:
-    def __init__(self, definition: Any) -> None:
+class _CodeBuilder:
+    """What the writer and reader generators share: named types seen, generated functions, constants, names."""
+
+    _prefix = "x"
+
+    def __init__(self) -> None:
         self.named: dict[str, Mapping[str, Any]] = {}
         self.functions: dict[str, str] = {}  # full name -> generated function name
         self.sources: list[str] = []
         self.constants: dict[str, Any] = {}
         self.counter = 0
-        self.entry = self._writer_for(definition, None)
 
     def _const(self, value: Any) -> str:
         name = f"_k{len(self.constants)}"
@@ -121,13 +124,19 @@ class _Generator:
 
     def _var(self) -> str:
         self.counter += 1
-        return f"x{self.counter}"
+        return f"{self._prefix}{self.counter}"
 
     def _lookup(self, name: str, namespace: str | None) -> Mapping[str, Any]:
         for candidate in ((f"{namespace}.{name}" if namespace and "." not in name else name), name):
             if candidate in self.named:
                 return self.named[candidate]
         raise _Unsupported(f"unknown named type {name}")
+
+
+class _Generator(_CodeBuilder):
+    def __init__(self, definition: Any) -> None:
+        super().__init__()
+        self.entry = self._writer_for(definition, None)
 
     def _writer_for(self, avro: Any, namespace: str | None) -> str:
         """Name of a generated function `(out, v)` writing `avro` (only records get their own function)."""
@@ -313,23 +322,12 @@ def _varint_tail(buf: bytes, pos: int, first: int) -> tuple[int, int]:
     return n, pos
 
 
-class _ReaderGenerator:
+class _ReaderGenerator(_CodeBuilder):
+    _prefix = "y"
+
     def __init__(self, definition: Any) -> None:
-        self.named: dict[str, Mapping[str, Any]] = {}
-        self.functions: dict[str, str] = {}
-        self.sources: list[str] = []
-        self.constants: dict[str, Any] = {}
-        self.counter = 0
+        super().__init__()
         self.entry = self._reader_for(definition, None)
-
-    def _const(self, value: Any) -> str:
-        name = f"_k{len(self.constants)}"
-        self.constants[name] = value
-        return name
-
-    def _var(self) -> str:
-        self.counter += 1
-        return f"y{self.counter}"
 
     def _reader_for(self, avro: Any, namespace: str | None) -> str:
         if isinstance(avro, Mapping) and avro.get("type") == "record":
@@ -356,12 +354,6 @@ class _ReaderGenerator:
         lines.append("    return v, pos")
         self.sources.append("\n".join(lines))
         return fname
-
-    def _lookup(self, name: str, namespace: str | None) -> Mapping[str, Any]:
-        for candidate in ((f"{namespace}.{name}" if namespace and "." not in name else name), name):
-            if candidate in self.named:
-                return self.named[candidate]
-        raise _Unsupported(f"unknown named type {name}")
 
     @staticmethod
     def _long(target: str, lines: list[str], ind: str) -> None:
