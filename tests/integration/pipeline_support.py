@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from tests.support.helpers import wait_for
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -46,14 +48,14 @@ def table_digest(dsn: str, schema: str, table: str, columns: list[str]) -> tuple
 
 
 def wait_until(predicate: Any, timeout: float, what: str, process: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """`wait_for`, failing at once if the connector process has exited."""
+
+    def check() -> Any:
         if process is not None and process.poll() is not None:
             raise AssertionError(f"the connector exited ({process.returncode}) while waiting for {what}")
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        return predicate()
+
+    wait_for(check, timeout, interval=0.5, what=what)
 
 
 def drop_replication_state(dsn: str, slot: str, publication: str) -> None:
