@@ -164,11 +164,11 @@ def bench_executemany(dsn: str, n: int, batch: int) -> dict[str, Any]:
             "WHERE (t.__cdc_commit_lsn, t.__cdc_lsn) < (EXCLUDED.__cdc_commit_lsn, EXCLUDED.__cdc_lsn)"
         ).format(t=ident)
         ledger = sql.SQL(
-            'INSERT INTO cdc.applied_changes (change_id, topic, partition, "offset") VALUES (%s, %s, 0, %s) '
-            "ON CONFLICT DO NOTHING"
+            'INSERT INTO cdc.applied_changes (change_id, destination, topic, partition, "offset") '
+            "VALUES (%s, %s::regclass, %s, 0, %s) ON CONFLICT DO NOTHING"
         )
         rows = [(i, f"value {i}", i, i % 1000, 1_700_000_000 + i, 2 * i + 1, 2 * i) for i in range(n)]
-        ids = [(uuid.uuid4(), table, i) for i in range(n)]
+        ids = [(uuid.uuid4(), table, table, i) for i in range(n)]
         started = time.perf_counter()
         for start in range(0, n, batch):
             with conn.transaction(), conn.cursor() as cur:

@@ -69,10 +69,14 @@ class RepeatFilter(logging.Filter):
             return True
         key = (record.name, record.levelno, _DIGITS.sub("#", record.getMessage()))
         now = time.monotonic()
-        first, held = self._seen.get(key, (0.0, 0))
-        if now - first < self._window_s:
-            self._seen[key] = (first, held + 1)
-            return False
+        seen = self._seen.get(key)
+        held = 0
+        if seen is not None:
+            # Never seen means let through: the monotonic clock starts near 0 at boot, so no default time will do.
+            first, held = seen
+            if now - first < self._window_s:
+                self._seen[key] = (first, held + 1)
+                return False
         if len(self._seen) > 1000:
             self._seen.clear()
         self._seen[key] = (now, 0)

@@ -44,6 +44,11 @@ class AvroSchema:
 
 Headers = tuple[tuple[str, bytes], ...]
 
+NEW_KEY_HEADER = "__debezium.newkey"
+"""On the delete of an update that changed the key: the new key (JSON). Debezium's name for it."""
+OLD_KEY_HEADER = "__debezium.oldkey"
+"""On the create of an update that changed the key: the old key (JSON). Debezium's name for it."""
+
 
 @dataclass(frozen=True, slots=True)
 class Record:

@@ -1,10 +1,11 @@
 """One batch, one destination transaction (steps 2-5 of the commit order in `sinks.postgres.sink`).
 
-Within the transaction: the batch's change ids go into `cdc.applied_changes` (`ON CONFLICT DO NOTHING
-RETURNING`), and only the ids that came back are applied; per destination table the changes are split into
-runs at truncates and schema changes, each run collapsed to the last change per key, COPYed into a session
-temp table and merged with `INSERT ... SELECT ... ON CONFLICT ... DO UPDATE ... WHERE` the stored
-`(__cdc_commit_lsn, __cdc_lsn)` is lower (deletes likewise); then `cdc.sink_offsets` advances.
+Within the transaction: the batch's change ids go into `cdc.applied_changes`, one entry per destination table
+(`ON CONFLICT DO NOTHING RETURNING`), and only the (change, table) pairs that came back are applied; per
+destination table the changes are split into runs at truncates and schema changes, each run collapsed to the
+last change per key, COPYed into a session temp table and merged with `INSERT ... SELECT ... ON CONFLICT ... DO
+UPDATE ... WHERE` the stored `(__cdc_commit_lsn, __cdc_lsn)` is lower (deletes likewise); then
+`cdc.sink_offsets` advances.
 
 DDL (creating or evolving tables, creating the stage tables) runs before, in short transactions of its own,
 so a failed batch never rolls back a stage table the session still believes in.
@@ -22,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from sinks.postgres.changes import UPSERT_OPS, Change, Shape, collapse
+from sinks.postgres.changes import UPSERT_OPS, Change, KeyMove, Shape, carry_across_key_changes, collapse
 from sinks.postgres.config import PostgresSinkConfig
 from sinks.postgres.tables import (
     CHANGE_ID,
@@ -41,6 +42,10 @@ from sinks.postgres.tables import (
 log = logging.getLogger(__name__)
 
 _STAGE_OP = "__cdc_stage_op"
+_NO_IDS: set[int] = set()
+
+_Fresh = dict[int, set[int]] | None
+"""Fresh (change id, table) pairs of a batch: `UUID.int`s per destination table oid; None when all are fresh."""
 _STAGE_TOAST = "__cdc_stage_toast"
 
 
@@ -103,6 +108,16 @@ class Applier:
                     runs.append(run)
                     current = None
                     continue
+                if (
+                    change.shape.key_only
+                    and current is not None
+                    and current.target is not None
+                    and current.target.key == change.shape.key
+                ):
+                    # A delete from a tombstone: the run's table takes it by key as it is. Keeping it in the run
+                    # keeps a key change's delete and create together (see `carry_across_key_changes`).
+                    current.changes.append(change)
+                    continue
                 key = (table, id(change.shape))
                 if key not in targets:
                     shapes.append(change.shape)  # keeps the id valid for this call
@@ -161,8 +176,7 @@ class Applier:
         result = ApplyResult()
         self._dirty.clear()  # stages are empty when a transaction starts (ON COMMIT DELETE ROWS, or rollback)
         with conn.transaction():
-            fresh = self._ledger(conn, changes)
-            result.duplicates = 0 if fresh is None else len(changes) - len(fresh)
+            fresh, result.duplicates = self._ledger(conn, runs)
             for run in runs:
                 self._apply_run(conn, run, fresh, result)
             self._advance(conn, offsets)
@@ -185,56 +199,83 @@ class Applier:
                     change = single.truncate or single.changes[0]
                     try:
                         with conn.transaction():
-                            self._apply_run(conn, single, {change.change_id.int}, ApplyResult())
+                            self._apply_run(conn, single, None, ApplyResult())
                     except psycopg.Error as exc:
                         if not (exc.sqlstate or "").startswith(("22", "23")):
                             raise
                         failures.append((change, exc))
         return failures
 
-    def _ledger(self, conn: psycopg.Connection[Any], changes: Sequence[Change]) -> set[int] | None:
-        """Step 2: record the batch's change ids; returns the ones not applied before (as `UUID.int`).
+    def _ledger(self, conn: psycopg.Connection[Any], runs: Sequence[_Run]) -> tuple[_Fresh, int]:
+        """Step 2: record each change id once per destination table it is applied to.
 
-        None means every change of the batch is fresh and no change id repeats within it (the common case:
-        no set to build or probe per change).
+        Returns the (change id, table) pairs not recorded before, as `UUID.int` per table oid, and how many of
+        the batch's changes were duplicates. None instead of the pairs means every change of the batch is fresh
+        and none repeats within it (the common case: no set to build or probe per change). A change whose
+        table does not exist (a delete for a table never created) takes no effect, so it is not recorded.
         """
         # Keyed by `UUID.int`: hashing an int is a C call, hashing a UUID a Python method (10x dearer).
-        first: dict[int, Change] = {}
-        for change in changes:
-            first.setdefault(change.change_id.int, change)
-        if not first:
-            return set()
-        unique = list(first.values())
+        by_table: dict[int, dict[int, Change]] = {}
+        total = 0
+        for run in runs:
+            target = run.target
+            if target is None:
+                continue
+            first = by_table.setdefault(target.oid, {})
+            for change in run.changes:
+                first.setdefault(change.change_id.int, change)
+            total += len(run.changes)
+            if run.truncate is not None:
+                first.setdefault(run.truncate.change_id.int, run.truncate)
+                total += 1
+        entries = sum(len(first) for first in by_table.values())
+        if not entries:
+            return {}, total
         # ORDER BY: concurrent sinks take the ledger's index locks in one order, so they never deadlock; sorted
         # keys also visit the index's leaf pages in order.
-        topic, partition = unique[0].topic, unique[0].partition
-        if all(c.partition == partition and c.topic == topic for c in unique):
-            # One partition (the usual batch of a partitioned consumer): no per-change topic and partition
-            # arrays to build and send.
-            cur = conn.execute(
-                """INSERT INTO cdc.applied_changes (change_id, topic, partition, "offset")
-                   SELECT i, %b::text, %b::int, o FROM unnest(%b::uuid[], %b::bigint[]) AS x(i, o) ORDER BY 1
-                   ON CONFLICT DO NOTHING RETURNING change_id""",
-                (topic, partition, [c.change_id for c in unique], [c.offset for c in unique]),
-                binary=True,
-            )
-        else:
-            cur = conn.execute(
-                """INSERT INTO cdc.applied_changes (change_id, topic, partition, "offset")
-                   SELECT * FROM unnest(%b::uuid[], %b::text[], %b::int[], %b::bigint[]) ORDER BY 1
-                   ON CONFLICT DO NOTHING RETURNING change_id""",
-                (
-                    [c.change_id for c in unique],
-                    [c.topic for c in unique],
-                    [c.partition for c in unique],
-                    [c.offset for c in unique],
-                ),
-                binary=True,
-            )
-        if cur.rowcount == len(unique):
-            # All inserted: the returned ids need not be read (psycopg parses rows only when fetched).
-            return None if len(unique) == len(changes) else set(first)
-        return {row[0].int for row in cur.fetchall()}
+        if len(by_table) == 1:
+            (oid, first), = by_table.items()
+            unique = list(first.values())
+            topic, partition = unique[0].topic, unique[0].partition
+            if all(c.partition == partition and c.topic == topic for c in unique):
+                # One table and one partition (the usual batch of a partitioned consumer): no per-change table,
+                # topic and partition arrays to build and send.
+                cur = conn.execute(
+                    """INSERT INTO cdc.applied_changes (change_id, destination, topic, partition, "offset")
+                       SELECT i, %b::oid, %b::text, %b::int, o FROM unnest(%b::uuid[], %b::bigint[]) AS x(i, o)
+                       ORDER BY 1 ON CONFLICT DO NOTHING RETURNING change_id""",
+                    (oid, topic, partition, [c.change_id for c in unique], [c.offset for c in unique]),
+                    binary=True,
+                )
+                if cur.rowcount == entries:
+                    # All inserted: the returned ids need not be read (psycopg parses rows only when fetched).
+                    return (None if entries == total else {oid: set(first)}), 0
+                fresh = {row[0].int for row in cur.fetchall()}
+                return {oid: fresh}, total - len(fresh)
+        unique = []
+        oids = []
+        for oid, first in by_table.items():
+            unique.extend(first.values())
+            oids.extend([oid] * len(first))
+        cur = conn.execute(
+            """INSERT INTO cdc.applied_changes (change_id, destination, topic, partition, "offset")
+               SELECT * FROM unnest(%b::uuid[], %b::oid[], %b::text[], %b::int[], %b::bigint[]) ORDER BY 1, 2
+               ON CONFLICT DO NOTHING RETURNING change_id, destination""",
+            (
+                [c.change_id for c in unique],
+                oids,
+                [c.topic for c in unique],
+                [c.partition for c in unique],
+                [c.offset for c in unique],
+            ),
+            binary=True,
+        )
+        if cur.rowcount == entries:
+            return (None if entries == total else {oid: set(first) for oid, first in by_table.items()}), 0
+        tables: dict[int, set[int]] = {}
+        for change_id, oid in cur.fetchall():
+            tables.setdefault(int(oid), set()).add(change_id.int)
+        return tables, total - cur.rowcount
 
     def _advance(self, conn: psycopg.Connection[Any], offsets: Mapping[tuple[str, int], int]) -> None:
         """Step 4: the next offset per partition; never moves back (a zombie consumer cannot rewind it)."""
@@ -250,31 +291,41 @@ class Applier:
             (self._group_id, [k[0] for k, _ in items], [k[1] for k, _ in items], [v for _, v in items]),
         )
 
-    def _apply_run(
-        self, conn: psycopg.Connection[Any], run: _Run, fresh: set[int] | None, result: ApplyResult
-    ) -> None:
-        """Step 3, for one run of one table; `fresh` as `_ledger` returns it (None: all fresh, none repeated)."""
+    def _apply_run(self, conn: psycopg.Connection[Any], run: _Run, fresh: _Fresh, result: ApplyResult) -> None:
+        """Step 3, for one run of one table; `fresh` as `_ledger` returns it (None: all fresh, none repeated).
+
+        Each fresh id is taken once (the first occurrence in the batch), so an id repeated within a batch, even
+        across runs of one table, is applied once.
+        """
+        target = run.target
+        if target is None:
+            return  # no table: a delete or truncate of rows that were never written
+        truncate = run.truncate
         if fresh is None:
             changes = run.changes
         else:
-            seen: set[int] = set()
+            ids = fresh.get(target.oid, _NO_IDS)
             changes = []
             for change in run.changes:
                 cid = change.change_id.int
-                if cid in fresh and cid not in seen:
-                    seen.add(cid)
+                if cid in ids:
+                    ids.discard(cid)
                     changes.append(change)
-        target = run.target
-        if changes and target is not None:
+            if truncate is not None:
+                if truncate.change_id.int in ids:
+                    ids.discard(truncate.change_id.int)
+                else:
+                    truncate = None
+        if changes:
             if target.append:
                 self._append(conn, target, changes, result)
             else:
-                self._merge(conn, target, collapse(changes), result)
+                carried, moves = carry_across_key_changes(changes)
+                self._merge(conn, target, collapse(carried), result, moves)
             name = str(run.table)
             for op, count in Counter(change.op for change in changes).items():
                 result.applied[(name, op)] += count
-        truncate = run.truncate
-        if truncate is not None and (fresh is None or truncate.change_id.int in fresh) and target is not None:
+        if truncate is not None:
             self._truncate(conn, target, truncate, result)
             result.applied[(str(run.table), "t")] += 1
 
@@ -326,16 +377,27 @@ class Applier:
         return stage
 
     def _merge(
-        self, conn: psycopg.Connection[Any], target: TargetTable, changes: Sequence[Change], result: ApplyResult
+        self,
+        conn: psycopg.Connection[Any],
+        target: TargetTable,
+        changes: Sequence[Change],
+        result: ApplyResult,
+        moves: Mapping[tuple[Any, ...], KeyMove] | None = None,
     ) -> None:
         groups: dict[frozenset[str], int] = {frozenset(): 0}
         rows: list[tuple[Change, str, int]] = []
+        fills: list[tuple[Change, KeyMove, frozenset[str], int]] = []
         deletes = 0
         for change in changes:
             if change.op in UPSERT_OPS:
                 if change.unchanged_toast:
-                    unchanged = change.unchanged_toast.intersection(target.columns)
-                    group = groups.setdefault(frozenset(unchanged), len(groups))
+                    unchanged = frozenset(change.unchanged_toast.intersection(target.columns))
+                    group = groups.setdefault(unchanged, len(groups))
+                    move = moves.get(change.key_tuple) if moves else None
+                    if move is not None and unchanged & move.columns:
+                        # Written as unchanged unless the old key's row is found (then as known, see _fill).
+                        known = groups.setdefault(unchanged - move.columns, len(groups))
+                        fills.append((change, move, unchanged & move.columns, known))
                 else:
                     group = 0
                 rows.append((change, "u", group))
@@ -343,6 +405,8 @@ class Applier:
                 rows.append((change, "d", 0))
                 deletes += 1
         stage = self._copy(conn, target, rows)
+        if fills:
+            self._fill(conn, target, stage, fills)
         upserts = len(rows) - deletes
         table = target.name.ident
         key = sql.SQL(", ").join(map(sql.Identifier, target.key))
@@ -350,7 +414,7 @@ class Applier:
         cl, lsn, cid = sql.Identifier(COMMIT_LSN), sql.Identifier(LSN), sql.Identifier(CHANGE_ID)
         if upserts:
             written = 0
-            used = {t for _, op, t in rows if op == "u"} if len(groups) > 1 else {0}
+            used = {t for _, op, t in rows if op == "u"} | {f[3] for f in fills} if len(groups) > 1 else {0}
             for unchanged, group in groups.items():
                 if group not in used:
                     continue  # every change of that TOAST group collapsed into a later one
@@ -420,6 +484,46 @@ class Applier:
                     guard=guard.format(t=sql.Identifier("t"), s=sql.Identifier("s"), cl=cl, l=lsn),
                 )
             result.stale += deletes - conn.execute(statement).rowcount
+
+    def _fill(
+        self,
+        conn: psycopg.Connection[Any],
+        target: TargetTable,
+        stage: sql.Identifier,
+        fills: Sequence[tuple[Change, KeyMove, frozenset[str], int]],
+    ) -> None:
+        """Unchanged TOASTed values of key-changing updates, copied into the stage from the old key's row.
+
+        Runs after the COPY and before any merge of this run, so the old row is as it was before the batch (its
+        delete comes after the upserts). A staged row whose old row is found moves to the TOAST group that writes
+        those columns; one whose old row is absent (the sink started later) keeps them unwritten.
+        """
+        converters = dict(zip(target.columns, target.converters, strict=True))
+        for change, move, columns, known in fills:
+            old_key = []
+            for name in target.key:
+                value = move.old_key.get(name)
+                convert = converters.get(name)
+                old_key.append(convert(value) if convert is not None and value is not None else value)
+            ordered = sorted(columns)
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {stage} s SET {sets}, {toast} = {known} FROM {table} o "
+                    "WHERE s.{cid} = %s AND s.{op} = 'u' AND {match}"
+                ).format(
+                    stage=stage,
+                    sets=sql.SQL(", ").join(sql.SQL("{c} = o.{c}").format(c=sql.Identifier(c)) for c in ordered),
+                    toast=sql.Identifier(_STAGE_TOAST),
+                    known=sql.Literal(known),
+                    table=target.name.ident,
+                    cid=sql.Identifier(CHANGE_ID),
+                    op=sql.Identifier(_STAGE_OP),
+                    match=sql.SQL(" AND ").join(
+                        sql.SQL("o.{} = %s").format(sql.Identifier(k)) for k in target.key
+                    ),
+                ),
+                [change.change_id, *old_key],
+            )
 
     def _append(
         self, conn: psycopg.Connection[Any], target: TargetTable, changes: Sequence[Change], result: ApplyResult

@@ -380,7 +380,8 @@ def _envelope(record: Record, shape: Shape, value: Mapping[str, Any], partition:
         key = shape.key_of(record.key)
     elif row is not None and shape.key:
         key = {k: row.get(k) for k in shape.key}
-    toast = value.get("unchanged_toast") if op == "u" else None
+    # A create lists them too when it is the second half of an update that changed the key.
+    toast = value.get("unchanged_toast") if op in ("u", "c") else None
     unchanged = frozenset(toast) if toast else _NONE
     ts_ms = value.get("ts_ms")
     if not isinstance(ts_ms, int):
@@ -417,6 +418,63 @@ def collapse(changes: Sequence[Change]) -> list[Change]:
                 change = replace(change, row=row, unchanged_toast=change.unchanged_toast - known)
         last[key] = change
     return list(last.values())
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMove:
+    """A key-changing update whose new row lacks unchanged TOASTed values: they are in the row at `old_key`."""
+
+    old_key: Mapping[str, Any]
+    columns: frozenset[str]
+
+
+def carry_across_key_changes(changes: Sequence[Change]) -> tuple[list[Change], dict[tuple[Any, ...], KeyMove]]:
+    """Unchanged TOASTed values of key-changing updates, taken from the old key; `changes` as for `collapse`.
+
+    An update that changes the key arrives as a delete of the old key and a create of the new one with the same
+    `(commit_lsn, lsn)`; the create lists the columns PostgreSQL did not send in `unchanged_toast`. Values an
+    earlier change of the old key in this batch knew are copied into the create here. The rest are returned as
+    `KeyMove`s by new key: the applier copies them from the old key's destination row, in the same transaction,
+    before the delete removes it. Chains (1 -> 2 -> 3 in one batch) point back to the first old key.
+    """
+    deletes = {c.position: c for c in changes if c.op == "d"}
+    if not deletes:
+        return list(changes), {}
+    out: list[Change] = []
+    latest: dict[tuple[Any, ...], Change] = {}  # last upsert per key so far
+    gone: dict[tuple[int, int], Change] = {}  # the last upsert of a key, by the position of the delete that ended it
+    moves: dict[tuple[Any, ...], KeyMove] = {}
+    for item in changes:
+        change = item
+        if change.op == "c" and change.unchanged_toast and change.row is not None:
+            delete = deletes.get(change.position)
+            if delete is not None and delete.key is not None:
+                old = delete.key_tuple
+                previous = gone.get(change.position) or latest.get(old)
+                unknown = change.unchanged_toast
+                if previous is not None and previous.row is not None:
+                    known = unknown - previous.unchanged_toast
+                    if known:
+                        row = dict(change.row)
+                        for name in known:
+                            row[name] = previous.row.get(name)
+                        unknown = unknown - known
+                        change = replace(change, row=row, unchanged_toast=unknown)
+                if unknown:
+                    # The old key's row may itself be new in this batch, moved from a key the destination has.
+                    earlier = moves.get(old)
+                    moves[change.key_tuple] = (
+                        KeyMove(earlier.old_key, unknown) if earlier is not None and unknown <= earlier.columns
+                        else KeyMove(delete.key, unknown)
+                    )
+        if change.op in UPSERT_OPS:
+            latest[change.key_tuple] = change
+        else:
+            removed = latest.pop(change.key_tuple, None)
+            if removed is not None:
+                gone[change.position] = removed
+        out.append(change)
+    return out, moves
 
 
 def split_at_truncates(changes: Iterable[Change]) -> list[tuple[list[Change], Change | None]]:

@@ -4,9 +4,10 @@ Commit order of one batch (the only place it is written down):
 
 1. Bad messages of the batch (`errors.tolerance: all`) are produced to the dead-letter topic and flushed
    (acknowledged by Kafka) first, so advancing past them can never lose them.
-2. One destination transaction begins. Every change id of the batch goes into `cdc.applied_changes`; only the
-   ids that were not there yet are applied (a redelivery, a replay, or the same change from another consumer
-   group or cluster changes nothing).
+2. One destination transaction begins. Every change id of the batch goes into `cdc.applied_changes` with the
+   destination table it is for; only the (change, table) pairs that were not there yet are applied (a
+   redelivery, a replay, or the same change from another consumer group or cluster into the same table changes
+   nothing; another pipeline into another table applies it there).
 3. Row changes are applied per table in Kafka order per key: upsert for c/u/r, delete (hard or soft) for d,
    a guarded delete for t. A row is only written when the change's `(commit_lsn, lsn)` is greater than the one
    stored in the row.
@@ -55,7 +56,7 @@ from connector.errors import (
     SchemaError,
     is_retriable,
 )
-from connector.records import Record
+from connector.records import NEW_KEY_HEADER, Record
 from schemas.registry import SchemaRegistry
 from schemas.serde import Decoder
 from sinks.base import Sink
@@ -114,6 +115,8 @@ class PostgresSink(Sink):
         self._decoder: Decoder | None = None
         self._registry_client: SchemaRegistryClient | None = None
         self._pending: list[Message] = []
+        self._carry: list[Message] = []  # held back from the last batch (see `_key_change_tails`)
+        self._held: set[tuple[str, int, int]] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._in_flight: _InFlight | None = None
         self._producer_lock = threading.Lock()
@@ -311,6 +314,7 @@ class PostgresSink(Sink):
         # ... and abandon buffered messages of revoked partitions: nothing of them is applied, so the next owner
         # starting at the stored offset sees a clean state.
         self._pending = [m for m in self._pending if (m.topic(), m.partition()) not in revoked]
+        self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in revoked]
         self._assigned -= revoked
         for key in revoked:
             self._positions.pop(key, None)
@@ -318,10 +322,10 @@ class PostgresSink(Sink):
 
     def _collect(self, stop: threading.Event) -> list[Message]:
         assert self._consumer is not None
-        limit = self._sink.batch.max_records
         max_wait = self._sink.batch.max_wait_ms / 1000
         deadline: float | None = None
-        self._pending = []
+        self._pending, self._carry = self._carry, []
+        limit = self._sink.batch.max_records + len(self._pending)  # held messages do not crowd out what follows
         while not stop.is_set() and len(self._pending) < limit:
             self._finish_in_flight(wait=False)
             # librdkafka's batch consume waits its whole timeout unless `num_messages` arrive: wait for the first
@@ -350,7 +354,7 @@ class PostgresSink(Sink):
     def _process(self, messages: Sequence[Message]) -> None:
         """Decode this batch (while the previous one is being applied), then hand it to the applier thread."""
         started = time.monotonic()
-        changes, dead, offsets = self._decode_all(messages)
+        changes, dead, offsets, messages = self._decode_all(messages)
         if dead:
             self._dead_letter(dead)
         # One transaction at a time, in batch order: the previous batch commits before this one starts.
@@ -383,22 +387,57 @@ class PostgresSink(Sink):
         metrics.SINK_BATCH_SECONDS.observe(time.monotonic() - started)
 
     def _decode_all(
-        self, messages: Sequence[Message]
-    ) -> tuple[list[Change], list[_Dead], dict[tuple[str, int], int]]:
-        """The batch's changes, its bad messages, and the next offset per partition."""
+        self, messages: Sequence[Message], *, hold: bool = True
+    ) -> tuple[list[Change], list[_Dead], dict[tuple[str, int], int], Sequence[Message]]:
+        """The batch's changes, its bad messages, the next offset per partition and the messages they are of
+        (a partition's trailing half of a key change is held back for the next batch, see `_key_change_tails`)."""
         changes: list[Change] = []
         dead: list[_Dead] = []
         offsets: dict[tuple[str, int], int] = {}
-        for message in messages:
+        last: dict[tuple[str, int], int] = {}
+        for index, message in enumerate(messages):
             topic, partition, offset = _coordinates(message)
             where = (topic, partition)
             if offsets.get(where, 0) <= offset:
                 offsets[where] = offset + 1
+                last[where] = index
             try:
                 changes.extend(self._decode(message, topic, partition, offset))
             except (PoisonMessageError, SchemaError) as exc:
                 dead.append(self._poison(message, exc))
-        return changes, dead, offsets
+        if hold:
+            held = self._key_change_tails(messages, last)
+            if held:
+                self._carry = [messages[i] for i in sorted(held)]
+                return self._decode_all([m for i, m in enumerate(messages) if i not in held], hold=False)
+        return changes, dead, offsets, messages
+
+    def _key_change_tails(self, messages: Sequence[Message], last: dict[tuple[str, int], int]) -> set[int]:
+        """Indexes of messages that end a partition's part of the batch with the delete (and its tombstone) of
+        an update that changed the key, whose create follows in the log: held back once, so the pair is applied
+        in one transaction and the create can take the unchanged TOASTed values from the old row."""
+        held: set[int] = set()
+        for where, index in last.items():
+            tail: list[int] = []
+            i = index
+            while i >= 0:
+                message = messages[i]
+                if (message.topic(), message.partition()) == where:
+                    if _is_key_change_delete(message):
+                        tail.append(i)
+                    elif message.value() is None and not tail and i == index:
+                        tail.append(i)  # a tombstone that did not copy the delete's headers
+                    else:
+                        break
+                i -= 1
+            coordinates = [_coordinates(messages[i]) for i in tail]
+            if not any(_is_key_change_delete(messages[i]) for i in tail) or any(c in self._held for c in coordinates):
+                continue  # nothing to hold, or held once already: its create is not coming to this partition
+            if len(self._held) > 10_000:
+                self._held.clear()
+            self._held.update(coordinates)
+            held.update(tail)
+        return held
 
     def _decode(self, message: Message, topic: str, partition: int, offset: int) -> list[Change]:
         assert self._decoder is not None
@@ -619,6 +658,15 @@ def _coordinates(message: Message) -> tuple[str, int, int]:
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None and partition is not None and offset is not None
     return topic, partition, offset
+
+
+def _is_key_change_delete(message: Message) -> bool:
+    headers = message.headers()
+    if not headers:
+        return False
+    if isinstance(headers, dict):
+        return NEW_KEY_HEADER in headers
+    return any(item[0] == NEW_KEY_HEADER for item in headers)
 
 
 def _headers(message: Message) -> list[tuple[str, bytes]]:

@@ -1,8 +1,10 @@
 """The sink's state in the destination: schema `cdc` with the offsets and the applied-change ledger.
 
 `cdc.sink_offsets(group_id, topic, partition, next_offset, updated_at)`: per consumer group and partition, the
-next offset to apply ("after the last applied message"). `cdc.applied_changes(change_id, topic, partition,
-"offset", applied_at)`: one row per applied change id. Both are written in the transaction of the rows they
+next offset to apply ("after the last applied message"). `cdc.applied_changes(change_id, destination, topic,
+partition, "offset", applied_at)`: one row per change id and destination table (its oid) the change took effect
+in. The unit of effect is the destination table: two pipelines writing two tables both apply a change, two
+groups or two regions writing one table apply it once. Both are written in the transaction of the rows they
 account for (see `sinks.postgres.apply`). The ledger is pruned by age in the background (`LedgerPruner`); the
 per-row LSN guard keeps replays of pruned changes harmless.
 """
@@ -31,13 +33,27 @@ _SETUP = (
         updated_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (group_id, topic, partition))""",
     """CREATE TABLE IF NOT EXISTS cdc.applied_changes (
-        change_id uuid PRIMARY KEY,
+        change_id uuid NOT NULL,
+        destination oid NOT NULL DEFAULT 0,
         topic text NOT NULL,
         partition integer NOT NULL,
         "offset" bigint NOT NULL,
-        applied_at timestamptz NOT NULL DEFAULT now())""",
+        applied_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (change_id, destination))""",
     # BRIN: rows arrive in applied_at order, so pruning by age finds them cheaply without taxing every insert.
     "CREATE INDEX IF NOT EXISTS applied_changes_applied_at ON cdc.applied_changes USING brin (applied_at)",
+)
+
+LEGACY_DESTINATION = 0
+"""`destination` of ledger rows recorded before the ledger was scoped per table (and, by the column's default,
+by a sink of that earlier version still running during a rolling upgrade): no table has oid 0, so they match no
+destination and a replay of those changes is applied again, under the per-row guard."""
+
+# A ledger keyed by change id alone (before per-table scope): the destination it was applied to is unknown.
+_MIGRATE = (
+    f"ALTER TABLE cdc.applied_changes ADD COLUMN destination oid NOT NULL DEFAULT {LEGACY_DESTINATION}",
+    "ALTER TABLE cdc.applied_changes DROP CONSTRAINT applied_changes_pkey",
+    "ALTER TABLE cdc.applied_changes ADD PRIMARY KEY (change_id, destination)",
 )
 
 
@@ -47,6 +63,20 @@ def ensure_state(conn: psycopg.Connection[Any]) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cdc-sink-state', 0))")
         for statement in _SETUP:
             conn.execute(statement)
+        scoped = conn.execute(
+            """SELECT 1 FROM pg_attribute
+               WHERE attrelid = 'cdc.applied_changes'::regclass AND attname = 'destination' AND NOT attisdropped"""
+        ).fetchone()
+        if scoped is None:
+            for statement in _MIGRATE:
+                conn.execute(statement)
+            row = conn.execute("SELECT count(*) FROM cdc.applied_changes").fetchone()
+            log.warning(
+                "migrated cdc.applied_changes to one entry per (change id, destination table); its %d earlier "
+                "entries do not say which table they were applied to, so a replay of those changes is applied "
+                "again under the per-row position guard (they age out after the dedupe retention)",
+                row[0] if row else 0,
+            )
 
 
 def read_offsets(
@@ -104,8 +134,8 @@ class LedgerPruner(threading.Thread):
                 with conn.transaction():
                     conn.execute("SET LOCAL lock_timeout = '1s'")
                     deleted = conn.execute(
-                        """DELETE FROM cdc.applied_changes WHERE change_id IN (
-                               SELECT change_id FROM cdc.applied_changes
+                        """DELETE FROM cdc.applied_changes WHERE (change_id, destination) IN (
+                               SELECT change_id, destination FROM cdc.applied_changes
                                WHERE applied_at < now() - %s
                                LIMIT %s FOR UPDATE SKIP LOCKED)""",
                         (self._retention, self._batch),

@@ -83,6 +83,8 @@ class TargetTable:
     """A destination table as the apply path writes it: which shape columns go where, with which converters."""
 
     name: TableName
+    oid: int
+    """The table's oid: its identity in the ledger (a table dropped and created again is a new destination)."""
     columns: tuple[str, ...]
     """Shape columns that exist in the table, in shape order (the ones written)."""
     converters: tuple[Converter | None, ...]
@@ -93,6 +95,7 @@ class TargetTable:
 
 @dataclass(frozen=True, slots=True)
 class _Existing:
+    oid: int
     columns: Mapping[str, tuple[str, bool, bool]]  # name -> (format_type, not null, has default)
     key: tuple[str, ...]
     unique_sets: tuple[frozenset[str], ...]
@@ -101,7 +104,7 @@ class _Existing:
 def _read(conn: psycopg.Connection[Any], table: TableName) -> _Existing | None:
     rows = conn.execute(
         """
-        SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atthasdef
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atthasdef, c.oid
         FROM pg_attribute a
         JOIN pg_class c ON c.oid = a.attrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -129,7 +132,7 @@ def _read(conn: psycopg.Connection[Any], table: TableName) -> _Existing | None:
         if primary:
             key = tuple(names)
     return _Existing(
-        {r[0]: (r[1], r[2], r[3]) for r in rows}, key, tuple(frozenset(names) for _, names in indexes)
+        int(rows[0][4]), {r[0]: (r[1], r[2], r[3]) for r in rows}, key, tuple(frozenset(n) for _, n in indexes)
     )
 
 
@@ -208,7 +211,9 @@ class TableManager:
             existing = _read(conn, table)
         if existing is None:
             return None
-        return TargetTable(table, (), (), (), self._config.mode == "append", self._config.delete_handling == "soft")
+        return TargetTable(
+            table, existing.oid, (), (), (), self._config.mode == "append", self._config.delete_handling == "soft"
+        )
 
     def _create(self, conn: psycopg.Connection[Any], table: TableName, shape: Shape) -> None:
         append = self._config.mode == "append"
@@ -327,6 +332,7 @@ class TableManager:
         columns = tuple(c for c in shape.columns if c.name in existing.columns)
         return TargetTable(
             table,
+            existing.oid,
             tuple(c.name for c in columns),
             tuple(c.type.convert for c in columns),
             key,

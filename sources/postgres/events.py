@@ -9,6 +9,7 @@ Headers on every record: `change_id` and `source_lsn` (`commit_lsn:lsn`, decimal
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ import psycopg
 
 from connector.config import ConnectorConfig, SchemaRegistryConfig
 from connector.errors import SchemaError
-from connector.records import AvroSchema, Record
+from connector.records import NEW_KEY_HEADER, OLD_KEY_HEADER, AvroSchema, Record
 from schemas.catalog import TableInfo, describe_tables
 from schemas.codegen import Fallback
 from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, source_block
@@ -35,6 +36,11 @@ SchemaIds = Callable[[str, AvroSchema, bool], int]
 Encoded = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 """(key, value, headers) of one record in Confluent wire format, for `KafkaDelivery.produce_raw`."""
 _FALLBACK = (Fallback, *FALLBACK_ERRORS)
+
+
+def _key_json(key: dict[str, Any] | None) -> bytes:
+    """A key as JSON text for a header (values JSON lacks, like Decimal or bytes, as their text)."""
+    return json.dumps(key, default=str, ensure_ascii=False).encode()
 
 
 class RegistrySerializer:
@@ -168,11 +174,14 @@ class TableEvents:
                 )
             # The key changed: like Debezium, a delete of the old key (+ tombstone) and a create of the new one,
             # so keyed consumers (compaction, sinks) drop the old row.
+            # Headers as Debezium names them: consumers (our sink among them) recognise the pair.
             delete_id = self._ids.key_change_delete(commit_lsn, lsn, ordinal)
             return [
-                *self._records("d", before=before, key=old_key, change_id=delete_id, source=src),
-                *self._records("c", after=after, key=key, unchanged=unchanged, change_id=cid, source=src.copy()),
-            ]
+                *self._records("d", before=before, key=old_key, change_id=delete_id, source=src,
+                               extra_headers=((NEW_KEY_HEADER, _key_json(key)),)),
+                *self._records("c", after=after, key=key, unchanged=unchanged, change_id=cid, source=src.copy(),
+                               extra_headers=((OLD_KEY_HEADER, _key_json(old_key)),)),
+            ]  # fmt: skip
         assert isinstance(message, Delete)
         before, _ = schemas.row(texts(message.old))
         return self._records("d", before=before, key=schemas.key(before), change_id=cid, source=src)
@@ -265,6 +274,7 @@ class TableEvents:
         before: dict[str, Any] | None = None,
         after: dict[str, Any] | None = None,
         unchanged: Sequence[str] = (),
+        extra_headers: tuple[tuple[str, bytes], ...] = (),
     ) -> list[Record]:
         self.last_op = op
         value: dict[str, Any] = {
@@ -277,7 +287,7 @@ class TableEvents:
             "unchanged_toast": list(unchanged),
         }
         position = f"{source['commit_lsn']}:{source['lsn']}"
-        headers = (("change_id", change_id.encode()), ("source_lsn", position.encode()))
+        headers = (("change_id", change_id.encode()), ("source_lsn", position.encode()), *extra_headers)
         record = Record(self._topic, key, value, self._key_schema, self._value_schema, headers)
         if op == "d" and self._tombstones and key is not None:
             return [record, Record(self._topic, key, None, self._key_schema, None, headers)]

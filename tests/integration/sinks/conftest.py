@@ -94,7 +94,7 @@ class Feed:
 
     def emit(self, op: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
              unchanged: tuple[str, ...] = (), change_id: str | None = None,
-             position: tuple[int, int] | None = None) -> str:
+             position: tuple[int, int] | None = None, headers: tuple[tuple[str, bytes], ...] = ()) -> str:
         commit_lsn, lsn = position or self.lsns.next()
         change_id = change_id or str(uuid.uuid5(self.lsns.namespace, f"{commit_lsn}:{lsn}:0"))
         envelope = self.schemas.envelope(
@@ -109,8 +109,8 @@ class Feed:
             assert key_row is not None and self.schemas.key_schema is not None
             key = self.encoder.encode(self.key_id, self.schemas.key_schema, self.schemas.key(key_row))
         value = self.encoder.encode(self.value_id, self.schemas.value_schema, envelope)
-        headers = [("change_id", change_id.encode()), ("source_lsn", f"{commit_lsn}:{lsn}".encode())]
-        self.producer.produce(self.topic, key=key, value=value, headers=headers)
+        sent = [("change_id", change_id.encode()), ("source_lsn", f"{commit_lsn}:{lsn}".encode()), *headers]
+        self.producer.produce(self.topic, key=key, value=value, headers=sent)
         self.producer.poll(0)
         self.change_ids.append(change_id)
         return change_id
@@ -145,6 +145,39 @@ class Feed:
         after, unchanged = self.schemas.row(texts)
         before = self._key_image(key)
         return self.emit("u", before, after, unchanged)
+
+    def change_key(self, key: dict[str, Any], new_key: dict[str, Any], toast: tuple[str, ...] = (),
+                   tombstone: bool = True) -> str:
+        """An update that changes the key, as the source writes it: a delete of the old key (and its tombstone),
+        then a create of the new key at the same position, with Debezium's key headers; `toast` columns unsent."""
+        row = self.source.execute(
+            sql.SQL("UPDATE {} SET {} WHERE {} RETURNING {}").format(
+                self.ident,
+                sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(n)) for n in new_key),
+                sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in key),
+                self._returning(),
+            ),
+            [*new_key.values(), *key.values()],
+        ).fetchone()
+        assert row is not None
+        texts: list[Any] = list(row)
+        for name in toast:
+            texts[self.schemas.column_names.index(name)] = UNCHANGED_TOAST
+        after, unchanged = self.schemas.row(texts)
+        before = self._key_image(key)
+        position = self.lsns.next()
+        change_id = str(uuid.uuid5(self.lsns.namespace, f"{position[0]}:{position[1]}:0"))
+        self.emit("d", before, None, change_id=f"{change_id[:-4]}dddd", position=position,
+                  headers=(("__debezium.newkey", json.dumps(new_key).encode()),))
+        if tombstone:
+            assert self.schemas.key_schema is not None
+            key_bytes = self.encoder.encode(self.key_id, self.schemas.key_schema, self.schemas.key(before))
+            self.producer.produce(self.topic, key=key_bytes, value=None, headers=[
+                ("change_id", f"{change_id[:-4]}dddd".encode()),
+                ("source_lsn", f"{position[0]}:{position[1]}".encode()),
+                ("__debezium.newkey", json.dumps(new_key).encode())])
+        return self.emit("c", None, after, unchanged, change_id=change_id, position=position,
+                         headers=(("__debezium.oldkey", json.dumps(key).encode()),))
 
     def _key_image(self, key: dict[str, Any]) -> dict[str, Any]:
         texts = [None if c not in key else str(key[c]) for c in self.schemas.column_names]
