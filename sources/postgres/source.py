@@ -3,8 +3,9 @@
 Commit order (see connector/delivery.py): produce a transaction's records as its changes arrive -> Kafka
 acknowledges them all (and everything before) -> the transaction's end LSN becomes the slot's confirmed
 flush LSN with the next standby status update, sent as soon as the acknowledged prefix advanced (at most one
-per `confirm_interval_ms`), so a crash replays only the unconfirmed tail. A delivery error stops the source before any further
-confirmation; on restart the slot replays from its confirmed LSN and re-sent changes carry the same ids.
+per `confirm_interval_ms`), so a crash replays only the unconfirmed tail. A delivery error stops the source
+before any further confirmation; on restart the slot replays from its confirmed LSN and re-sent changes carry
+the same ids.
 
 Resume contract: the constructor holds no position; `run` resumes from the slot's confirmed flush LSN and
 may be killed at any moment.
