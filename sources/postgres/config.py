@@ -94,7 +94,20 @@ class PostgresSourceConfig(Section):
     )
     tombstones_on_delete: bool = Field(True, description="Emit a null-value record after each delete.")
     emit_truncate: bool = Field(True, description="Emit TRUNCATE as an `op = t` event.")
-    status_interval_s: float = Field(10.0, gt=0, description="Seconds between standby status updates.")
+    status_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds between standby status updates sent even when nothing new was acknowledged "
+        "(a keepalive to the server; the effective period is at most `heartbeat.interval_s`).",
+    )
+    confirm_interval_ms: int = Field(
+        250,
+        ge=10,
+        le=60_000,
+        description="Shortest time between two standby status updates that advance the slot: what Kafka has "
+        "acknowledged is confirmed to the server within about this long, so after a crash the slot replays only "
+        "the changes of about the last interval.",
+    )
     encode_workers: int = Field(
         0,
         ge=0,

@@ -2,8 +2,10 @@
 
 Commit order (see connector/delivery.py): produce a transaction's records as its changes arrive -> Kafka
 acknowledges them all (and everything before) -> the transaction's end LSN becomes the slot's confirmed
-flush LSN at the next standby status update. A delivery error stops the source before any further
-confirmation; on restart the slot replays from its confirmed LSN and re-sent changes carry the same ids.
+flush LSN with the next standby status update, sent as soon as the acknowledged prefix advanced (at most one
+per `confirm_interval_ms`), so a crash replays only the unconfirmed tail. A delivery error stops the source
+before any further confirmation; on restart the slot replays from its confirmed LSN and re-sent changes carry
+the same ids.
 
 Resume contract: the constructor holds no position; `run` resumes from the slot's confirmed flush LSN and
 may be killed at any moment.
@@ -70,6 +72,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_PREFIX = "cdc-heartbeat"
 _POOLED = frozenset(b"IUDT")
 _TRUNCATE = ord("T")
+_CHECK_EVERY = 2000  # messages read from libpq's buffer between two looks at the clock
 
 
 class PostgresSource(Source):
@@ -503,17 +506,23 @@ class _Streamer:
         if advanced or force:
             self.repl.send_status(self.confirmed, Lsn(max(self.received, int(self.confirmed))))
             SOURCE_CONFIRMED_LSN.set(int(self.confirmed))
+        if advanced:
+            self.run.owner._publish_stats(confirmed_flush_lsn=str(self.confirmed))
 
     def _loop(self) -> None:
         stop = self.run.stop
         repl = self.repl
         delivery = self.delivery
+        confirm_every = self.cfg.confirm_interval_ms / 1000
         status_every = min(self.cfg.status_interval_s, self.cfg.heartbeat.interval_s)
         heartbeat_every = self.cfg.heartbeat.interval_s
         heartbeats = self.cfg.heartbeat.enabled and self.cfg.heartbeat.emit_message
-        next_status = next_heartbeat = time.monotonic()
-        next_status += status_every
-        next_heartbeat += heartbeat_every
+        # An idle stream must not keep acknowledged changes unconfirmed: never wait longer than the confirm pace.
+        wait = min(0.2, confirm_every)
+        now = time.monotonic()
+        next_confirm = now + confirm_every
+        next_status = now + status_every
+        next_heartbeat = now + heartbeat_every
         handle = self._handle
         pool = self.pool
         since_check = 0
@@ -524,17 +533,23 @@ class _Streamer:
                     pool.send_partial()  # nothing more buffered: do not hold a small batch back
                     pool.drain()
                 delivery.poll(0)
-                frame = repl.read(0.2)
-            since_check += 1
-            if frame is None or since_check >= 2000:
+                frame = repl.read(wait)
+                since_check = _CHECK_EVERY  # the clock is read once per socket read, not per message
+            else:
+                since_check += 1
+            if since_check >= _CHECK_EVERY:
                 since_check = 0
                 if pool is not None:
                     pool.drain()
                 now = time.monotonic()
                 if now >= next_status:
-                    self._confirm()
+                    self._confirm(force=True)
                     self._report()
                     next_status = now + status_every
+                    next_confirm = now + confirm_every
+                elif now >= next_confirm:
+                    self._confirm()
+                    next_confirm = now + confirm_every
                 if heartbeats and now >= next_heartbeat:
                     self._heartbeat()
                     next_heartbeat = now + heartbeat_every
