@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pgsource_support import SourceEnv
 
@@ -68,6 +70,10 @@ def test_primary_key_update_becomes_delete_and_create(source_env: SourceEnv, wor
     assert events[3].value["after"] == {"id": 2, "v": "a"}
     assert events[1].change_id != events[3].change_id
     assert events[1].value["source"]["lsn"] == events[3].value["source"]["lsn"]
+    # Debezium's headers for the two halves of a key change: each names the other key.
+    assert json.loads(events[1].headers["__debezium.newkey"]) == {"id": 2}
+    assert json.loads(events[3].headers["__debezium.oldkey"]) == {"id": 1}
+    assert "__debezium.oldkey" not in events[0].headers
 
 
 def test_idle_slot_advances_and_status_shows_lag(source_env: SourceEnv) -> None:
