@@ -351,8 +351,7 @@ def _from_avro(avro: Any, where: str) -> tuple[PgType, Converter | None]:
     if kind == "array":
         items = avro.get("items")
         item, convert = _from_avro(items, where)
-        if item.arrays or (item.base == "jsonb" and convert is not None):
-            # Nested arrays, and arrays of records or maps: one JSON document (Json strings stay jsonb[]).
+        if item.arrays or item.base == "jsonb":
             return PgType("jsonb"), _to_json
         if convert is None and len(_members(items)[0]) < 2:
             return PgType(item.base, item.mods, 1), None
@@ -371,8 +370,12 @@ def column_type(field: Mapping[str, Any], where: str) -> ColumnType:
     if isinstance(declared, str):
         parsed = PgType.parse(declared)
         if parsed is not None:
-            if parsed.base in {"json", "jsonb"} and not parsed.arrays and convert is None:
-                convert = _to_json
+            if parsed.base in {"json", "jsonb"}:
+                if not parsed.arrays and convert is None:
+                    convert = _to_json
+                elif parsed.arrays == 1 and derived == PgType("jsonb"):
+                    # A json[] column: the elements are the documents' texts, not one document of the list.
+                    convert = None
             if parsed.base == "box" and parsed.arrays == 1 and derived.arrays == 1:
                 convert = _box_array(convert)
             return ColumnType(parsed, nullable, convert)

@@ -159,6 +159,7 @@ COLUMNS: list[tuple[str, str, list[str]]] = [
 
 SNAPSHOT_ROWS = 5
 STREAMED_IDS = range(101, 101 + SNAPSHOT_ROWS)
+LAST_ID = 200
 _EXTENSIONS = ("citext", "hstore", "ltree")
 
 
@@ -302,8 +303,12 @@ def test_every_type_and_its_array_arrive_equal_after_snapshot_and_streaming(
                         "UPDATE {t} SET ({c}) = (SELECT {c} FROM {t} s WHERE s.id = {t}.id % {n} + 1) WHERE id <= {n}"
                     ).format(t=t, c=columns, n=sql.Literal(SNAPSHOT_ROWS))
                 )
-            # An update that leaves the out-of-line (TOASTed) values unchanged: they are not sent again.
+            # Updates that leave the out-of-line (TOASTed) values unchanged, which are then not sent again:
+            # of committed rows, and of a row inserted in the same transaction.
             conn.execute(sql.SQL("UPDATE {} SET c_int2 = 7 WHERE c_big_text IS NOT NULL").format(t))
+            with conn.transaction():
+                conn.execute(_row(table, LAST_ID, 0))
+                conn.execute(sql.SQL("UPDATE {} SET c_int4 = 7 WHERE id = {}").format(t, sql.Literal(LAST_ID)))
         _assert_destination_equals_source(stack, table, process, log_path, "after streamed inserts and updates")
     finally:
         if process.poll() is None:
