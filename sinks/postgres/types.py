@@ -199,7 +199,7 @@ def _variable_decimal(value: Any) -> Any:
     return value
 
 
-def _element_text(value: Any) -> Any:
+def _element_text(value: Any) -> str:
     """An array element as PostgreSQL parses it back, exactly (no exponent for decimals, full timestamps)."""
     if isinstance(value, str):
         return value
@@ -207,6 +207,8 @@ def _element_text(value: Any) -> Any:
         return format(value, "f")
     if isinstance(value, datetime):
         return value.isoformat(sep=" ")
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
     return str(value)
 
 
