@@ -117,10 +117,11 @@ def output_text(column: str) -> sql.Composed:
     Use it in snapshot queries instead of `column::text`: the casts to text of `boolean` (`true`),
     `character(n)` (trailing spaces dropped) and `inet` (`/32` added) differ from the output function.
     `concat(x)` calls the output function but turns NULL into '', hence the CASE. (No `format('%s', x)`:
-    its `%` would be taken for a placeholder in a query with parameters.)
+    its `%` would be taken for a placeholder in a query with parameters.) The test is `num_nonnulls`, not
+    `IS NOT NULL`: for a composite value `IS NOT NULL` is false as soon as one of its fields is NULL.
     """
     ident = sql.Identifier(column)
-    return sql.SQL("CASE WHEN {c} IS NOT NULL THEN concat({c}) END").format(c=ident)
+    return sql.SQL("CASE WHEN num_nonnulls({c}) = 1 THEN concat({c}) END").format(c=ident)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -154,12 +154,24 @@ def _named_types(definition: Any, found: dict[str, Any], namespace: str | None =
 
 
 def _resolve(definition: Any, named: Mapping[str, Any]) -> Any:
-    if isinstance(definition, str) and definition in named:
-        return named[definition]
+    """`definition` with references to named types replaced by their definitions, also inside unions, array
+    items and map values (a schema defines a named type once and refers to it by name afterwards, e.g. the
+    `VariableScaleDecimal` of a second unconstrained numeric column, or of a `numeric[]`'s elements). The
+    fields of a named record are not entered: such a record maps to one jsonb column, and recursion stops."""
+    if isinstance(definition, str):
+        return named.get(definition, definition)
     if isinstance(definition, list):
         return [_resolve(m, named) for m in definition]
-    if isinstance(definition, Mapping) and isinstance(definition.get("type"), str) and definition["type"] in named:
-        return {**definition, "type": named[definition["type"]]}
+    if isinstance(definition, Mapping):
+        kind = definition.get("type")
+        if kind == "array":
+            return {**definition, "items": _resolve(definition.get("items"), named)}
+        if kind == "map":
+            return {**definition, "values": _resolve(definition.get("values"), named)}
+        if isinstance(kind, str) and kind in named:
+            return {**definition, "type": named[kind]}
+        if isinstance(kind, (Mapping, list)):
+            return {**definition, "type": _resolve(kind, named)}
     return definition
 
 

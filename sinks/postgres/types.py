@@ -199,6 +199,57 @@ def _variable_decimal(value: Any) -> Any:
     return value
 
 
+def _element_text(value: Any) -> str:
+    """An array element as PostgreSQL parses it back, exactly (no exponent for decimals, full timestamps)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    return str(value)
+
+
+def _array(element: Converter | None) -> Converter:
+    """Converts each element; an array whose elements then differ in Python type (a numeric array holding
+    `Decimal`s and "NaN", a timestamp array holding datetimes and "infinity") is written as text elements,
+    since psycopg dumps a list only when its elements share one type."""
+
+    def convert(value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        items = value if element is None else [None if x is None else element(x) for x in value]
+        kinds = {type(x) for x in items if x is not None}
+        if len(kinds) < 2:
+            return items
+        return [None if x is None else _element_text(x) for x in items]
+
+    return convert
+
+
+def _quoted(item: Any) -> str:
+    if item is None:
+        return "NULL"
+    text = _element_text(item)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _box_array(element: Converter | None) -> Converter:
+    """`box[]` separates elements with `;` (a box's text holds commas); psycopg's list dumper uses `,` for
+    anything not dumped as a box, so the literal is written here."""
+    inner = _array(element)
+
+    def convert(value: Any) -> Any:
+        items = inner(value)
+        if not isinstance(items, list):
+            return items
+        return "{" + ";".join(_quoted(item) for item in items) + "}"
+
+    return convert
+
+
 def _to_json(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"), default=str)
@@ -300,13 +351,13 @@ def _from_avro(avro: Any, where: str) -> tuple[PgType, Converter | None]:
         base, convert = _LOGICAL[logical]
         return PgType(base), convert
     if kind == "array":
-        item, convert = _from_avro(avro.get("items"), where)
+        items = avro.get("items")
+        item, convert = _from_avro(items, where)
         if item.arrays or item.base == "jsonb":
             return PgType("jsonb"), _to_json
-        if convert is None:
+        if convert is None and len(_members(items)[0]) < 2:
             return PgType(item.base, item.mods, 1), None
-        item_convert = convert
-        return PgType(item.base, item.mods, 1), lambda v: [item_convert(x) for x in v] if isinstance(v, list) else v
+        return PgType(item.base, item.mods, 1), _array(convert)
     if isinstance(kind, str) and kind in _PRIMITIVE:
         base = _PRIMITIVE[kind]
         return PgType(base), _to_json if base == "jsonb" else None
@@ -321,7 +372,13 @@ def column_type(field: Mapping[str, Any], where: str) -> ColumnType:
     if isinstance(declared, str):
         parsed = PgType.parse(declared)
         if parsed is not None:
-            if parsed.base in {"json", "jsonb"} and convert is None:
-                convert = _to_json
+            if parsed.base in {"json", "jsonb"}:
+                if not parsed.arrays and convert is None:
+                    convert = _to_json
+                elif parsed.arrays == 1 and derived == PgType("jsonb"):
+                    # A json[] column: the elements are the documents' texts, not one document of the list.
+                    convert = None
+            if parsed.base == "box" and parsed.arrays == 1 and derived.arrays == 1:
+                convert = _box_array(convert)
             return ColumnType(parsed, nullable, convert)
     return ColumnType(derived, nullable, convert)

@@ -6,13 +6,16 @@ import uuid
 from typing import Any
 
 import pytest
+from psycopg.adapt import PyFormat, Transformer
 from pydantic import ValidationError
 
 from connector.errors import ConfigError, PoisonMessageError
 from connector.records import AvroSchema, Record
-from sinks.postgres.changes import collapse, split_at_truncates, to_changes
+from schemas.envelope import build_table_schemas
+from sinks.postgres.changes import collapse, shape_of, split_at_truncates, to_changes
 from sinks.postgres.config import PostgresSinkConfig, parse_duration
 from sinks.postgres.tables import check_identifier, destination_of
+from tests.unit.schemas.schemas_support import array_of, column, numeric_typmod, pg_type, table
 
 pytestmark = pytest.mark.unit
 
@@ -152,3 +155,32 @@ def test_durations() -> None:
     assert parse_duration("7d").total_seconds() == 7 * 86400
     assert parse_duration("30m").total_seconds() == 1800
     assert parse_duration("500ms").total_seconds() == 0.5
+
+
+def test_the_sources_numeric_arrays_map_to_numeric_array_columns() -> None:
+    """The source defines VariableScaleDecimal once per schema and refers to it by name afterwards (here in an
+    array's items): the sink resolves the reference wherever it stands, and writes NaN among the elements."""
+    numeric = pg_type("numeric")
+    schemas = build_table_schemas(
+        table(
+            column("id", "int4", not_null=True, key_position=1),
+            column("n", numeric),
+            column("a", array_of(numeric)),
+            column("b", array_of(numeric), typmod=numeric_typmod(5, 1), type_name="numeric(5,1)[]"),
+        ),
+        topic="p.public.t",
+        topic_prefix="p",
+    )
+    assert schemas.key_schema is not None
+    shape = shape_of(schemas.value_schema, schemas.key_schema)
+    types = {c.name: c.type for c in shape.columns}
+    assert {name: str(t.pg_type) for name, t in types.items()} == {
+        "id": "integer", "n": "numeric", "a": "numeric[]", "b": "numeric(5,1)[]",
+    }  # fmt: skip
+    row, _ = schemas.row(["1", "-1.50", "{1.5,NaN,NULL,-Infinity,0.00000000000000000001}", "{1.5,NaN,NULL}"])
+    written = {}
+    for name in ("a", "b"):
+        convert = types[name].convert
+        assert convert is not None
+        written[name] = bytes(Transformer().dump_sequence([convert(row[name])], [PyFormat.TEXT])[0] or b"")
+    assert written == {"a": b"{1.5,NaN,NULL,-Infinity,0.00000000000000000001}", "b": b"{1.5,NaN,NULL}"}

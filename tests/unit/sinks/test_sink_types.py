@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from psycopg.adapt import PyFormat, Transformer
 
 from connector.errors import SchemaError
+from schemas.types import decimal_to_bytes
 from sinks.postgres.types import PgType, column_type, holds
 
 pytestmark = pytest.mark.unit
@@ -120,3 +122,76 @@ def test_variable_scale_decimal_and_json_values() -> None:
     assert convert(vsd, {"scale": 2, "value": (-12345).to_bytes(2, "big", signed=True)}) == Decimal("-123.45")
     assert convert(vsd, "NaN") == "NaN"
     assert convert({"type": "map", "values": "long"}, {"a": 1}) == '{"a":1}'
+
+
+def _copy_text(value: object) -> bytes:
+    """The bytes psycopg's COPY writes for `value` (the sink's `write_row` dumps each value in text format)."""
+    dumped = Transformer().dump_sequence([value], [PyFormat.TEXT])[0]
+    assert dumped is not None
+    return bytes(dumped)
+
+
+_VSD = {"type": "record", "name": "VariableScaleDecimal", "namespace": "io.debezium.data",
+        "connect.name": "io.debezium.data.VariableScaleDecimal",
+        "fields": [{"name": "scale", "type": "int"}, {"name": "value", "type": "bytes"}]}  # fmt: skip
+
+
+def _vsd(text: str) -> dict[str, object]:
+    unscaled, _, fraction = text.partition(".")
+    number = int(unscaled + fraction)
+    return {"scale": len(fraction), "value": decimal_to_bytes(number)}
+
+
+def test_numeric_array_with_nan_and_null_elements_dumps_as_one_literal() -> None:
+    decimal = {"type": "bytes", "logicalType": "decimal", "precision": 5, "scale": 1}
+    field = {"name": "a", "type": ["null", {"type": "array", "items": ["null", decimal, "string"]}],
+             "pg.type": "numeric(5,1)[]"}  # fmt: skip
+    column = column_type(field, "x")
+    assert str(column.pg_type) == "numeric(5,1)[]"
+    assert column.convert is not None
+    assert _copy_text(column.convert([Decimal("1.5"), "NaN", None, Decimal("-0.0")])) == b"{1.5,NaN,NULL,-0.0}"
+    # Without special values the Decimals go as they are (psycopg's own numeric dumper).
+    assert column.convert([Decimal("1.5"), None]) == [Decimal("1.5"), None]
+
+
+def test_variable_scale_decimal_array_converts_exactly_with_specials() -> None:
+    array = {"type": "array", "items": ["null", _VSD, "string"]}
+    field = {"name": "a", "type": ["null", array], "pg.type": "numeric[]"}
+    column = column_type(field, "x")
+    assert str(column.pg_type) == "numeric[]"
+    assert column.convert is not None
+    digits = "3.14159265358979323846264338327950288419716939937510"
+    values = [_vsd(digits), "NaN", None, "-Infinity", _vsd("0.00000000000000000001"), _vsd("-1.50")]
+    assert _copy_text(column.convert(values)) == (
+        f"{{{digits},NaN,NULL,-Infinity,0.00000000000000000001,-1.50}}".encode()
+    )
+    assert column.convert([_vsd("-1.50"), None]) == [Decimal("-1.50"), None]
+
+
+def test_timestamp_array_mixing_datetimes_and_infinity_dumps() -> None:
+    ts = {"type": "long", "logicalType": "timestamp-micros"}
+    column = column_type({"name": "a", "type": {"type": "array", "items": ["null", ts]}}, "x")
+    assert column.convert is not None
+    converted = column.convert([0, 2**63 - 1, None, 146_000_000 * 86_400_000_000])
+    assert _copy_text(converted) == (
+        b'{"1970-01-01 00:00:00+00:00",infinity,NULL,"401704-06-04 00:00:00.000000+00"}'
+    )
+
+
+def test_box_array_uses_the_box_delimiter() -> None:
+    field = {"name": "a", "type": ["null", {"type": "array", "items": ["null", "string"]}], "pg.type": "box[]"}
+    column = column_type(field, "x")
+    assert column.convert is not None
+    assert column.convert(["(3,4),(1,2)", None, 'od"d\\']) == '{"(3,4),(1,2)";NULL;"od\\"d\\\\"}'
+
+
+def test_json_arrays_stay_arrays_of_documents() -> None:
+    json_string = {"type": "string", "connect.name": "io.debezium.data.Json"}
+    field = {"name": "a", "type": ["null", {"type": "array", "items": ["null", json_string]}], "pg.type": "jsonb[]"}
+    column = column_type(field, "x")
+    assert str(column.pg_type) == "jsonb[]"
+    documents = ['{"a": "x,y"}', None]
+    assert (column.convert(documents) if column.convert else documents) == documents
+    # Without `pg.type` (e.g. from another producer) such an array stays one jsonb document, as before.
+    derived = column_type({"name": "a", "type": field["type"]}, "x")
+    assert str(derived.pg_type) == "jsonb"
