@@ -33,6 +33,16 @@ _VERSION_NOT_FOUND = 40402
 _SCHEMA_NOT_FOUND = 40403
 
 
+def topic_subjects(topic: str, is_key: bool, record_name: str | None) -> tuple[str, ...]:
+    """The subjects a key or value schema of `topic` may be registered under.
+
+    TopicNameStrategy (`{topic}-key` / `{topic}-value`, what the connector and Debezium use) and
+    TopicRecordNameStrategy (`{topic}-{record full name}`).
+    """
+    default = f"{topic}-{'key' if is_key else 'value'}"
+    return (default, f"{topic}-{record_name}") if record_name else (default,)
+
+
 def redact_url(url: str) -> str:
     """The URL without user info (credentials may be embedded as `user:pass@host`)."""
     parts = urlsplit(url)
@@ -202,6 +212,16 @@ class SchemaRegistry:
         with self._lock:
             self._by_id[schema_id] = schema
         return schema
+
+    def subjects_of(self, schema_id: int) -> list[str]:
+        """The subjects this schema id is registered under (`GET /schemas/ids/{id}/subjects`); empty if none."""
+        try:
+            found = self._call("get subjects of schema id", self._client.get_subjects_by_schema_id, schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                return []
+            raise self._http_error(exc, f"looking up the subjects of schema id {schema_id}") from None
+        return [str(subject) for subject in found]
 
     def subjects(self) -> list[str]:
         try:

@@ -73,7 +73,6 @@ def up(
     typer.echo(f"\nstack is up; endpoints in {root / 'dev.env'}:")
     for key, value in endpoints.as_env().items():
         typer.echo(f"  {key}={value}")
-    typer.echo(f"note: {control.REGISTRY_MEMORY_NOTE}")
     typer.echo(f"use them with: set -a; . {root / 'dev.env'}; set +a")
 
 

@@ -25,9 +25,9 @@ HOME_ENV = "CDC_HOME"
 DEFAULT_HOME = ".cdc"
 SERVICES = ("postgres", "kafka", "registry")
 LABELS = {"postgres": "PostgreSQL", "kafka": "Apache Kafka", "registry": "Apicurio Registry"}
-REGISTRY_MEMORY_NOTE = (
-    "the registry keeps schemas in memory: restarting it loses schema ids, so run `cdc dev down` "
-    "then `cdc dev up` to restart everything together"
+REGISTRY_IN_MEMORY_NOTE = (
+    "this registry was started before the stack stored schemas in PostgreSQL and keeps them in memory: "
+    "run `cdc dev down` then `cdc dev up` to restart everything together with persistent storage"
 )
 
 Echo = Callable[[str], None]
@@ -175,16 +175,20 @@ def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _qu
         if record is not None and processes.is_running(record):
             echo(f"{LABELS[name]}: already running (pid {record.pid})")
             _wait_healthy(record, timeout)
-            continue
-        started = time.monotonic()
-        record = _start(name, home, ports, logs, echo)
-        records[name] = record
-        processes.save_records(home, records)
-        _wait_healthy(record, timeout)
+            if name == "registry" and not record.info.get("storage"):
+                echo(f"note: {REGISTRY_IN_MEMORY_NOTE}")
+        else:
+            started = time.monotonic()
+            record = _start(name, home, ports, logs, echo)
+            records[name] = record
+            processes.save_records(home, records)
+            _wait_healthy(record, timeout)
+            echo(f"{LABELS[name]}: started (pid {record.pid}) in {time.monotonic() - started:.1f}s")
         if name == "postgres":
+            # Also when PostgreSQL already ran: a cluster made before the registry stored its schemas
+            # there lacks that database, and the registry starts next.
             postgres.ensure_databases(ports.postgres)
             postgres.probe_databases(ports.postgres)
-        echo(f"{LABELS[name]}: started (pid {record.pid}) in {time.monotonic() - started:.1f}s")
     endpoints = endpoints_for(ports)
     write_env_file(home / ENV_FILE_NAME, endpoints)
     return endpoints
@@ -222,7 +226,7 @@ def _start(name: str, home: Path, ports: Ports, logs: Path, echo: Echo) -> Proce
         )
     require_free("registry", ports.registry, LABELS[name])
     require_free("registry_management", ports.registry_management, LABELS[name] + " management")
-    reg = registry.prepare(home, ports.registry, ports.registry_management)
+    reg = registry.prepare(home, ports.registry, ports.registry_management, ports.postgres)
     echo(f"{LABELS[name]}: starting {reg.version} on Java {reg.java.major} on port {ports.registry}")
     return processes.start(
         name,
@@ -230,7 +234,11 @@ def _start(name: str, home: Path, ports: Ports, logs: Path, echo: Echo) -> Proce
         log=logs / "registry.log",
         cwd=reg.cwd,
         ports={"registry": ports.registry, "registry_management": ports.registry_management},
-        info={"version": reg.version, "java": f"{reg.java.path} ({reg.java.major})"},
+        info={
+            "version": reg.version,
+            "java": f"{reg.java.path} ({reg.java.major})",
+            "storage": registry.storage_description(),
+        },
     )
 
 

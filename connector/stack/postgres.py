@@ -1,6 +1,7 @@
 """PostgreSQL for the local stack: Debian's binaries, a private cluster under `<home>/postgres`.
 
-The cluster is a development one: trust authentication on 127.0.0.1 and no fsync.
+The cluster is a development one: trust authentication on 127.0.0.1 and no fsync. Databases: `source` and
+`target` for the connector, `registry` for the schema registry's storage.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from psycopg import sql
 from connector.errors import StackError
 from connector.stack.ports import HOST
 
-DATABASES = ("source", "target")
+REGISTRY_DATABASE = "registry"
+DATABASES = ("source", "target", REGISTRY_DATABASE)
 SUPERUSER = "postgres"
 STOP_SIGNAL = signal.SIGINT  # "fast" shutdown: SIGTERM would wait for every client to disconnect
 INSTALL_COMMAND = "apt-get update && apt-get install -y postgresql"
@@ -56,6 +58,10 @@ class OsUser:
 
 def dsn(port: int, database: str) -> str:
     return f"postgresql://{SUPERUSER}@{HOST}:{port}/{database}"
+
+
+def jdbc_url(port: int, database: str) -> str:
+    return f"jdbc:postgresql://{HOST}:{port}/{database}"
 
 
 def _version_key(path: str) -> tuple[int, ...]:
@@ -215,7 +221,7 @@ def ensure_databases(port: int) -> None:
 
 
 def probe_databases(port: int, *, timeout: int = 3) -> None:
-    """Raise unless `select 1` works on both the source and the target database."""
+    """Raise unless `select 1` works on every database of the stack."""
     for name in DATABASES:
         with psycopg.connect(dsn(port, name), connect_timeout=timeout, autocommit=True) as conn:
             conn.execute("select 1")

@@ -1,7 +1,9 @@
 """Apicurio Registry for the local stack (Confluent-compatible API at `/apis/ccompat/v7`).
 
-Its default storage is in memory: a restart forgets every schema, so ids already written to
-Kafka no longer resolve. Apicurio 3.3.3 needs Java 21; on an older JDK 3.0.9 (Java 17) is used.
+Schemas are stored in the stack's PostgreSQL (database `registry`), not in Apicurio's default in-memory
+storage: a registry that forgot its schemas would hand out ids 1, 2, 3... again, and every id already
+written to Kafka would then name another table's schema. So the registry starts after PostgreSQL and
+serves the same ids after any restart. Apicurio 3.3.3 needs Java 21; on an older JDK 3.0.9 (Java 17) is used.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connector.errors import StackError
-from connector.stack import jvm
+from connector.stack import jvm, postgres
 from connector.stack.maven import run_maven
 from connector.stack.ports import HOST
 
@@ -83,7 +85,26 @@ def _main_jar(dist: Path, version: str) -> str:
     raise StackError(f"no runnable jar in {dist}", hint=f"delete {dist} and run `cdc dev up` again")
 
 
-def prepare(home: Path, port: int, management_port: int) -> Launch:
+def storage_settings(postgres_port: int) -> list[str]:
+    """System properties that keep the registry's data in the stack's PostgreSQL (same names in 3.0 and 3.3)."""
+    return [
+        "-Dapicurio.storage.kind=sql",
+        "-Dapicurio.storage.sql.kind=postgresql",
+        f"-Dapicurio.datasource.url={postgres.jdbc_url(postgres_port, postgres.REGISTRY_DATABASE)}",
+        f"-Dapicurio.datasource.username={postgres.SUPERUSER}",
+        "-Dapicurio.datasource.password=",  # the stack's PostgreSQL trusts 127.0.0.1
+        # Apicurio's pool keeps 20 connections open by default; a dev stack needs few.
+        "-Dapicurio.datasource.jdbc.initial-size=2",
+        "-Dapicurio.datasource.jdbc.min-size=2",
+        "-Dapicurio.datasource.jdbc.max-size=20",
+    ]
+
+
+def storage_description() -> str:
+    return f"PostgreSQL database {postgres.REGISTRY_DATABASE}"
+
+
+def prepare(home: Path, port: int, management_port: int, postgres_port: int) -> Launch:
     version, java = choose()
     dist = ensure_distribution(home, version)
     argv = [
@@ -96,6 +117,7 @@ def prepare(home: Path, port: int, management_port: int) -> Launch:
         # Apicurio's Confluent API lists at most 1000 subjects by default; a dev stack that has run the test
         # suite a few times holds more, and `cdc status` lists the connector's subjects from that listing.
         "-Dapicurio.ccompat.max-subjects=1000000",
+        *storage_settings(postgres_port),
         "-jar",
         _main_jar(dist, version),
     ]

@@ -60,6 +60,13 @@ class ErrorsConfig(Section):
         ge=1,
         description="A message whose key plus value is larger than this is treated as poison (stop, or dead-letter).",
     )
+    check_schema_subjects: bool = Field(
+        True,
+        description="Refuse a message whose schema id is not registered under its topic's subject (`{topic}-key`, "
+        "`{topic}-value` or `{topic}-{record name}`), as a registry that lost its data reuses ids for other tables' "
+        "schemas: stop, or dead-letter. Looked up once per schema id and topic. Turn off for producers using "
+        "RecordNameStrategy.",
+    )
 
 
 class RetryConfig(Section):

@@ -59,6 +59,7 @@ from connector.errors import (
 from connector.records import NEW_KEY_HEADER, Record
 from schemas.registry import SchemaRegistry
 from schemas.serde import Decoder
+from schemas.subjects import SubjectCheck
 from sinks.base import Sink
 from sinks.postgres.apply import Applier, ApplyResult
 from sinks.postgres.changes import Change, to_changes
@@ -113,6 +114,7 @@ class PostgresSink(Sink):
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._decoder: Decoder | None = None
+        self._subjects: SubjectCheck | None = None
         self._registry_client: SchemaRegistryClient | None = None
         self._pending: list[Message] = []
         self._carry: list[Message] = []  # held back from the last batch (see `_key_change_tails`)
@@ -239,7 +241,9 @@ class PostgresSink(Sink):
         try:
             self._with_retries(lambda: ensure_state(self._connection()), "setting up schema cdc")
             self._registry_client = self._registry_client_for(self._config)
-            self._decoder = Decoder(SchemaRegistry(self._config.schema_registry, client=self._registry_client))
+            registry = SchemaRegistry(self._config.schema_registry, client=self._registry_client)
+            self._decoder = Decoder(registry)
+            self._subjects = SubjectCheck(registry) if self._sink.errors.check_schema_subjects else None
             pruner.start()
             self._consumer = Consumer(self._consumer_settings(), logger=log)
             subscription = list(self._sink.topics)
@@ -450,9 +454,9 @@ class PostgresSink(Sink):
             )
         key = key_schema = value = value_schema = None
         if raw_key is not None:
-            key, key_schema = self._decode_one(decoder, raw_key, "decoding a key")
+            key, key_schema = self._decode_one(decoder, raw_key, topic, True)
         if raw_value is not None:
-            value, value_schema = self._decode_one(decoder, raw_value, "decoding a value")
+            value, value_schema = self._decode_one(decoder, raw_value, topic, False)
         _, timestamp = message.timestamp()
         record = Record(
             topic=topic,
@@ -472,14 +476,20 @@ class PostgresSink(Sink):
             out.extend(to_changes(item))
         return out
 
-    def _decode_one(self, decoder: Decoder, data: bytes, what: str) -> tuple[Any, Any]:
+    def _decode_one(self, decoder: Decoder, data: bytes, topic: str, is_key: bool) -> tuple[Any, Any]:
         try:
-            value, schema, _ = decoder.decode(data)
+            return self._read(decoder, data, topic, is_key)
         except ConnectorError as exc:
             if not exc.retriable:
                 raise
-            # The registry is unreachable (only happens on a schema-cache miss): retry with backoff.
-            value, schema, _ = self._with_retries(lambda: decoder.decode(data), what)
+            # The registry is unreachable (only happens on a cache miss): retry with backoff.
+            what = "decoding a key" if is_key else "decoding a value"
+            return self._with_retries(lambda: self._read(decoder, data, topic, is_key), what)
+
+    def _read(self, decoder: Decoder, data: bytes, topic: str, is_key: bool) -> tuple[Any, Any]:
+        value, schema, schema_id = decoder.decode(data)
+        if self._subjects is not None:
+            self._subjects.check(topic, schema_id, schema, is_key)
         return value, schema
 
     def _where(self, message: Message) -> str:
