@@ -49,6 +49,17 @@ _Fresh = dict[int, set[int]] | None
 _STAGE_TOAST = "__cdc_stage_toast"
 
 
+def is_data_error(exc: psycopg.Error) -> bool:
+    """A change the destination refuses for its data (poison), not for the state of the connection.
+
+    Data exceptions (SQLSTATE class 22) and integrity violations (23) from the server, and psycopg's own data
+    errors raised while converting a value for COPY (those carry no SQLSTATE).
+    """
+    return isinstance(exc, (psycopg.DataError, psycopg.IntegrityError)) or (exc.sqlstate or "").startswith(
+        ("22", "23")
+    )
+
+
 @dataclass(slots=True)
 class ApplyResult:
     applied: Counter[tuple[str, str]] = field(default_factory=Counter)  # (table, op) -> changes applied
@@ -201,7 +212,7 @@ class Applier:
                         with conn.transaction():
                             self._apply_run(conn, single, None, ApplyResult())
                     except psycopg.Error as exc:
-                        if not (exc.sqlstate or "").startswith(("22", "23")):
+                        if not is_data_error(exc):
                             raise
                         failures.append((change, exc))
         return failures

@@ -61,7 +61,7 @@ from schemas.registry import SchemaRegistry
 from schemas.serde import Decoder
 from schemas.subjects import SubjectCheck
 from sinks.base import Sink
-from sinks.postgres.apply import Applier, ApplyResult
+from sinks.postgres.apply import Applier, ApplyResult, is_data_error
 from sinks.postgres.changes import Change, to_changes
 from sinks.postgres.config import PostgresSinkConfig
 from sinks.postgres.state import LedgerPruner, all_offsets, ensure_state, read_offsets
@@ -77,7 +77,6 @@ SOURCE_TOPIC_HEADER = "cdc.source.topic"
 SOURCE_PARTITION_HEADER = "cdc.source.partition"
 SOURCE_OFFSET_HEADER = "cdc.source.offset"
 
-_POISON_SQLSTATE_CLASSES = ("22", "23")  # data exception, integrity constraint violation
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,7 +559,7 @@ class PostgresSink(Sink):
             except _Stopped:
                 return None
             except psycopg.Error as exc:
-                if not (exc.sqlstate or "").startswith(_POISON_SQLSTATE_CLASSES):
+                if not is_data_error(exc):
                     raise
                 failures = self._with_retries(
                     lambda todo=changes: self._applier.isolate(self._connection(), todo), "isolating"
