@@ -44,6 +44,9 @@ class AvroSchema:
 
 Headers = tuple[tuple[str, bytes], ...]
 
+SNAPSHOT_COMPLETE_HEADER = "cdc.snapshot.complete"
+"""Header of the record that ends one table's snapshot (see docs/event-format.md, "Snapshot complete")."""
+
 
 @dataclass(frozen=True, slots=True)
 class Record:
@@ -66,6 +69,11 @@ class Record:
     @property
     def is_tombstone(self) -> bool:
         return self.value is None
+
+    @property
+    def is_snapshot_complete(self) -> bool:
+        """The marker that ends a table's snapshot: no key, no value, header `cdc.snapshot.complete`."""
+        return self.value is None and self.header(SNAPSHOT_COMPLETE_HEADER) is not None
 
     def header(self, name: str) -> bytes | None:
         """The last value of header `name`, as Kafka clients read it."""
