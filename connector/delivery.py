@@ -191,8 +191,20 @@ class KafkaDelivery:
         """The serializer's `schema_id(topic, schema, is_key)`, if it has one: for callers that encode themselves."""
         return getattr(self._serializer, "schema_id", None)
 
-    def produce(self, record: Record, slot: TxSlot) -> None:
-        """Encode and produce one record; its acknowledgement counts towards `slot`."""
+    def partitions(self, topic: str) -> int:
+        """How many partitions `topic` has (created first if missing)."""
+        if topic not in self._topics:
+            self.ensure_topics([topic])
+        try:
+            metadata = self._producer.list_topics(topic, timeout=30).topics.get(topic)
+        except KafkaException as exc:
+            raise RetriableError(f"cannot read the partitions of topic {topic}: {exc}") from exc
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            raise RetriableError(f"cannot read the partitions of topic {topic}: {metadata and metadata.error}")
+        return len(metadata.partitions)
+
+    def produce(self, record: Record, slot: TxSlot, *, partition: int | None = None) -> None:
+        """Encode and produce one record (to `partition`, else the key's); its acknowledgement counts towards `slot`."""
         if self._fatal is not None:
             raise DeliveryError(f"Kafka producer failed: {self._fatal.str()}", hint="check the brokers and restart")
         topic = record.topic
@@ -202,10 +214,17 @@ class KafkaDelivery:
         value = None if record.value is None or record.value_schema is None else self._serializer(
             topic, record.value_schema, record.value, False
         )
-        self.produce_raw(topic, key, value, record.headers, slot)
+        self.produce_raw(topic, key, value, record.headers, slot, partition=partition)
 
     def produce_raw(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes]], slot: TxSlot
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Iterable[tuple[str, bytes]],
+        slot: TxSlot,
+        *,
+        partition: int | None = None,
     ) -> None:
         if topic not in self._topics:
             self.ensure_topics([topic])
@@ -215,7 +234,12 @@ class KafkaDelivery:
         on_delivery = slot.on_delivery
         while True:
             try:
-                producer.produce(topic, value, key, headers=header_list, on_delivery=on_delivery)
+                if partition is None:
+                    producer.produce(topic, value, key, headers=header_list, on_delivery=on_delivery)
+                else:
+                    producer.produce(
+                        topic, value, key, partition=partition, headers=header_list, on_delivery=on_delivery
+                    )
                 break
             except BufferError:
                 # Local queue full: serve delivery reports until there is room (backpressure to the WAL reader).

@@ -48,6 +48,8 @@ NEW_KEY_HEADER = "__debezium.newkey"
 """On the delete of an update that changed the key: the new key (JSON). Debezium's name for it."""
 OLD_KEY_HEADER = "__debezium.oldkey"
 """On the create of an update that changed the key: the old key (JSON). Debezium's name for it."""
+SNAPSHOT_COMPLETE_HEADER = "cdc.snapshot.complete"
+"""Header of the record that ends one table's snapshot (see docs/event-format.md, "Snapshot complete")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,11 @@ class Record:
     @property
     def is_tombstone(self) -> bool:
         return self.value is None
+
+    @property
+    def is_snapshot_complete(self) -> bool:
+        """The marker that ends a table's snapshot: no key, no value, header `cdc.snapshot.complete`."""
+        return self.value is None and self.header(SNAPSHOT_COMPLETE_HEADER) is not None
 
     def header(self, name: str) -> bytes | None:
         """The last value of header `name`, as Kafka clients read it."""

@@ -149,7 +149,9 @@ class UnwrapOptions(TransformOptions):
         description="Deletes: `drop` them, turn them into a `tombstone`, or `rewrite` them as the `before` row "
         "with `__deleted: \"true\"` (every other row gets `__deleted: \"false\"`).",
     )
-    drop_tombstones: bool = Field(True, description="Drop the tombstones that follow deletes.")
+    drop_tombstones: bool = Field(
+        True, description="Drop the tombstones that follow deletes (snapshot-complete markers are kept)."
+    )
     add_fields: list[Annotated[str, Field(pattern=r"^(source\.)?[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
         default_factory=list,
         description="Envelope fields added to the row as `{prefix}{name}` (`op` -> `__op`, `source.ts_ms` -> "

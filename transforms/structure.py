@@ -114,7 +114,8 @@ class Unwrap(Transform):
     def apply(self, record: Record) -> Sequence[Record]:
         value = record.value
         if value is None:
-            return () if self.options.drop_tombstones else (record,)
+            # A snapshot-complete marker is no delete's tombstone: it carries the end of a table's snapshot.
+            return () if self.options.drop_tombstones and not record.is_snapshot_complete else (record,)
         if not is_envelope(value) or record.value_schema is None:
             return (record,)
         if record.value_schema in self._plans:

@@ -25,6 +25,7 @@ from psycopg import sql
 
 from sinks.postgres.changes import UPSERT_OPS, Change, KeyMove, Shape, carry_across_key_changes, collapse
 from sinks.postgres.config import PostgresSinkConfig
+from sinks.postgres.snapshots import SnapshotCleanup
 from sinks.postgres.tables import (
     CHANGE_ID,
     COMMIT_LSN,
@@ -85,6 +86,7 @@ class Applier:
         self._stages: dict[TargetTable, sql.Identifier] = {}
         self._stage_numbers = itertools.count(1)
         self._dirty: set[TargetTable] = set()  # whose stage holds rows in the current transaction
+        self._snapshots = SnapshotCleanup(config)
 
     def reset(self) -> None:
         """Forget session state: call when the connection was replaced."""
@@ -103,6 +105,9 @@ class Applier:
             table = names.get(source)
             if table is None:
                 table = names[source] = destination_of(change, self._config)
+                self._snapshots.saw(table, source)
+            if change.snapshot_complete and not self._snapshots.applies(table):
+                continue  # recorded in the ledger by `apply`, nothing to do to the table
             by_table.setdefault(table, []).append(change)
         # Keyed by the shape's identity: shapes are cached per schema, and hashing one per change is costly.
         targets: dict[tuple[TableName, int], TargetTable | None] = {}

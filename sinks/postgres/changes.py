@@ -12,10 +12,15 @@ Two record shapes are understood:
 
 A tombstone without a `change_id` header (the compaction marker the source writes after a delete whose envelope
 already carried the delete) changes nothing and yields no change.
+
+A record without key and value that has the header `cdc.snapshot.complete` ends one table's snapshot (see
+docs/event-format.md): it becomes a truncate-like change flagged `snapshot_complete`, positioned just below the
+snapshot's own rows, which the apply path turns into a guarded removal of what that snapshot did not write.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,7 +28,7 @@ from functools import lru_cache
 from typing import Any, TypeGuard
 
 from connector.errors import PoisonMessageError, SchemaError
-from connector.records import AvroSchema, Record
+from connector.records import SNAPSHOT_COMPLETE_HEADER, AvroSchema, Record
 from sinks.postgres.types import ColumnType, column_type
 
 UPSERT_OPS = frozenset("cur")
@@ -99,6 +104,8 @@ class Change:
     row: Mapping[str, Any] | None
     unchanged_toast: frozenset[str] = field(default_factory=frozenset)
     ts_ms: int | None = None
+    snapshot_complete: bool = False
+    """The end of a table's snapshot (op `t`): remove the rows positioned before it, if the sink is set to."""
 
     @property
     def position(self) -> tuple[int, int]:
@@ -321,6 +328,8 @@ def to_changes(record: Record) -> list[Change]:
 
 
 def _tombstone(record: Record, partition: int, offset: int) -> list[Change]:
+    if record.key is None and record.header(SNAPSHOT_COMPLETE_HEADER) is not None:
+        return [_snapshot_complete(record, partition, offset)]
     change_id = _header_text(record, "change_id")
     if change_id is None or record.key is None or record.key_schema is None:
         return []
@@ -336,6 +345,31 @@ def _tombstone(record: Record, partition: int, offset: int) -> list[Change]:
             schema, table, shape, shape.key_of(record.key), None,
         )
     ]  # fmt: skip
+
+
+_NO_COLUMNS = Shape((), (), flat=True, key_only=True)
+
+
+def _snapshot_complete(record: Record, partition: int, offset: int) -> Change:
+    change_id = _header_text(record, "change_id")
+    position = _header_position(record)
+    if change_id is None or position is None:
+        raise PoisonMessageError("snapshot-complete marker without change_id or source_lsn header")
+    try:
+        names = json.loads(_header_text(record, SNAPSHOT_COMPLETE_HEADER) or "")
+        schema, table = names["schema"], names["table"]
+    except (ValueError, TypeError, KeyError):
+        raise PoisonMessageError('header cdc.snapshot.complete is not {"schema": ..., "table": ...}') from None
+    if not isinstance(schema, str) or not isinstance(table, str):
+        raise PoisonMessageError("header cdc.snapshot.complete names no schema and table")
+    # Positioned at (consistent point, 0): below every row of this snapshot (consistent point, consistent point)
+    # and every change streamed after it, above everything written before it. So the guarded removal spares
+    # rows of this snapshot whatever partition they come from, and such rows applied after it still win.
+    point = position[0]
+    return Change(
+        record.topic, partition, offset, "t", _parse_uuid(change_id, "header change_id"), point, 0,
+        schema, table, _NO_COLUMNS, None, None, snapshot_complete=True,
+    )  # fmt: skip
 
 
 @lru_cache(maxsize=1024)

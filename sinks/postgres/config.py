@@ -115,6 +115,13 @@ class PostgresSinkConfig(Section):
         description="A schema the table cannot take safely (column dropped in the source, type narrowed or changed): "
         "`stop` with an error, or `ignore` (keep the column, write values into the existing type).",
     )
+    snapshot_cleanup: bool = Field(
+        True,
+        description="When a source table's snapshot completes (its `cdc.snapshot.complete` marker), remove (or, with "
+        "soft deletes, mark deleted) the destination rows positioned before that snapshot, which it did not write: "
+        "rows deleted at the source while an interrupted snapshot was redone. Skipped, with a warning, for a table "
+        "the sink has seen fed by several source tables; turn off for tables that merge several sources.",
+    )
     batch: BatchConfig = Field(default_factory=BatchConfig, description="Batching.")
     dedupe: DedupeConfig = Field(default_factory=DedupeConfig, description="Applied-change ledger.")
     errors: ErrorsConfig = Field(default_factory=ErrorsConfig, description="Bad messages.")

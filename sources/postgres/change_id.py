@@ -67,3 +67,7 @@ class ChangeIds:
         """
         canonical = json.dumps(list(key), ensure_ascii=False, separators=(",", ":"))
         return self._uuid5(f"snapshot:{consistent_point}:{schema}.{table}:{canonical}")
+
+    def snapshot_complete(self, consistent_point: int, schema: str, table: str) -> str:
+        """The end of one table's snapshot: `snapshot-complete:{consistent_point}:{schema}.{table}`."""
+        return self._uuid5(f"snapshot-complete:{consistent_point}:{schema}.{table}")

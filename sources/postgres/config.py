@@ -67,6 +67,12 @@ class TableOptions(Section):
 class SnapshotConfig(Section):
     mode: SnapshotMode = Field(SnapshotMode.INITIAL, description="When to take a consistent initial snapshot.")
     chunk_size: int = Field(10_000, ge=1, description="Rows read per keyset-ordered chunk.")
+    complete_markers: bool = Field(
+        True,
+        description="After each table's snapshot, send a keyless, valueless record with header "
+        "`cdc.snapshot.complete` to every partition of its topic, so sinks can remove rows the snapshot did not "
+        "write (rows deleted while an interrupted snapshot was redone). See docs/event-format.md.",
+    )
 
 
 class HeartbeatConfig(Section):

@@ -19,7 +19,7 @@ import psycopg
 
 from connector.config import ConnectorConfig, SchemaRegistryConfig
 from connector.errors import SchemaError
-from connector.records import NEW_KEY_HEADER, OLD_KEY_HEADER, AvroSchema, Record
+from connector.records import NEW_KEY_HEADER, OLD_KEY_HEADER, SNAPSHOT_COMPLETE_HEADER, AvroSchema, Record
 from schemas.catalog import TableInfo, describe_tables
 from schemas.codegen import Fallback
 from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, source_block
@@ -322,6 +322,22 @@ class TableEvents:
         }
         headers = (("change_id", change_id.encode()), ("source_lsn", f"{point}:{point}".encode()))
         return [Record(self._topic, key, value, self._key_schema, self._value_schema, headers)]
+
+
+    def snapshot_complete(self, point: int) -> Record:
+        """The record that ends this table's snapshot at consistent point `point` (no key, no value).
+
+        Produced after the table's last snapshot row, to every partition of its topic; its id is the same
+        whenever the same snapshot is read again. Sinks remove the rows the snapshot did not write.
+        """
+        change_id = self._ids.snapshot_complete(point, self.schema, self.table)
+        marker = json.dumps({"schema": self.schema, "table": self.table}, ensure_ascii=False, separators=(",", ":"))
+        headers = (
+            ("change_id", change_id.encode()),
+            ("source_lsn", f"{point}:{point}".encode()),
+            (SNAPSHOT_COMPLETE_HEADER, marker.encode()),
+        )
+        return Record(self._topic, None, None, None, None, headers)
 
 
 class EventFactory:

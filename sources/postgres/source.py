@@ -398,6 +398,8 @@ class _Run:
                     marker = "last" if last_table else "true"
                     self._produce_all(events.snapshot_row(previous, point, ts_ms, marker), delivery, slot)
                     table_progress.rows += 1
+                if self.cfg.snapshot.complete_markers:
+                    self._produce_everywhere(events.snapshot_complete(point), delivery, slot)
                 delivery.tracker.close(slot, 0)
                 table_progress.done = True
                 SNAPSHOT_ROWS.labels(table=str(plan.ref)).inc(table_progress.rows)
@@ -419,6 +421,14 @@ class _Run:
         for record in records:
             for out in chain.apply(record) if len(chain) else (record,):
                 delivery.produce(out, slot)
+
+    def _produce_everywhere(self, record: Record, delivery: KafkaDelivery, slot: TxSlot) -> None:
+        """`record` (after transforms) to every partition of its topic: each partition's consumer then meets it
+        after that partition's share of the records produced before it."""
+        chain = self.chain
+        for out in chain.apply(record) if len(chain) else (record,):
+            for partition in range(delivery.partitions(out.topic)):
+                delivery.produce(out, slot, partition=partition)
 
     def _finish(self, delivery: KafkaDelivery, repl: ReplicationConnection, fallback: Lsn) -> None:
         delivery.flush()

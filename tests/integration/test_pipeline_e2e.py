@@ -85,8 +85,9 @@ def test_cdc_run_replicates_changes_and_stops_cleanly_on_sigterm(stack: Any, uni
                 (f"{name}.%",),
             ).fetchone()
         assert ledger is not None
-        # 200 snapshot rows + 100 inserts + 30 updates + 42 deletes + 2 updates: each applied once.
-        assert ledger[0] == ledger[1] == 200 + 100 + 30 + 42 + 2
+        # 200 snapshot rows + the snapshot-complete marker + 100 inserts + 30 updates + 42 deletes + 2 updates:
+        # each applied once.
+        assert ledger[0] == ledger[1] == 200 + 1 + 100 + 30 + 42 + 2
     finally:
         if process.poll() is None:
             process.kill()

@@ -14,7 +14,8 @@ from connector.records import AvroSchema, Record
 from schemas.envelope import build_table_schemas
 from sinks.postgres.changes import collapse, shape_of, split_at_truncates, to_changes
 from sinks.postgres.config import PostgresSinkConfig, parse_duration
-from sinks.postgres.tables import check_identifier, destination_of
+from sinks.postgres.snapshots import SnapshotCleanup
+from sinks.postgres.tables import TableName, check_identifier, destination_of
 from tests.unit.schemas.schemas_support import array_of, column, numeric_typmod, pg_type, table
 
 pytestmark = pytest.mark.unit
@@ -184,3 +185,73 @@ def test_the_sources_numeric_arrays_map_to_numeric_array_columns() -> None:
         assert convert is not None
         written[name] = bytes(Transformer().dump_sequence([convert(row[name])], [PyFormat.TEXT])[0] or b"")
     assert written == {"a": b"{1.5,NaN,NULL,-Infinity,0.00000000000000000001}", "b": b"{1.5,NaN,NULL}"}
+
+
+# --- snapshot-complete markers -------------------------------------------------------------------
+
+
+def marker(headers: dict[str, bytes], key: Any = None) -> Record:
+    return Record("p.s.t", key, None, KEY if key is not None else None, None, tuple(headers.items()),
+                  partition=2, offset=40)
+
+
+MARKER_ID = str(uuid.uuid4())
+MARKER_HEADERS = {
+    "change_id": MARKER_ID.encode(),
+    "source_lsn": b"5000:5000",
+    "cdc.snapshot.complete": b'{"schema":"s","table":"t.x"}',
+}
+
+
+def test_snapshot_complete_marker_becomes_a_truncate_just_below_the_snapshot_rows() -> None:
+    [change] = to_changes(marker(MARKER_HEADERS))
+    assert change.snapshot_complete and change.op == "t"
+    assert change.change_id == uuid.UUID(MARKER_ID)
+    assert (change.source_schema, change.source_table) == ("s", "t.x")  # from the header, not the topic
+    assert (change.partition, change.offset) == (2, 40)
+    # Below a row of this snapshot (5000, 5000) and any change streamed after it; above anything before.
+    assert (4999, 10**12) < change.position < (5000, 5000)
+    assert change.key is None and change.row is None
+    assert split_at_truncates([change]) == [([], change), ([], None)]
+
+
+def test_plain_tombstones_are_not_markers() -> None:
+    assert to_changes(marker({"change_id": MARKER_ID.encode(), "source_lsn": b"1:1"})) == []
+    [delete] = to_changes(marker({"change_id": MARKER_ID.encode(), "source_lsn": b"1:1"}, key={"id": 3}))
+    assert delete.op == "d" and not delete.snapshot_complete
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {**MARKER_HEADERS, "cdc.snapshot.complete": b"s.t"},
+        {**MARKER_HEADERS, "cdc.snapshot.complete": b'{"schema":"s"}'},
+        {**MARKER_HEADERS, "cdc.snapshot.complete": b'{"schema":1,"table":"t"}'},
+        {k: v for k, v in MARKER_HEADERS.items() if k != "source_lsn"},
+        {k: v for k, v in MARKER_HEADERS.items() if k != "change_id"},
+    ],
+    ids=["not-json", "no-table", "not-text", "no-position", "no-id"],
+)
+def test_a_malformed_marker_is_poison(headers: dict[str, bytes]) -> None:
+    with pytest.raises(PoisonMessageError):
+        to_changes(marker(headers))
+
+
+def test_snapshot_cleanup_applies_to_a_table_of_one_source_table_only(caplog: pytest.LogCaptureFixture) -> None:
+    base = {"dsn": "postgresql://x", "topics": ["a"]}
+    table = TableName("public", "t")
+    cleanup = SnapshotCleanup(PostgresSinkConfig.model_validate(base))
+    assert cleanup.applies(table)  # a marker before any row (an empty source table) still cleans up
+    cleanup.saw(table, ("p.s.t", "s", "t"))
+    cleanup.saw(table, ("p.s.t", "s", "t"))
+    assert cleanup.applies(table)
+    cleanup.saw(TableName("public", "other"), ("p.s.u", "s", "u"))
+    assert cleanup.applies(table)
+    cleanup.saw(table, ("q.s.t", "s", "t"))  # a second shard merged into the same table
+    with caplog.at_level("WARNING"):
+        assert not cleanup.applies(table)
+        assert not cleanup.applies(table)
+    assert len([r for r in caplog.records if "fed by 2 source tables" in r.getMessage()]) == 1
+    off = SnapshotCleanup(PostgresSinkConfig.model_validate({**base, "snapshot_cleanup": False}))
+    append = SnapshotCleanup(PostgresSinkConfig.model_validate({**base, "mode": "append"}))
+    assert not off.applies(table) and not append.applies(table)

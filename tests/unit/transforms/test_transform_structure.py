@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from connector.errors import ConfigError
-from connector.records import Record
+from connector.records import SNAPSHOT_COMPLETE_HEADER, Record
 from schemas.envelope import build_table_schemas
 from tests.unit.schemas.schemas_support import column, table
 from tests.unit.transforms.transforms_support import (
@@ -53,6 +53,15 @@ def test_unwrap_delete_handling_and_tombstones() -> None:
     assert rewritten[0].value["__deleted"] == "false"
     assert rewritten[1].value == {**dict.fromkeys(ROW), "id": 7, "__deleted": "true"}
     assert field_type(rewritten[1].value_schema, "__deleted") == "string"
+
+
+def test_unwrap_keeps_a_snapshot_complete_marker_while_dropping_tombstones() -> None:
+    marker = Record("shop.public.customers", None, None, None, None,
+                    (("change_id", CHANGE_ID.encode()), (SNAPSHOT_COMPLETE_HEADER, b'{"schema":"public","table":"c"}')))
+    assert run([{"type": "unwrap"}], tombstone(), marker) == [marker]
+    assert run([{"type": "route", "regex": "shop\\.(.*)", "replacement": "all.$1"}, {"type": "unwrap"}], marker) == [
+        Record("all.public.customers", None, None, None, None, marker.headers)
+    ]
 
 
 def test_unwrap_add_fields_and_headers() -> None:

@@ -84,9 +84,16 @@ def test_snapshot_and_stream_meet_without_loss_or_doubles(source_env: SourceEnv)
     assert len({e.key["id"] for e in snapshot_rows}) == len(snapshot_rows) >= 2000
     # Tables are read in name order (`..._other` before `..._seam`); only the very last row is `last`.
     assert [e.value["source"]["snapshot"] for e in snapshot_rows][-1] == "last"
-    assert {e.value["source"]["snapshot"] for e in snapshot_rows[:-1] + other_events} == {"true"}
+    other_rows = [e for e in other_events if e.value is not None]
+    assert {e.value["source"]["snapshot"] for e in snapshot_rows[:-1] + other_rows} == {"true"}
     point = snapshot_rows[0].value["source"]["lsn"]
     assert all(e.value["source"]["lsn"] == point for e in snapshot_rows)
+    # Each table's snapshot ends with one snapshot-complete marker (one partition), after its rows.
+    for rows, table_events in ((snapshot_rows, events), (other_rows, other_events)):
+        [marker] = [e for e in table_events if "cdc.snapshot.complete" in e.headers]
+        assert marker.key is None and marker.value is None
+        assert marker.headers["source_lsn"] == f"{point}:{point}"
+        assert marker.offset > max(e.offset for e in rows)
     streamed = [e for e in events if e.value is not None and e.value["op"] != "r"]
     assert streamed and all(e.value["source"]["commit_lsn"] > point for e in streamed)
     expected = {row[0]: {"id": row[0], "v": row[1]} for row in env.sql(f"SELECT id, v FROM {table}")}
@@ -114,10 +121,15 @@ def test_snapshot_ids_are_stable_and_interrupted_snapshot_restarts(source_env: S
     assert state[0][0] == "done"
     assert state[0][1] != first_point[0][0]  # restarted from a new slot, not resumed
     events = env.read(env.topic(table), min_count=22000)
-    complete = [e for e in events if e.value["source"]["lsn"] == int_lsn(state[0][1])]
+    point = int_lsn(state[0][1])
+    rows = [e for e in events if e.value is not None]
+    complete = [e for e in rows if e.value["source"]["lsn"] == point]
     assert sorted(e.key["id"] for e in complete) == list(range(1, 20001))
+    # Only the snapshot that finished ends with a snapshot-complete marker.
+    [marker] = [e for e in events if e.value is None]
+    assert marker.headers["source_lsn"] == f"{point}:{point}" and "cdc.snapshot.complete" in marker.headers
     # Same snapshot read again -> same ids; a different snapshot -> different ids.
-    partial = [e for e in events if e.value["source"]["lsn"] != int_lsn(state[0][1])]
+    partial = [e for e in rows if e.value["source"]["lsn"] != point]
     assert not {e.change_id for e in partial} & {e.change_id for e in complete}
 
 
@@ -135,7 +147,9 @@ def test_initial_only_reads_once_and_leaves_no_slot(source_env: SourceEnv) -> No
             source.join_error(120)
         assert env.slot_row() is None
     events = env.read(env.topic(table), min_count=100)
-    assert sorted(e.key["id"] for e in events) == list(range(1, 101))  # read once: the second run did nothing
+    rows = [e for e in events if e.value is not None]
+    assert sorted(e.key["id"] for e in rows) == list(range(1, 101))  # read once: the second run did nothing
+    assert len(events) == len(rows) + 1  # and one snapshot-complete marker
     assert env.sql("SELECT snapshot_state FROM cdc.source_state WHERE slot_name = %s", (env.slot,)) == [("done",)]
 
 
@@ -151,4 +165,4 @@ def test_a_crash_between_bookkeeping_and_slot_creation_snapshots_again(source_en
     with env.running(snapshot={"mode": "initial"}) as source:
         source.wait_ready()
     events = env.read(env.topic(table), min_count=10)
-    assert sorted(e.key["id"] for e in events) == list(range(1, 11))
+    assert sorted(e.key["id"] for e in events if e.value is not None) == list(range(1, 11))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from connector.records import SNAPSHOT_COMPLETE_HEADER
 from schemas.catalog import ColumnInfo, PgType, TableInfo
 from schemas.envelope import UNCHANGED_TOAST, build_table_schemas, source_block
 from sources.postgres.change_id import ChangeIds, namespace_for
@@ -88,3 +91,18 @@ def test_key_change_becomes_delete_tombstone_create() -> None:
     (same,) = events().streamed(Update(1, ("5", "x"), ("5", None), True), lsn=1, commit_lsn=2, ordinal=0, xid=1,
                                 commit_ms=0)  # fmt: skip
     assert same.value["op"] == "u"
+
+
+def test_snapshot_complete_marker_has_no_key_nor_value_and_a_stable_id() -> None:
+    record = events().snapshot_complete(500)
+    assert record.topic == "p.public.t"
+    assert (record.key, record.value, record.key_schema, record.value_schema) == (None, None, None, None)
+    assert record.is_snapshot_complete
+    ids = ChangeIds(namespace_for("1", "db"))
+    headers = dict(record.headers)
+    assert headers["change_id"] == ids.snapshot_complete(500, "public", "t").encode()
+    assert headers["source_lsn"] == b"500:500"
+    assert json.loads(headers[SNAPSHOT_COMPLETE_HEADER]) == {"schema": "public", "table": "t"}
+    assert events().snapshot_complete(500) == record  # the same snapshot read again: the same id
+    assert dict(events().snapshot_complete(501).headers)["change_id"] != headers["change_id"]
+    assert ids.snapshot_complete(500, "public", "t") != ids.snapshot_complete(500, "public", "u")
