@@ -83,8 +83,10 @@ def distinct_change_ids(bootstrap: str, prefix: str) -> int:
             for message in consumer.consume(1000, timeout=1):
                 if message.error() is None:
                     read[(message.topic(), message.partition())] = message.offset() + 1
-                    if message.value() is not None:
-                        seen.add(dict(message.headers() or [])["change_id"])
+                    headers = dict(message.headers() or [])
+                    # Changes and snapshot-complete markers are recorded; compaction tombstones are not.
+                    if message.value() is not None or "cdc.snapshot.complete" in headers:
+                        seen.add(headers["change_id"])
         return len(seen)
     finally:
         consumer.close()

@@ -32,6 +32,11 @@ from transforms.base import TransformChain
 REPO_ROOT = Path(__file__).resolve().parents[4]
 
 
+def without_markers(events: list[Event]) -> list[Event]:
+    """`events` without snapshot-complete markers (one per partition after each table's snapshot)."""
+    return [e for e in events if "cdc.snapshot.complete" not in e.headers]
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     topic: str
