@@ -43,7 +43,6 @@ from sinks.postgres.tables import (
 log = logging.getLogger(__name__)
 
 _STAGE_OP = "__cdc_stage_op"
-_NO_IDS: set[int] = set()
 
 _Fresh = dict[int, set[int]] | None
 """Fresh (change id, table) pairs of a batch: `UUID.int`s per destination table oid; None when all are fresh."""
@@ -247,51 +246,43 @@ class Applier:
         entries = sum(len(first) for first in by_table.values())
         if not entries:
             return {}, total
+        unique = [change for first in by_table.values() for change in first.values()]
+        topic, partition = unique[0].topic, unique[0].partition
         # ORDER BY: concurrent sinks take the ledger's index locks in one order, so they never deadlock; sorted
         # keys also visit the index's leaf pages in order.
-        if len(by_table) == 1:
-            (oid, first), = by_table.items()
-            unique = list(first.values())
-            topic, partition = unique[0].topic, unique[0].partition
-            if all(c.partition == partition and c.topic == topic for c in unique):
-                # One table and one partition (the usual batch of a partitioned consumer): no per-change table,
-                # topic and partition arrays to build and send.
-                cur = conn.execute(
-                    """INSERT INTO cdc.applied_changes (change_id, destination, topic, partition, "offset")
-                       SELECT i, %b::oid, %b::text, %b::int, o FROM unnest(%b::uuid[], %b::bigint[]) AS x(i, o)
-                       ORDER BY 1 ON CONFLICT DO NOTHING RETURNING change_id""",
-                    (oid, topic, partition, [c.change_id for c in unique], [c.offset for c in unique]),
-                    binary=True,
-                )
-                if cur.rowcount == entries:
-                    # All inserted: the returned ids need not be read (psycopg parses rows only when fetched).
-                    return (None if entries == total else {oid: set(first)}), 0
-                fresh = {row[0].int for row in cur.fetchall()}
-                return {oid: fresh}, total - len(fresh)
-        unique = []
-        oids = []
-        for oid, first in by_table.items():
-            unique.extend(first.values())
-            oids.extend([oid] * len(first))
-        cur = conn.execute(
-            """INSERT INTO cdc.applied_changes (change_id, destination, topic, partition, "offset")
-               SELECT * FROM unnest(%b::uuid[], %b::oid[], %b::text[], %b::int[], %b::bigint[]) ORDER BY 1, 2
-               ON CONFLICT DO NOTHING RETURNING change_id, destination""",
-            (
-                [c.change_id for c in unique],
-                oids,
-                [c.topic for c in unique],
-                [c.partition for c in unique],
-                [c.offset for c in unique],
-            ),
-            binary=True,
-        )
+        if len(by_table) == 1 and all(c.partition == partition and c.topic == topic for c in unique):
+            # One table and one partition (the usual batch of a partitioned consumer): no per-change table,
+            # topic and partition arrays to build and send.
+            cur = conn.execute(
+                """INSERT INTO cdc.applied_changes (change_id, destination, topic, partition, "offset")
+                   SELECT i, %b::oid, %b::text, %b::int, o FROM unnest(%b::uuid[], %b::bigint[]) AS x(i, o)
+                   ORDER BY 1 ON CONFLICT DO NOTHING RETURNING change_id, destination""",
+                (next(iter(by_table)), topic, partition, [c.change_id for c in unique], [c.offset for c in unique]),
+                binary=True,
+            )
+        else:
+            cur = conn.execute(
+                """INSERT INTO cdc.applied_changes (change_id, destination, topic, partition, "offset")
+                   SELECT * FROM unnest(%b::uuid[], %b::oid[], %b::text[], %b::int[], %b::bigint[]) ORDER BY 1, 2
+                   ON CONFLICT DO NOTHING RETURNING change_id, destination""",
+                (
+                    [c.change_id for c in unique],
+                    [oid for oid, first in by_table.items() for _ in first],
+                    [c.topic for c in unique],
+                    [c.partition for c in unique],
+                    [c.offset for c in unique],
+                ),
+                binary=True,
+            )
         if cur.rowcount == entries:
-            return (None if entries == total else {oid: set(first) for oid, first in by_table.items()}), 0
-        tables: dict[int, set[int]] = {}
+            # All inserted: the returned rows need not be read (psycopg parses rows only when fetched).
+            if entries == total:
+                return None, 0
+            return {oid: set(first) for oid, first in by_table.items()}, total - entries
+        fresh: dict[int, set[int]] = {}
         for change_id, oid in cur.fetchall():
-            tables.setdefault(int(oid), set()).add(change_id.int)
-        return tables, total - cur.rowcount
+            fresh.setdefault(int(oid), set()).add(change_id.int)
+        return fresh, total - cur.rowcount
 
     def _advance(self, conn: psycopg.Connection[Any], offsets: Mapping[tuple[str, int], int]) -> None:
         """Step 4: the next offset per partition; never moves back (a zombie consumer cannot rewind it)."""
@@ -320,7 +311,7 @@ class Applier:
         if fresh is None:
             changes = run.changes
         else:
-            ids = fresh.get(target.oid, _NO_IDS)
+            ids = fresh.get(target.oid) or set()
             changes = []
             for change in run.changes:
                 cid = change.change_id.int
@@ -430,7 +421,7 @@ class Applier:
         cl, lsn, cid = sql.Identifier(COMMIT_LSN), sql.Identifier(LSN), sql.Identifier(CHANGE_ID)
         if upserts:
             written = 0
-            used = {t for _, op, t in rows if op == "u"} | {f[3] for f in fills} if len(groups) > 1 else {0}
+            used = ({t for _, op, t in rows if op == "u"} | {f[3] for f in fills}) if len(groups) > 1 else {0}
             for unchanged, group in groups.items():
                 if group not in used:
                     continue  # every change of that TOAST group collapsed into a later one

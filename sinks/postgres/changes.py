@@ -449,19 +449,8 @@ def collapse(changes: Sequence[Change]) -> list[Change]:
         change = item
         key = change.key_tuple
         previous = last.get(key)
-        if (
-            change.unchanged_toast
-            and previous is not None
-            and previous.op in UPSERT_OPS
-            and previous.row is not None
-            and change.row is not None
-        ):
-            known = change.unchanged_toast - previous.unchanged_toast
-            if known:
-                row = dict(change.row)
-                for name in known:
-                    row[name] = previous.row.get(name)
-                change = replace(change, row=row, unchanged_toast=change.unchanged_toast - known)
+        if change.unchanged_toast and previous is not None and previous.op in UPSERT_OPS:
+            change = _take_known(change, previous)
         last[key] = change
     return list(last.values())
 
@@ -497,15 +486,9 @@ def carry_across_key_changes(changes: Sequence[Change]) -> tuple[list[Change], d
             if delete is not None and delete.key is not None:
                 old = delete.key_tuple
                 previous = gone.get(change.position) or latest.get(old)
+                if previous is not None:
+                    change = _take_known(change, previous)
                 unknown = change.unchanged_toast
-                if previous is not None and previous.row is not None:
-                    known = unknown - previous.unchanged_toast
-                    if known:
-                        row = dict(change.row)
-                        for name in known:
-                            row[name] = previous.row.get(name)
-                        unknown = unknown - known
-                        change = replace(change, row=row, unchanged_toast=unknown)
                 if unknown:
                     # The old key's row may itself be new in this batch, moved from a key the destination has.
                     earlier = moves.get(old)
@@ -521,6 +504,20 @@ def carry_across_key_changes(changes: Sequence[Change]) -> tuple[list[Change], d
                 gone[change.position] = removed
         out.append(change)
     return out, moves
+
+
+def _take_known(change: Change, previous: Change) -> Change:
+    """`change` with the values of its unsent (unchanged TOASTed) columns that `previous`, an earlier upsert of
+    the same row, knew."""
+    if previous.row is None or change.row is None:
+        return change
+    known = change.unchanged_toast - previous.unchanged_toast
+    if not known:
+        return change
+    row = dict(change.row)
+    for name in known:
+        row[name] = previous.row.get(name)
+    return replace(change, row=row, unchanged_toast=change.unchanged_toast - known)
 
 
 def split_at_truncates(changes: Iterable[Change]) -> list[tuple[list[Change], Change | None]]:

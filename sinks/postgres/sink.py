@@ -421,20 +421,9 @@ class PostgresSink(Sink):
         in one transaction and the create can take the unchanged TOASTed values from the old row."""
         held: set[int] = set()
         for where, index in last.items():
-            tail: list[int] = []
-            i = index
-            while i >= 0:
-                message = messages[i]
-                if (message.topic(), message.partition()) == where:
-                    if _is_key_change_delete(message):
-                        tail.append(i)
-                    elif message.value() is None and not tail and i == index:
-                        tail.append(i)  # a tombstone that did not copy the delete's headers
-                    else:
-                        break
-                i -= 1
+            tail = _key_change_tail(messages, where, index)
             coordinates = [_coordinates(messages[i]) for i in tail]
-            if not any(_is_key_change_delete(messages[i]) for i in tail) or any(c in self._held for c in coordinates):
+            if not tail or any(c in self._held for c in coordinates):
                 continue  # nothing to hold, or held once already: its create is not coming to this partition
             if len(self._held) > 10_000:
                 self._held.clear()
@@ -667,6 +656,25 @@ def _coordinates(message: Message) -> tuple[str, int, int]:
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None and partition is not None and offset is not None
     return topic, partition, offset
+
+
+def _key_change_tail(messages: Sequence[Message], where: tuple[str, int], index: int) -> list[int]:
+    """The indexes of partition `where`'s last messages (its last at `index`) when they are the delete of a key
+    change and its tombstone; empty when the partition ends otherwise."""
+    tail: list[int] = []
+    for i in range(index, -1, -1):
+        message = messages[i]
+        if (message.topic(), message.partition()) != where:
+            continue
+        if _is_key_change_delete(message):
+            tail.append(i)
+            if message.value() is not None:
+                return tail  # the delete itself
+        elif i == index and message.value() is None:
+            tail.append(i)  # a tombstone that did not copy the delete's headers
+        else:
+            return []
+    return []
 
 
 def _is_key_change_delete(message: Message) -> bool:

@@ -323,7 +323,6 @@ class TableEvents:
         headers = (("change_id", change_id.encode()), ("source_lsn", f"{point}:{point}".encode()))
         return [Record(self._topic, key, value, self._key_schema, self._value_schema, headers)]
 
-
     def snapshot_complete(self, point: int) -> Record:
         """The record that ends this table's snapshot at consistent point `point` (no key, no value).
 

@@ -71,21 +71,26 @@ def drop_replication_state(dsn: str, slot: str, publication: str) -> None:
         conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
 
 
+def source_section(name: str, table: str, *, prefix: str | None = None) -> dict[str, Any]:
+    """The `source` config of one table of `public`, slot and publication named `name`, topics under `prefix`."""
+    return {
+        "dsn": "${CDC_SOURCE_DSN}",
+        "topic_prefix": prefix or name,
+        "slot": {"name": name},
+        "publication": {"name": name},
+        "tables": {"include": [f"public.{table}"]},
+        "snapshot": {"mode": "initial"},
+        "heartbeat": {"interval_s": 1},
+        "status_interval_s": 1,
+    }
+
+
 def write_config(path: Path, name: str, table: str, port: int, transforms: dict[str, Any] | None = None) -> None:
     config = {
         "name": name,
         "kafka": {"bootstrap_servers": "${CDC_KAFKA_BOOTSTRAP}"},
         "schema_registry": {"url": "${CDC_SCHEMA_REGISTRY_URL}"},
-        "source": {
-            "dsn": "${CDC_SOURCE_DSN}",
-            "topic_prefix": name,
-            "slot": {"name": name},
-            "publication": {"name": name},
-            "tables": {"include": [f"public.{table}"]},
-            "snapshot": {"mode": "initial"},
-            "heartbeat": {"interval_s": 1},
-            "status_interval_s": 1,
-        },
+        "source": source_section(name, table),
         "sink": {
             "dsn": "${CDC_TARGET_DSN}",
             "topics_regex": f"^{name}\\..*",
@@ -114,3 +119,16 @@ def start_connector(config_path: Path, stack: Any, log_path: Path) -> subprocess
             stderr=subprocess.STDOUT,
             env=env,
         )
+
+
+def stop_connector(process: subprocess.Popen[bytes]) -> None:
+    """Kill the connector if it still runs (cleanup after a test that may have failed half way)."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+
+
+def drop_tables(dsn: str, *tables: sql.Identifier) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in tables:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))

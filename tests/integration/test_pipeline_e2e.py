@@ -19,6 +19,7 @@ from tests.integration.pipeline_support import (
     free_port,
     http_get,
     start_connector,
+    stop_connector,
     table_digest,
     wait_until,
     write_config,
@@ -89,7 +90,5 @@ def test_cdc_run_replicates_changes_and_stops_cleanly_on_sigterm(stack: Any, uni
         # each applied once.
         assert ledger[0] == ledger[1] == 200 + 1 + 100 + 30 + 42 + 2
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        stop_connector(process)
         drop_replication_state(stack.source_dsn, name, name)

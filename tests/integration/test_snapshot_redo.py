@@ -11,18 +11,20 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from psycopg import sql
 
 from tests.integration.pipeline_support import (
     drop_replication_state,
+    drop_tables,
     free_port,
     http_get,
     start_connector,
+    stop_connector,
     table_digest,
     wait_until,
     write_config,
 )
+from tests.integration.sinks.conftest import caught_up, log_end
 
 pytestmark = pytest.mark.integration
 
@@ -46,19 +48,8 @@ def _caught_up(stack: Any, slot: str, group: str, topic: str) -> bool:
         state = conn.execute("SELECT snapshot_state FROM cdc.source_state WHERE slot_name = %s", (slot,)).fetchone()
     if state != ("done",):
         return False
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"{group}-watermarks"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-    finally:
-        consumer.close()
     with psycopg.connect(stack.target_dsn, autocommit=True) as conn:
-        stored = dict(
-            conn.execute(
-                "SELECT partition, next_offset FROM cdc.sink_offsets WHERE group_id = %s AND topic = %s", (group, topic)
-            ).fetchall()
-        )
-    return all(stored.get(p, 0) >= end for p, end in ends.items())
+        return caught_up(conn, group, log_end(stack.kafka_bootstrap, [topic]))
 
 
 @pytest.mark.parametrize(
@@ -117,12 +108,9 @@ def test_redone_snapshot_removes_rows_deleted_while_down(
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        stop_connector(process)
         drop_replication_state(stack.source_dsn, name, name)
+        drop_tables(stack.source_dsn, t)
+        drop_tables(stack.target_dsn, sql.Identifier("public", table))
         with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(t))
             conn.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (name,))
-        with psycopg.connect(stack.target_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("public", table)))

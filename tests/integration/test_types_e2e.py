@@ -31,9 +31,11 @@ from psycopg import sql
 from schemas.types import SESSION_SETTINGS, output_text
 from tests.integration.pipeline_support import (
     drop_replication_state,
+    drop_tables,
     free_port,
     http_get,
     start_connector,
+    stop_connector,
     wait_until,
     write_config,
 )
@@ -311,13 +313,10 @@ def test_every_type_and_its_array_arrive_equal_after_snapshot_and_streaming(
                 conn.execute(sql.SQL("UPDATE {} SET c_int4 = 7 WHERE id = {}").format(t, sql.Literal(LAST_ID)))
         _assert_destination_equals_source(stack, table, process, log_path, "after streamed inserts and updates")
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        stop_connector(process)
         drop_replication_state(stack.source_dsn, name, name)
+        drop_tables(stack.source_dsn, t)
+        drop_tables(stack.target_dsn, t)
         with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(t))
             for type_ident in types:
                 conn.execute(sql.SQL("DROP TYPE IF EXISTS {} CASCADE").format(type_ident))
-        with psycopg.connect(stack.target_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(t))

@@ -15,7 +15,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,9 @@ class Feed:
         after, _ = self.schemas.row(list(row))
         return self.emit("c", None, after)
 
-    def update(self, key: dict[str, Any], toast: tuple[str, ...] = (), **values: Any) -> str:
+    def _update_source(self, key: dict[str, Any], values: dict[str, Any],
+                       toast: tuple[str, ...]) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """Update the source row at `key`; the new row as the source sends it, with `toast` columns unsent."""
         row = self.source.execute(
             sql.SQL("UPDATE {} SET {} WHERE {} RETURNING {}").format(
                 self.ident,
@@ -143,27 +146,17 @@ class Feed:
         for name in toast:
             texts[self.schemas.column_names.index(name)] = UNCHANGED_TOAST
         after, unchanged = self.schemas.row(texts)
-        before = self._key_image(key)
-        return self.emit("u", before, after, unchanged)
+        return after, unchanged
+
+    def update(self, key: dict[str, Any], toast: tuple[str, ...] = (), **values: Any) -> str:
+        after, unchanged = self._update_source(key, values, toast)
+        return self.emit("u", self._key_image(key), after, unchanged)
 
     def change_key(self, key: dict[str, Any], new_key: dict[str, Any], toast: tuple[str, ...] = (),
                    tombstone: bool = True) -> str:
         """An update that changes the key, as the source writes it: a delete of the old key (and its tombstone),
         then a create of the new key at the same position, with Debezium's key headers; `toast` columns unsent."""
-        row = self.source.execute(
-            sql.SQL("UPDATE {} SET {} WHERE {} RETURNING {}").format(
-                self.ident,
-                sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(n)) for n in new_key),
-                sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in key),
-                self._returning(),
-            ),
-            [*new_key.values(), *key.values()],
-        ).fetchone()
-        assert row is not None
-        texts: list[Any] = list(row)
-        for name in toast:
-            texts[self.schemas.column_names.index(name)] = UNCHANGED_TOAST
-        after, unchanged = self.schemas.row(texts)
+        after, unchanged = self._update_source(key, new_key, toast)
         before = self._key_image(key)
         position = self.lsns.next()
         change_id = str(uuid.uuid5(self.lsns.namespace, f"{position[0]}:{position[1]}:0"))
@@ -332,6 +325,27 @@ class RunningSink:
         self.stop.set()
         self.thread.join(60)
         assert not self.thread.is_alive(), "sink did not stop"
+
+
+@contextmanager
+def running_sinks(configs: Sequence[ConnectorConfig]) -> Iterator[list[RunningSink]]:
+    """Sinks running at once (groups racing each other); on leaving, each is stopped and must not have failed."""
+    sinks = [RunningSink(config) for config in configs]
+    try:
+        yield sinks
+    finally:
+        for running in sinks:
+            running.close()
+    for running in sinks:
+        assert running.error is None, running.error
+
+
+def wait_all_caught_up(env: Env, configs: Sequence[ConnectorConfig], sinks: Sequence[RunningSink],
+                       ends: dict[tuple[str, int], int], timeout: float = 180) -> None:
+    """Until each config's group has stored offsets at `ends`; fails at once if one of `sinks` stopped."""
+    for config, running in zip(configs, sinks, strict=True):
+        wait_until(lambda c=config: caught_up(env.target, c.group_id, ends), timeout, "every group to catch up",
+                   running.alive)
 
 
 def run_until_caught_up(env: Env, data: dict[str, Any], topics: list[str], timeout: float = 120) -> None:

@@ -16,10 +16,12 @@ from tests.integration.sinks.conftest import (
     kill,
     log_end,
     run_until_caught_up,
+    running_sinks,
     start_process,
     stored_offsets,
     table_texts,
     to_config,
+    wait_all_caught_up,
     wait_until,
     write_config,
 )
@@ -81,23 +83,13 @@ def test_two_groups_into_one_target_apply_each_change_once(env: Env) -> None:
     rng = random.Random(11)
     feeds = [env.feed(COLUMNS, partitions=3) for _ in range(2)]
     topics = [f.topic for f in feeds]
-    first = to_config(env.config(topics))
-    second = to_config(env.config(topics))
-    sinks = [RunningSink(first), RunningSink(second)]
-    try:
+    configs = [to_config(env.config(topics)) for _ in range(2)]
+    with running_sinks(configs) as sinks:
         for _ in range(4):
             for feed in feeds:
                 mixed_ops(feed, rng, 200)
             env.flush()
-        ends = log_end(env.stack.kafka_bootstrap, topics)
-        for config, running in zip((first, second), sinks, strict=True):
-            wait_until(lambda c=config: caught_up(env.target, c.group_id, ends), 180, "both groups to catch up",
-                       running.alive)
-    finally:
-        for running in sinks:
-            running.close()
-    for running in sinks:
-        assert running.error is None, running.error
+        wait_all_caught_up(env, configs, sinks, log_end(env.stack.kafka_bootstrap, topics))
     for feed in feeds:
         rows = table_texts(env.target, sql.Identifier(feed.table), list(feed.schemas.column_names), ["id"])
         assert rows == feed.expected()

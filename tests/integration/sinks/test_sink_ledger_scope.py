@@ -23,8 +23,10 @@ from tests.integration.sinks.conftest import (
     caught_up,
     log_end,
     run_until_caught_up,
+    running_sinks,
     table_texts,
     to_config,
+    wait_all_caught_up,
     wait_until,
 )
 from tests.integration.sinks.test_sink_apply import COLUMNS, mixed_ops
@@ -75,16 +77,8 @@ def test_two_groups_into_one_table_apply_each_change_once(env: Env) -> None:
     configs = [to_config(env.config([feed.topic], target_schema=schema)) for _ in range(2)]
     assert configs[0].group_id != configs[1].group_id
     ends = log_end(env.stack.kafka_bootstrap, [feed.topic])
-    sinks = [RunningSink(config) for config in configs]  # racing each other on every change
-    try:
-        for config, running in zip(configs, sinks, strict=True):
-            wait_until(lambda c=config: caught_up(env.target, c.group_id, ends), 120, "both groups to catch up",
-                       running.alive)
-    finally:
-        for running in sinks:
-            running.close()
-    for running in sinks:
-        assert running.error is None, running.error
+    with running_sinks(configs) as sinks:  # racing each other on every change
+        wait_all_caught_up(env, configs, sinks, ends, 120)
 
     table = f"{schema}.{feed.table}"
     assert table_texts(env.target, sql.Identifier(schema, feed.table), list(feed.schemas.column_names),

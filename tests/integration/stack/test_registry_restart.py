@@ -31,6 +31,7 @@ from tests.integration.pipeline_support import (
     drop_replication_state,
     free_port,
     http_get,
+    source_section,
     start_connector,
     table_digest,
     wait_until,
@@ -76,19 +77,6 @@ def write_config(path: Path, name: str, **section: Any) -> None:
         **section,
     }
     path.write_text(json.dumps(config))  # JSON is YAML
-
-
-def source(name: str, prefix: str, table: str) -> dict[str, Any]:
-    return {
-        "dsn": "${CDC_SOURCE_DSN}",
-        "topic_prefix": prefix,
-        "slot": {"name": name},
-        "publication": {"name": name},
-        "tables": {"include": [f"public.{table}"]},
-        "snapshot": {"mode": "initial"},
-        "heartbeat": {"interval_s": 1},
-        "status_interval_s": 1,
-    }
 
 
 def log_end(bootstrap: str, topic: str) -> int:
@@ -139,8 +127,8 @@ def test_a_registry_restart_keeps_schema_ids_and_a_new_sink_group_reads_everythi
         )
     topic_a, topic_b = f"{prefix}.public.{a}", f"{prefix}.public.{b}"
     first, second, third = tmp_path / "first.yaml", tmp_path / "second.yaml", tmp_path / "third.yaml"
-    write_config(first, f"{prefix}_1", source=source(f"{prefix}_1", prefix, a))
-    write_config(second, f"{prefix}_2", source=source(f"{prefix}_2", prefix, b))
+    write_config(first, f"{prefix}_1", source=source_section(f"{prefix}_1", a, prefix=prefix))
+    write_config(second, f"{prefix}_2", source=source_section(f"{prefix}_2", b, prefix=prefix))
     sink = {"dsn": "${CDC_TARGET_DSN}", "topics": [topic_a, topic_b], "batch": {"max_records": 500, "max_wait_ms": 100}}
     write_config(third, f"{prefix}_3", sink=sink)
     try:
