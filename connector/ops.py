@@ -1,9 +1,15 @@
-"""The sidecar HTTP endpoints: /healthz (alive), /readyz (streaming), /metrics (Prometheus), /status (JSON)."""
+"""The sidecar HTTP endpoints: /healthz (alive), /readyz (streaming), /metrics (Prometheus), /status (JSON).
+
+Every answer comes from state the components publish (no I/O on a request thread), so a probe answers at
+once however busy or stuck the loops are. A client that hangs up before its answer is written is normal
+(a probe's own timeout, a shutdown) and noted at debug level only.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +20,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from connector.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.debug("ops client %s went away: %s", client_address, type(error).__name__)
+        else:
+            log.error("ops request from %s failed", client_address, exc_info=error)
 
 
 class OpsServer:
@@ -32,36 +49,38 @@ class OpsServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
+                code, body, content_type = self._answer(self.path.split("?", 1)[0])
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except ConnectionError as exc:
+                    self.close_connection = True
+                    log.debug("ops client went away before the answer to %s: %s", self.path, type(exc).__name__)
+
+            def _answer(self, path: str) -> tuple[int, bytes, str]:
                 if path == "/healthz":
                     ok = probes["alive"]()
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n", "text/plain")
-                elif path == "/readyz":
+                    return (200 if ok else 503), (b"ok\n" if ok else b"unhealthy\n"), "text/plain"
+                if path == "/readyz":
                     ok = probes["ready"]()
-                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")
-                elif path == "/metrics":
-                    self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
-                elif path == "/status":
+                    return (200 if ok else 503), (b"ready\n" if ok else b"not ready\n"), "text/plain"
+                if path == "/metrics":
+                    return 200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+                if path == "/status":
                     try:
-                        body = json.dumps(probes["status"](), default=str).encode()
-                        self._send(200, body, "application/json")
+                        return 200, json.dumps(probes["status"](), default=str).encode(), "application/json"
                     except Exception as exc:  # a probe must answer, even when status cannot be read
-                        self._send(500, json.dumps({"error": type(exc).__name__}).encode(), "application/json")
-                else:
-                    self._send(404, b"not found\n", "text/plain")
-
-            def _send(self, code: int, body: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                        log.warning("/status failed: %s: %s", type(exc).__name__, exc)
+                        return 500, json.dumps({"error": type(exc).__name__}).encode(), "application/json"
+                return 404, b"not found\n", "text/plain"
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("ops %s", format % args)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="ops-http", daemon=True)
 
     @property

@@ -31,4 +31,11 @@ class Sink(ABC):
 
     @abstractmethod
     def status(self) -> dict[str, Any]:
-        """Stored offsets vs log end per partition: what `cdc status` prints."""
+        """Stored offsets vs log end per partition, as the running component last published it (/status).
+
+        Answers at once from any thread: no I/O, nothing shared with the loops but what they publish.
+        """
+
+    def inspect(self) -> dict[str, Any]:
+        """The same, read from the services now: what `cdc status` shows of a process it is not part of."""
+        return self.status()

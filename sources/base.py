@@ -32,4 +32,11 @@ class Source(ABC):
 
     @abstractmethod
     def status(self) -> dict[str, Any]:
-        """Slot state, lag, snapshot progress: what `cdc status` prints."""
+        """Slot state, lag, snapshot progress, as the running component last published it (/status).
+
+        Answers at once from any thread: no I/O, nothing shared with the loops but what they publish.
+        """
+
+    def inspect(self) -> dict[str, Any]:
+        """The same, read from the services now: what `cdc status` shows of a process it is not part of."""
+        return self.status()

@@ -123,6 +123,8 @@ class PostgresSink(Sink):
         self._producer_lock = threading.Lock()
         self._assigned: set[tuple[str, int]] = set()
         self._positions: dict[tuple[str, int], int] = {}
+        self._log_end: dict[tuple[str, int], int] = {}
+        self._log_end_at = 0.0
         self._ready = threading.Event()
         self._stop: threading.Event = threading.Event()
         self._commits = 0
@@ -198,35 +200,27 @@ class PostgresSink(Sink):
         return self._ready.is_set()
 
     def status(self) -> dict[str, Any]:
-        if self._consumer is not None:
-            stored = dict(self._positions)
-        else:
-            try:
-                with psycopg.connect(self._dsn, connect_timeout=10, autocommit=True) as conn:
-                    stored = all_offsets(conn, self._group_id)
-            except psycopg.Error as exc:
-                return {"group_id": self._group_id, "error": f"destination unreachable: {type(exc).__name__}"}
-        partitions = []
-        consumer = self._consumer or Consumer(self._consumer_settings(), logger=log)
-        try:
-            for (topic, partition), next_offset in sorted(stored.items()):
-                try:
-                    _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
-                except Exception:
-                    high = None
-                partitions.append(
-                    {
-                        "topic": topic,
-                        "partition": partition,
-                        "next_offset": next_offset,
-                        "log_end": high,
-                        "lag": None if high is None else max(high - next_offset, 0),
-                    }
-                )
-        finally:
-            if consumer is not self._consumer:
-                consumer.close()
-        return {"group_id": self._group_id, "assigned": len(self._assigned), "partitions": partitions}
+        """What the loop last published: stored offsets vs the log end seen in fetches. No I/O, any thread."""
+        # Plain reads of structures only the loop thread writes (the log ends are replaced whole, never
+        # mutated): the consumer itself is never touched here, librdkafka consumers are not shared.
+        positions, log_end = dict(self._positions), self._log_end
+        return {
+            "group_id": self._group_id,
+            "assigned": len(self._assigned),
+            "partitions": [
+                partition_lag(topic, partition, next_offset, log_end.get((topic, partition)))
+                for (topic, partition), next_offset in sorted(positions.items())
+            ],
+        }
+
+    def inspect(self) -> dict[str, Any]:
+        """The offsets stored in the destination, read now (`cdc status` from outside the running process)."""
+        with psycopg.connect(self._dsn, connect_timeout=10, autocommit=True) as conn:
+            stored = all_offsets(conn, self._group_id)
+        return {
+            "group_id": self._group_id,
+            "partitions": [partition_lag(t, p, o, None) for (t, p), o in sorted(stored.items())],
+        }
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
@@ -345,12 +339,31 @@ class PostgresSink(Sink):
                     raise FatalError(f"Kafka consumer failed: {error.str()}")
                 elif error.code() not in (KafkaError._PARTITION_EOF,):
                     log.warning("Kafka consumer: %s", error.str())
+            self._publish_log_end()
             if self._pending and deadline is None:
                 deadline = time.monotonic() + max_wait
             if deadline is not None and time.monotonic() >= deadline:
                 break
         messages, self._pending = self._pending, []
         return messages
+
+    def _publish_log_end(self) -> None:
+        """Note each assigned partition's log end from the consumer's cache (updated by every fetch) for `status`."""
+        assert self._consumer is not None
+        now = time.monotonic()
+        if now - self._log_end_at < 1.0:
+            return
+        self._log_end_at = now
+        ends: dict[tuple[str, int], int] = {}
+        for topic, partition in list(self._assigned):
+            try:
+                watermarks = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except Exception as exc:  # informational: a partition without a cached log end shows none
+                log.debug("no cached log end of %s[%d]: %s", topic, partition, exc)
+                continue
+            if watermarks is not None and watermarks[1] >= 0:
+                ends[(topic, partition)] = watermarks[1]
+        self._log_end = ends
 
     # -- one batch ----------------------------------------------------------------------------------------
 
@@ -649,6 +662,17 @@ class PostgresSink(Sink):
         if self._registry_client is not None:
             self._registry_client.close()
             self._registry_client = None
+
+
+def partition_lag(topic: str, partition: int, next_offset: int, log_end: int | None) -> dict[str, Any]:
+    """One partition of the sink's status: its stored position, the log end when known, and the lag between."""
+    return {
+        "topic": topic,
+        "partition": partition,
+        "next_offset": next_offset,
+        "log_end": log_end,
+        "lag": None if log_end is None else max(log_end - next_offset, 0),
+    }
 
 
 def _coordinates(message: Message) -> tuple[str, int, int]:

@@ -129,18 +129,18 @@ class PostgresSource(Source):
             return [Problem("source", f"cannot connect to the source database: {str(exc).strip()}", "check source.dsn")]
 
     def status(self) -> dict[str, Any]:
+        """What the run last published (state, slot, confirmed LSN, lag, snapshot progress). No I/O, any thread."""
         with self._lock:
-            if self._running:
-                return dict(self._stats)
-        try:
-            with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10) as conn:
-                info = slot_info(conn, self._source.slot.name)
-                state = None
-                if conn.execute("SELECT to_regclass('cdc.source_state') IS NOT NULL").fetchone() == (True,):
-                    state = StateStore(conn).get(self._source.slot.name)
-        except psycopg.Error as exc:
-            return {"state": "unreachable", "error": str(exc).strip()}
-        result: dict[str, Any] = {"state": "stopped", "slot": self._source.slot.name}
+            return dict(self._stats)
+
+    def inspect(self) -> dict[str, Any]:
+        """The slot and the snapshot state, read from the source database now (`cdc status`)."""
+        with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10) as conn:
+            info = slot_info(conn, self._source.slot.name)
+            state = None
+            if conn.execute("SELECT to_regclass('cdc.source_state') IS NOT NULL").fetchone() == (True,):
+                state = StateStore(conn).get(self._source.slot.name)
+        result: dict[str, Any] = {"slot": self._source.slot.name}
         if info is None:
             result["slot_state"] = "missing"
         else:

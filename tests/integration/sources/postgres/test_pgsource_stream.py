@@ -92,6 +92,7 @@ def test_idle_slot_advances_and_status_shows_lag(source_env: SourceEnv) -> None:
     assert status["state"] == "streaming" and status["slot"] == env.slot
     assert Lsn.parse(status["confirmed_flush_lsn"]) >= target
     assert isinstance(status["lag_bytes"], int)
-    stopped = source.source.status()
-    assert stopped["state"] == "stopped" and stopped["slot_state"] == "inactive"
+    assert source.source.status()["state"] == "stopped"
+    stopped = source.source.inspect()
+    assert stopped["slot"] == env.slot and stopped["slot_state"] == "inactive"
     assert stopped["snapshot"]["state"] == "skipped"
