@@ -164,54 +164,39 @@ def validate(config: ConfigPath, only: Only = None) -> None:
     typer.echo(f"{config}: ok")
 
 
-def _ours(config: Any, subject: str) -> bool:
-    """Whether a registry subject belongs to one of this connector's topics (`{topic}-key|value`)."""
-    import re
-
-    topic = subject.rsplit("-", 1)[0]
-    if config.source is not None and topic.startswith(f"{config.source.topic_prefix}."):
-        return True
-    if config.sink is not None:
-        if topic in config.sink.topics:
-            return True
-        if config.sink.topics_regex and re.search(config.sink.topics_regex, topic):
-            return True
-    return False
-
-
 @app.command("status")
 def status(
     config: ConfigPath,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (stable keys).")] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for each service before naming it unreadable.")
+    ] = 10.0,
 ) -> None:
-    """Slot state and lag, snapshot progress, topics, sink offsets vs log end, registry subjects."""
+    """Slot state and lag, snapshot progress, topics and offsets, sink lag per partition, registry subjects.
+
+    Exit 0 when every part was read; 1 when one could not be (named in the output) or the config is bad.
+    """
+    from rich.console import Console
+
     from connector.pipeline import build_components
-    from connector.preflight import check_registry
+    from connector.status import gather, render
+    from sinks.base import Sink
+    from sources.base import Source
 
     def body() -> dict[str, Any]:
         loaded = load(config)
-        report: dict[str, Any] = {"name": loaded.name}
-        for side, component in build_components(loaded).items():
-            report[side] = component.status()
-        problems, subjects = check_registry(loaded)
-        report["schema_registry"] = (
-            {"subjects": [s for s in subjects if _ours(loaded, s)], "subjects_in_registry": len(subjects)}
-            if not problems
-            else {"error": problems[0].message}
-        )
-        return report
+        components = build_components(loaded)
+        source, sink = components.get("source"), components.get("sink")
+        assert not isinstance(source, Sink) and not isinstance(sink, Source)
+        return gather(loaded, source, sink, timeout_s=timeout)
 
     report = guarded(body)
     if as_json:
         _print_json(report)
-        return
-    for section, data in report.items():
-        if isinstance(data, dict):
-            typer.echo(f"{section}:")
-            for key, value in data.items():
-                typer.echo(f"  {key}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
-        else:
-            typer.echo(f"{section}: {data}")
+    else:
+        render(report, Console(highlight=False))
+    if not report["ok"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:

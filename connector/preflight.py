@@ -19,8 +19,10 @@ def kafka_settings(config: ConnectorConfig) -> dict[str, Any]:
     return settings
 
 
-def registry_client(config: ConnectorConfig) -> SchemaRegistryClient:
+def registry_client(config: ConnectorConfig, timeout_s: float | None = None) -> SchemaRegistryClient:
     conf: dict[str, Any] = {"url": config.schema_registry.url}
+    if timeout_s is not None:
+        conf["timeout"] = timeout_s
     if config.schema_registry.basic_auth_user_info is not None:
         conf["basic.auth.user.info"] = config.schema_registry.basic_auth_user_info.get_secret_value()
     return SchemaRegistryClient(conf)

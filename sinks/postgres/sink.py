@@ -219,7 +219,7 @@ class PostgresSink(Sink):
             stored = all_offsets(conn, self._group_id)
         return {
             "group_id": self._group_id,
-            "partitions": [partition_lag(t, p, o, None) for (t, p), o in sorted(stored.items())],
+            "partitions": [{"topic": t, "partition": p, "next_offset": o} for (t, p), o in sorted(stored.items())],
         }
 
     def run(self, stop: threading.Event) -> None:

@@ -1,4 +1,5 @@
-"""`/status` of a running sink answers while the sink is busy, from what its loop published."""
+"""The sink's status: `/status` of a running sink answers while it is busy (from what its loop published);
+`cdc status` reads stored offsets, log ends and subjects with stable `--json` keys and names what it cannot read."""
 
 from __future__ import annotations
 
@@ -8,17 +9,26 @@ import struct
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from connector.cli import app
 from connector.ops import OpsServer
 from connector.pipeline import Pipeline
-from tests.integration.sinks.conftest import Env, caught_up, log_end, to_config, wait_until
+from tests.integration.pipeline_support import free_port
+from tests.integration.sinks.conftest import Env, caught_up, log_end, run_until_caught_up, to_config, wait_until
 
 pytestmark = pytest.mark.integration
 
 REQUEST_BOUND_S = 2.0  # generous: a request that needs this long is blocked, not slow
+KEYS = {"name", "ok", "unreadable", "kafka", "source", "sink", "schema_registry"}
+SOURCE_KEYS = {
+    "error", "slot", "slot_state", "active_pid", "confirmed_flush_lsn", "lag_bytes", "wal_status", "snapshot"
+}
+SINK_KEYS = {"error", "group_id", "partitions", "lag"}
 
 
 def _status(port: int) -> tuple[int, dict[str, Any]]:
@@ -101,3 +111,54 @@ def test_status_answers_every_request_while_the_sink_applies_a_steady_stream(
         runner.join(60)
     assert exit_codes == [0]
     assert "Traceback" not in capfd.readouterr().err
+
+
+def _cdc_status(tmp_path: Path, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    path = tmp_path / f"{data['name']}.json"
+    path.write_text(json.dumps(data))
+    result = CliRunner().invoke(app, ["--env-file", "/dev/null", "status", str(path), "--json", "--timeout", "3"])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_status_json_has_stable_keys_and_names_an_unreadable_kafka(env: Env, tmp_path: Path) -> None:
+    feed = env.feed("id int PRIMARY KEY, v text")
+    for i in range(5):
+        feed.insert(id=i, v="x")
+    data = env.config([feed.topic])
+    run_until_caught_up(env, data, [feed.topic])
+    feed.insert(id=10, v="later")
+    env.flush()
+    slot = env.unique_name("slot")
+    data["source"] = {
+        "dsn": env.stack.source_dsn,
+        "topic_prefix": env.unique_name("nothing"),
+        "slot": {"name": slot},
+        "publication": {"name": slot},
+    }
+
+    code, report = _cdc_status(tmp_path, data)
+    assert code == 0, report
+    assert set(report) == KEYS and report["ok"] is True and report["unreadable"] == []
+    assert set(report["source"]) == SOURCE_KEYS
+    assert report["source"]["slot"] == slot and report["source"]["slot_state"] == "missing"
+    assert set(report["sink"]) == SINK_KEYS
+    assert report["sink"]["partitions"] == [
+        {"topic": feed.topic, "partition": 0, "next_offset": 5, "log_end": 6, "lag": 1}
+    ]
+    assert report["sink"]["lag"] == 1
+    assert report["kafka"]["topics"] == [
+        {"topic": feed.topic, "partitions": [{"partition": 0, "log_start": 0, "log_end": 6}]}
+    ]
+    assert report["schema_registry"]["subjects"] == [f"{feed.topic}-key", f"{feed.topic}-value"]
+
+    data["kafka"] = {"bootstrap_servers": f"127.0.0.1:{free_port()}"}
+    code, unreachable = _cdc_status(tmp_path, data)
+    assert code == 1
+    assert set(unreachable) == KEYS and unreachable["ok"] is False
+    assert [u["part"] for u in unreachable["unreadable"]] == ["kafka"]
+    assert unreachable["kafka"]["error"] and unreachable["kafka"]["topics"] is None
+    # What could be read still is: the stored offsets, without a log end to compare them with.
+    assert unreachable["sink"]["partitions"] == [
+        {"topic": feed.topic, "partition": 0, "next_offset": 5, "log_end": None, "lag": None}
+    ]
+    assert unreachable["sink"]["lag"] is None
