@@ -252,7 +252,12 @@ def render(report: dict[str, Any], console: Console) -> None:
                         f"Snapshot ({snapshot['state']})",
                         ("table", "rows", "estimated", "done"),
                         [
-                            (t["table"], _n(t["rows"]), _n(t["estimated_rows"]), "yes" if t["done"] else "no")
+                            (
+                                t["table"],
+                                _n(t["rows"]),
+                                "unknown" if t["estimated_rows"] is None else _n(t["estimated_rows"]),
+                                "yes" if t["done"] else "no",
+                            )
                             for t in snapshot["tables"]
                         ],
                         right=1,

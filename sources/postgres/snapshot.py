@@ -20,11 +20,23 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import psycopg
 from psycopg import sql
 from psycopg.types.string import TextLoader
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from sources.postgres.replication import session_options
 from sources.postgres.selection import TableRef
@@ -35,7 +47,8 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class TableProgress:
     table: str
-    estimated_rows: int
+    estimated_rows: int | None
+    """None when the table was never analysed (the server has no row count to offer)."""
     rows: int = 0
     done: bool = False
 
@@ -53,7 +66,9 @@ class SnapshotProgress:
         return {
             "consistent_point": self.consistent_point,
             "rows": sum(t.rows for t in self.tables.values()),
-            "estimated_rows": sum(t.estimated_rows for t in self.tables.values()),
+            "estimated_rows": None
+            if any(t.estimated_rows is None for t in self.tables.values())
+            else sum(t.estimated_rows or 0 for t in self.tables.values()),
             "tables": {name: t.as_dict() for name, t in self.tables.items()},
         }
 
@@ -91,13 +106,18 @@ class SnapshotReader:
             conn.adapters.register_loader(oid, TextLoader)
         self._conn = conn
 
-    def estimate(self, table: TableRef) -> int:
+    def estimate(self, table: TableRef) -> int | None:
+        """The table's row count as the planner would guess it, or None when the server cannot tell."""
         assert self._conn is not None
         row = self._conn.execute(
-            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = %s::regclass",
+            "SELECT reltuples::float8, relpages, pg_relation_size(oid), current_setting('block_size')::int "
+            "FROM pg_class WHERE oid = %s::regclass",
             (table.identifier.as_string(self._conn),),
         ).fetchone()
-        return int(row[0]) if row else 0
+        if row is None:
+            return None
+        reltuples, relpages, size, block_size = row  # text: every type loads as `str` on this connection
+        return estimate_rows(float(reltuples), int(relpages), int(size), int(block_size))
 
     def rows(self, table: SnapshotTable) -> Iterator[Sequence[str | None]]:
         """Every row of `table` as text values in `table.columns` order, in key order, chunk by chunk."""
@@ -126,28 +146,78 @@ class SnapshotReader:
                 self._conn = None
 
 
-class ProgressReporter:
-    """Log lines every few seconds, and a one-line bar on a terminal."""
+def estimate_rows(reltuples: float, relpages: int, size_bytes: int, block_size: int) -> int | None:
+    """Rows in a table from its statistics, scaled to its current size as the planner does.
 
-    def __init__(self, progress: SnapshotProgress, *, every_s: float = 5.0) -> None:
-        self._progress = progress
+    `reltuples` is -1 for a table never vacuumed or analysed (0 before PostgreSQL 14, when `relpages` is 0
+    too): then only an empty table can be told (no pages), anything else is unknown (None), never "~0".
+    """
+    pages_now = size_bytes / block_size
+    if pages_now == 0:
+        return 0
+    if reltuples < 0 or relpages <= 0:
+        return None
+    return round(reltuples / relpages * pages_now)
+
+
+class _Rate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} rows/s" if speed else "- rows/s")
+
+
+class ProgressReporter:
+    """Snapshot progress per table: a live bar each (rows, rate, ETA) on a terminal, else a log line every
+    few seconds. `close()` ends the bars; it may run more than once."""
+
+    def __init__(self, *, every_s: float = 5.0, stream: TextIO | None = None) -> None:
+        self._stream = stream if stream is not None else sys.stderr
         self._every = every_s
         self._last = 0.0
-        self._tty = sys.stderr.isatty()
+        self._bars: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
+        if self._stream.isatty():
+            self._bars = Progress(
+                TextColumn("snapshot {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                _Rate(),
+                TimeRemainingColumn(),
+                console=Console(file=self._stream),
+                auto_refresh=False,  # refreshed by `tick`: no thread of its own
+                transient=False,
+            )
+            self._bars.start()
 
     def tick(self, table: TableProgress, *, force: bool = False) -> None:
+        if self._bars is not None:
+            task = self._tasks.get(table.table)
+            if task is None:
+                task = self._tasks[table.table] = self._bars.add_task(table.table, total=table.estimated_rows)
+            total = table.rows if table.done else _total(table)
+            self._bars.update(task, completed=table.rows, total=total)
         now = time.monotonic()
-        if not force and now - self._last < (0.5 if self._tty else self._every):
+        if not force and now - self._last < (0.2 if self._bars is not None else self._every):
             return
         self._last = now
-        pct = f"{100 * table.rows / table.estimated_rows:.0f}%" if table.estimated_rows else "?"
-        if self._tty:
-            width = 30
-            filled = min(width, int(width * table.rows / table.estimated_rows)) if table.estimated_rows else 0
-            bar = "#" * filled + "-" * (width - filled)
-            sys.stderr.write(f"\rsnapshot {table.table} [{bar}] {table.rows}/~{table.estimated_rows} {pct}  ")
-            if table.done:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+        if self._bars is not None:
+            self._bars.refresh()
+            return
+        if table.estimated_rows is None:
+            log.info("snapshot %s: %d rows (total unknown: the table was never analysed)", table.table, table.rows)
         else:
-            log.info("snapshot %s: %d of ~%d rows (%s)", table.table, table.rows, table.estimated_rows, pct)
+            share = min(100, round(100 * table.rows / table.estimated_rows)) if table.estimated_rows else 100
+            log.info("snapshot %s: %d of ~%d rows (%d%%)", table.table, table.rows, table.estimated_rows, share)
+
+    def close(self) -> None:
+        if self._bars is not None:
+            self._bars.refresh()
+            self._bars.stop()
+            self._bars = None
+
+
+def _total(table: TableProgress) -> int | None:
+    """The bar's total: the estimate, unless the rows already passed it (statistics lag behind inserts)."""
+    if table.estimated_rows is None:
+        return None
+    return max(table.estimated_rows, table.rows)

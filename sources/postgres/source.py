@@ -357,6 +357,7 @@ class _Run:
     ) -> None:
         reader = SnapshotReader(self.dsn, created.snapshot_name, chunk_size=self.cfg.snapshot.chunk_size)
         reader.open()  # first: the exported snapshot is only importable while the exporter is idle
+        reporter = ProgressReporter()
         try:
             point = int(created.consistent_point)
             progress = SnapshotProgress(str(created.consistent_point))
@@ -367,7 +368,6 @@ class _Run:
                 row_filter = options_for(self.cfg, table).row_filter
                 plans.append((events, SnapshotTable(table, events.columns, order_by, row_filter)))
                 progress.tables[str(table)] = TableProgress(str(table), reader.estimate(table))
-            reporter = ProgressReporter(progress)
             store.update_progress(self.slot, progress.as_dict())
             self.owner._publish_stats(state="snapshot", snapshot=progress.as_dict())
             ts_ms = int(time.time() * 1000)
@@ -414,6 +414,7 @@ class _Run:
             total = sum(t.rows for t in progress.tables.values())
             log.info("snapshot complete: %d rows from %d tables", total, len(plans))
         finally:
+            reporter.close()
             reader.close()
 
     def _produce_all(self, records: list[Record], delivery: KafkaDelivery, slot: TxSlot) -> None:
