@@ -110,7 +110,10 @@ def test_status_answers_every_request_while_the_sink_applies_a_steady_stream(
         pipeline.stop.set()
         runner.join(60)
     assert exit_codes == [0]
-    assert "Traceback" not in capfd.readouterr().err
+    # What the HTTP server prints for a request that raised (other tests' log handlers may print their own).
+    err = capfd.readouterr().err
+    assert "Exception occurred during processing of request" not in err
+    assert "BrokenPipeError" not in err and "ConnectionResetError" not in err
 
 
 def _cdc_status(tmp_path: Path, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
