@@ -1,0 +1,80 @@
+"""A service of the local stack that died or was restarted behind `cdc dev up`'s back, on a private stack.
+
+`up` again starts a dead service on its recorded ports (so `dev.env` and whatever reads it stay valid), and
+`cdc dev status` asks each service whether it answers instead of trusting a recorded pid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from connector.stack import control, kafka, postgres, processes
+from connector.stack.ports import Ports
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def home() -> Iterator[Path]:
+    # Not pytest's tmp_path: its parents are private (0700) and PostgreSQL runs as another OS user under root.
+    path = Path(tempfile.mkdtemp(prefix="cdc-stack-restart-"))
+    path.chmod(0o755)
+    try:
+        control.up(path, Ports(0, 0, 0, 0, 0))
+        yield path
+    finally:
+        control.down(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_up_starts_a_killed_service_again_on_its_recorded_ports(home: Path) -> None:
+    before = processes.load_records(home)
+    env_file = home / "dev.env"
+    env_text, env_mtime = env_file.read_text(), env_file.stat().st_mtime_ns
+    os.kill(before["kafka"].pid, signal.SIGKILL)
+
+    control.up(home, Ports())  # what a plain `cdc dev up` asks for: the default ports
+
+    after = processes.load_records(home)
+    assert after["kafka"].pid != before["kafka"].pid
+    assert after["kafka"].ports == before["kafka"].ports
+    kafka.probe(before["kafka"].ports["kafka"])
+    assert (after["postgres"], after["registry"]) == (before["postgres"], before["registry"])
+    assert env_file.read_text() == env_text
+    assert env_file.stat().st_mtime_ns == env_mtime
+
+
+def test_status_asks_postgres_itself_after_pg_ctl_restart(home: Path) -> None:
+    record = processes.load_records(home)["postgres"]
+    data = Path(record.info["data"])
+    user = postgres.server_user()
+    subprocess.run(
+        [str(postgres.require_bindir(install=False) / "pg_ctl"), "restart", "-D", str(data), "-m", "fast", "-w",
+         "-l", str(data.parent / "pg_ctl.log")],
+        check=True, capture_output=True, timeout=60,
+        user=None if user is None else user.uid, group=None if user is None else user.gid,
+    )  # fmt: skip
+    assert not processes.is_running(record)
+
+    status = subprocess.run(
+        [sys.executable, "-m", "connector.cli", "dev", "status", "--home", str(home)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    line = next(line for line in status.stdout.splitlines() if line.startswith("PostgreSQL"))
+    assert "healthy" in line and f"pid {record.pid}" not in line, status.stdout
+
+    # `up` keeps the restarted server (its port is taken by it) and records its new pid, so `down` stops it; it
+    # also waits for the registry, whose connections to PostgreSQL the restart broke.
+    control.up(home, Ports())
+    current = processes.load_records(home)["postgres"]
+    assert current.pid != record.pid and processes.is_running(current)
+    postgres.probe(record.ports["postgres"])
