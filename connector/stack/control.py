@@ -219,6 +219,8 @@ def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _qu
             records[name] = record
             processes.save_records(home, records)
             _wait_healthy(record, timeout)
+            if name == "kafka":
+                kafka.allocate_producer_ids(ports.kafka, timeout=timeout)
             echo(f"{LABELS[name]}: started (pid {record.pid}) in {time.monotonic() - started:.1f}s")
         if name == "postgres":
             # Also when PostgreSQL already ran: a cluster made before the registry stored its schemas

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
 from connector.stack import control, kafka, postgres, processes
 from connector.stack.ports import Ports
@@ -51,6 +53,31 @@ def test_up_starts_a_killed_service_again_on_its_recorded_ports(home: Path) -> N
     assert (after["postgres"], after["registry"]) == (before["postgres"], before["registry"])
     assert env_file.read_text() == env_text
     assert env_file.stat().st_mtime_ns == env_mtime
+    # The broker hands out producer ids at once: the first producer of a fresh broker does not have to retry.
+    assert producer_id_retries(kafka.bootstrap(after["kafka"].ports["kafka"])) == []
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def producer_id_retries(bootstrap: str) -> list[str]:
+    """librdkafka's lines about retrying to get a producer id, while an idempotent producer delivers one record."""
+    logger = logging.getLogger("tests.stack.idempotent-producer")
+    lines = Lines()
+    logger.addHandler(lines)
+    try:
+        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True}, logger=logger)
+        producer.produce("stack-restart-first-producer", b"x")
+        assert producer.flush(30) == 0
+    finally:
+        logger.removeHandler(lines)
+    return [line for line in lines.lines if "idempotence PID" in line]
 
 
 def test_status_asks_postgres_itself_after_pg_ctl_restart(home: Path) -> None:
