@@ -291,6 +291,7 @@ def down(home: Path, *, clean: bool = False, echo: Echo = _quiet) -> list[str]:
         record = records.get(name)
         if record is None:
             continue
+        record = _current(record)
         sig = postgres.STOP_SIGNAL if name == "postgres" else processes.signal.SIGTERM
         if processes.stop(record, sig=sig):
             stopped.append(name)

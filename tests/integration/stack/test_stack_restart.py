@@ -83,13 +83,7 @@ def producer_id_retries(bootstrap: str) -> list[str]:
 def test_status_asks_postgres_itself_after_pg_ctl_restart(home: Path) -> None:
     record = processes.load_records(home)["postgres"]
     data = Path(record.info["data"])
-    user = postgres.server_user()
-    subprocess.run(
-        [str(postgres.require_bindir(install=False) / "pg_ctl"), "restart", "-D", str(data), "-m", "fast", "-w",
-         "-l", str(data.parent / "pg_ctl.log")],
-        check=True, capture_output=True, timeout=60,
-        user=None if user is None else user.uid, group=None if user is None else user.gid,
-    )  # fmt: skip
+    pg_ctl_restart(data)
     assert not processes.is_running(record)
 
     status = subprocess.run(
@@ -105,3 +99,18 @@ def test_status_asks_postgres_itself_after_pg_ctl_restart(home: Path) -> None:
     current = processes.load_records(home)["postgres"]
     assert current.pid != record.pid and processes.is_running(current)
     postgres.probe(record.ports["postgres"])
+
+    # `down` stops a server restarted behind its back too (this is the module's last test).
+    pg_ctl_restart(data)
+    assert "postgres" in control.down(home)
+    assert postgres.postmaster_pid(data, record.ports["postgres"]) is None
+
+
+def pg_ctl_restart(data: Path) -> None:
+    user = postgres.server_user()
+    subprocess.run(
+        [str(postgres.require_bindir(install=False) / "pg_ctl"), "restart", "-D", str(data), "-m", "fast", "-w",
+         "-l", str(data.parent / "pg_ctl.log")],
+        check=True, capture_output=True, timeout=60,
+        user=None if user is None else user.uid, group=None if user is None else user.gid,
+    )  # fmt: skip
