@@ -165,8 +165,12 @@ def test_postmaster_pid_is_the_live_server_of_that_data_dir_and_port(tmp_path: P
     data = tmp_path / "data"
     data.mkdir()
     # A process whose command line names the data directory, as a postmaster's does.
-    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-D", str(data)])
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)", "-D", str(data)],
+        stdout=subprocess.PIPE,
+    )
     try:
+        assert server.stdout is not None and server.stdout.readline() == b"up\n"  # exec'd: its command line is final
         (data / "postmaster.pid").write_text(f"{server.pid}\n{data}\n1700000000\n5433\n/run\n127.0.0.1\n")
         assert postgres.postmaster_pid(data, 5433) == server.pid
         assert postgres.postmaster_pid(data, 5434) is None  # another port
@@ -176,7 +180,7 @@ def test_postmaster_pid_is_the_live_server_of_that_data_dir_and_port(tmp_path: P
         assert postgres.postmaster_pid(data, 5433) is None
     finally:
         server.kill()
-        server.wait()
+        server.communicate()
 
 
 def test_a_recorded_port_taken_by_another_program_says_how_to_forget_it(tmp_path: Path) -> None:
