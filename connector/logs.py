@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Literal
 
 KAFKA_LOGGER = "librdkafka"
@@ -98,9 +99,42 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+_PID_RETRY = re.compile(r"Failed to acquire idempotence PID from broker .*: Coordinator load in progress: retrying")
+_CLIENT = re.compile(r"\[(rdkafka#\w+-\d+)\]")
+
+
+class TransientKafkaFilter(logging.Filter):
+    """Holds back librdkafka's "Failed to acquire idempotence PID ... Coordinator load in progress: retrying"
+    for a client's first `grace_s` seconds; later ones pass as they are.
+
+    A broker that has just started (or used up its block of producer ids) fetches a new block from the controller
+    and meanwhile tells producers to retry; librdkafka does, and gets an id a moment later. Only a producer that
+    still retries after the grace period has a problem worth a warning.
+    """
+
+    def __init__(self, grace_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._grace_s = grace_s
+        self._clock = clock
+        self._first: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not _PID_RETRY.search(message):
+            return True
+        client = _CLIENT.search(message)
+        key = client.group(1) if client else record.name
+        now = self._clock()
+        first = self._first.setdefault(key, now)
+        if len(self._first) > 1000:
+            self._first = {key: first}
+        return now - first >= self._grace_s
+
+
 def configure(level: str = "INFO", fmt: Literal["text", "json"] = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ScrubbingFilter())
+    handler.addFilter(TransientKafkaFilter())
     handler.addFilter(RepeatFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

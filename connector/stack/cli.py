@@ -60,7 +60,10 @@ def up(
     free_ports: Annotated[bool, typer.Option("--free-ports", help="Pick free ports for every service.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for each service.")] = 180.0,
 ) -> None:
-    """Start PostgreSQL, Kafka and the Schema Registry (if not running), wait until they answer, write dev.env."""
+    """Start PostgreSQL, Kafka and the Schema Registry (if not running), wait until they answer, write dev.env.
+
+    A service that ran from this directory (not stopped by `cdc dev down`) keeps its ports when started again.
+    """
     from connector.stack import control
 
     requested = (

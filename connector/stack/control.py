@@ -2,7 +2,10 @@
 
 State lives in one directory (`home`): `pids.json` (what runs, with which ports), `dev.env` (the
 endpoints, written once every service answers), `logs/`, and each service's files. `up` is
-idempotent: a recorded process that still runs (same pid and start time) is kept, not restarted.
+idempotent: a recorded process that still runs (same pid and start time) is kept, not restarted; a recorded
+service that died is started again on its recorded ports, so `dev.env` and whatever reads it stay valid.
+Whether a service is healthy is asked of the service itself (SQL, Kafka metadata, registry HTTP), never
+inferred from a pid: PostgreSQL restarted with `pg_ctl restart` has a new pid and still serves.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from urllib.parse import urlsplit
 from connector.errors import StackError
 from connector.stack import kafka, postgres, processes, registry
 from connector.stack.env_file import ENV_FILE_NAME, Endpoints, read_env_file, write_env_file
-from connector.stack.ports import Ports, is_listening, require_free
+from connector.stack.ports import Ports, is_free, is_listening, require_free
 from connector.stack.processes import ProcessRecord
 
 HOME_ENV = "CDC_HOME"
@@ -151,16 +154,39 @@ def _endpoint_answers(name: str, endpoints: Endpoints) -> bool:
 
 
 def _effective_ports(requested: Ports, records: dict[str, ProcessRecord]) -> Ports:
-    """The requested ports, except those of services that already run (they keep theirs)."""
+    """The requested ports, except those of recorded services: they keep theirs, running or not."""
     kept: dict[str, int] = {}
     for record in records.values():
-        if processes.is_running(record):
-            kept.update(record.ports)
+        kept.update(record.ports)
     return replace(requested, **kept).resolved()
 
 
+def _current(record: ProcessRecord) -> ProcessRecord:
+    """The record with the service's live pid: PostgreSQL restarted by `pg_ctl` runs under a new one."""
+    if record.name != "postgres" or processes.is_running(record) or not record.info.get("data"):
+        return record
+    pid = postgres.postmaster_pid(Path(record.info["data"]), record.ports["postgres"])
+    started = None if pid is None else processes.start_time_of(pid)
+    if pid is None or started is None:
+        return record
+    return replace(record, pid=pid, start_time=started)
+
+
+def _require_recorded_ports_free(record: ProcessRecord, home: Path) -> None:
+    for port in record.ports.values():
+        if not is_free(port):
+            raise StackError(
+                f"port {port}, recorded for {LABELS[record.name]} in {home / processes.PIDS_FILE_NAME}, "
+                "is taken by another program",
+                hint="stop that program, or run `cdc dev down` to forget the recorded ports",
+            )
+
+
 def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _quiet) -> Endpoints:
-    """Start whatever is not running, wait until every service answers, write `dev.env`."""
+    """Start whatever is not running, wait until every service answers, write `dev.env` if it changed.
+
+    A service recorded in `pids.json` keeps its recorded ports whatever `requested` says (`down` forgets them).
+    """
     records = processes.load_records(home)
     foreign = _foreign_stack(home, records)
     if foreign is not None:
@@ -172,17 +198,29 @@ def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _qu
     ports = _effective_ports(requested, records)
     for name in SERVICES:
         record = records.get(name)
+        if record is not None and (current := _current(record)) != record:
+            echo(f"{LABELS[name]}: runs under a new pid {current.pid} (was {record.pid})")
+            record = records[name] = current
+            processes.save_records(home, records)
         if record is not None and processes.is_running(record):
             echo(f"{LABELS[name]}: already running (pid {record.pid})")
             _wait_healthy(record, timeout)
             if name == "registry" and not record.info.get("storage"):
                 echo(f"note: {REGISTRY_IN_MEMORY_NOTE}")
+        elif record is not None and _is_healthy(name, record.ports):
+            # Not ours to restart (or stop): something answers on the recorded ports.
+            echo(f"{LABELS[name]}: pid {record.pid} is gone but the service answers on its recorded port; kept")
         else:
+            if record is not None:
+                _require_recorded_ports_free(record, home)
+                echo(f"{LABELS[name]}: pid {record.pid} is gone; starting it again on its recorded ports")
             started = time.monotonic()
             record = _start(name, home, ports, logs, echo)
             records[name] = record
             processes.save_records(home, records)
             _wait_healthy(record, timeout)
+            if name == "kafka":
+                kafka.allocate_producer_ids(ports.kafka, timeout=timeout)
             echo(f"{LABELS[name]}: started (pid {record.pid}) in {time.monotonic() - started:.1f}s")
         if name == "postgres":
             # Also when PostgreSQL already ran: a cluster made before the registry stored its schemas
@@ -190,7 +228,10 @@ def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _qu
             postgres.ensure_databases(ports.postgres)
             postgres.probe_databases(ports.postgres)
     endpoints = endpoints_for(ports)
-    write_env_file(home / ENV_FILE_NAME, endpoints)
+    env_file = home / ENV_FILE_NAME
+    # Left alone when unchanged: a connector may be reading it.
+    if not env_file.is_file() or Endpoints.from_env(read_env_file(env_file)) != endpoints:
+        write_env_file(env_file, endpoints)
     return endpoints
 
 
@@ -250,6 +291,7 @@ def down(home: Path, *, clean: bool = False, echo: Echo = _quiet) -> list[str]:
         record = records.get(name)
         if record is None:
             continue
+        record = _current(record)
         sig = postgres.STOP_SIGNAL if name == "postgres" else processes.signal.SIGTERM
         if processes.stop(record, sig=sig):
             stopped.append(name)
@@ -285,8 +327,10 @@ def status(home: Path) -> list[ServiceStatus]:
         if record is None:
             result.append(ServiceStatus(name, False, False, None, {}, "not started", ""))
             continue
-        running = processes.is_running(record)
-        healthy = running and _is_healthy(name, record.ports)
+        record = _current(record)
+        # Asked of the service: a pid that ended may have been replaced by one that serves the same port.
+        healthy = _is_healthy(name, record.ports)
+        running = healthy or processes.is_running(record)
         detail = ", ".join(f"{key} {value}" for key, value in record.info.items() if value)
         result.append(ServiceStatus(name, running, healthy, record.pid, record.ports, detail, record.log))
     return result

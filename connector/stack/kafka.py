@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from connector.errors import StackError
@@ -140,3 +141,19 @@ def probe(port: int, *, timeout: float = 5.0) -> None:
     metadata = admin.list_topics(timeout=timeout)
     if not metadata.brokers:
         raise StackError("Kafka answered without brokers")
+
+
+def allocate_producer_ids(port: int, *, timeout: float = 60.0) -> None:
+    """Make a freshly started broker fetch its first block of producer ids from the controller.
+
+    A broker asks the controller for that block only when the first producer asks it for an id, and answers
+    that producer "coordinator load in progress" meanwhile: librdkafka retries, but first logs a warning that
+    looks like trouble. The producer here takes that first answer (quietly), not the connector's. Its
+    transactional id is new each time: a known one would get its old producer id back, and no block be fetched.
+    """
+    settings = {"bootstrap.servers": bootstrap(port), "transactional.id": f"cdc-dev-up-{uuid.uuid4()}", "log_level": 0}
+    producer = Producer(settings)
+    try:
+        producer.init_transactions(timeout)
+    except KafkaException as exc:
+        raise StackError(f"Kafka did not hand out a producer id within {timeout:.0f}s: {exc.args[0]}") from None

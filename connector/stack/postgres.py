@@ -206,6 +206,22 @@ def prepare(home: Path, port: int) -> Launch:
     return Launch(argv, base, user, data_dir)
 
 
+def postmaster_pid(data_dir: Path, port: int) -> int | None:
+    """The pid of the server running on `data_dir` and `port`, from its `postmaster.pid`, if it still runs.
+
+    The file stays behind after a crash, so the pid must also be a process whose command line names `data_dir`.
+    """
+    try:
+        lines = (data_dir / "postmaster.pid").read_text(encoding="utf-8").splitlines()
+        pid, file_port = int(lines[0]), int(lines[3])
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    if file_port != port or os.fsencode(str(data_dir)) not in argv:
+        return None
+    return pid
+
+
 def probe(port: int, *, timeout: int = 3) -> None:
     """Raise unless the server accepts a connection and answers `select 1`."""
     with psycopg.connect(dsn(port, "postgres"), connect_timeout=timeout, autocommit=True) as conn:

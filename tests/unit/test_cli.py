@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,23 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
     assert "Traceback" not in result.output
+
+
+def command_at(path: tuple[str, ...]) -> Any:
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return command
+
+
+@pytest.mark.parametrize("path", ALL_PATHS, ids=lambda p: " ".join(p) or "cdc")
+def test_help_shows_no_value_after_a_flag(path: tuple[str, ...]) -> None:
+    flags = ["--help"] + [p.opts[0] for p in command_at(path).params if getattr(p, "is_flag", False)]
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for flag in flags:
+        assert flag in result.output
+        assert not re.search(rf"{re.escape(flag)}\b[\s│]*(<bool>|BOOLEAN)", result.output), result.output
 
 
 @pytest.mark.parametrize("path", CONTRACT_COMMANDS, ids=" ".join)

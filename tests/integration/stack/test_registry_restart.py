@@ -15,7 +15,6 @@ import subprocess
 import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +54,7 @@ def restart_registry(home: Path) -> None:
     records = processes.load_records(home)
     registry = records["registry"]
     assert processes.stop(registry)
-    kept = {port: number for record in records.values() for port, number in record.ports.items()}
-    control.up(home, replace(Ports(), **kept))
+    control.up(home, Ports())  # a recorded service starts again on its recorded ports
     assert processes.load_records(home)["registry"].pid != registry.pid
 
 

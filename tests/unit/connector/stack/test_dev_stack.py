@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from connector.errors import StackError
-from connector.stack import control, kafka, processes
+from connector.stack import control, kafka, postgres, processes
 from connector.stack.env_file import Endpoints, read_env_file, write_env_file
 from connector.stack.ports import Ports, free_ports, is_free, require_free
 
@@ -150,3 +151,45 @@ def test_a_service_that_dies_while_starting_is_one_line_with_its_log_tail(tmp_pa
     assert message.startswith("Apache Kafka exited with code 3 while starting")
     assert str(log) in message
     assert "line-15" in message and "line-6" in message and "line-5 " not in message + " "
+
+
+def test_a_dead_recorded_service_keeps_its_ports_over_the_requested_ones() -> None:
+    dead = processes.ProcessRecord("kafka", 1, -1, "log", {"kafka": 40001, "kafka_controller": 40002})
+    assert not processes.is_running(dead)
+    ports = control._effective_ports(Ports(), {"kafka": dead})
+    assert (ports.kafka, ports.kafka_controller) == (40001, 40002)
+    assert ports.postgres == Ports().postgres
+
+
+def test_postmaster_pid_is_the_live_server_of_that_data_dir_and_port(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    # A process whose command line names the data directory, as a postmaster's does.
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)", "-D", str(data)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline() == b"up\n"  # exec'd: its command line is final
+        (data / "postmaster.pid").write_text(f"{server.pid}\n{data}\n1700000000\n5433\n/run\n127.0.0.1\n")
+        assert postgres.postmaster_pid(data, 5433) == server.pid
+        assert postgres.postmaster_pid(data, 5434) is None  # another port
+        assert postgres.postmaster_pid(tmp_path, 5433) is None  # no postmaster.pid
+        # A file left by a crash whose pid now belongs to another program.
+        (data / "postmaster.pid").write_text(f"{os.getpid()}\n{data}\n1700000000\n5433\n")
+        assert postgres.postmaster_pid(data, 5433) is None
+    finally:
+        server.kill()
+        server.communicate()
+
+
+def test_a_recorded_port_taken_by_another_program_says_how_to_forget_it(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        dead = processes.ProcessRecord("kafka", 1, -1, "log", {"kafka": port})
+        with pytest.raises(StackError) as caught:
+            control._require_recorded_ports_free(dead, tmp_path)
+    assert f"port {port}" in str(caught.value) and "pids.json" in str(caught.value)
+    assert "cdc dev down" in str(caught.value)
