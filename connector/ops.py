@@ -1,4 +1,4 @@
-"""The sidecar HTTP endpoints: /healthz (alive), /readyz (streaming), /metrics (Prometheus), /status (JSON)."""
+"""The sidecar HTTP endpoints: /healthz (making progress), /readyz (streaming), /metrics, /status (JSON)."""
 
 from __future__ import annotations
 
@@ -24,18 +24,20 @@ class OpsServer:
         host: str,
         port: int,
         *,
-        alive: Callable[[], bool],
+        problems: Callable[[], list[str]],
         ready: Callable[[], bool],
         status: Callable[[], dict[str, Any]],
     ) -> None:
-        probes = {"alive": alive, "ready": ready, "status": status}
+        probes: dict[str, Any] = {"problems": problems, "ready": ready, "status": status}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
-                    ok = probes["alive"]()
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n", "text/plain")
+                    # Red while a component cannot make progress, with the reasons (one per line).
+                    found: list[str] = probes["problems"]()
+                    text = "".join(f"{p}\n" for p in found) if found else "ok\n"
+                    self._send(503 if found else 200, text.encode(), "text/plain; charset=utf-8")
                 elif path == "/readyz":
                     ok = probes["ready"]()
                     self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")

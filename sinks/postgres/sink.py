@@ -40,7 +40,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_any, stop_when_event_set
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, stop_any, stop_when_event_set
 from tenacity.wait import wait_random_exponential
 
 from connector import metrics
@@ -50,10 +50,12 @@ from connector.errors import (
     ConfigError,
     ConnectorError,
     DeliveryError,
+    Endpoints,
     FatalError,
     PoisonMessageError,
-    RetriableError,
+    RetryBudget,
     SchemaError,
+    classify,
     is_retriable,
 )
 from connector.records import NEW_KEY_HEADER, Record
@@ -126,6 +128,12 @@ class PostgresSink(Sink):
         self._ready = threading.Event()
         self._stop: threading.Event = threading.Event()
         self._commits = 0
+        self._budget = RetryBudget(config.retry.give_up_after_s)
+        self._endpoints = Endpoints(
+            database="the destination database",
+            dsn_setting="sink.dsn",
+            kafka=f"Kafka at {config.kafka.bootstrap_servers}",
+        )
         crash = os.environ.get(CRASH_AFTER_DB_COMMIT_ENV)
         self._crash_after = int(crash) if crash else None
 
@@ -197,6 +205,9 @@ class PostgresSink(Sink):
     def ready(self) -> bool:
         return self._ready.is_set()
 
+    def problem(self) -> ConnectorError | None:
+        return self._budget.problem
+
     def status(self) -> dict[str, Any]:
         if self._consumer is not None:
             stored = dict(self._positions)
@@ -262,6 +273,11 @@ class PostgresSink(Sink):
             self._finish_in_flight()
         except _Stopped:
             log.info("stopped while retrying; nothing of the batch in flight was committed")
+        except Exception as exc:
+            error = classify(exc, self._endpoints)
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             self._ready.clear()
             self._abandon_in_flight()
@@ -576,16 +592,20 @@ class PostgresSink(Sink):
         return self._conn
 
     def _with_retries(self, body: Any, what: str) -> Any:
-        max_attempts = self._sink.retry.max_attempts
+        """`body()`, retrying retriable errors with backoff until it succeeds, the sink stops, or the retry budget
+        (`retry.give_up_after_s`, or `sink.retry.max_attempts`) is spent; then a fatal error. Others raise as is."""
+        budget = self._budget
         stop_rule: Any = stop_when_event_set(self._stop)
-        if max_attempts is not None:
-            stop_rule = stop_any(stop_rule, stop_after_attempt(max_attempts))
+        if self._sink.retry.max_attempts is not None:
+            stop_rule = stop_any(stop_rule, stop_after_attempt(self._sink.retry.max_attempts))
+        if budget.give_up_after_s is not None:
+            stop_rule = stop_any(stop_rule, stop_after_delay(budget.give_up_after_s))
 
         def before_sleep(state: Any) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "%s failed (attempt %d), retrying: %s", what, state.attempt_number, _describe_retriable(exc)
-            )
+            exc = state.outcome.exception()  # only failed attempts are retried
+            error = classify(exc, self._endpoints)
+            budget.failed(error)
+            log.warning("%s failed (attempt %d), retrying: %s", what, state.attempt_number, error)
             if self._conn is not None and self._conn.broken:
                 self._conn.close()
 
@@ -601,13 +621,21 @@ class PostgresSink(Sink):
             reraise=True,
         )
         try:
-            return retrying(body)
+            result = retrying(body)
         except Exception as exc:
             if is_retriable(exc):
                 if self._stop.is_set():
                     raise _Stopped from exc
-                raise RetriableError(f"{what} kept failing: {_describe_retriable(exc)}") from exc
+                error = classify(exc, self._endpoints)
+                attempts = retrying.statistics.get("attempt_number", 1)
+                raise FatalError(
+                    f"{what} kept failing, gave up after {attempts} attempts: {error.message}",
+                    hint=(f"{error.hint}; " if error.hint else "")
+                    + "the budget is `retry.give_up_after_s` (and `sink.retry.max_attempts`)",
+                ) from exc
             raise
+        budget.progress()
+        return result
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
@@ -696,13 +724,6 @@ def _headers(message: Message) -> list[tuple[str, bytes]]:
 
 class _Stopped(Exception):
     """The stop event was set while a retriable error was being retried."""
-
-
-def _describe_retriable(exc: BaseException | None) -> str:
-    if exc is None:
-        return "unknown error"
-    sqlstate = getattr(exc, "sqlstate", None)
-    return f"{type(exc).__name__}" + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
 
 
 def _describe_db_error(exc: BaseException) -> str:
