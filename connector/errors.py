@@ -241,10 +241,11 @@ class RetryBudget:
 
     def exhausted(self, error: ConnectorError) -> FatalError:
         """The error that ends the component once `failed` said the budget is spent."""
-        spent = self.give_up_after_s or 0
+        spent = self._clock() - (self._failing_since or self._clock())
         fatal = FatalError(
             f"gave up after {spent:.0f}s of retrying: {error.message}",
-            hint=(error.hint + "; " if error.hint else "") + "the budget is `retry.give_up_after_s`",
+            hint=(error.hint + "; " if error.hint else "")
+            + f"the budget is `retry.give_up_after_s: {self.give_up_after_s:g}`",
         )
         fatal.__cause__ = error
         return fatal

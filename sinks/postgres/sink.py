@@ -481,14 +481,19 @@ class PostgresSink(Sink):
         return out
 
     def _decode_one(self, decoder: Decoder, data: bytes, topic: str, is_key: bool) -> tuple[Any, Any]:
+        part = "key" if is_key else "value"
         try:
-            return self._read(decoder, data, topic, is_key)
-        except ConnectorError as exc:
-            if not exc.retriable:
-                raise
-            # The registry is unreachable (only happens on a cache miss): retry with backoff.
-            what = "decoding a key" if is_key else "decoding a value"
-            return self._with_retries(lambda: self._read(decoder, data, topic, is_key), what)
+            try:
+                return self._read(decoder, data, topic, is_key)
+            except ConnectorError as exc:
+                if not exc.retriable:
+                    raise
+                # The registry is unreachable (only happens on a cache miss): retry with backoff.
+                return self._with_retries(lambda: self._read(decoder, data, topic, is_key), f"decoding a {part}")
+        except PoisonMessageError as exc:
+            raise PoisonMessageError(f"its {part}: {exc.message}", hint=exc.hint) from exc
+        except SchemaError as exc:
+            raise SchemaError(f"its {part}: {exc.message}", hint=exc.hint) from exc
 
     def _read(self, decoder: Decoder, data: bytes, topic: str, is_key: bool) -> tuple[Any, Any]:
         value, schema, schema_id = decoder.decode(data)

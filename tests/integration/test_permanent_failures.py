@@ -116,7 +116,7 @@ def test_an_unreachable_database_is_retried_for_the_budget_then_ends_run(
     assert process.returncode == 1
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, stderr
-    assert re.search(r"gave up after 6s of retrying: cannot reach the source database: .*Connection refused", errors[0])
+    assert re.search(r"gave up after \d+s of retrying: cannot reach the source database: .*refused", errors[0])
     assert "Is the server running" not in stderr  # libpq's second line stays out
     assert "source.dsn" in errors[0] and "retry.give_up_after_s" in errors[0]
 
