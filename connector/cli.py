@@ -152,8 +152,9 @@ def validate(config: ConfigPath, only: Only = None) -> None:
 
     def body() -> list[Any]:
         loaded = load(config)
-        problems = list(check_kafka(loaded)[0]) + list(check_registry(loaded)[0])
-        problems.extend(Pipeline(loaded, side).validate())
+        kafka_problems = check_kafka(loaded)[0]
+        problems = list(kafka_problems) + list(check_registry(loaded)[0])
+        problems.extend(Pipeline(loaded, side).validate(kafka=not kafka_problems))
         return problems
 
     problems = guarded(body)

@@ -70,10 +70,12 @@ class Pipeline:
         self._ops: OpsServer | None = None
         self._signals = 0
 
-    def validate(self) -> list[Problem]:
+    def validate(self, *, kafka: bool = True) -> list[Problem]:
+        """Each component's problems; `kafka=False` when Kafka is unreachable (reported once, by the caller)."""
         problems: list[Problem] = []
         for worker in self._workers:
-            problems.extend(worker.component.validate())
+            component = worker.component
+            problems.extend(component.validate(kafka=kafka) if isinstance(component, Sink) else component.validate())
         return problems
 
     def alive(self) -> bool:

@@ -19,8 +19,9 @@ class Sink(ABC):
     """
 
     @abstractmethod
-    def validate(self) -> list[Problem]:
-        """Check connections and prerequisites; empty when ready to run."""
+    def validate(self, *, kafka: bool = True) -> list[Problem]:
+        """Check connections and prerequisites; empty when ready to run. `kafka=False`: Kafka is known to be
+        unreachable (and reported), so skip the checks that need it."""
 
     @abstractmethod
     def run(self, stop: threading.Event) -> None:

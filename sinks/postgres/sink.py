@@ -39,6 +39,7 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, stop_any, stop_when_event_set
 from tenacity.wait import wait_random_exponential
@@ -46,6 +47,7 @@ from tenacity.wait import wait_random_exponential
 from connector import metrics
 from connector.checks import Problem
 from connector.config import ConnectorConfig
+from connector.delivery import create_missing_topics
 from connector.errors import (
     ConfigError,
     ConnectorError,
@@ -78,6 +80,7 @@ ERROR_HEADER = "cdc.error"
 SOURCE_TOPIC_HEADER = "cdc.source.topic"
 SOURCE_PARTITION_HEADER = "cdc.source.partition"
 SOURCE_OFFSET_HEADER = "cdc.source.offset"
+_ADMIN_PREFIXES = ("bootstrap.", "security.", "sasl.", "ssl.", "client.id")
 
 
 
@@ -139,7 +142,7 @@ class PostgresSink(Sink):
 
     # -- contract -----------------------------------------------------------------------------------------
 
-    def validate(self) -> list[Problem]:
+    def validate(self, *, kafka: bool = True) -> list[Problem]:
         problems: list[Problem] = []
         try:
             with psycopg.connect(self._dsn, connect_timeout=10, autocommit=True) as conn:
@@ -168,29 +171,17 @@ class PostgresSink(Sink):
                         )
                     )
         except psycopg.Error as exc:
-            problems.append(
-                Problem(
-                    "sink",
-                    f"cannot connect to the destination database: {type(exc).__name__}",
-                    "check `sink.dsn` and that the database accepts connections",
-                )
-            )
+            error = classify(exc, self._endpoints)
+            problems.append(Problem("sink", error.message, error.hint or "check `sink.dsn`"))
+        if not kafka:
+            return problems  # Kafka is unreachable and reported already: its checks here would only repeat that
         try:
             metadata = Consumer(self._consumer_settings(), logger=log).list_topics(timeout=10)
         except Exception as exc:
-            problems.append(
-                Problem("sink", f"cannot reach Kafka: {type(exc).__name__}", "check `kafka.bootstrap_servers`")
-            )
+            error = classify(exc, self._endpoints)
+            problems.append(Problem("sink", error.message, error.hint or "check `kafka.bootstrap_servers`"))
         else:
-            dead_letter_topic = self._sink.errors.dead_letter_topic
-            if self._sink.errors.tolerance == "all" and dead_letter_topic not in metadata.topics:
-                problems.append(
-                    Problem(
-                        "sink",
-                        f"dead-letter topic {dead_letter_topic!r} does not exist",
-                        "create it (bad messages need it) or fix `sink.errors.dead_letter_topic`",
-                    )
-                )
+            # A missing dead-letter topic is no problem: `run` creates it at start.
             for topic in self._sink.topics:
                 if topic not in metadata.topics:
                     problems.append(
@@ -250,6 +241,7 @@ class PostgresSink(Sink):
         )
         try:
             self._with_retries(lambda: ensure_state(self._connection()), "setting up schema cdc")
+            self._ensure_dead_letter_topic()
             self._registry_client = self._registry_client_for(self._config)
             registry = SchemaRegistry(self._config.schema_registry, client=self._registry_client)
             self._decoder = Decoder(registry)
@@ -282,6 +274,21 @@ class PostgresSink(Sink):
             self._ready.clear()
             self._abandon_in_flight()
             self._close()
+
+    def _ensure_dead_letter_topic(self) -> None:
+        """Create the dead-letter topic at start (as `cdc validate` promises), not on the first bad message."""
+        topic = self._sink.errors.dead_letter_topic
+        if self._sink.errors.tolerance != "all" or topic is None:
+            return
+        kafka = self._config.kafka
+        settings = {k: v for k, v in self._consumer_settings().items() if k.startswith(_ADMIN_PREFIXES)}
+        admin = AdminClient(settings, logger=log)
+        self._with_retries(
+            lambda: create_missing_topics(
+                admin, [topic], partitions=kafka.topic_partitions, replication=kafka.topic_replication_factor
+            ),
+            f"creating the dead-letter topic {topic}",
+        )
 
     @staticmethod
     def _registry_client_for(config: ConnectorConfig) -> SchemaRegistryClient:
