@@ -371,7 +371,6 @@ class _Run:
     ) -> None:
         reader = SnapshotReader(self.dsn, created.snapshot_name, chunk_size=self.cfg.snapshot.chunk_size)
         reader.open()  # first: the exported snapshot is only importable while the exporter is idle
-        self.owner._budget.progress()
         try:
             point = int(created.consistent_point)
             progress = SnapshotProgress(str(created.consistent_point))
@@ -425,6 +424,8 @@ class _Run:
             # Only now, with every row acknowledged by Kafka, is the snapshot complete.
             store.update_progress(self.slot, progress.as_dict())
             store.set_state(self.slot, "done")
+            # Progress for the retry budget: a snapshot that failed restarts from scratch, so only its end counts.
+            self.owner._budget.progress()
             self.owner._publish_stats(snapshot={**progress.as_dict(), "state": "done"})
             total = sum(t.rows for t in progress.tables.values())
             log.info("snapshot complete: %d rows from %d tables", total, len(plans))
