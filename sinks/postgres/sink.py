@@ -38,7 +38,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, stop_any, stop_when_event_set
@@ -132,6 +141,10 @@ class PostgresSink(Sink):
         self._stop: threading.Event = threading.Event()
         self._commits = 0
         self._budget = RetryBudget(config.retry.give_up_after_s)
+        # Kafka has its own: the consuming thread checks it while the applier thread may be retrying the database.
+        self._kafka_budget = RetryBudget(config.retry.give_up_after_s)
+        self._kafka_suspect = False
+        self._next_kafka_check = 0.0
         self._endpoints = Endpoints(
             database="the destination database",
             dsn_setting="sink.dsn",
@@ -197,7 +210,7 @@ class PostgresSink(Sink):
         return self._ready.is_set()
 
     def problem(self) -> ConnectorError | None:
-        return self._budget.problem
+        return self._budget.problem or self._kafka_budget.problem
 
     def status(self) -> dict[str, Any]:
         if self._consumer is not None:
@@ -247,7 +260,7 @@ class PostgresSink(Sink):
             self._decoder = Decoder(registry)
             self._subjects = SubjectCheck(registry) if self._sink.errors.check_schema_subjects else None
             pruner.start()
-            self._consumer = Consumer(self._consumer_settings(), logger=log)
+            self._consumer = Consumer({**self._consumer_settings(), "error_cb": self._on_kafka_error}, logger=log)
             subscription = list(self._sink.topics)
             if self._sink.topics_regex:
                 regex = self._sink.topics_regex
@@ -368,12 +381,36 @@ class PostgresSink(Sink):
                     raise FatalError(f"Kafka consumer failed: {error.str()}")
                 elif error.code() not in (KafkaError._PARTITION_EOF,):
                     log.warning("Kafka consumer: %s", error.str())
+            if self._kafka_suspect and time.monotonic() >= self._next_kafka_check:
+                self._check_kafka()
             if self._pending and deadline is None:
                 deadline = time.monotonic() + max_wait
             if deadline is not None and time.monotonic() >= deadline:
                 break
         messages, self._pending = self._pending, []
         return messages
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        """librdkafka's client-level errors (called from `consume`, on the consuming thread). The consumer
+        reconnects by itself; whether Kafka is really gone is for `_check_kafka` to find out."""
+        if error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE):
+            self._kafka_suspect = True
+
+    def _check_kafka(self) -> None:
+        """Ask the cluster for metadata: red /healthz and, past the retry budget, a fatal error while it cannot
+        answer; back to healthy once it does (an idle connection the broker closed reconnects at once)."""
+        assert self._consumer is not None
+        self._next_kafka_check = time.monotonic() + 5
+        try:
+            self._consumer.list_topics(timeout=5)
+        except KafkaException as exc:
+            error = classify(exc, self._endpoints)
+            if self._kafka_budget.failed(error):
+                raise self._kafka_budget.exhausted(error) from exc
+            log.warning("sink: %s; the consumer keeps reconnecting", error)
+            return
+        self._kafka_suspect = False
+        self._kafka_budget.progress()
 
     # -- one batch ----------------------------------------------------------------------------------------
 

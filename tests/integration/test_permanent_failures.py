@@ -28,10 +28,11 @@ DEADLINE_S = 60
 
 
 def _config(path: Path, name: str, stack: Stack, *, source_dsn: str | None = None, sink_dsn: str | None = None,
-            registry_url: str | None = None, port: int = 0, give_up_after_s: float = 3) -> Path:  # fmt: skip
+            registry_url: str | None = None, port: int = 0, give_up_after_s: float = 3,
+            kafka: str | None = None) -> Path:  # fmt: skip
     config: dict[str, Any] = {
         "name": name,
-        "kafka": {"bootstrap_servers": stack.kafka_bootstrap},
+        "kafka": {"bootstrap_servers": kafka or stack.kafka_bootstrap},
         "schema_registry": {"url": registry_url or stack.registry_url},
         "server": {"port": port},
         "retry": {"give_up_after_s": give_up_after_s},
@@ -179,3 +180,14 @@ def test_an_unreachable_registry_is_retried_for_the_budget_then_ends_run(
     assert re.search(r"gave up after \d+s of retrying: schema registry at http://127\.0\.0\.1:\d+/apis/ccompat/v7 is "
                      r"unreachable", error), error  # fmt: skip
     assert "schema_registry.url" in error
+
+
+def test_an_unreachable_kafka_ends_the_sink_after_the_budget(
+    stack: Stack, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    kafka = f"127.0.0.1:{free_port()}"
+    config = _config(tmp_path / "c.yaml", unique_name("nokafka"), stack, sink_dsn=stack.target_dsn, kafka=kafka)
+    code, error, _ = _run(config)
+    assert code == 1
+    assert re.search(rf"gave up after \d+s of retrying: cannot reach Kafka at {re.escape(kafka)}: ", error), error
+    assert "kafka.bootstrap_servers" in error
