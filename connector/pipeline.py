@@ -146,17 +146,14 @@ class Pipeline:
         finally:
             if self._ops is not None:
                 self._ops.stop()
-        failures = [w for w in self._workers if w.error is not None]
-        for worker in failures:
-            # The cause goes on one line; the traceback only with --debug.
-            log.debug("%s failed", worker.side, exc_info=worker.error)
+        failures = [(w.side, w.error) for w in self._workers if w.error is not None]
+        for side, error in failures:
+            # The cause goes on one line (the CLI prints the first); the traceback only with --debug.
+            log.debug("%s failed", side, exc_info=error)
+        for side, error in failures[1:]:
+            log.error("%s stopped too: %s", side, classify(error))
         if failures:
-            first = failures[0]
-            assert first.error is not None
-            error = classify(first.error)
-            if len(failures) > 1:
-                log.error("%s stopped too: %s", failures[1].side, classify(failures[1].error or first.error))
-            raise error
+            raise classify(failures[0][1])
         stuck = [(w.side, w.component.problem()) for w in self._workers if w.component.problem() is not None]
         if stuck:
             side, problem = stuck[0]
