@@ -127,7 +127,8 @@ def run(config: ConfigPath, only: Only = None) -> None:
     """Run the pipeline CONFIG describes (its source and/or sink) until SIGTERM/SIGINT.
 
     Serves /healthz, /readyz, /metrics and /status (see the `server` section). Exits 0 after a clean stop,
-    1 when a component fails (the cause on one line).
+    1 when a component fails, a service stays unreachable for `retry.give_up_after_s`, or it is stopped while
+    still retrying (the cause and the fix on one line; see docs/operations.md).
     """
     from connector import logs
     from connector.pipeline import Pipeline
@@ -152,8 +153,9 @@ def validate(config: ConfigPath, only: Only = None) -> None:
 
     def body() -> list[Any]:
         loaded = load(config)
-        problems = list(check_kafka(loaded)[0]) + list(check_registry(loaded)[0])
-        problems.extend(Pipeline(loaded, side).validate())
+        kafka_problems = check_kafka(loaded)[0]
+        problems = list(kafka_problems) + list(check_registry(loaded)[0])
+        problems.extend(Pipeline(loaded, side).validate(kafka=not kafka_problems))
         return problems
 
     problems = guarded(body)

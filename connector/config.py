@@ -66,6 +66,17 @@ class ServerConfig(Section):
     port: int = Field(8083, ge=0, le=65535, description="Listen port (0: any free port).")
 
 
+class RetryBudgetConfig(Section):
+    give_up_after_s: float | None = Field(
+        300.0,
+        ge=0,
+        description="How long a component keeps retrying a service it cannot reach (PostgreSQL, Kafka, the "
+        "registry) or that keeps failing with retriable errors, counted from the first failure since the last "
+        "success, before the connector stops with exit code 1; null retries until stopped. Refused credentials, "
+        "unknown roles or databases and missing privileges stop it at once. See docs/operations.md.",
+    )
+
+
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     format: Literal["text", "json"] = Field("text", description="Plain text or one JSON object per line.")
@@ -89,6 +100,9 @@ class ConnectorConfig(Section):
     sink: PostgresSinkConfig | None = Field(None, description="PostgreSQL sink.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="Health and metrics endpoints.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+    retry: RetryBudgetConfig = Field(
+        default_factory=RetryBudgetConfig, description="Retry budget for unreachable or failing services."
+    )
 
     @model_validator(mode="after")
     def _check_sections(self) -> ConnectorConfig:

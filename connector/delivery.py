@@ -124,6 +124,25 @@ class Serializer(Protocol):
     def close(self) -> None: ...
 
 
+def create_missing_topics(admin: AdminClient, topics: Iterable[str], *, partitions: int, replication: int) -> None:
+    """Create those of `topics` the cluster lacks (never relying on the broker's auto-creation)."""
+    existing = set(admin.list_topics(timeout=30).topics)
+    missing = [t for t in dict.fromkeys(topics) if t not in existing]
+    if not missing:
+        return
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=partitions, replication_factor=replication) for t in missing],
+        operation_timeout=30,
+    )
+    for topic, future in futures.items():
+        try:
+            future.result()
+            log.info("created topic %s (%d partitions)", topic, partitions)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise RetriableError(f"could not create topic {topic}: {exc}") from exc
+
+
 class KafkaDelivery:
     """The source's producer: topics created on first use, records encoded and produced, acks tracked."""
 
@@ -170,20 +189,7 @@ class KafkaDelivery:
             return
         if self._admin is None:
             self._admin = AdminClient(self._admin_conf, logger=logging.getLogger(KAFKA_LOGGER))
-        existing = set(self._admin.list_topics(timeout=30).topics)
-        missing = [t for t in dict.fromkeys(wanted) if t not in existing]
-        if missing:
-            futures = self._admin.create_topics(
-                [NewTopic(t, num_partitions=self._partitions, replication_factor=self._replication) for t in missing],
-                operation_timeout=30,
-            )
-            for topic, future in futures.items():
-                try:
-                    future.result()
-                    log.info("created topic %s (%d partitions)", topic, self._partitions)
-                except KafkaException as exc:
-                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                        raise RetriableError(f"could not create topic {topic}: {exc}") from exc
+        create_missing_topics(self._admin, wanted, partitions=self._partitions, replication=self._replication)
         self._topics.update(wanted)
 
     @property

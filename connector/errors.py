@@ -1,14 +1,18 @@
 """The project's error hierarchy and the one place where foreign errors are classified.
 
 Everything the project raises on purpose derives from `ConnectorError`. Each error says whether
-retrying the operation can help (`retriable`); `classify` maps errors from psycopg, librdkafka
-and the registry client onto that decision so no other module has to guess.
+retrying the operation can help (`retriable`); `is_retriable` maps errors from psycopg, librdkafka
+and the registry client onto that decision, and `classify` turns them into one-line `ConnectorError`s
+that name the cause and the fix, so no other module has to guess or word them.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException
@@ -41,6 +45,10 @@ class RetriableError(ConnectorError):
     retriable = True
 
 
+class UnreachableError(RetriableError):
+    """A service cannot be reached (refused, timed out, unknown host); retried within the retry budget."""
+
+
 class ConfigError(FatalError):
     """The config file is malformed or names something that does not exist."""
 
@@ -67,8 +75,43 @@ class StackError(FatalError):
 
 # SQLSTATE classes: 08 connection, 40 transaction rollback (serialization, deadlock),
 # 53 insufficient resources, 55P03 lock not available, 57P01..03 admin shutdown / crash / cannot connect now.
+# Everything else (28 authorisation, 3D000 unknown database, 42 syntax or privilege, ...) is fatal.
 _RETRIABLE_SQLSTATE_PREFIXES = ("08", "40", "53", "57P")
 _RETRIABLE_SQLSTATES = {"55P03", "55006"}
+
+# libpq reports a server's refusal at connect time as text without a SQLSTATE ("FATAL:  role ... does not exist").
+# A FATAL during the startup is permanent, except for these states of a server that is starting, stopping or full.
+_TRANSIENT_STARTUP_FATALS = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "too many clients already",
+    "remaining connection slots are reserved",
+)
+
+# librdkafka errors that mean "no broker answered": retried within the retry budget.
+_KAFKA_UNREACHABLE = {
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._TIMED_OUT,
+    KafkaError._RESOLVE,
+    KafkaError._MSG_TIMED_OUT,
+}
+
+
+def _startup_refusal(exc: BaseException) -> bool:
+    """Whether `exc` is a PostgreSQL server refusing a new connection for good (auth, role, database)."""
+    if not isinstance(exc, psycopg.OperationalError) or getattr(exc, "sqlstate", None):
+        return False
+    text = str(exc)
+    return "FATAL:" in text and not any(transient in text for transient in _TRANSIENT_STARTUP_FATALS)
+
+
+def _kafka_error(exc: BaseException) -> KafkaError | None:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None
 
 
 def is_retriable(exc: BaseException) -> bool:
@@ -79,11 +122,130 @@ def is_retriable(exc: BaseException) -> bool:
     if isinstance(sqlstate, str) and sqlstate:
         return sqlstate in _RETRIABLE_SQLSTATES or sqlstate.startswith(_RETRIABLE_SQLSTATE_PREFIXES)
     if isinstance(exc, psycopg.OperationalError):
-        # No SQLSTATE: the connection itself failed (refused, reset, server gone).
-        return True
-    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        err: KafkaError = exc.args[0]
-        return bool(err.retriable()) and not err.fatal()
+        # No SQLSTATE: the connection itself failed (refused, reset, server gone), unless the server refused us.
+        return not _startup_refusal(exc)
+    err = _kafka_error(exc)
+    if err is not None:
+        return not err.fatal() and (bool(err.retriable()) or err.code() in _KAFKA_UNREACHABLE)
     if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
         return True
     return isinstance(exc, OSError) and exc.errno in {errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE}
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """How to name the services a component talks to, and the settings that point at them (for hints)."""
+
+    database: str = "the database"
+    dsn_setting: str = "dsn"
+    kafka: str = "Kafka"
+
+
+def one_line(text: str) -> str:
+    """A library's message on one line: libpq's tab-indented second line ("Is the server running...?") and
+    repeated blanks dropped."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    kept = [line for line in lines if line and not line.startswith("Is the server running")]
+    return " ".join(" ".join(kept).split())
+
+
+def _postgres(exc: psycopg.Error, where: Endpoints) -> ConnectorError:
+    text = one_line(str(exc)).removeprefix("connection failed: ")
+    sqlstate = getattr(exc, "sqlstate", None)
+    if not text or text == "no error details available":
+        text = "the server closed the connection (restart, shutdown or network failure)"
+    if sqlstate:
+        text = f"{text} (SQLSTATE {sqlstate})"
+    setting = where.dsn_setting
+    if _startup_refusal(exc) or (sqlstate or "").startswith(("28", "3D")):
+        if "password" in text or "authentication" in text or "pg_hba" in text:
+            hint = f"check the user and password in `{setting}` (and the server's pg_hba.conf)"
+        elif "role" in text:
+            hint = f"create the role on the server or fix the user in `{setting}`"
+        elif "database" in text:
+            hint = f"create the database or fix the database name in `{setting}`"
+        else:
+            hint = f"check `{setting}`"
+        return FatalError(f"{where.database} refused the connection: {text}", hint=hint)
+    if is_retriable(exc):
+        if isinstance(exc, psycopg.OperationalError) and not sqlstate:
+            return UnreachableError(
+                f"cannot reach {where.database}: {text}",
+                hint=f"check `{setting}` and that the server runs and accepts connections",
+            )
+        return RetriableError(f"{where.database}: {text}")
+    if (sqlstate or "").startswith("42"):
+        return FatalError(
+            f"{where.database} refused a statement: {text}",
+            hint="grant the connector's role the privileges docs/source.md and docs/sink.md list",
+        )
+    return FatalError(f"{where.database}: {text}")
+
+
+def classify(exc: BaseException, where: Endpoints | None = None) -> ConnectorError:
+    """`exc` as a `ConnectorError`: retriable or not (as `is_retriable` says), one line naming the cause and,
+    where there is one, the fix. The original error stays the `__cause__` (for `--debug`)."""
+    if isinstance(exc, ConnectorError):
+        return exc
+    where = where or Endpoints()
+    if isinstance(exc, psycopg.Error):
+        error = _postgres(exc, where)
+    elif (kafka_error := _kafka_error(exc)) is not None:
+        text = one_line(kafka_error.str())
+        if kafka_error.code() in _KAFKA_UNREACHABLE and not kafka_error.fatal():
+            error = UnreachableError(
+                f"cannot reach {where.kafka}: {text}",
+                hint="check `kafka.bootstrap_servers` and that the brokers run (`cdc dev status` for the local stack)",
+            )
+        elif is_retriable(exc):
+            error = RetriableError(f"Kafka: {text}")
+        else:
+            error = FatalError(
+                f"Kafka refused: {text} ({kafka_error.name()})",
+                hint="check the credentials and ACLs in `kafka.properties`",
+            )
+    elif is_retriable(exc):
+        error = UnreachableError(f"connection failed: {type(exc).__name__}: {one_line(str(exc))}")
+    else:
+        error = FatalError(
+            f"unexpected {type(exc).__name__}: {one_line(str(exc))}", hint="rerun with --debug for the traceback"
+        )
+    error.__cause__ = exc
+    return error
+
+
+class RetryBudget:
+    """How long retriable failures may go on without progress before they count as permanent.
+
+    `failed` records a failure and says whether the budget is spent (measured from the first failure since the
+    last `progress`); `problem` is the failure in progress (None while things work), which drives /healthz.
+    A budget of None never runs out.
+    """
+
+    def __init__(self, give_up_after_s: float | None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.give_up_after_s = give_up_after_s
+        self._clock = clock
+        self._failing_since: float | None = None
+        self.problem: ConnectorError | None = None
+
+    def progress(self) -> None:
+        self._failing_since = None
+        self.problem = None
+
+    def failed(self, error: ConnectorError) -> bool:
+        now = self._clock()
+        if self._failing_since is None:
+            self._failing_since = now
+        self.problem = error
+        return self.give_up_after_s is not None and now - self._failing_since >= self.give_up_after_s
+
+    def exhausted(self, error: ConnectorError) -> FatalError:
+        """The error that ends the component once `failed` said the budget is spent."""
+        spent = self._clock() - (self._failing_since or self._clock())
+        fatal = FatalError(
+            f"gave up after {spent:.0f}s of retrying: {error.message}",
+            hint=(error.hint + "; " if error.hint else "")
+            + f"the budget is `retry.give_up_after_s: {self.give_up_after_s:g}`",
+        )
+        fatal.__cause__ = error
+        return fatal

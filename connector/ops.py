@@ -1,4 +1,4 @@
-"""The sidecar HTTP endpoints: /healthz (alive), /readyz (streaming), /metrics (Prometheus), /status (JSON).
+"""The sidecar HTTP endpoints: /healthz (making progress), /readyz (streaming), /metrics (Prometheus), /status.
 
 Every answer comes from state the components publish (no I/O on a request thread), so a probe answers at
 once however busy or stuck the loops are. A client that hangs up before its answer is written is normal
@@ -41,11 +41,11 @@ class OpsServer:
         host: str,
         port: int,
         *,
-        alive: Callable[[], bool],
+        problems: Callable[[], list[str]],
         ready: Callable[[], bool],
         status: Callable[[], dict[str, Any]],
     ) -> None:
-        probes = {"alive": alive, "ready": ready, "status": status}
+        probes: dict[str, Any] = {"problems": problems, "ready": ready, "status": status}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -62,8 +62,10 @@ class OpsServer:
 
             def _answer(self, path: str) -> tuple[int, bytes, str]:
                 if path == "/healthz":
-                    ok = probes["alive"]()
-                    return (200 if ok else 503), (b"ok\n" if ok else b"unhealthy\n"), "text/plain"
+                    # Red while a component cannot make progress, with the reasons (one per line).
+                    found: list[str] = probes["problems"]()
+                    text = "".join(f"{p}\n" for p in found) if found else "ok\n"
+                    return (503 if found else 200), text.encode(), "text/plain; charset=utf-8"
                 if path == "/readyz":
                     ok = probes["ready"]()
                     return (200 if ok else 503), (b"ready\n" if ok else b"not ready\n"), "text/plain"

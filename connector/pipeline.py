@@ -2,8 +2,10 @@
 
 Shutdown contract: SIGTERM or SIGINT sets one stop event. Each component then finishes what it has in
 flight (the source flushes Kafka and confirms the acknowledged LSN; the sink commits or abandons its batch)
-and returns; the process exits 0. A component that fails stops the others and the process exits 1 with
-the error on one line. A second signal while stopping exits at once (everything is safe to kill).
+and returns; the process exits 0, or 1 when a component was still retrying a failure (it had not recovered, and
+an orchestrator must see that). A component that fails (a fatal error, or a retriable one that outlived the retry
+budget) stops the others and the process exits 1 with the error on one line. A second signal while stopping exits
+at once (everything is safe to kill). Exit codes and probes: docs/operations.md.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Literal
 
 from connector.checks import Problem
 from connector.config import ConnectorConfig
-from connector.errors import ConfigError, ConnectorError
+from connector.errors import ConfigError, FatalError, classify
 from connector.ops import OpsServer
 from sinks.base import Sink
 from sources.base import Source
@@ -68,14 +70,26 @@ class Pipeline:
         self._ops: OpsServer | None = None
         self._signals = 0
 
-    def validate(self) -> list[Problem]:
+    def validate(self, *, kafka: bool = True) -> list[Problem]:
+        """Each component's problems; `kafka=False` when Kafka is unreachable (reported once, by the caller)."""
         problems: list[Problem] = []
         for worker in self._workers:
-            problems.extend(worker.component.validate())
+            component = worker.component
+            problems.extend(component.validate(kafka=kafka) if isinstance(component, Sink) else component.validate())
         return problems
 
     def alive(self) -> bool:
-        return not any(w.error is not None for w in self._workers)
+        """False once a component failed, and while one cannot make progress (it is retrying a failure)."""
+        return not self.problems()
+
+    def problems(self) -> list[str]:
+        """Why each component that cannot make progress cannot, one line each (the /healthz body when red)."""
+        found = []
+        for worker in self._workers:
+            problem = worker.error if worker.error is not None else worker.component.problem()
+            if problem is not None:
+                found.append(f"{worker.side}: {classify(problem)}")
+        return found
 
     def ready(self) -> bool:
         return bool(self._workers) and all(w.component.ready() and not w.done.is_set() for w in self._workers)
@@ -112,7 +126,9 @@ class Pipeline:
             signal.signal(signal.SIGINT, self._on_signal)
         server = self.config.server
         if server.enabled:
-            self._ops = OpsServer(server.host, server.port, alive=self.alive, ready=self.ready, status=self.status)
+            self._ops = OpsServer(
+                server.host, server.port, problems=self.problems, ready=self.ready, status=self.status
+            )
             self._ops.start()
             log.info("serving /healthz /readyz /metrics /status on http://%s:%d", server.host, self._ops.port)
         if on_ready is not None:
@@ -130,17 +146,17 @@ class Pipeline:
         finally:
             if self._ops is not None:
                 self._ops.stop()
-        failures = [w for w in self._workers if w.error is not None]
-        for worker in failures:
-            error = worker.error
-            if isinstance(error, ConnectorError):
-                log.error("%s stopped: %s", worker.side, error)
-            else:
-                log.error("%s failed", worker.side, exc_info=error)
+        failures = [(w.side, w.error) for w in self._workers if w.error is not None]
+        for side, error in failures:
+            # The cause goes on one line (the CLI prints the first); the traceback only with --debug.
+            log.debug("%s failed", side, exc_info=error)
+        for side, error in failures[1:]:
+            log.error("%s stopped too: %s", side, classify(error))
         if failures:
-            first = failures[0].error
-            if isinstance(first, ConnectorError):
-                raise first
-            raise ConnectorError(f"{failures[0].side} failed: {type(first).__name__}: {first}")
+            raise classify(failures[0][1])
+        stuck = [(w.side, w.component.problem()) for w in self._workers if w.component.problem() is not None]
+        if stuck:
+            side, problem = stuck[0]
+            raise FatalError(f"stopped while the {side} could not make progress: {problem}")
         log.info("stopped cleanly")
         return 0

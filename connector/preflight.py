@@ -7,10 +7,10 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from connector.checks import Problem
 from connector.config import ConnectorConfig
+from connector.errors import ConnectorError
 
 
 def kafka_settings(config: ConnectorConfig) -> dict[str, Any]:
@@ -44,14 +44,12 @@ def check_kafka(config: ConnectorConfig, timeout_s: float = 10.0) -> tuple[list[
 
 
 def check_registry(config: ConnectorConfig) -> tuple[list[Problem], list[str]]:
+    """The registry's subjects, or the problem reaching it, in the words `cdc run` would use."""
+    from schemas.registry import SchemaRegistry
+
     try:
-        subjects = registry_client(config).get_subjects()
-    except (SchemaRegistryError, OSError, Exception) as exc:  # httpx raises its own transport errors
-        return [
-            Problem(
-                "schema_registry",
-                f"cannot reach the schema registry at {config.schema_registry.url}: {type(exc).__name__}",
-                "check schema_registry.url (Apicurio: http://HOST:PORT/apis/ccompat/v7) and that it runs",
-            )
-        ], []
-    return [], list(subjects)
+        with SchemaRegistry(config.schema_registry) as registry:
+            subjects = registry.subjects()
+    except ConnectorError as exc:
+        return [Problem("schema_registry", exc.message, exc.hint or "check `schema_registry.url`")], []
+    return [], subjects

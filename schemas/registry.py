@@ -134,6 +134,13 @@ class SchemaRegistry:
                 f"schema registry at {self.url} refused {what} (HTTP {status})",
                 hint="check `schema_registry.basic_auth_user_info` and the account's permissions",
             )
+        if status == 404 and exc.error_code is None and not exc.error_message:
+            # A registry's own 404s carry an error code (40401 subject not found...); a bare one means no API here.
+            return SchemaError(
+                f"schema registry at {self.url} has no Confluent-compatible API at that URL ({what}: HTTP 404)",
+                hint="the URL may be missing its path: Apicurio serves it under /apis/ccompat/v7 "
+                "(check `schema_registry.url`)",
+            )
         if status is None or status >= 500 or status in (408, 429):
             return RetriableError(f"schema registry at {self.url} failed {what}: {exc.error_message} (HTTP {status})")
         return SchemaError(f"schema registry at {self.url} rejected {what}: {exc.error_message} (HTTP {status})")

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from connector.checks import Problem
+from connector.errors import ConnectorError
 
 
 class Sink(ABC):
@@ -18,8 +19,9 @@ class Sink(ABC):
     """
 
     @abstractmethod
-    def validate(self) -> list[Problem]:
-        """Check connections and prerequisites; empty when ready to run."""
+    def validate(self, *, kafka: bool = True) -> list[Problem]:
+        """Check connections and prerequisites; empty when ready to run. `kafka=False`: Kafka is known to be
+        unreachable (and reported), so skip the checks that need it."""
 
     @abstractmethod
     def run(self, stop: threading.Event) -> None:
@@ -28,6 +30,10 @@ class Sink(ABC):
     def ready(self) -> bool:
         """True once the connector is consuming with partitions assigned; drives /readyz."""
         return False
+
+    def problem(self) -> ConnectorError | None:
+        """Why it cannot make progress right now (a failure it is retrying), None while it can; drives /healthz."""
+        return None
 
     @abstractmethod
     def status(self) -> dict[str, Any]:

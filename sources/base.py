@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from connector.checks import Problem
+from connector.errors import ConnectorError
 
 
 class Source(ABC):
@@ -29,6 +30,10 @@ class Source(ABC):
     def ready(self) -> bool:
         """True once the connector is streaming (snapshot done or skipped); drives /readyz."""
         return False
+
+    def problem(self) -> ConnectorError | None:
+        """Why it cannot make progress right now (a failure it is retrying), None while it can; drives /healthz."""
+        return None
 
     @abstractmethod
     def status(self) -> dict[str, Any]:

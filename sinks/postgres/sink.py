@@ -38,22 +38,35 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_any, stop_when_event_set
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, stop_any, stop_when_event_set
 from tenacity.wait import wait_random_exponential
 
 from connector import metrics
 from connector.checks import Problem
 from connector.config import ConnectorConfig
+from connector.delivery import create_missing_topics
 from connector.errors import (
     ConfigError,
     ConnectorError,
     DeliveryError,
+    Endpoints,
     FatalError,
     PoisonMessageError,
-    RetriableError,
+    RetryBudget,
     SchemaError,
+    classify,
     is_retriable,
 )
 from connector.records import NEW_KEY_HEADER, Record
@@ -76,6 +89,7 @@ ERROR_HEADER = "cdc.error"
 SOURCE_TOPIC_HEADER = "cdc.source.topic"
 SOURCE_PARTITION_HEADER = "cdc.source.partition"
 SOURCE_OFFSET_HEADER = "cdc.source.offset"
+_ADMIN_PREFIXES = ("bootstrap.", "security.", "sasl.", "ssl.", "client.id")
 
 
 
@@ -128,12 +142,22 @@ class PostgresSink(Sink):
         self._ready = threading.Event()
         self._stop: threading.Event = threading.Event()
         self._commits = 0
+        self._budget = RetryBudget(config.retry.give_up_after_s)
+        # Kafka has its own: the consuming thread checks it while the applier thread may be retrying the database.
+        self._kafka_budget = RetryBudget(config.retry.give_up_after_s)
+        self._kafka_suspect = False
+        self._next_kafka_check = 0.0
+        self._endpoints = Endpoints(
+            database="the destination database",
+            dsn_setting="sink.dsn",
+            kafka=f"Kafka at {config.kafka.bootstrap_servers}",
+        )
         crash = os.environ.get(CRASH_AFTER_DB_COMMIT_ENV)
         self._crash_after = int(crash) if crash else None
 
     # -- contract -----------------------------------------------------------------------------------------
 
-    def validate(self) -> list[Problem]:
+    def validate(self, *, kafka: bool = True) -> list[Problem]:
         problems: list[Problem] = []
         try:
             with psycopg.connect(self._dsn, connect_timeout=10, autocommit=True) as conn:
@@ -162,29 +186,17 @@ class PostgresSink(Sink):
                         )
                     )
         except psycopg.Error as exc:
-            problems.append(
-                Problem(
-                    "sink",
-                    f"cannot connect to the destination database: {type(exc).__name__}",
-                    "check `sink.dsn` and that the database accepts connections",
-                )
-            )
+            error = classify(exc, self._endpoints)
+            problems.append(Problem("sink", error.message, error.hint or "check `sink.dsn`"))
+        if not kafka:
+            return problems  # Kafka is unreachable and reported already: its checks here would only repeat that
         try:
             metadata = Consumer(self._consumer_settings(), logger=log).list_topics(timeout=10)
         except Exception as exc:
-            problems.append(
-                Problem("sink", f"cannot reach Kafka: {type(exc).__name__}", "check `kafka.bootstrap_servers`")
-            )
+            error = classify(exc, self._endpoints)
+            problems.append(Problem("sink", error.message, error.hint or "check `kafka.bootstrap_servers`"))
         else:
-            dead_letter_topic = self._sink.errors.dead_letter_topic
-            if self._sink.errors.tolerance == "all" and dead_letter_topic not in metadata.topics:
-                problems.append(
-                    Problem(
-                        "sink",
-                        f"dead-letter topic {dead_letter_topic!r} does not exist",
-                        "create it (bad messages need it) or fix `sink.errors.dead_letter_topic`",
-                    )
-                )
+            # A missing dead-letter topic is no problem: `run` creates it at start.
             for topic in self._sink.topics:
                 if topic not in metadata.topics:
                     problems.append(
@@ -198,6 +210,9 @@ class PostgresSink(Sink):
 
     def ready(self) -> bool:
         return self._ready.is_set()
+
+    def problem(self) -> ConnectorError | None:
+        return self._budget.problem or self._kafka_budget.problem
 
     def status(self) -> dict[str, Any]:
         """What the loop last published: stored offsets vs the log end seen in fetches. No I/O, any thread."""
@@ -233,12 +248,13 @@ class PostgresSink(Sink):
         )
         try:
             self._with_retries(lambda: ensure_state(self._connection()), "setting up schema cdc")
+            self._ensure_dead_letter_topic()
             self._registry_client = self._registry_client_for(self._config)
             registry = SchemaRegistry(self._config.schema_registry, client=self._registry_client)
             self._decoder = Decoder(registry)
             self._subjects = SubjectCheck(registry) if self._sink.errors.check_schema_subjects else None
             pruner.start()
-            self._consumer = Consumer(self._consumer_settings(), logger=log)
+            self._consumer = Consumer({**self._consumer_settings(), "error_cb": self._on_kafka_error}, logger=log)
             subscription = list(self._sink.topics)
             if self._sink.topics_regex:
                 regex = self._sink.topics_regex
@@ -256,10 +272,30 @@ class PostgresSink(Sink):
             self._finish_in_flight()
         except _Stopped:
             log.info("stopped while retrying; nothing of the batch in flight was committed")
+        except Exception as exc:
+            error = classify(exc, self._endpoints)
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             self._ready.clear()
             self._abandon_in_flight()
             self._close()
+
+    def _ensure_dead_letter_topic(self) -> None:
+        """Create the dead-letter topic at start (as `cdc validate` promises), not on the first bad message."""
+        topic = self._sink.errors.dead_letter_topic
+        if self._sink.errors.tolerance != "all" or topic is None:
+            return
+        kafka = self._config.kafka
+        settings = {k: v for k, v in self._consumer_settings().items() if k.startswith(_ADMIN_PREFIXES)}
+        admin = AdminClient(settings, logger=log)
+        self._with_retries(
+            lambda: create_missing_topics(
+                admin, [topic], partitions=kafka.topic_partitions, replication=kafka.topic_replication_factor
+            ),
+            f"creating the dead-letter topic {topic}",
+        )
 
     @staticmethod
     def _registry_client_for(config: ConnectorConfig) -> SchemaRegistryClient:
@@ -340,6 +376,8 @@ class PostgresSink(Sink):
                 elif error.code() not in (KafkaError._PARTITION_EOF,):
                     log.warning("Kafka consumer: %s", error.str())
             self._publish_log_end()
+            if self._kafka_suspect and time.monotonic() >= self._next_kafka_check:
+                self._check_kafka()
             if self._pending and deadline is None:
                 deadline = time.monotonic() + max_wait
             if deadline is not None and time.monotonic() >= deadline:
@@ -364,6 +402,28 @@ class PostgresSink(Sink):
             if watermarks is not None and watermarks[1] >= 0:
                 ends[(topic, partition)] = watermarks[1]
         self._log_end = ends
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        """librdkafka's client-level errors (called from `consume`, on the consuming thread). The consumer
+        reconnects by itself; whether Kafka is really gone is for `_check_kafka` to find out."""
+        if error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE):
+            self._kafka_suspect = True
+
+    def _check_kafka(self) -> None:
+        """Ask the cluster for metadata: red /healthz and, past the retry budget, a fatal error while it cannot
+        answer; back to healthy once it does (an idle connection the broker closed reconnects at once)."""
+        assert self._consumer is not None
+        self._next_kafka_check = time.monotonic() + 5
+        try:
+            self._consumer.list_topics(timeout=5)
+        except KafkaException as exc:
+            error = classify(exc, self._endpoints)
+            if self._kafka_budget.failed(error):
+                raise self._kafka_budget.exhausted(error) from exc
+            log.warning("sink: %s; the consumer keeps reconnecting", error)
+            return
+        self._kafka_suspect = False
+        self._kafka_budget.progress()
 
     # -- one batch ----------------------------------------------------------------------------------------
 
@@ -478,14 +538,19 @@ class PostgresSink(Sink):
         return out
 
     def _decode_one(self, decoder: Decoder, data: bytes, topic: str, is_key: bool) -> tuple[Any, Any]:
+        part = "key" if is_key else "value"
         try:
-            return self._read(decoder, data, topic, is_key)
-        except ConnectorError as exc:
-            if not exc.retriable:
-                raise
-            # The registry is unreachable (only happens on a cache miss): retry with backoff.
-            what = "decoding a key" if is_key else "decoding a value"
-            return self._with_retries(lambda: self._read(decoder, data, topic, is_key), what)
+            try:
+                return self._read(decoder, data, topic, is_key)
+            except ConnectorError as exc:
+                if not exc.retriable:
+                    raise
+                # The registry is unreachable (only happens on a cache miss): retry with backoff.
+                return self._with_retries(lambda: self._read(decoder, data, topic, is_key), f"decoding a {part}")
+        except PoisonMessageError as exc:
+            raise PoisonMessageError(f"its {part}: {exc.message}", hint=exc.hint) from exc
+        except SchemaError as exc:
+            raise SchemaError(f"its {part}: {exc.message}", hint=exc.hint) from exc
 
     def _read(self, decoder: Decoder, data: bytes, topic: str, is_key: bool) -> tuple[Any, Any]:
         value, schema, schema_id = decoder.decode(data)
@@ -589,16 +654,20 @@ class PostgresSink(Sink):
         return self._conn
 
     def _with_retries(self, body: Any, what: str) -> Any:
-        max_attempts = self._sink.retry.max_attempts
+        """`body()`, retrying retriable errors with backoff until it succeeds, the sink stops, or the retry budget
+        (`retry.give_up_after_s`, or `sink.retry.max_attempts`) is spent; then a fatal error. Others raise as is."""
+        budget = self._budget
         stop_rule: Any = stop_when_event_set(self._stop)
-        if max_attempts is not None:
-            stop_rule = stop_any(stop_rule, stop_after_attempt(max_attempts))
+        if self._sink.retry.max_attempts is not None:
+            stop_rule = stop_any(stop_rule, stop_after_attempt(self._sink.retry.max_attempts))
+        if budget.give_up_after_s is not None:
+            stop_rule = stop_any(stop_rule, stop_after_delay(budget.give_up_after_s))
 
         def before_sleep(state: Any) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "%s failed (attempt %d), retrying: %s", what, state.attempt_number, _describe_retriable(exc)
-            )
+            exc = state.outcome.exception()  # only failed attempts are retried
+            error = classify(exc, self._endpoints)
+            budget.failed(error)
+            log.warning("%s failed (attempt %d), retrying: %s", what, state.attempt_number, error)
             if self._conn is not None and self._conn.broken:
                 self._conn.close()
 
@@ -614,13 +683,21 @@ class PostgresSink(Sink):
             reraise=True,
         )
         try:
-            return retrying(body)
+            result = retrying(body)
         except Exception as exc:
             if is_retriable(exc):
                 if self._stop.is_set():
                     raise _Stopped from exc
-                raise RetriableError(f"{what} kept failing: {_describe_retriable(exc)}") from exc
+                error = classify(exc, self._endpoints)
+                attempts = retrying.statistics.get("attempt_number", 1)
+                raise FatalError(
+                    f"{what} kept failing, gave up after {attempts} attempts: {error.message}",
+                    hint=(f"{error.hint}; " if error.hint else "")
+                    + "the budget is `retry.give_up_after_s` (and `sink.retry.max_attempts`)",
+                ) from exc
             raise
+        budget.progress()
+        return result
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
@@ -720,13 +797,6 @@ def _headers(message: Message) -> list[tuple[str, bytes]]:
 
 class _Stopped(Exception):
     """The stop event was set while a retriable error was being retried."""
-
-
-def _describe_retriable(exc: BaseException | None) -> str:
-    if exc is None:
-        return "unknown error"
-    sqlstate = getattr(exc, "sqlstate", None)
-    return f"{type(exc).__name__}" + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
 
 
 def _describe_db_error(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import pq, sql
 
-from connector.errors import RetriableError
+from connector.errors import Endpoints, RetriableError, classify
 from connector.positions import Lsn
 from schemas.types import SESSION_SETTINGS
 from sources.postgres.protocol import Keepalive, XLogData, decode_frame, encode_status_update, now_pg_us
@@ -35,6 +35,9 @@ class CreatedSlot:
     name: str
     consistent_point: Lsn
     snapshot_name: str | None
+
+
+_REPLICATION = Endpoints(database="the source database (replication connection)", dsn_setting="source.dsn")
 
 
 def session_options() -> str:
@@ -58,7 +61,8 @@ class ReplicationConnection:
                 options=session_options(),
             )
         except psycopg.OperationalError as exc:
-            raise RetriableError(f"cannot open a replication connection: {exc}".strip()) from exc
+            # A role without the REPLICATION attribute is refused for good; a server that is down is not.
+            raise classify(exc, _REPLICATION) from exc
         self._pgconn = self._conn.pgconn
         self._streaming = False
 

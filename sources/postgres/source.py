@@ -23,7 +23,7 @@ import psycopg
 from connector.checks import Problem
 from connector.config import ConnectorConfig
 from connector.delivery import KafkaDelivery, TxSlot
-from connector.errors import ConfigError, PrerequisiteError, is_retriable
+from connector.errors import ConfigError, ConnectorError, Endpoints, PrerequisiteError, RetryBudget, classify
 from connector.metrics import SNAPSHOT_ROWS, SOURCE_CONFIRMED_LSN, SOURCE_EVENTS, SOURCE_SLOT_LAG_BYTES
 from connector.positions import Lsn
 from connector.records import Record
@@ -88,6 +88,10 @@ class PostgresSource(Source):
         self._running = False
         self._stats: dict[str, Any] = {"state": "stopped"}
         self._lock = threading.Lock()
+        self._budget = RetryBudget(config.retry.give_up_after_s)
+        self._endpoints = Endpoints(
+            database="the source database", dsn_setting="source.dsn", kafka=f"Kafka at {config.kafka.bootstrap_servers}"
+        )
 
     # --- contract -------------------------------------------------------------------------------------
 
@@ -126,7 +130,8 @@ class PostgresSource(Source):
                     )
                 return problems
         except psycopg.Error as exc:
-            return [Problem("source", f"cannot connect to the source database: {str(exc).strip()}", "check source.dsn")]
+            error = classify(exc, self._endpoints)
+            return [Problem("source", error.message, error.hint or "check `source.dsn`")]
 
     def status(self) -> dict[str, Any]:
         """What the run last published (state, slot, confirmed LSN, lag, snapshot progress). No I/O, any thread."""
@@ -155,8 +160,12 @@ class PostgresSource(Source):
             result["snapshot"] = {"state": state.snapshot_state, **state.progress}
         return result
 
+    def problem(self) -> ConnectorError | None:
+        return self._budget.problem
+
     def run(self, stop: threading.Event) -> None:
         backoff = 1.0
+        budget = self._budget
         with self._lock:
             self._running = True
         try:
@@ -167,12 +176,17 @@ class PostgresSource(Source):
                     return
                 except Exception as exc:
                     # One place decides what is worth retrying (connection loss, slot briefly busy...).
-                    if not is_retriable(exc):
-                        raise
+                    error = classify(exc, self._endpoints)
+                    if not error.retriable:
+                        if error is exc:
+                            raise
+                        raise error from exc
                     self._ready.clear()
                     if time.monotonic() - started > 60:
                         backoff = 1.0
-                    log.warning("source: %s; reconnecting in %.0fs", str(exc).strip() or type(exc).__name__, backoff)
+                    if budget.failed(error):
+                        raise budget.exhausted(error) from exc
+                    log.warning("source: %s; reconnecting in %.0fs", error, backoff)
                     if stop.wait(backoff):
                         return
                     backoff = min(backoff * 2, 30.0)
@@ -410,6 +424,8 @@ class _Run:
             # Only now, with every row acknowledged by Kafka, is the snapshot complete.
             store.update_progress(self.slot, progress.as_dict())
             store.set_state(self.slot, "done")
+            # Progress for the retry budget: a snapshot that failed restarts from scratch, so only its end counts.
+            self.owner._budget.progress()
             self.owner._publish_stats(snapshot={**progress.as_dict(), "state": "done"})
             total = sum(t.rows for t in progress.tables.values())
             log.info("snapshot complete: %d rows from %d tables", total, len(plans))
@@ -484,6 +500,7 @@ class _Streamer:
         log.info("streaming slot %s from %s", run.slot, self.confirmed)
         SOURCE_CONFIRMED_LSN.set(int(self.confirmed))
         run.owner._ready.set()
+        run.owner._budget.progress()
         run.owner._publish_stats(state="streaming", slot=run.slot, confirmed_flush_lsn=str(self.confirmed))
         try:
             self._loop()

@@ -114,6 +114,17 @@ def test_poison_message_stops_the_sink_without_moving_offsets(env: Env) -> None:
     assert table_texts(env.target, sql.Identifier(feed.table), ["id"], ["id"]) == [("1",)]
 
 
+def test_a_poison_key_is_named_as_the_key(env: Env) -> None:
+    feed = env.feed("id int PRIMARY KEY, v text")
+    unknown_key = b"\x00" + struct.pack(">I", 2_000_000_001) + b"\x02"
+    env.producer.produce(feed.topic, key=unknown_key, value=None)  # the value decodes (a tombstone); the key not
+    env.flush()
+    running = RunningSink(to_config(env.config([feed.topic])))
+    wait_until(lambda: not running.alive(), 60, "the sink to stop")
+    assert isinstance(running.error, PoisonMessageError)
+    assert f"{feed.topic}[0]@0: its key: unknown schema id 2000000001" in str(running.error)
+
+
 HOSTILE_COLUMNS = """ "id" int PRIMARY KEY, "select" text, "Mixed Case" text, "we""ird" text,
                       "; DROP TABLE x;--" text, "ünï 表" text"""
 

@@ -8,7 +8,18 @@ import psycopg
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from connector.errors import ConfigError, ConnectorError, DeliveryError, RetriableError, is_retriable
+from connector.errors import (
+    ConfigError,
+    ConnectorError,
+    DeliveryError,
+    Endpoints,
+    FatalError,
+    RetriableError,
+    RetryBudget,
+    UnreachableError,
+    classify,
+    is_retriable,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -49,3 +60,100 @@ def test_kafka_errors_follow_librdkafka() -> None:
 def test_hint_is_part_of_the_message() -> None:
     error = ConnectorError("slot is gone", hint="re-snapshot with snapshot.mode when_needed")
     assert str(error) == "slot is gone (re-snapshot with snapshot.mode when_needed)"
+
+
+def _refused(reason: str) -> psycopg.OperationalError:
+    return psycopg.OperationalError(
+        f'connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  {reason}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("reason", "fix"),
+    [
+        ('database "nope" does not exist', "fix the database name in `source.dsn`"),
+        ('role "nope" does not exist', "fix the user in `source.dsn`"),
+        ('password authentication failed for user "u"', "check the user and password in `source.dsn`"),
+        ('no pg_hba.conf entry for host "10.0.0.1"', "check the user and password in `source.dsn`"),
+    ],
+)
+def test_a_server_refusing_a_connection_is_permanent_and_names_the_fix(reason: str, fix: str) -> None:
+    exc = _refused(reason)
+    assert not is_retriable(exc)
+    error = classify(exc, Endpoints(database="the source database", dsn_setting="source.dsn"))
+    assert isinstance(error, FatalError)
+    assert error.message == (
+        f'the source database refused the connection: connection to server at "127.0.0.1", port 5432 failed: '
+        f"FATAL: {reason}"
+    )
+    assert error.hint is not None and fix in error.hint
+
+
+@pytest.mark.parametrize("reason", ["the database system is starting up", "sorry, too many clients already"])
+def test_a_server_that_is_starting_or_full_is_retried(reason: str) -> None:
+    assert is_retriable(_refused(reason))
+
+
+def test_an_unreachable_server_is_one_line_and_retriable() -> None:
+    exc = psycopg.OperationalError(
+        'connection failed: connection to server at "127.0.0.1", port 1 failed: Connection refused\n'
+        "\tIs the server running on that host and accepting TCP/IP connections?"
+    )
+    error = classify(exc, Endpoints(database="the destination database", dsn_setting="sink.dsn"))
+    assert isinstance(error, UnreachableError)
+    assert str(error) == (
+        'cannot reach the destination database: connection to server at "127.0.0.1", port 1 failed: '
+        "Connection refused (check `sink.dsn` and that the server runs and accepts connections)"
+    )
+
+
+def test_a_lost_connection_without_details_says_what_happened() -> None:
+    error = classify(psycopg.OperationalError("no error details available"), Endpoints(database="the source database"))
+    assert error.retriable
+    assert "no error details" not in str(error)
+    assert "server closed the connection" in str(error)
+
+
+def test_an_unreachable_broker_is_retried_and_names_the_setting() -> None:
+    exc = KafkaException(KafkaError(KafkaError._TRANSPORT, "Failed to get metadata: Local: Broker transport failure"))
+    assert is_retriable(exc)
+    error = classify(exc, Endpoints(kafka="Kafka at 127.0.0.1:1"))
+    assert error.message == "cannot reach Kafka at 127.0.0.1:1: Failed to get metadata: Local: Broker transport failure"
+    assert error.hint is not None and "kafka.bootstrap_servers" in error.hint
+    assert error.__cause__ is exc
+
+
+def test_privilege_errors_are_permanent() -> None:
+    exc = psycopg.errors.InsufficientPrivilege("permission denied for table t")
+    error = classify(exc)
+    assert isinstance(error, FatalError)
+    assert "42501" in error.message
+
+
+def test_the_retry_budget_runs_from_the_first_failure_since_the_last_progress() -> None:
+    now = [0.0]
+    budget = RetryBudget(10, clock=lambda: now[0])
+    failure = UnreachableError("cannot reach it")
+    assert not budget.failed(failure)
+    assert budget.problem is failure
+    now[0] = 9
+    assert not budget.failed(failure)
+    budget.progress()
+    assert budget.problem is None
+    now[0] = 15
+    assert not budget.failed(failure)  # the clock restarted at the progress
+    now[0] = 25
+    assert budget.failed(failure)
+    exhausted = budget.exhausted(failure)
+    assert isinstance(exhausted, FatalError)
+    assert str(exhausted) == (
+        "gave up after 10s of retrying: cannot reach it (the budget is `retry.give_up_after_s: 10`)"
+    )
+
+
+def test_an_unlimited_budget_never_runs_out() -> None:
+    now = [0.0]
+    budget = RetryBudget(None, clock=lambda: now[0])
+    budget.failed(UnreachableError("x"))
+    now[0] = 1e9
+    assert not budget.failed(UnreachableError("x"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import urllib.error
 import urllib.request
@@ -11,10 +12,11 @@ import pytest
 
 from connector.checks import Problem
 from connector.config import ConnectorConfig
-from connector.errors import DeliveryError
+from connector.errors import ConnectorError, DeliveryError, UnreachableError
 from connector.ops import OpsServer
 from connector.pipeline import Pipeline, _Worker
 from sources.base import Source
+from tests.support.helpers import wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -109,3 +111,46 @@ def test_a_failing_component_fails_the_run_with_its_error() -> None:
 def test_validate_collects_problems() -> None:
     problems = _pipeline(_Component()).validate()
     assert [str(p) for p in problems] == ["[double] not reachable -> fix: start it"]
+
+
+class _Retrying(_Component):
+    """A component that cannot make progress: it retries a failure until stopped."""
+
+    def problem(self) -> ConnectorError | None:
+        return UnreachableError("cannot reach the source database: refused", hint="check `source.dsn`")
+
+
+def test_healthz_is_red_while_a_component_retries_and_stopping_then_is_a_failure() -> None:
+    pipeline = _pipeline(_Retrying())
+    ports: list[int] = []
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            pipeline.run(install_signals=False, on_ready=lambda ops: ports.append(ops.port if ops else 0))
+        except ConnectorError as exc:
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        wait_for(lambda: ports, 5, what="the ops server")
+        assert _get(ports[0], "/healthz") == (
+            503,
+            b"source: cannot reach the source database: refused (check `source.dsn`)\n",
+        )
+    finally:
+        pipeline.stop.set()
+        runner.join(10)
+    assert [str(e) for e in outcome] == [
+        "stopped while the source could not make progress: cannot reach the source database: refused "
+        "(check `source.dsn`)"
+    ]
+
+
+def test_a_failure_that_is_not_ours_is_one_line_without_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    pipeline = _pipeline(_Component(fail_after_ready=ValueError("bad\nthing")))
+    with pytest.raises(ConnectorError) as caught:
+        pipeline.run(install_signals=False)
+    assert str(caught.value) == "unexpected ValueError: bad thing (rerun with --debug for the traceback)"
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO and r.exc_info]
