@@ -20,10 +20,7 @@ def kafka_settings(config: ConnectorConfig) -> dict[str, Any]:
 
 
 def registry_client(config: ConnectorConfig) -> SchemaRegistryClient:
-    conf: dict[str, Any] = {"url": config.schema_registry.url}
-    if config.schema_registry.basic_auth_user_info is not None:
-        conf["basic.auth.user.info"] = config.schema_registry.basic_auth_user_info.get_secret_value()
-    return SchemaRegistryClient(conf)
+    return SchemaRegistryClient(config.schema_registry.client_settings())
 
 
 def check_kafka(config: ConnectorConfig, timeout_s: float = 10.0) -> tuple[list[Problem], dict[str, Any]]:

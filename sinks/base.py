@@ -29,6 +29,10 @@ class Sink(ABC):
         """True once the connector is consuming with partitions assigned; drives /readyz."""
         return False
 
+    def healthy(self) -> bool:
+        """False while a failure keeps this component from making progress (it may be retrying); drives /healthz."""
+        return True
+
     @abstractmethod
     def status(self) -> dict[str, Any]:
         """Stored offsets vs log end per partition: what `cdc status` prints."""

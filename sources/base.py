@@ -30,6 +30,10 @@ class Source(ABC):
         """True once the connector is streaming (snapshot done or skipped); drives /readyz."""
         return False
 
+    def healthy(self) -> bool:
+        """False while a failure keeps this component from making progress (it may be retrying); drives /healthz."""
+        return True
+
     @abstractmethod
     def status(self) -> dict[str, Any]:
         """Slot state, lag, snapshot progress: what `cdc status` prints."""
