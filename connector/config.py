@@ -58,6 +58,19 @@ class SchemaRegistryConfig(Section):
         description="Compatibility level set on every subject the connector registers (set explicitly "
         "because registries differ in their defaults).",
     )
+    request_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds each registry request (connect, send, each read) may take before it fails; a failed "
+        "request is tried twice more.",
+    )
+
+    def client_settings(self) -> dict[str, Any]:
+        """Settings of confluent-kafka's `SchemaRegistryClient` (holds the credentials: never log them)."""
+        settings: dict[str, Any] = {"url": self.url, "timeout": self.request_timeout_s, "max.retries": 2}
+        if self.basic_auth_user_info is not None:
+            settings["basic.auth.user.info"] = self.basic_auth_user_info.get_secret_value()
+        return settings
 
 
 class ServerConfig(Section):
@@ -102,6 +115,12 @@ class ConnectorConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
     retry: RetryBudgetConfig = Field(
         default_factory=RetryBudgetConfig, description="Retry budget for unreachable or failing services."
+    )
+    shutdown_grace_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds `cdc run` waits after SIGTERM/SIGINT for in-flight work to finish; then it exits "
+        "with code 1 (a second signal exits at once). Keep it below the orchestrator's own grace period.",
     )
 
     @model_validator(mode="after")

@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
@@ -101,9 +103,25 @@ class Pipeline:
         self._signals += 1
         if self._signals > 1:
             log.warning("second %s while stopping: exiting now", signal.Signals(signum).name)
-            os._exit(130)
+            _exit_now(128 + signum)
         log.info("%s received: finishing in-flight work and stopping", signal.Signals(signum).name)
         self.stop.set()
+
+    def _join_within(self, grace_s: float, *, exit_process: bool) -> None:
+        """Wait up to `grace_s` for every component to stop; a component stuck past it ends the process."""
+        deadline = time.monotonic() + grace_s
+        for worker in self._workers:
+            if worker.thread is not None:
+                worker.thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [w.side for w in self._workers if w.thread is not None and w.thread.is_alive()]
+        if not stuck:
+            return
+        message = f"{' and '.join(stuck)} did not stop within {grace_s:g}s (shutdown_grace_s)"
+        if exit_process:
+            # Safe: nothing is confirmed to the slot or committed to the destination before it is durable.
+            log.error("%s: exiting now", message)
+            _exit_now(1)
+        raise FatalError(message)
 
     def _run_worker(self, worker: _Worker) -> None:
         try:
@@ -140,9 +158,8 @@ class Pipeline:
             while not all(w.done.is_set() for w in self._workers):
                 self.stop.wait(0.5)
                 if self.stop.is_set():
-                    for worker in self._workers:
-                        if worker.thread is not None:
-                            worker.thread.join()
+                    self._join_within(self.config.shutdown_grace_s, exit_process=install_signals)
+                    break
         finally:
             if self._ops is not None:
                 self._ops.stop()
@@ -160,3 +177,12 @@ class Pipeline:
             raise FatalError(f"stopped while the {side} could not make progress: {problem}")
         log.info("stopped cleanly")
         return 0
+
+
+def _exit_now(code: int) -> None:
+    """End the process at once (stuck threads are not waited for), with what was logged written out."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

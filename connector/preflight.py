@@ -20,12 +20,10 @@ def kafka_settings(config: ConnectorConfig) -> dict[str, Any]:
 
 
 def registry_client(config: ConnectorConfig, timeout_s: float | None = None) -> SchemaRegistryClient:
-    conf: dict[str, Any] = {"url": config.schema_registry.url}
+    settings = config.schema_registry.client_settings()
     if timeout_s is not None:
-        conf["timeout"] = timeout_s
-    if config.schema_registry.basic_auth_user_info is not None:
-        conf["basic.auth.user.info"] = config.schema_registry.basic_auth_user_info.get_secret_value()
-    return SchemaRegistryClient(conf)
+        settings["timeout"] = timeout_s
+    return SchemaRegistryClient(settings)
 
 
 def check_kafka(config: ConnectorConfig, timeout_s: float = 10.0) -> tuple[list[Problem], dict[str, Any]]:

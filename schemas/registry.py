@@ -81,12 +81,9 @@ class SchemaRegistry:
     def __init__(self, config: SchemaRegistryConfig, *, client: SchemaRegistryClient | None = None) -> None:
         self._config = config
         self.url = redact_url(config.url)
-        conf: dict[str, Any] = {"url": config.url, "timeout": 10, "max.retries": 2}
-        if config.basic_auth_user_info is not None:
-            conf["basic.auth.user.info"] = config.basic_auth_user_info.get_secret_value()
         if client is None:
             try:
-                client = SchemaRegistryClient(conf)
+                client = SchemaRegistryClient(config.client_settings())
             except (ValueError, TypeError) as exc:
                 # The client's messages name settings, never their values.
                 raise ConfigError(

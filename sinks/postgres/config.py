@@ -122,6 +122,12 @@ class PostgresSinkConfig(Section):
         "rows deleted at the source while an interrupted snapshot was redone. Skipped, with a warning, for a table "
         "the sink has seen fed by several source tables; turn off for tables that merge several sources.",
     )
+    connect_timeout_s: int = Field(
+        10,
+        ge=2,
+        description="Seconds a connection to the destination database may take to open (per address the host "
+        "resolves to) before the attempt fails and is retried.",
+    )
     batch: BatchConfig = Field(default_factory=BatchConfig, description="Batching.")
     dedupe: DedupeConfig = Field(default_factory=DedupeConfig, description="Applied-change ledger.")
     errors: ErrorsConfig = Field(default_factory=ErrorsConfig, description="Bad messages.")

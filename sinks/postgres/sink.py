@@ -70,6 +70,7 @@ from connector.errors import (
     is_retriable,
 )
 from connector.records import NEW_KEY_HEADER, Record
+from connector.timeouts import libpq_options
 from schemas.registry import SchemaRegistry
 from schemas.serde import Decoder
 from schemas.subjects import SubjectCheck
@@ -160,7 +161,7 @@ class PostgresSink(Sink):
     def validate(self, *, kafka: bool = True) -> list[Problem]:
         problems: list[Problem] = []
         try:
-            with psycopg.connect(self._dsn, connect_timeout=10, autocommit=True) as conn:
+            with psycopg.connect(self._dsn, autocommit=True, **libpq_options(self._sink.connect_timeout_s)) as conn:
                 row = conn.execute(
                     """SELECT has_database_privilege(current_database(), 'CREATE'),
                               to_regnamespace('cdc') IS NOT NULL,
@@ -230,7 +231,7 @@ class PostgresSink(Sink):
 
     def inspect(self) -> dict[str, Any]:
         """The offsets stored in the destination, read now (`cdc status` from outside the running process)."""
-        with psycopg.connect(self._dsn, connect_timeout=10, autocommit=True) as conn:
+        with psycopg.connect(self._dsn, autocommit=True, **libpq_options(self._sink.connect_timeout_s)) as conn:
             stored = all_offsets(conn, self._group_id)
         return {
             "group_id": self._group_id,
@@ -245,6 +246,7 @@ class PostgresSink(Sink):
             self._sink.dedupe.prune_interval_seconds,
             self._sink.dedupe.prune_batch,
             stop,
+            connect_timeout_s=self._sink.connect_timeout_s,
         )
         try:
             self._with_retries(lambda: ensure_state(self._connection()), "setting up schema cdc")
@@ -300,10 +302,7 @@ class PostgresSink(Sink):
     @staticmethod
     def _registry_client_for(config: ConnectorConfig) -> SchemaRegistryClient:
         # Our own client (rather than SchemaRegistry's default) so the sink can close its HTTP session.
-        conf: dict[str, Any] = {"url": config.schema_registry.url, "timeout": 10, "max.retries": 2}
-        if config.schema_registry.basic_auth_user_info is not None:
-            conf["basic.auth.user.info"] = config.schema_registry.basic_auth_user_info.get_secret_value()
-        return SchemaRegistryClient(conf)
+        return SchemaRegistryClient(config.schema_registry.client_settings())
 
     # -- consuming ----------------------------------------------------------------------------------------
 
@@ -649,7 +648,10 @@ class PostgresSink(Sink):
                 self._conn.close()
             self._applier.reset()
             self._conn = psycopg.connect(
-                self._dsn, autocommit=True, connect_timeout=10, application_name=f"cdc-sink-{self._group_id}"[:63]
+                self._dsn,
+                autocommit=True,
+                application_name=f"cdc-sink-{self._group_id}"[:63],
+                **libpq_options(self._sink.connect_timeout_s),
             )
         return self._conn
 

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from connector.errors import is_retriable
+from connector.timeouts import libpq_options
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,18 @@ class LedgerPruner(threading.Thread):
     """Deletes change ids older than the retention in small transactions that skip rows being written."""
 
     def __init__(
-        self, dsn: str, retention: timedelta, interval_s: float, batch: int, stop: threading.Event
+        self,
+        dsn: str,
+        retention: timedelta,
+        interval_s: float,
+        batch: int,
+        stop: threading.Event,
+        *,
+        connect_timeout_s: int = 10,
     ) -> None:
         super().__init__(name="cdc-ledger-pruner", daemon=True)
         self._dsn = dsn
+        self._connect_timeout_s = connect_timeout_s
         self._retention = retention
         self._interval = interval_s
         self._batch = batch
@@ -129,7 +138,9 @@ class LedgerPruner(threading.Thread):
 
     def prune_once(self) -> int:
         total = 0
-        with psycopg.connect(self._dsn, autocommit=True, application_name="cdc-sink-pruner") as conn:
+        with psycopg.connect(
+            self._dsn, autocommit=True, application_name="cdc-sink-pruner", **libpq_options(self._connect_timeout_s)
+        ) as conn:
             while not self._stop.is_set():
                 with conn.transaction():
                     conn.execute("SET LOCAL lock_timeout = '1s'")

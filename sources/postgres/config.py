@@ -114,6 +114,20 @@ class PostgresSourceConfig(Section):
         "acknowledged is confirmed to the server within about this long, so after a crash the slot replays only "
         "the changes of about the last interval.",
     )
+    connect_timeout_s: int = Field(
+        10,
+        ge=2,
+        description="Seconds a connection to the source database may take to open (per address the host "
+        "resolves to) before the attempt fails and is retried.",
+    )
+    receive_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds the replication stream may stay silent before the connection is considered lost and "
+        "reopened; at half of it a status update asks the server for an immediate reply, and side queries while "
+        "streaming (heartbeat, lag) are bounded by it. Unset: the server's `wal_sender_timeout` (60 s when that "
+        "is 0), the time after which the server gives up on us too.",
+    )
     encode_workers: int = Field(
         0,
         ge=0,

@@ -52,10 +52,7 @@ class RegistrySerializer:
         from schemas.registry import SchemaRegistry
         from schemas.serde import Encoder
 
-        conf: dict[str, Any] = {"url": config.url, "timeout": 10, "max.retries": 2}
-        if config.basic_auth_user_info is not None:
-            conf["basic.auth.user.info"] = config.basic_auth_user_info.get_secret_value()
-        self._client = SchemaRegistryClient(conf)
+        self._client = SchemaRegistryClient(config.client_settings())
         self._registry = SchemaRegistry(config, client=self._client)
         self._encoder = Encoder()
         self._ids: dict[tuple[str, bool, str], int] = {}

@@ -22,6 +22,7 @@ from typing import Any
 from connector.config import ConnectorConfig
 from connector.delivery import KafkaDelivery, TxSlot
 from connector.errors import ConnectorError, FatalError
+from connector.timeouts import libpq_options
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,12 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: ConnectorC
 
     assert config.source is not None
     emit_truncate = config.source.emit_truncate
-    pg = psycopg.connect(config.source.dsn.get_secret_value(), autocommit=True, application_name="cdc-connector-worker")
+    pg = psycopg.connect(
+        config.source.dsn.get_secret_value(),
+        autocommit=True,
+        application_name="cdc-connector-worker",
+        **libpq_options(config.source.connect_timeout_s),
+    )
     serializer = RegistrySerializer(config.schema_registry)
     factory = EventFactory(config, pg, ChangeIds(namespace_for(system_id, db)), db)
     relations: dict[int, TableEvents] = {}

@@ -18,6 +18,7 @@ from psycopg import pq, sql
 
 from connector.errors import Endpoints, RetriableError, classify
 from connector.positions import Lsn
+from connector.timeouts import libpq_options
 from schemas.types import SESSION_SETTINGS
 from sources.postgres.protocol import Keepalive, XLogData, decode_frame, encode_status_update, now_pg_us
 
@@ -51,7 +52,7 @@ def session_options() -> str:
 class ReplicationConnection:
     """A `replication=database` connection; after `start()` it is in COPY BOTH mode."""
 
-    def __init__(self, dsn: str, *, application_name: str = "cdc-connector") -> None:
+    def __init__(self, dsn: str, *, application_name: str = "cdc-connector", connect_timeout_s: int = 10) -> None:
         try:
             self._conn = psycopg.connect(
                 dsn,
@@ -59,6 +60,7 @@ class ReplicationConnection:
                 autocommit=True,
                 application_name=application_name,
                 options=session_options(),
+                **libpq_options(connect_timeout_s),
             )
         except psycopg.OperationalError as exc:
             # A role without the REPLICATION attribute is refused for good; a server that is down is not.
@@ -126,16 +128,21 @@ class ReplicationConnection:
         self._streaming = False
         raise _error_from(self._pgconn.get_result(), self._pgconn)
 
-    def send_status(self, flushed: Lsn, written: Lsn | None = None, *, reply: bool = False) -> None:
-        """Standby status update: everything up to `flushed` may be released by the server."""
+    def send_status(
+        self, flushed: Lsn, written: Lsn | None = None, *, reply: bool = False, timeout: float = 60.0
+    ) -> None:
+        """Standby status update: everything up to `flushed` may be released by the server.
+
+        `reply` asks the server to answer at once with a keepalive (a ping); a send that cannot complete within
+        `timeout` seconds means the connection is lost.
+        """
         write = int(written if written is not None else flushed)
         flush = int(flushed)
         message = encode_status_update(write, flush, flush, now_pg_us(time.time()), reply=reply)
         pgconn = self._pgconn
         if pgconn.put_copy_data(message) != 1:
             raise RetriableError(f"cannot send a status update: {pgconn.get_error_message()}")
-        while pgconn.flush() == 1:
-            select.select([], [pgconn.socket], [], 1.0)
+        _flush_within(pgconn, time.monotonic() + timeout)
 
     def close(self) -> None:
         try:
@@ -150,6 +157,44 @@ class ReplicationConnection:
     @property
     def connection(self) -> psycopg.Connection:
         return self._conn
+
+
+def first_value_within(conn: psycopg.Connection, query: sql.Composable, timeout: float) -> str | None:
+    """The first column of `query`'s first row as text, waiting at most `timeout` seconds for the server.
+
+    psycopg waits for a result without a bound; a side query of the streaming loop on a path that stopped
+    delivering must not stall it. After a timeout the connection's state is unknown, so it is closed.
+    """
+    pgconn = conn.pgconn
+    deadline = time.monotonic() + timeout
+    try:
+        pgconn.send_query(query.as_bytes(conn))
+        _flush_within(pgconn, deadline)
+        pgconn.consume_input()
+        while pgconn.is_busy():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RetriableError(f"the source database did not answer within {timeout:g}s")
+            select.select([pgconn.socket], [], [], remaining)
+            pgconn.consume_input()
+    except (RetriableError, psycopg.Error):
+        conn.close()
+        raise
+    first = pgconn.get_result()
+    while pgconn.get_result() is not None:
+        pass
+    if first is None or first.status != pq.ExecStatus.TUPLES_OK:
+        raise _error_from(first, pgconn)
+    value = first.get_value(0, 0) if first.ntuples else None
+    return None if value is None else bytes(value).decode()
+
+
+def _flush_within(pgconn: pq.abc.PGconn, deadline: float) -> None:
+    while pgconn.flush() == 1:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RetriableError("cannot send to the source database: the connection stopped taking data")
+        select.select([], [pgconn.socket], [], min(remaining, 1.0))
 
 
 def _error_from(result: pq.abc.PGresult | None, pgconn: pq.abc.PGconn) -> Exception:

@@ -38,6 +38,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from connector.timeouts import libpq_options
 from sources.postgres.replication import session_options
 from sources.postgres.selection import TableRef
 
@@ -87,15 +88,20 @@ class SnapshotTable:
 class SnapshotReader:
     """Reads tables inside one imported snapshot; `open()` must run before the exporter does anything else."""
 
-    def __init__(self, dsn: str, snapshot_name: str | None, *, chunk_size: int) -> None:
+    def __init__(self, dsn: str, snapshot_name: str | None, *, chunk_size: int, connect_timeout_s: int = 10) -> None:
         self._dsn = dsn
+        self._connect_timeout_s = connect_timeout_s
         self._snapshot_name = snapshot_name
         self._chunk_size = chunk_size
         self._conn: psycopg.Connection | None = None
 
     def open(self) -> None:
         conn = psycopg.connect(
-            self._dsn, autocommit=False, application_name="cdc-connector-snapshot", options=session_options()
+            self._dsn,
+            autocommit=False,
+            application_name="cdc-connector-snapshot",
+            options=session_options(),
+            **libpq_options(self._connect_timeout_s),
         )
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         if self._snapshot_name is not None:

@@ -19,14 +19,24 @@ import time
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from connector.checks import Problem
 from connector.config import ConnectorConfig
 from connector.delivery import KafkaDelivery, TxSlot
-from connector.errors import ConfigError, ConnectorError, Endpoints, PrerequisiteError, RetryBudget, classify
+from connector.errors import (
+    ConfigError,
+    ConnectorError,
+    Endpoints,
+    PrerequisiteError,
+    RetriableError,
+    RetryBudget,
+    classify,
+)
 from connector.metrics import SNAPSHOT_ROWS, SOURCE_CONFIRMED_LSN, SOURCE_EVENTS, SOURCE_SLOT_LAG_BYTES
 from connector.positions import Lsn
 from connector.records import Record
+from connector.timeouts import libpq_options
 from sources.base import Source
 from sources.postgres import prerequisites
 from sources.postgres.change_id import ChangeIds, namespace_for
@@ -46,7 +56,7 @@ from sources.postgres.protocol import (
     decode_message,
     pg_time_to_unix_us,
 )
-from sources.postgres.replication import CreatedSlot, ReplicationConnection
+from sources.postgres.replication import CreatedSlot, ReplicationConnection, first_value_within
 from sources.postgres.selection import (
     TableRef,
     options_for,
@@ -85,7 +95,9 @@ class PostgresSource(Source):
         self._source: PostgresSourceConfig = config.source
         self._chain = chain
         self._ready = threading.Event()
-        self._running = False
+        # Set while a retriable failure keeps the source from making progress; drives /healthz.
+        # The backend pid of a replication connection given up as lost: the server may still hold the slot for it.
+        self._lost_pid: int | None = None
         self._stats: dict[str, Any] = {"state": "stopped"}
         self._lock = threading.Lock()
         self._budget = RetryBudget(config.retry.give_up_after_s)
@@ -100,7 +112,7 @@ class PostgresSource(Source):
 
     def validate(self) -> list[Problem]:
         try:
-            with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10) as conn:
+            with psycopg.connect(self._dsn, autocommit=True, **self._connect_options) as conn:
                 problems = prerequisites.check_server(conn, self._source)
                 tables = resolve_tables(conn, self._source)
                 if self._source.publication.mode == "create" and not tables:
@@ -140,7 +152,7 @@ class PostgresSource(Source):
 
     def inspect(self) -> dict[str, Any]:
         """The slot and the snapshot state, read from the source database now (`cdc status`)."""
-        with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(self._dsn, autocommit=True, **self._connect_options) as conn:
             info = slot_info(conn, self._source.slot.name)
             state = None
             if conn.execute("SELECT to_regclass('cdc.source_state') IS NOT NULL").fetchone() == (True,):
@@ -166,8 +178,6 @@ class PostgresSource(Source):
     def run(self, stop: threading.Event) -> None:
         backoff = 1.0
         budget = self._budget
-        with self._lock:
-            self._running = True
         try:
             while not stop.is_set():
                 started = time.monotonic()
@@ -193,7 +203,6 @@ class PostgresSource(Source):
         finally:
             self._ready.clear()
             with self._lock:
-                self._running = False
                 self._stats["state"] = "stopped"
 
     # --- helpers used by _Run -------------------------------------------------------------------------
@@ -201,6 +210,10 @@ class PostgresSource(Source):
     @property
     def _dsn(self) -> str:
         return self._source.dsn.get_secret_value()
+
+    @property
+    def _connect_options(self) -> dict[str, Any]:
+        return libpq_options(self._source.connect_timeout_s)
 
     def _publish_stats(self, **values: Any) -> None:
         with self._lock:
@@ -223,7 +236,9 @@ class _Run:
     # --- setup ----------------------------------------------------------------------------------------
 
     def execute(self) -> None:
-        conn = psycopg.connect(self.dsn, autocommit=True, application_name="cdc-connector")
+        conn = psycopg.connect(
+            self.dsn, autocommit=True, application_name="cdc-connector", **libpq_options(self.cfg.connect_timeout_s)
+        )
         repl: ReplicationConnection | None = None
         delivery: KafkaDelivery | None = None
         try:
@@ -235,9 +250,12 @@ class _Run:
                 raise PrerequisiteError("; ".join(f"{p.message} -> fix: {p.fix}" for p in problems))
             store = StateStore(conn)
             store.ensure()
+            lost, self.owner._lost_pid = self.owner._lost_pid, None
+            if lost is not None and not self._end_lost_walsender(conn, lost):
+                return
             if not wait_until_free(conn, self.slot, on_conflict=self.cfg.slot.on_conflict, stop=self.stop):
                 return
-            repl = ReplicationConnection(self.dsn)
+            repl = ReplicationConnection(self.dsn, connect_timeout_s=self.cfg.connect_timeout_s)
             system = repl.identify_system()
             ids = ChangeIds(namespace_for(system.system_id, system.dbname))
             delivery = self._delivery()
@@ -278,6 +296,18 @@ class _Run:
             if delivery is not None:
                 delivery.close()
             conn.close()
+
+    def _end_lost_walsender(self, conn: psycopg.Connection, pid: int) -> bool:
+        """Free the slot from our own previous walsender, which the server keeps until `wal_sender_timeout`."""
+        info = slot_info(conn, self.slot)
+        if info is None or info.active_pid != pid:
+            return True
+        log.warning("slot %s is still held by this connector's lost connection (pid %d): ending it", self.slot, pid)
+        try:
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        except psycopg.errors.InsufficientPrivilege:
+            log.warning("not allowed to end pid %d: waiting for the server's wal_sender_timeout", pid)
+        return wait_until_free(conn, self.slot, on_conflict="wait", stop=self.stop, poll_s=0.2)
 
     def _pool(self, system_id: str, db: str, delivery: KafkaDelivery) -> WorkerPool | None:
         workers = self.cfg.encode_workers
@@ -369,7 +399,12 @@ class _Run:
         factory: EventFactory,
         delivery: KafkaDelivery,
     ) -> None:
-        reader = SnapshotReader(self.dsn, created.snapshot_name, chunk_size=self.cfg.snapshot.chunk_size)
+        reader = SnapshotReader(
+            self.dsn,
+            created.snapshot_name,
+            chunk_size=self.cfg.snapshot.chunk_size,
+            connect_timeout_s=self.cfg.connect_timeout_s,
+        )
         reader.open()  # first: the exported snapshot is only importable while the exporter is idle
         reporter = ProgressReporter()
         try:
@@ -483,6 +518,7 @@ class _Streamer:
         self.received = 0
         self.server_wal_end = 0
         self.heartbeat_conn: psycopg.Connection | None = None
+        self.receive_timeout = 60.0
         # The transaction being read: its ack slot, commit LSN, xid, commit time (ms) and next ordinal.
         self.tx: TxSlot | None = None
         self.commit_lsn = 0
@@ -496,6 +532,7 @@ class _Streamer:
         if info is None:
             raise SlotLostError(f"replication slot {run.slot!r} disappeared", hint="see docs/source.md, lost slots")
         self.confirmed = info.confirmed_flush
+        self.receive_timeout = self._receive_timeout()
         self.repl.start(run.slot, [self.cfg.publication.name])
         log.info("streaming slot %s from %s", run.slot, self.confirmed)
         SOURCE_CONFIRMED_LSN.set(int(self.confirmed))
@@ -516,7 +553,14 @@ class _Streamer:
         self._report()
         log.info("source stopped at confirmed LSN %s", self.confirmed)
 
-    def _confirm(self, *, force: bool = False) -> None:
+    def _receive_timeout(self) -> float:
+        if self.cfg.receive_timeout_s is not None:
+            return self.cfg.receive_timeout_s
+        row = self.conn.execute("SELECT setting::int FROM pg_settings WHERE name = 'wal_sender_timeout'").fetchone()
+        server_ms = int(row[0]) if row and row[0] else 0
+        return server_ms / 1000 if server_ms > 0 else 60.0
+
+    def _confirm(self, *, force: bool = False, ping: bool = False) -> None:
         """Send a status update confirming the acknowledged prefix (step 3 of the commit order)."""
         tracker = self.delivery.tracker
         if self.pool is not None:
@@ -531,8 +575,9 @@ class _Streamer:
             log.debug("confirming %s (acknowledged prefix %s, server position %s)", Lsn(position),
                       Lsn(tracker.confirmable()), Lsn(self.server_wal_end))  # fmt: skip
             self.confirmed = Lsn(position)
-        if advanced or force:
-            self.repl.send_status(self.confirmed, Lsn(max(self.received, int(self.confirmed))))
+        if advanced or force or ping:
+            written = Lsn(max(self.received, int(self.confirmed)))
+            self.repl.send_status(self.confirmed, written, reply=ping, timeout=self.receive_timeout)
             SOURCE_CONFIRMED_LSN.set(int(self.confirmed))
         if advanced:
             self.run.owner._publish_stats(confirmed_flush_lsn=str(self.confirmed))
@@ -554,6 +599,10 @@ class _Streamer:
         handle = self._handle
         pool = self.pool
         since_check = 0
+        # Silence on the stream: at half the receive timeout ask the server for a reply, at the full one give up.
+        receive_timeout = self.receive_timeout
+        last_heard = now
+        pinged = False
         while not stop.is_set():
             frame = repl.read_buffered()
             if frame is None:
@@ -570,6 +619,20 @@ class _Streamer:
                 if pool is not None:
                     pool.drain()
                 now = time.monotonic()
+                if frame is not None:
+                    last_heard = now
+                    pinged = False
+                elif now - last_heard >= receive_timeout / 2:
+                    if now - last_heard >= receive_timeout:
+                        self.run.owner._lost_pid = repl.backend_pid
+                        raise RetriableError(
+                            f"the replication stream sent nothing for {now - last_heard:.0f}s "
+                            "(source.receive_timeout_s): the connection is considered lost",
+                            hint="check the network path to the source database",
+                        )
+                    if not pinged:
+                        self._confirm(ping=True)
+                        pinged = True
                 if now >= next_status:
                     self._confirm(force=True)
                     self._report()
@@ -666,13 +729,13 @@ class _Streamer:
             SOURCE_EVENTS.labels(table=table, op=op).inc(count)
         counts.clear()
         lag = None
+        query = sql.SQL(
+            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = {}"
+        ).format(sql.Literal(self.run.slot))
         try:
-            row = self.conn.execute(
-                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots "
-                "WHERE slot_name = %s",
-                (self.run.slot,),
-            ).fetchone()
-            lag = int(row[0]) if row and row[0] is not None else None
+            # A silent database stops the stream (RetriableError), not just the lag report.
+            value = first_value_within(self.conn, query, self.receive_timeout)
+            lag = int(value) if value is not None else None
         except psycopg.Error as exc:
             log.warning("cannot read the slot lag: %s", str(exc).strip())
         if lag is not None:
@@ -688,11 +751,15 @@ class _Streamer:
         try:
             if self.heartbeat_conn is None or self.heartbeat_conn.closed:
                 self.heartbeat_conn = psycopg.connect(
-                    self.run.dsn, autocommit=True, application_name="cdc-connector-heartbeat"
+                    self.run.dsn,
+                    autocommit=True,
+                    application_name="cdc-connector-heartbeat",
+                    **libpq_options(self.cfg.connect_timeout_s),
                 )
-            self.heartbeat_conn.execute(
-                "SELECT pg_logical_emit_message(false, %s, now()::text)", (HEARTBEAT_PREFIX,)
+            query = sql.SQL("SELECT pg_logical_emit_message(false, {}, now()::text)::text").format(
+                sql.Literal(HEARTBEAT_PREFIX)
             )
-        except psycopg.Error as exc:
+            first_value_within(self.heartbeat_conn, query, self.receive_timeout)
+        except (psycopg.Error, RetriableError) as exc:
             # A missed heartbeat only delays WAL release; streaming goes on.
             log.warning("heartbeat failed: %s", str(exc).strip())
