@@ -26,7 +26,7 @@ def test_a_client_hanging_up_before_the_answer_is_noted_without_a_traceback(
         answer.wait(5)
         return {"rows": 1}
 
-    server = OpsServer("127.0.0.1", 0, alive=lambda: True, ready=lambda: True, status=status)
+    server = OpsServer("127.0.0.1", 0, problems=list, ready=lambda: True, status=status)
     server.start()
     caplog.set_level(logging.DEBUG, logger="connector.ops")
     try:
