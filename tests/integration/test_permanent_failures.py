@@ -142,21 +142,25 @@ def test_sigterm_while_retrying_exits_non_zero(stack: Stack, unique_name: Callab
     assert "error: stopped while the sink could not make progress: cannot reach the destination database" in stderr
 
 
-def test_a_registry_url_without_its_path_says_so(
-    stack: Stack, unique_name: Callable[[str], str], tmp_path: Path
-) -> None:
-    name = unique_name("nopath")
+def _run_with_registry(stack: Stack, name: str, tmp_path: Path, registry: str) -> tuple[int, str]:
+    """`cdc run` of a one-row table against `registry`: its exit code and error output."""
     table = f"{name}_t"
     with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(sql.Identifier(table)))
         conn.execute(sql.SQL("INSERT INTO {} VALUES (1)").format(sql.Identifier(table)))
-    registry = stack.registry_url.split("/apis/")[0]
     config = _config(tmp_path / "c.yaml", name, stack, source_dsn=stack.source_dsn, registry_url=registry)
     try:
         code, error, _ = _run(config)
     finally:
         drop_replication_state(stack.source_dsn, name, name)
         drop_tables(stack.source_dsn, sql.Identifier(table))
+    return code, error
+
+
+def test_a_registry_url_without_its_path_says_so(
+    stack: Stack, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    code, error = _run_with_registry(stack, unique_name("nopath"), tmp_path, stack.registry_url.split("/apis/")[0])
     assert code == 1
     assert "HTTP 404" in error and "/apis/ccompat/v7" in error and "None" not in error
 
@@ -164,18 +168,8 @@ def test_a_registry_url_without_its_path_says_so(
 def test_an_unreachable_registry_is_retried_for_the_budget_then_ends_run(
     stack: Stack, unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
-    name = unique_name("noreg")
-    table = f"{name}_t"
-    with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(sql.Identifier(table)))
-        conn.execute(sql.SQL("INSERT INTO {} VALUES (1)").format(sql.Identifier(table)))
     registry = f"http://127.0.0.1:{free_port()}/apis/ccompat/v7"
-    config = _config(tmp_path / "c.yaml", name, stack, source_dsn=stack.source_dsn, registry_url=registry)
-    try:
-        code, error, _ = _run(config)
-    finally:
-        drop_replication_state(stack.source_dsn, name, name)
-        drop_tables(stack.source_dsn, sql.Identifier(table))
+    code, error = _run_with_registry(stack, unique_name("noreg"), tmp_path, registry)
     assert code == 1
     assert re.search(r"gave up after \d+s of retrying: schema registry at http://127\.0\.0\.1:\d+/apis/ccompat/v7 is "
                      r"unreachable", error), error  # fmt: skip
