@@ -84,14 +84,20 @@ class ReplicationConnection:
         assert row is not None
         return CreatedSlot(str(row[0]), Lsn.parse(row[1]), row[2] if export_snapshot else None)
 
-    def start(self, slot: str, publications: Sequence[str], start_lsn: Lsn = Lsn.INVALID) -> None:
-        """START_REPLICATION from the slot's confirmed position (`start_lsn` 0/0) with pgoutput proto_version 1."""
+    def start(
+        self, slot: str, publications: Sequence[str], start_lsn: Lsn = Lsn.INVALID, *, timeout: float = 60.0
+    ) -> None:
+        """START_REPLICATION from the slot's confirmed position (`start_lsn` 0/0) with pgoutput proto_version 1.
+
+        A server that does not answer within `timeout` seconds means the connection is lost (RetriableError).
+        """
         names = ",".join(publications)
         query = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {})").format(
             sql.Identifier(slot), sql.SQL(str(start_lsn)), sql.Literal(names)
         )
         pgconn = self._pgconn
         pgconn.send_query(query.as_bytes(self._conn))
+        _await_result(pgconn, time.monotonic() + timeout, timeout)
         result = pgconn.get_result()
         if result is None or result.status != pq.ExecStatus.COPY_BOTH:
             raise _error_from(result, pgconn)
@@ -169,14 +175,7 @@ def first_value_within(conn: psycopg.Connection, query: sql.Composable, timeout:
     deadline = time.monotonic() + timeout
     try:
         pgconn.send_query(query.as_bytes(conn))
-        _flush_within(pgconn, deadline)
-        pgconn.consume_input()
-        while pgconn.is_busy():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RetriableError(f"the source database did not answer within {timeout:g}s")
-            select.select([pgconn.socket], [], [], remaining)
-            pgconn.consume_input()
+        _await_result(pgconn, deadline, timeout)
     except (RetriableError, psycopg.Error):
         conn.close()
         raise
@@ -187,6 +186,22 @@ def first_value_within(conn: psycopg.Connection, query: sql.Composable, timeout:
         raise _error_from(first, pgconn)
     value = first.get_value(0, 0) if first.ntuples else None
     return None if value is None else bytes(value).decode()
+
+
+def _await_result(pgconn: pq.abc.PGconn, deadline: float, timeout: float) -> None:
+    """Send what is queued and wait, by `deadline`, until a result can be read without blocking.
+
+    libpq's own blocking wait (`get_result` on a busy connection) holds the interpreter lock: a server that stops
+    answering would freeze every thread of the process (the health endpoints among them), with no bound.
+    """
+    _flush_within(pgconn, deadline)
+    pgconn.consume_input()
+    while pgconn.is_busy():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RetriableError(f"the source database did not answer within {timeout:g}s")
+        select.select([pgconn.socket], [], [], remaining)
+        pgconn.consume_input()
 
 
 def _flush_within(pgconn: pq.abc.PGconn, deadline: float) -> None:

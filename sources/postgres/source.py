@@ -533,7 +533,7 @@ class _Streamer:
             raise SlotLostError(f"replication slot {run.slot!r} disappeared", hint="see docs/source.md, lost slots")
         self.confirmed = info.confirmed_flush
         self.receive_timeout = self._receive_timeout()
-        self.repl.start(run.slot, [self.cfg.publication.name])
+        self.repl.start(run.slot, [self.cfg.publication.name], timeout=self.receive_timeout)
         log.info("streaming slot %s from %s", run.slot, self.confirmed)
         SOURCE_CONFIRMED_LSN.set(int(self.confirmed))
         run.owner._ready.set()
@@ -541,6 +541,11 @@ class _Streamer:
         run.owner._publish_stats(state="streaming", slot=run.slot, confirmed_flush_lsn=str(self.confirmed))
         try:
             self._loop()
+        except Exception:
+            # However the stream was lost, the server may keep our walsender (and with it the slot) until its
+            # wal_sender_timeout: the next attempt ends it if it still holds the slot (`_end_lost_walsender`).
+            run.owner._lost_pid = self.repl.backend_pid
+            raise
         finally:
             run.owner._ready.clear()
             if self.heartbeat_conn is not None:
@@ -624,7 +629,6 @@ class _Streamer:
                     pinged = False
                 elif now - last_heard >= receive_timeout / 2:
                     if now - last_heard >= receive_timeout:
-                        self.run.owner._lost_pid = repl.backend_pid
                         raise RetriableError(
                             f"the replication stream sent nothing for {now - last_heard:.0f}s "
                             "(source.receive_timeout_s): the connection is considered lost",
