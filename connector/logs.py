@@ -12,7 +12,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 KAFKA_LOGGER = "librdkafka"
 """librdkafka's own log lines go through Python logging under this name (scrubbed, rate-limited)."""
@@ -131,8 +131,25 @@ class TransientKafkaFilter(logging.Filter):
         return now - first >= self._grace_s
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to `sys.stderr` as it is when a record is emitted, not as it was when logging was configured: a
+    stream swapped out and closed since (a CLI runner, a test harness) must not turn every later record into a
+    "Logging error" traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass  # always the current sys.stderr
+
+
 def configure(level: str = "INFO", fmt: Literal["text", "json"] = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.addFilter(ScrubbingFilter())
     handler.addFilter(TransientKafkaFilter())
     handler.addFilter(RepeatFilter())

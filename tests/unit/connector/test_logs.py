@@ -65,3 +65,25 @@ def test_repeat_filter_holds_back_alike_warnings_and_counts_them() -> None:
     again = record("Connect to 127.0.0.1:1 failed (after 9ms)")
     assert gate.filter(again)
     assert again.getMessage().endswith("(1 alike messages held back)")
+
+
+def test_records_go_to_the_current_stderr_even_after_the_old_one_was_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+    import sys
+
+    from connector.logs import configure
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    configure("INFO")
+    try:
+        logging.getLogger("connector.test").warning("one")
+        first.close()  # a runner swapped its capture out and closed it
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("connector.test").warning("two")
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            logging.getLogger().removeHandler(handler)
+    assert "two" in second.getvalue() and "Logging error" not in second.getvalue()
