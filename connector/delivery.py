@@ -124,15 +124,19 @@ class Serializer(Protocol):
     def close(self) -> None: ...
 
 
-def create_missing_topics(admin: AdminClient, topics: Iterable[str], *, partitions: int, replication: int) -> None:
-    """Create those of `topics` the cluster lacks (never relying on the broker's auto-creation)."""
-    existing = set(admin.list_topics(timeout=30).topics)
+def create_missing_topics(
+    admin: AdminClient, topics: Iterable[str], *, partitions: int, replication: int, timeout_s: float = 10.0
+) -> None:
+    """Create those of `topics` the cluster lacks (never relying on the broker's auto-creation); each request to
+    the brokers may take `timeout_s`."""
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
     missing = [t for t in dict.fromkeys(topics) if t not in existing]
     if not missing:
         return
     futures = admin.create_topics(
         [NewTopic(t, num_partitions=partitions, replication_factor=replication) for t in missing],
-        operation_timeout=30,
+        operation_timeout=timeout_s,
+        request_timeout=timeout_s,
     )
     for topic, future in futures.items():
         try:
@@ -155,6 +159,7 @@ class KafkaDelivery:
         topic_partitions: int = 1,
         topic_replication_factor: int = 1,
         client_id: str = "cdc-source",
+        request_timeout_s: float = 10.0,
     ) -> None:
         conf: dict[str, Any] = {**_PRODUCER_DEFAULTS, **properties}
         conf["bootstrap.servers"] = bootstrap_servers
@@ -171,6 +176,7 @@ class KafkaDelivery:
         self._serializer = serializer
         self._partitions = topic_partitions
         self._replication = topic_replication_factor
+        self._request_timeout_s = request_timeout_s
         self._topics: set[str] = set()
         self._fatal: KafkaError | None = None
         self.tracker = AckTracker()
@@ -189,7 +195,13 @@ class KafkaDelivery:
             return
         if self._admin is None:
             self._admin = AdminClient(self._admin_conf, logger=logging.getLogger(KAFKA_LOGGER))
-        create_missing_topics(self._admin, wanted, partitions=self._partitions, replication=self._replication)
+        create_missing_topics(
+            self._admin,
+            wanted,
+            partitions=self._partitions,
+            replication=self._replication,
+            timeout_s=self._request_timeout_s,
+        )
         self._topics.update(wanted)
 
     @property
@@ -202,7 +214,7 @@ class KafkaDelivery:
         if topic not in self._topics:
             self.ensure_topics([topic])
         try:
-            metadata = self._producer.list_topics(topic, timeout=30).topics.get(topic)
+            metadata = self._producer.list_topics(topic, timeout=self._request_timeout_s).topics.get(topic)
         except KafkaException as exc:
             raise RetriableError(f"cannot read the partitions of topic {topic}: {exc}") from exc
         if metadata is None or metadata.error is not None or not metadata.partitions:

@@ -26,7 +26,9 @@ def registry_client(config: ConnectorConfig, timeout_s: float | None = None) -> 
     return SchemaRegistryClient(settings)
 
 
-def check_kafka(config: ConnectorConfig, timeout_s: float = 10.0) -> tuple[list[Problem], dict[str, Any]]:
+def check_kafka(config: ConnectorConfig, timeout_s: float | None = None) -> tuple[list[Problem], dict[str, Any]]:
+    if timeout_s is None:
+        timeout_s = config.kafka.request_timeout_s
     try:
         # This check reports an unreachable broker itself, as one line; librdkafka's retry chatter adds nothing.
         metadata = AdminClient({**kafka_settings(config), "log_level": 0}).list_topics(timeout=timeout_s)

@@ -192,7 +192,9 @@ class PostgresSink(Sink):
         if not kafka:
             return problems  # Kafka is unreachable and reported already: its checks here would only repeat that
         try:
-            metadata = Consumer(self._consumer_settings(), logger=log).list_topics(timeout=10)
+            metadata = Consumer(self._consumer_settings(), logger=log).list_topics(
+                timeout=self._config.kafka.request_timeout_s
+            )
         except Exception as exc:
             error = classify(exc, self._endpoints)
             problems.append(Problem("sink", error.message, error.hint or "check `kafka.bootstrap_servers`"))
@@ -294,7 +296,11 @@ class PostgresSink(Sink):
         admin = AdminClient(settings, logger=log)
         self._with_retries(
             lambda: create_missing_topics(
-                admin, [topic], partitions=kafka.topic_partitions, replication=kafka.topic_replication_factor
+                admin,
+                [topic],
+                partitions=kafka.topic_partitions,
+                replication=kafka.topic_replication_factor,
+                timeout_s=kafka.request_timeout_s,
             ),
             f"creating the dead-letter topic {topic}",
         )
@@ -414,7 +420,7 @@ class PostgresSink(Sink):
         assert self._consumer is not None
         self._next_kafka_check = time.monotonic() + 5
         try:
-            self._consumer.list_topics(timeout=5)
+            self._consumer.list_topics(timeout=self._config.kafka.request_timeout_s)
         except KafkaException as exc:
             error = classify(exc, self._endpoints)
             if self._kafka_budget.failed(error):

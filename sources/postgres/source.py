@@ -331,6 +331,7 @@ class _Run:
             topic_partitions=kafka.topic_partitions,
             topic_replication_factor=kafka.topic_replication_factor,
             client_id=f"cdc-{self.config.name}-source",
+            request_timeout_s=kafka.request_timeout_s,
         )
 
     def _prepare_slot(
