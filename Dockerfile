@@ -4,7 +4,9 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY core ./core
 COPY connector ./connector
+COPY devstack ./devstack
 COPY sources ./sources
 COPY sinks ./sinks
 COPY transforms ./transforms

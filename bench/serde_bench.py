@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from connector.records import AvroSchema
+from core.records import AvroSchema
 from schemas.catalog import ColumnInfo, PgType, TableInfo
 from schemas.envelope import build_table_schemas, source_block
 from schemas.serde import Decoder, Encoder

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from connector.records import AvroSchema, Record
+from core.records import AvroSchema, Record
 from sinks.postgres.apply import Applier
 from sinks.postgres.changes import Change, to_changes
 from sinks.postgres.config import PostgresSinkConfig

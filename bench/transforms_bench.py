@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from connector.records import Record
+from core.records import Record
 from schemas.catalog import ColumnInfo, PgType, TableInfo
 from schemas.envelope import build_table_schemas, source_block
 from transforms import build_chain

@@ -1,5 +1,7 @@
-"""cdc-connector: PostgreSQL -> Kafka -> destination database change-data-capture runtime."""
+"""cdc-connector, the application: CLI, config root, pipeline, HTTP ops. See docs/architecture.md."""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from core import __version__
+
+__all__ = ["__version__"]

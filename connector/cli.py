@@ -1,17 +1,28 @@
-"""The `cdc` command line."""
+"""The `cdc` command line: the root command and its runtime commands.
+
+Command groups from outside the runtime (the development stack's `cdc dev`) plug in through the `cdc.commands`
+entry-point group, so the runtime never imports the tooling and an image without it still runs.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import typer
+from rich.console import Console
 
-from connector.errors import ConnectorError
-from connector.stack.cli import app as dev_app
-from schemas.cli import app as schemas_app
+from connector import schema_cli
+from connector.cli_common import DEFAULT_ENV_FILE, ConfigPath, _state, fail, guarded, load
+from connector.config import json_schema, redacted
+from connector.pipeline import Pipeline, build_components
+from connector.preflight import check_kafka, check_registry
+from connector.status import gather, render
+from core import logs
+from sinks.base import Sink
+from sources.base import Source
 
 app = typer.Typer(
     name="cdc",
@@ -22,43 +33,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Show the resolved config or the config file's JSON Schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-app.add_typer(dev_app, name="dev")
-app.add_typer(schemas_app, name="schemas")
-
-_state: dict[str, Any] = {"debug": False, "env_file": None}
-DEFAULT_ENV_FILE = Path(".cdc/dev.env")
-
-ConfigPath = Annotated[
-    Path, typer.Argument(help="Connector config file (YAML).", exists=False, dir_okay=False, show_default=False)
-]
-
-T = TypeVar("T")
-
-
-def fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def guarded(body: Callable[[], T]) -> T:
-    """Run a command body; a ConnectorError becomes one line on stderr and exit 1 (traceback with --debug)."""
-    try:
-        return body()
-    except ConnectorError as exc:
-        if _state["debug"]:
-            raise
-        fail(str(exc))
-        raise AssertionError("unreachable") from None
-    except (typer.Exit, KeyboardInterrupt):
-        raise
-    except Exception as exc:
-        if _state["debug"]:
-            raise
-        from connector.logs import scrub
-
-        fail(f"unexpected {type(exc).__name__}: {scrub(str(exc))} (rerun with --debug for the traceback)")
-        raise AssertionError("unreachable") from None
-
+app.add_typer(schema_cli.app, name="schemas")
 
 @app.callback()
 def root(
@@ -74,8 +49,6 @@ def root(
     ] = None,
 ) -> None:
     """cdc-connector: PostgreSQL logical replication -> Kafka (Avro, Schema Registry) -> destination database."""
-    from connector import logs
-
     _state["debug"] = debug
     _state["env_file"] = env_file if env_file is not None else (DEFAULT_ENV_FILE if DEFAULT_ENV_FILE.exists() else None)
     logs.configure("DEBUG" if debug else "INFO")
@@ -84,8 +57,6 @@ def root(
 @config_app.command("show")
 def config_show(config: ConfigPath) -> None:
     """Print the resolved config (variables interpolated, defaults filled) with secrets redacted."""
-    from connector.config import redacted
-
     loaded = guarded(lambda: load(config))
     typer.echo(json.dumps(redacted(loaded), indent=2))
 
@@ -93,17 +64,7 @@ def config_show(config: ConfigPath) -> None:
 @config_app.command("schema")
 def config_schema() -> None:
     """Print the JSON Schema of the config file (for editors and CI checks)."""
-    from connector.config import json_schema
-
     typer.echo(json.dumps(json_schema(), indent=2))
-
-
-def load(config: Path) -> Any:
-    """Load a config with ${VAR}s from the environment, then the env file."""
-    from connector.config import load_config
-    from connector.config_loader import environment_with
-
-    return load_config(config, env=environment_with(_state["env_file"]))
 
 
 def _print_json(data: Any) -> None:
@@ -130,9 +91,6 @@ def run(config: ConfigPath, only: Only = None) -> None:
     1 when a component fails, a service stays unreachable for `retry.give_up_after_s`, or it is stopped while
     still retrying (the cause and the fix on one line; see docs/operations.md).
     """
-    from connector import logs
-    from connector.pipeline import Pipeline
-
     side = _only(only)
 
     def body() -> int:
@@ -146,9 +104,6 @@ def run(config: ConfigPath, only: Only = None) -> None:
 @app.command("validate")
 def validate(config: ConfigPath, only: Only = None) -> None:
     """Check the file and every connection and prerequisite; print each problem with its fix. Exit 1 on any problem."""
-    from connector.pipeline import Pipeline
-    from connector.preflight import check_kafka, check_registry
-
     side = _only(only)
 
     def body() -> list[Any]:
@@ -178,13 +133,6 @@ def status(
 
     Exit 0 when every part was read; 1 when one could not be (named in the output) or the config is bad.
     """
-    from rich.console import Console
-
-    from connector.pipeline import build_components
-    from connector.status import gather, render
-    from sinks.base import Sink
-    from sources.base import Source
-
     def body() -> dict[str, Any]:
         loaded = load(config)
         components = build_components(loaded)
@@ -199,6 +147,19 @@ def status(
         render(report, Console(highlight=False))
     if not report["ok"]:
         raise typer.Exit(1)
+
+
+def _mount_command_groups() -> None:
+    """Add the command groups installed beside the runtime; one whose package is absent is left out."""
+    for entry in entry_points(group="cdc.commands"):
+        try:
+            group = entry.load()
+        except ImportError:
+            continue
+        app.add_typer(group, name=entry.name)
+
+
+_mount_command_groups()
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, SecretStr, Tag, ValidationError, model_validator
 
 from connector.config_loader import LoadedDocument, format_path, load_yaml, read_file
-from connector.errors import ConfigError
-from connector.settings import Section
+from core.errors import ConfigError
+from core.settings import Section
 from sinks.postgres.config import PostgresSinkConfig
 from sources.postgres.config import PostgresSourceConfig
 from transforms.config import TransformsBySide, TransformSpec

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from connector.errors import ConfigError
+from core.errors import ConfigError
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from connector.metrics import REGISTRY
+from core.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Literal
 
-from connector.checks import Problem
 from connector.config import ConnectorConfig
-from connector.errors import ConfigError, FatalError, classify
 from connector.ops import OpsServer
+from core.checks import Problem
+from core.errors import ConfigError, FatalError, classify
 from sinks.base import Sink
 from sources.base import Source
 

@@ -8,9 +8,9 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from connector.checks import Problem
 from connector.config import ConnectorConfig
-from connector.errors import ConnectorError
+from core.checks import Problem
+from core.errors import ConnectorError
 
 
 def kafka_settings(config: ConnectorConfig) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from connector.config import ConnectorConfig
-from connector.logs import scrub
 from connector.preflight import kafka_settings, registry_client
+from core.logs import scrub
 from sinks.base import Sink
 from sources.base import Source
 

@@ -16,8 +16,8 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from connector.errors import ConfigError, RetriableError
-from connector.records import AvroSchema
+from core.errors import ConfigError, RetriableError
+from core.records import AvroSchema
 from schemas.catalog import describe_tables
 from schemas.envelope import TableSchemas, build_table_schemas
 from sources.postgres.config import PostgresSourceConfig

@@ -12,9 +12,9 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from connector import __version__
-from connector.errors import SchemaError
-from connector.records import AvroSchema
+from core import __version__
+from core.errors import SchemaError
+from core.records import AvroSchema
 from schemas.catalog import TableInfo
 from schemas.types import (
     CONNECT_NAME,

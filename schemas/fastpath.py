@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from connector import __version__
+from core import __version__
 from schemas.codegen import _SMALL, _SMALL_RANGE, compile_writer, zigzag
 from schemas.envelope import TableSchemas
 from schemas.serde import HEADER, MAGIC

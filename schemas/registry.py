@@ -19,8 +19,8 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from connector.config import SchemaRegistryConfig
-from connector.errors import ConfigError, ConnectorError, RetriableError, SchemaError
-from connector.records import AvroSchema
+from core.errors import ConfigError, ConnectorError, RetriableError, SchemaError
+from core.records import AvroSchema
 from schemas.compat import describe_changes
 
 log = logging.getLogger(__name__)

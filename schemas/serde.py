@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
-from connector.errors import ConnectorError, PoisonMessageError
-from connector.records import AvroSchema
+from core.errors import ConnectorError, PoisonMessageError
+from core.records import AvroSchema
 from schemas.codegen import Fallback, compile_reader, compile_writer
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
-from connector.errors import PoisonMessageError
-from connector.records import AvroSchema
+from core.errors import PoisonMessageError
+from core.records import AvroSchema
 from schemas.registry import topic_subjects
 
 

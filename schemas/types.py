@@ -20,7 +20,7 @@ from typing import Any
 
 from psycopg import sql
 
-from connector.errors import SchemaError
+from core.errors import SchemaError
 from schemas.catalog import (
     KIND_ARRAY,
     KIND_COMPOSITE,

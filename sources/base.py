@@ -6,8 +6,8 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
-from connector.checks import Problem
-from connector.errors import ConnectorError
+from core.checks import Problem
+from core.errors import ConnectorError
 
 
 class Source(ABC):

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from connector.records import Record
+from core.records import Record
 
 _KEEP: Any = object()
 

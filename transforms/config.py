@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 
-from connector.settings import Section
+from core.settings import Section
 from transforms.avro import NAME_PATTERN
 from transforms.expression import ExpressionError, compile_condition, compile_name
 from transforms.timefmt import TimeFormat

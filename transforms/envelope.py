@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from connector.records import AvroSchema, Record
+from core.records import AvroSchema, Record
 from transforms.avro import Registry, normalize, registry_of, split_nullable, standalone
 from transforms.base import Transform, evolve
 

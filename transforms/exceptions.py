@@ -7,7 +7,7 @@ Bad options (and options that do not fit a record's schema) are `ConfigError`s n
 
 from __future__ import annotations
 
-from connector.errors import ConfigError, PoisonMessageError
+from core.errors import ConfigError, PoisonMessageError
 
 __all__ = ["ConfigError", "TransformError", "option_error"]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from connector.records import Record
+from core.records import Record
 from transforms.envelope import is_envelope, op_of, row_of, table_of
 
 Getter = Callable[[Record], Any]

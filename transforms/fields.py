@@ -15,8 +15,8 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from connector.errors import ConfigError
-from connector.records import Record
+from core.errors import ConfigError
+from core.records import Record
 from transforms.avro import Registry, base_type, make_nullable, resolve, split_nullable, without_pg_type
 from transforms.config import (
     CastOptions,

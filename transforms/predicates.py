@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from connector.records import Record
+from core.records import Record
 from transforms.config import HasHeader, IsTombstone, OpIn, PredicateSpec, TableIn, TopicMatches
 from transforms.envelope import op_of, table_of
 

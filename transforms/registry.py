@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from connector.errors import ConfigError
-from connector.records import Record
+from core.errors import ConfigError
+from core.records import Record
 from transforms.base import Transform, TransformChain
 from transforms.config import OPTION_MODELS, TransformOptions, TransformSpec
 from transforms.fields import Cast, Drop, Flatten, Insert, Keep, Mask, Rename, TimestampConvert

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from connector.records import Record
+from core.records import Record
 from transforms.base import Transform, evolve
 from transforms.config import FilterOptions, RouteByFieldOptions, RouteOptions, TimestampRouterOptions
 from transforms.envelope import is_envelope

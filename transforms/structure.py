@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from connector.records import AvroSchema, Headers, Record
+from core.records import AvroSchema, Headers, Record
 from transforms.avro import Registry, make_nullable, normalize, registry_of, resolve, split_nullable, standalone
 from transforms.base import Transform, evolve
 from transforms.config import (

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from connector.errors import ConnectorError
-from connector.records import AvroSchema, Record
+from core.errors import ConnectorError
+from core.records import AvroSchema, Record
 from transforms.base import Transform
 from transforms.config import PythonOptions
 from transforms.exceptions import TransformError, option_error

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, TypeGuard
 
-from connector.errors import PoisonMessageError, SchemaError
-from connector.records import SNAPSHOT_COMPLETE_HEADER, AvroSchema, Record
+from core.errors import PoisonMessageError, SchemaError
+from core.records import SNAPSHOT_COMPLETE_HEADER, AvroSchema, Record
 from sinks.postgres.types import ColumnType, column_type
 
 UPSERT_OPS = frozenset("cur")

@@ -53,11 +53,11 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, stop_any, stop_when_event_set
 from tenacity.wait import wait_random_exponential
 
-from connector import metrics
-from connector.checks import Problem
 from connector.config import ConnectorConfig
-from connector.delivery import create_missing_topics
-from connector.errors import (
+from core import metrics
+from core.checks import Problem
+from core.delivery import create_missing_topics
+from core.errors import (
     ConfigError,
     ConnectorError,
     DeliveryError,
@@ -69,8 +69,8 @@ from connector.errors import (
     classify,
     is_retriable,
 )
-from connector.records import NEW_KEY_HEADER, Record
-from connector.timeouts import libpq_options
+from core.records import NEW_KEY_HEADER, Record
+from core.timeouts import libpq_options
 from schemas.registry import SchemaRegistry
 from schemas.serde import Decoder
 from schemas.subjects import SubjectCheck

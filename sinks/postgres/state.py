@@ -19,8 +19,8 @@ from typing import Any
 
 import psycopg
 
-from connector.errors import is_retriable
-from connector.timeouts import libpq_options
+from core.errors import is_retriable
+from core.timeouts import libpq_options
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from connector.errors import ConfigError, SchemaError
+from core.errors import ConfigError, SchemaError
 from sinks.postgres.changes import CDC_COLUMN_PREFIX, Change, Shape
 from sinks.postgres.config import PostgresSinkConfig
 from sinks.postgres.types import Converter, PgType, holds

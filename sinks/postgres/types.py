@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from connector.errors import SchemaError
+from core.errors import SchemaError
 
 Converter = Callable[[Any], Any]
 

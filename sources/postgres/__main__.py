@@ -12,7 +12,7 @@ import threading
 from types import FrameType
 
 from connector.config import load_config
-from connector.errors import ConnectorError
+from core.errors import ConnectorError
 from sources.postgres.source import PostgresSource
 from transforms.base import TransformChain
 

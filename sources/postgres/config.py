@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from connector.settings import Section
+from core.settings import Section
 
 
 class SnapshotMode(StrEnum):

@@ -18,8 +18,8 @@ from typing import Any
 import psycopg
 
 from connector.config import ConnectorConfig, SchemaRegistryConfig
-from connector.errors import SchemaError
-from connector.records import NEW_KEY_HEADER, OLD_KEY_HEADER, SNAPSHOT_COMPLETE_HEADER, AvroSchema, Record
+from core.errors import SchemaError
+from core.records import NEW_KEY_HEADER, OLD_KEY_HEADER, SNAPSHOT_COMPLETE_HEADER, AvroSchema, Record
 from schemas.catalog import TableInfo, describe_tables
 from schemas.codegen import Fallback
 from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, source_block

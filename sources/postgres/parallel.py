@@ -20,9 +20,9 @@ import multiprocessing.connection
 from typing import Any
 
 from connector.config import ConnectorConfig
-from connector.delivery import KafkaDelivery, TxSlot
-from connector.errors import ConnectorError, FatalError
-from connector.timeouts import libpq_options
+from core.delivery import KafkaDelivery, TxSlot
+from core.errors import ConnectorError, FatalError
+from core.timeouts import libpq_options
 
 log = logging.getLogger(__name__)
 

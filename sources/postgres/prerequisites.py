@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import psycopg
 
-from connector.checks import Problem
+from core.checks import Problem
 from sources.postgres.config import PostgresSourceConfig
 from sources.postgres.selection import TableRef, options_for
 

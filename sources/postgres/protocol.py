@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from connector.errors import FatalError
+from core.errors import FatalError
 from schemas.envelope import UNCHANGED_TOAST, _UnchangedToast
 
 PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import pq, sql
 
-from connector.errors import Endpoints, RetriableError, classify
-from connector.positions import Lsn
-from connector.timeouts import libpq_options
+from core.errors import Endpoints, RetriableError, classify
+from core.positions import Lsn
+from core.timeouts import libpq_options
 from schemas.types import SESSION_SETTINGS
 from sources.postgres.protocol import Keepalive, XLogData, decode_frame, encode_status_update, now_pg_us
 

@@ -18,7 +18,7 @@ from fnmatch import fnmatchcase
 import psycopg
 from psycopg import sql
 
-from connector.errors import ConfigError, PrerequisiteError
+from core.errors import ConfigError, PrerequisiteError
 from sources.postgres.config import PostgresSourceConfig, TableOptions
 
 log = logging.getLogger(__name__)

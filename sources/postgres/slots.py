@@ -23,8 +23,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from connector.errors import FatalError, PrerequisiteError
-from connector.positions import Lsn
+from core.errors import FatalError, PrerequisiteError
+from core.positions import Lsn
 
 log = logging.getLogger(__name__)
 

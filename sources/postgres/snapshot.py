@@ -38,7 +38,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from connector.timeouts import libpq_options
+from core.timeouts import libpq_options
 from sources.postgres.replication import session_options
 from sources.postgres.selection import TableRef
 

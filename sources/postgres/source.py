@@ -1,6 +1,6 @@
 """The PostgreSQL source: snapshot, then stream the slot into Kafka, confirming only what Kafka holds.
 
-Commit order (see connector/delivery.py): produce a transaction's records as its changes arrive -> Kafka
+Commit order (see core/delivery.py): produce a transaction's records as its changes arrive -> Kafka
 acknowledges them all (and everything before) -> the transaction's end LSN becomes the slot's confirmed
 flush LSN with the next standby status update, sent as soon as the acknowledged prefix advanced (at most one
 per `confirm_interval_ms`), so a crash replays only the unconfirmed tail. A delivery error stops the source
@@ -21,10 +21,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from connector.checks import Problem
 from connector.config import ConnectorConfig
-from connector.delivery import KafkaDelivery, TxSlot
-from connector.errors import (
+from core.checks import Problem
+from core.delivery import KafkaDelivery, TxSlot
+from core.errors import (
     ConfigError,
     ConnectorError,
     Endpoints,
@@ -33,10 +33,10 @@ from connector.errors import (
     RetryBudget,
     classify,
 )
-from connector.metrics import SNAPSHOT_ROWS, SOURCE_CONFIRMED_LSN, SOURCE_EVENTS, SOURCE_SLOT_LAG_BYTES
-from connector.positions import Lsn
-from connector.records import Record
-from connector.timeouts import libpq_options
+from core.metrics import SNAPSHOT_ROWS, SOURCE_CONFIRMED_LSN, SOURCE_EVENTS, SOURCE_SLOT_LAG_BYTES
+from core.positions import Lsn
+from core.records import Record
+from core.timeouts import libpq_options
 from sources.base import Source
 from sources.postgres import prerequisites
 from sources.postgres.change_id import ChangeIds, namespace_for

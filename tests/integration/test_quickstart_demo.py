@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from connector.config import load_config
-from connector.stack.demo import digest, run_demo
+from devstack.demo import digest, run_demo
 from tests.integration.pipeline_support import drop_replication_state
 
 pytestmark = pytest.mark.integration

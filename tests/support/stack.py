@@ -2,7 +2,7 @@
 
 1. `CDC_TEST_SOURCE_DSN`, `CDC_TEST_TARGET_DSN`, `CDC_TEST_KAFKA_BOOTSTRAP`, `CDC_TEST_SCHEMA_REGISTRY_URL` (all four);
 2. a live stack described by `.cdc/dev.env` at the repository root (or `$CDC_TEST_ENV_FILE`) whose services answer;
-3. a stack of our own (`connector.stack`) on free ports in a temporary directory, stopped at the end.
+3. a stack of our own (`devstack`) on free ports in a temporary directory, stopped at the end.
 
 Anything that prevents all three is a failure with its reason, never a skip. `CDC_TEST_BACKEND=processes`
 goes straight to 3; `CDC_TEST_BACKEND=containers` uses Docker containers instead (tests/support/containers.py).
@@ -23,9 +23,9 @@ from pathlib import Path
 import psycopg
 from confluent_kafka.admin import AdminClient
 
-from connector.stack import control
-from connector.stack.env_file import Endpoints, read_env_file
-from connector.stack.ports import Ports
+from devstack import control
+from devstack.env_file import Endpoints, read_env_file
+from devstack.ports import Ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_ENV = {

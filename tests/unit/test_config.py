@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from connector.cli import app
 from connector.config import load_config, redacted
 from connector.config_loader import load_yaml
-from connector.errors import ConfigError
+from core.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 

@@ -11,8 +11,8 @@ import pytest
 from pydantic import SecretStr
 
 from connector.config import Compatibility, SchemaRegistryConfig
-from connector.errors import ConfigError, RetriableError, SchemaError
-from connector.records import AvroSchema
+from core.errors import ConfigError, RetriableError, SchemaError
+from core.records import AvroSchema
 from schemas.compat import describe_changes
 from schemas.envelope import build_table_schemas
 from schemas.registry import SchemaNotFoundError, SchemaRegistry

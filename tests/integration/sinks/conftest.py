@@ -31,7 +31,7 @@ from psycopg import sql
 
 from connector.config import ConnectorConfig, parse_config
 from connector.config_loader import load_yaml
-from connector.records import AvroSchema
+from core.records import AvroSchema
 from schemas.catalog import describe_tables
 from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, source_block
 from schemas.registry import SchemaRegistry

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Consumer
 from psycopg import sql
 
-from connector.errors import ConfigError, PoisonMessageError, SchemaError
+from core.errors import ConfigError, PoisonMessageError, SchemaError
 from tests.integration.sinks.conftest import (
     Env,
     RunningSink,

@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from connector import metrics
+from core import metrics
 from sinks.postgres.state import LEGACY_DESTINATION, ensure_state
 from tests.integration.sinks.conftest import (
     Env,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from psycopg import sql
 
-from connector.errors import PoisonMessageError
+from core.errors import PoisonMessageError
 from tests.integration.sinks.conftest import (
     Env,
     Feed,

@@ -8,7 +8,7 @@ import pytest
 
 from connector.config import load_config
 from connector.config_loader import environment_with, read_env_file
-from connector.errors import ConfigError
+from core.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 

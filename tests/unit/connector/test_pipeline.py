@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from connector.checks import Problem
 from connector.config import ConnectorConfig
-from connector.errors import ConnectorError, DeliveryError, UnreachableError
 from connector.ops import OpsServer
 from connector.pipeline import Pipeline, _Worker
+from core.checks import Problem
+from core.errors import ConnectorError, DeliveryError, UnreachableError
 from sources.base import Source
 from tests.support.helpers import wait_for
 

@@ -12,7 +12,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from connector.records import AvroSchema
+from core.records import AvroSchema
 from schemas.codegen import compile_reader, compile_writer, zigzag
 from schemas.envelope import build_table_schemas, source_block
 from schemas.serde import Encoder, without_raw_logical_types

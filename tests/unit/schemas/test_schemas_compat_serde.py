@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from connector.errors import PoisonMessageError, RetriableError
-from connector.records import AvroSchema
+from core.errors import PoisonMessageError, RetriableError
+from core.records import AvroSchema
 from schemas.compat import describe_changes, incompatibilities, problems_for, transaction_control_in
 from schemas.envelope import build_table_schemas, source_block
 from schemas.registry import SchemaNotFoundError, redact_url

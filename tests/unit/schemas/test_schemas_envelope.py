@@ -10,7 +10,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from connector.errors import SchemaError
+from core.errors import SchemaError
 from schemas.envelope import UNCHANGED_TOAST, build_table_schemas, record_namespace, source_block
 from schemas.serde import without_raw_logical_types
 from schemas.types import UNAVAILABLE_VALUE

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from connector.errors import PoisonMessageError, RetriableError
-from connector.records import AvroSchema
+from core.errors import PoisonMessageError, RetriableError
+from core.records import AvroSchema
 from schemas.registry import topic_subjects
 from schemas.subjects import SubjectCheck, SubjectMismatchError
 

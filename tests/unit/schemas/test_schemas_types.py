@@ -9,7 +9,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from connector.errors import SchemaError
+from core.errors import SchemaError
 from schemas.serde import without_raw_logical_types
 from schemas.types import (
     DATE_NEGATIVE_INFINITY,

@@ -9,8 +9,8 @@ import pytest
 from psycopg.adapt import PyFormat, Transformer
 from pydantic import ValidationError
 
-from connector.errors import ConfigError, PoisonMessageError
-from connector.records import AvroSchema, Record
+from core.errors import ConfigError, PoisonMessageError
+from core.records import AvroSchema, Record
 from schemas.envelope import build_table_schemas
 from sinks.postgres.changes import collapse, shape_of, split_at_truncates, to_changes
 from sinks.postgres.config import PostgresSinkConfig, parse_duration

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from psycopg.adapt import PyFormat, Transformer
 
-from connector.errors import SchemaError
+from core.errors import SchemaError
 from schemas.types import decimal_to_bytes
 from sinks.postgres.types import PgType, column_type, holds
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from connector.config import json_schema, load_config
-from connector.errors import ConfigError
+from core.errors import ConfigError
 from tests.unit.transforms.transforms_support import CHANGE_ID, ROW, assert_valid, event, run, tombstone
 from transforms import TransformChain, TransformsBySide, TransformSpec, build_chain
 from transforms.config import OPTION_MODELS, MaskOptions

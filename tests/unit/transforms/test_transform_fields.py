@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from connector.errors import ConfigError
+from core.errors import ConfigError
 from tests.unit.transforms.transforms_support import ROW, event, field_type, row_fields, run, tombstone
 from transforms.exceptions import TransformError
 
@@ -232,7 +232,7 @@ def test_timestamp_convert_plain_long_and_errors() -> None:
 
 
 def test_flatten_nested_records_with_nullable_parents() -> None:
-    from connector.records import AvroSchema, Record
+    from core.records import AvroSchema, Record
 
     schema = AvroSchema.of({
         "type": "record", "name": "Order", "namespace": "shop",
@@ -268,7 +268,7 @@ def test_flatten_leaves_flat_rows_alone_and_tombstones_pass() -> None:
 
 
 def test_dropping_the_field_that_defines_a_named_type_keeps_the_schema_valid() -> None:
-    from connector.records import AvroSchema, Record
+    from core.records import AvroSchema, Record
 
     status = {"type": "enum", "name": "Status", "symbols": ["NEW", "DONE"]}
     schema = AvroSchema.of({

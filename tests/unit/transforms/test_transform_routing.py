@@ -7,7 +7,7 @@ from uuid import UUID
 
 import pytest
 
-from connector.errors import ConfigError
+from core.errors import ConfigError
 from tests.unit.transforms.transforms_support import CHANGE_ID, ROW, event, run, tombstone
 from transforms.exceptions import TransformError
 from transforms.expression import ExpressionError, compile_condition, tokenize

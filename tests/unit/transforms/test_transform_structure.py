@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from connector.errors import ConfigError
-from connector.records import SNAPSHOT_COMPLETE_HEADER, Record
+from core.errors import ConfigError
+from core.records import SNAPSHOT_COMPLETE_HEADER, Record
 from schemas.envelope import build_table_schemas
 from tests.unit.schemas.schemas_support import column, table
 from tests.unit.transforms.transforms_support import (
@@ -272,7 +272,7 @@ def test_python_functions(user_module: str) -> None:
 
 
 def test_python_class_with_options_and_derived_schema(user_module: str) -> None:
-    from connector.records import AvroSchema
+    from core.records import AvroSchema
 
     record = Record("t", None, "v", None, AvroSchema.of("string"))
     spec = {"type": "python", "callable": f"{user_module}:Tag", "options": {"suffix": "!"}}

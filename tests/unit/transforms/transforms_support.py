@@ -14,7 +14,7 @@ from typing import Any
 import fastavro
 from fastavro.validation import validate
 
-from connector.records import AvroSchema, Record
+from core.records import AvroSchema, Record
 from schemas.envelope import TableSchemas, build_table_schemas, source_block
 from tests.unit.schemas.schemas_support import column, numeric_typmod, table
 from transforms import TransformSpec, build_chain

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pgsource_support import SourceEnv
 
-from connector.errors import DeliveryError
-from connector.positions import Lsn
+from core.errors import DeliveryError
+from core.positions import Lsn
 from tests.support.helpers import wait_for
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import threading
 import pytest
 from pgsource_support import RunningSource, SourceEnv
 
-from connector.errors import PrerequisiteError
+from core.errors import PrerequisiteError
 from sources.postgres.slots import SlotInUseError, SlotLostError
 from sources.postgres.source import PostgresSource
 from tests.support.helpers import wait_for

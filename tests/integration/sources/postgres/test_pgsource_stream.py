@@ -7,7 +7,7 @@ import json
 import pytest
 from pgsource_support import SourceEnv
 
-from connector.positions import Lsn
+from core.positions import Lsn
 from tests.support.helpers import wait_for
 
 pytestmark = pytest.mark.integration

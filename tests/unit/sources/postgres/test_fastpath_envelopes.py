@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from connector.records import AvroSchema
+from core.records import AvroSchema
 from schemas.envelope import UNCHANGED_TOAST, build_table_schemas
 from schemas.serde import Encoder
 from sources.postgres.change_id import ChangeIds, namespace_for

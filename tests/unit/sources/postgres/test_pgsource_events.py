@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from connector.records import SNAPSHOT_COMPLETE_HEADER
+from core.records import SNAPSHOT_COMPLETE_HEADER
 from schemas.catalog import ColumnInfo, PgType, TableInfo
 from schemas.envelope import UNCHANGED_TOAST, build_table_schemas, source_block
 from sources.postgres.change_id import ChangeIds, namespace_for

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from connector.errors import PrerequisiteError
-from connector.positions import Lsn
+from core.errors import PrerequisiteError
+from core.positions import Lsn
 from sources.postgres.slots import SlotInfo, SlotLostError, check_slot
 
 pytestmark = pytest.mark.unit

@@ -23,9 +23,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from psycopg import sql
 
-from connector.stack import control, processes
-from connector.stack.env_file import Endpoints
-from connector.stack.ports import Ports
+from devstack import control, processes
+from devstack.env_file import Endpoints
+from devstack.ports import Ports
 from tests.integration.pipeline_support import (
     drop_replication_state,
     free_port,

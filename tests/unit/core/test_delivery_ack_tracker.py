@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError
 
-from connector.delivery import AckTracker
-from connector.errors import DeliveryError
+from core.delivery import AckTracker
+from core.errors import DeliveryError
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-from connector.errors import StackError
+from core.errors import StackError
 
 # Output of Maven that means the remote repository could not be reached (not that an artifact is missing).
 _NETWORK_SIGNS = (

@@ -8,7 +8,10 @@ from typing import Annotated
 
 import typer
 
-from connector.errors import ConfigError, ConnectorError
+from connector.cli_common import load
+from core.errors import ConfigError, ConnectorError
+from schemas.compat import check_against_registry, derive_schemas_after
+from schemas.registry import SchemaRegistry
 
 app = typer.Typer(help="Schema Registry compatibility checks (usable as a CI gate).", no_args_is_help=True)
 
@@ -39,10 +42,6 @@ def check(
     the configured compatibility level (set on existing subjects, as the connector itself would do).
     Exit 1 with one line per incompatible subject; 0 when every subject is compatible or new.
     """
-    from connector.cli import load
-    from schemas.compat import check_against_registry, derive_schemas_after
-    from schemas.registry import SchemaRegistry
-
     try:
         loaded = load(config)
         if loaded.source is None:

@@ -8,7 +8,13 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from connector.stack.ports import Ports
+from connector.cli_common import guarded
+from connector.config import load_config
+from connector.config_loader import environment_with
+from core import logs
+from devstack import control
+from devstack.demo import run_demo
+from devstack.ports import Ports
 
 app = typer.Typer(
     help="The local stack of real services (PostgreSQL, Apache Kafka, Schema Registry) as plain processes.",
@@ -35,9 +41,6 @@ def _port_option(flag: str, env: str, what: str) -> typer.models.OptionInfo:
 
 
 def _run(body: Callable[[], T]) -> T:
-    # Imported here: connector.cli imports this module to mount `dev`.
-    from connector.cli import guarded
-
     return guarded(body)
 
 
@@ -64,8 +67,6 @@ def up(
 
     A service that ran from this directory (not stopped by `cdc dev down`) keeps its ports when started again.
     """
-    from connector.stack import control
-
     requested = (
         Ports(0, 0, 0, 0, 0)
         if free_ports
@@ -85,8 +86,6 @@ def down(
     clean: Annotated[bool, typer.Option("--clean", help="Also delete PostgreSQL's and Kafka's data.")] = False,
 ) -> None:
     """Stop exactly the processes `cdc dev up` started in this state directory."""
-    from connector.stack import control
-
     root = control.resolve_home(home)
     stopped = _run(lambda: control.down(root, clean=clean, echo=typer.echo))
     typer.echo(f"stopped {len(stopped)} service(s)" if stopped else f"nothing was running from {root}")
@@ -95,8 +94,6 @@ def down(
 @app.command()
 def status(home: HomeOption = None) -> None:
     """What runs where (pid, ports) and whether it answers now; exit 1 unless every service is healthy."""
-    from connector.stack import control
-
     root = control.resolve_home(home)
     services = _run(lambda: control.status(root))
     for svc in services:
@@ -128,11 +125,6 @@ def demo(
     ),
 ) -> None:
     """Run CONFIG on the local stack with a demo table (public.customers) that changes while it streams."""
-    from connector import logs
-    from connector.config import load_config
-    from connector.config_loader import environment_with
-    from connector.stack.demo import run_demo
-
     def body() -> int:
         loaded = load_config(config, env=environment_with(env_file if env_file.exists() else None))
         logs.configure(loaded.logging.level, loaded.logging.format)

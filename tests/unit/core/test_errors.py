@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from connector.errors import (
+from core.errors import (
     ConfigError,
     ConnectorError,
     DeliveryError,

@@ -19,8 +19,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from connector.errors import StackError
-from connector.stack.ports import HOST
+from core.errors import StackError
+from devstack.ports import HOST
 
 REGISTRY_DATABASE = "registry"
 DATABASES = ("source", "target", REGISTRY_DATABASE)

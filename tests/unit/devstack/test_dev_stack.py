@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from connector.errors import StackError
-from connector.stack import control, kafka, postgres, processes
-from connector.stack.env_file import Endpoints, read_env_file, write_env_file
-from connector.stack.ports import Ports, free_ports, is_free, require_free
+from core.errors import StackError
+from devstack import control, kafka, postgres, processes
+from devstack.env_file import Endpoints, read_env_file, write_env_file
+from devstack.ports import Ports, free_ports, is_free, require_free
 
 pytestmark = pytest.mark.unit
 

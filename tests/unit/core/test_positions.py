@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from connector.positions import KafkaPosition, Lsn
+from core.positions import KafkaPosition, Lsn
 
 pytestmark = pytest.mark.unit
 

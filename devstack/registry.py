@@ -15,10 +15,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from connector.errors import StackError
-from connector.stack import jvm, postgres
-from connector.stack.maven import run_maven
-from connector.stack.ports import HOST
+from core.errors import StackError
+from devstack import jvm, postgres
+from devstack.maven import run_maven
+from devstack.ports import HOST
 
 PREFERRED_VERSION = "3.3.3"
 FALLBACK_VERSION = "3.0.9"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from connector.logs import KAFKA_LOGGER, TransientKafkaFilter, configure
+from core.logs import KAFKA_LOGGER, TransientKafkaFilter, configure
 
 pytestmark = pytest.mark.unit
 

@@ -17,8 +17,8 @@ import psycopg
 from psycopg import sql
 
 from connector.config import ConnectorConfig
-from connector.errors import ConnectorError
 from connector.pipeline import Pipeline
+from core.errors import ConnectorError
 
 log = logging.getLogger(__name__)
 

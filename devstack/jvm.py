@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from connector.errors import StackError
+from core.errors import StackError
 
 _VERSION = re.compile(r'version "(\d+)(?:\.(\d+))?')
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from connector.logs import JsonFormatter, ScrubbingFilter, scrub
+from core.logs import JsonFormatter, ScrubbingFilter, scrub
 
 pytestmark = pytest.mark.unit
 
@@ -49,7 +49,7 @@ def test_filter_scrubs_messages_args_and_tracebacks() -> None:
 
 
 def test_repeat_filter_holds_back_alike_warnings_and_counts_them() -> None:
-    from connector.logs import RepeatFilter
+    from core.logs import RepeatFilter
 
     gate = RepeatFilter(window_s=3600)
 
@@ -73,7 +73,7 @@ def test_records_go_to_the_current_stderr_even_after_the_old_one_was_closed(
     import io
     import sys
 
-    from connector.logs import configure
+    from core.logs import configure
 
     first, second = io.StringIO(), io.StringIO()
     monkeypatch.setattr(sys, "stderr", first)

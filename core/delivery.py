@@ -22,9 +22,9 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from connector.errors import DeliveryError, RetriableError
-from connector.logs import KAFKA_LOGGER
-from connector.records import AvroSchema, Record
+from core.errors import DeliveryError, RetriableError
+from core.logs import KAFKA_LOGGER
+from core.records import AvroSchema, Record
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, fields, replace
 
-from connector.errors import StackError
+from core.errors import StackError
 
 HOST = "127.0.0.1"
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from connector.errors import StackError
-from connector.stack import kafka, postgres, processes, registry
-from connector.stack.env_file import ENV_FILE_NAME, Endpoints, read_env_file, write_env_file
-from connector.stack.ports import Ports, is_free, is_listening, require_free
-from connector.stack.processes import ProcessRecord
+from core.errors import StackError
+from devstack import kafka, postgres, processes, registry
+from devstack.env_file import ENV_FILE_NAME, Endpoints, read_env_file, write_env_file
+from devstack.ports import Ports, is_free, is_listening, require_free
+from devstack.processes import ProcessRecord
 
 HOME_ENV = "CDC_HOME"
 DEFAULT_HOME = ".cdc"

@@ -12,10 +12,10 @@ from pathlib import Path
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from connector.errors import StackError
-from connector.stack import jvm
-from connector.stack.maven import run_maven
-from connector.stack.ports import HOST
+from core.errors import StackError
+from devstack import jvm
+from devstack.maven import run_maven
+from devstack.ports import HOST
 
 KAFKA_VERSION = "4.3.1"
 _POM = "kafka-pom.xml"
@@ -35,7 +35,7 @@ def bootstrap(port: int) -> str:
 
 
 def _packaged(name: str) -> str:
-    return resources.files("connector.stack").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("devstack").joinpath(name).read_text(encoding="utf-8")
 
 
 def ensure_libs(home: Path) -> Path:

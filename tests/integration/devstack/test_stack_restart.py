@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from connector.stack import control, kafka, postgres, processes
-from connector.stack.ports import Ports
+from devstack import control, kafka, postgres, processes
+from devstack.ports import Ports
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from connector.errors import StackError
+from core.errors import StackError
 
 PIDS_FILE_NAME = "pids.json"
 
