@@ -8,18 +8,33 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, SecretStr, Tag, ValidationError, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
 
 from connector.config_loader import LoadedDocument, format_path, load_yaml, read_file
-from core.errors import ConfigError
+from core.errors import ConfigError, RetryBudgetConfig
+from core.kafka import KafkaConfig
 from core.settings import Section
+from schemas.registry import Compatibility, SchemaRegistryConfig
 from sinks.postgres.config import PostgresSinkConfig
 from sources.postgres.config import PostgresSourceConfig
 from transforms.config import TransformsBySide, TransformSpec
+
+# The sections other layers own, re-exported: the config file is assembled here.
+__all__ = [
+    "Compatibility",
+    "ConnectorConfig",
+    "KafkaConfig",
+    "LoggingConfig",
+    "RetryBudgetConfig",
+    "SchemaRegistryConfig",
+    "ServerConfig",
+    "json_schema",
+    "load_config",
+    "redacted",
+]
 
 _SECRET_KEY_WORDS = ("password", "secret", "token", "jaas", "credential", "private")
 
@@ -29,71 +44,10 @@ def is_secret_key(key: str) -> bool:
     return any(word in lowered for word in _SECRET_KEY_WORDS)
 
 
-class KafkaConfig(Section):
-    bootstrap_servers: str = Field(description="Kafka bootstrap servers, `host:port[,host:port]`.")
-    topic_partitions: int = Field(1, ge=1, description="Partitions of topics the connector creates.")
-    topic_replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
-    request_timeout_s: float = Field(
-        10.0,
-        gt=0,
-        description="Seconds one metadata or topic-creation request to the brokers may take before it counts as a "
-        "failed attempt (retried within `retry.give_up_after_s`).",
-    )
-    properties: dict[str, str | int | float | bool] = Field(
-        default_factory=dict,
-        description="Extra librdkafka properties (security, tuning). Keys naming a password, secret or "
-        "token are redacted wherever the config is shown.",
-    )
-
-
-class Compatibility(StrEnum):
-    BACKWARD = "BACKWARD"
-    BACKWARD_TRANSITIVE = "BACKWARD_TRANSITIVE"
-    FORWARD = "FORWARD"
-    FORWARD_TRANSITIVE = "FORWARD_TRANSITIVE"
-    FULL = "FULL"
-    FULL_TRANSITIVE = "FULL_TRANSITIVE"
-    NONE = "NONE"
-
-
-class SchemaRegistryConfig(Section):
-    url: str = Field(description="Confluent-compatible registry URL (Apicurio: `.../apis/ccompat/v7`).")
-    basic_auth_user_info: SecretStr | None = Field(None, description="`user:password` for basic auth.")
-    compatibility: Compatibility = Field(
-        Compatibility.BACKWARD,
-        description="Compatibility level set on every subject the connector registers (set explicitly "
-        "because registries differ in their defaults).",
-    )
-    request_timeout_s: float = Field(
-        10.0,
-        gt=0,
-        description="Seconds each registry request (connect, send, each read) may take before it fails; a failed "
-        "request is tried twice more.",
-    )
-
-    def client_settings(self) -> dict[str, Any]:
-        """Settings of confluent-kafka's `SchemaRegistryClient` (holds the credentials: never log them)."""
-        settings: dict[str, Any] = {"url": self.url, "timeout": self.request_timeout_s, "max.retries": 2}
-        if self.basic_auth_user_info is not None:
-            settings["basic.auth.user.info"] = self.basic_auth_user_info.get_secret_value()
-        return settings
-
-
 class ServerConfig(Section):
     enabled: bool = Field(True, description="Serve /healthz, /readyz and /metrics.")
     host: str = Field("127.0.0.1", description="Listen address.")
     port: int = Field(8083, ge=0, le=65535, description="Listen port (0: any free port).")
-
-
-class RetryBudgetConfig(Section):
-    give_up_after_s: float | None = Field(
-        300.0,
-        ge=0,
-        description="How long a component keeps retrying a service it cannot reach (PostgreSQL, Kafka, the "
-        "registry) or that keeps failing with retriable errors, counted from the first failure since the last "
-        "success, before the connector stops with exit code 1; null retries until stopped. Refused credentials, "
-        "unknown roles or databases and missing privileges stop it at once. See docs/operations.md.",
-    )
 
 
 class LoggingConfig(Section):

@@ -6,24 +6,12 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from connector.config import ConnectorConfig
 from core.checks import Problem
 from core.errors import ConnectorError
-
-
-def kafka_settings(config: ConnectorConfig) -> dict[str, Any]:
-    settings: dict[str, Any] = {"bootstrap.servers": config.kafka.bootstrap_servers}
-    settings.update(config.kafka.properties)
-    return settings
-
-
-def registry_client(config: ConnectorConfig, timeout_s: float | None = None) -> SchemaRegistryClient:
-    settings = config.schema_registry.client_settings()
-    if timeout_s is not None:
-        settings["timeout"] = timeout_s
-    return SchemaRegistryClient(settings)
+from core.kafka import kafka_settings
+from schemas.registry import SchemaRegistry
 
 
 def check_kafka(config: ConnectorConfig, timeout_s: float | None = None) -> tuple[list[Problem], dict[str, Any]]:
@@ -31,7 +19,7 @@ def check_kafka(config: ConnectorConfig, timeout_s: float | None = None) -> tupl
         timeout_s = config.kafka.request_timeout_s
     try:
         # This check reports an unreachable broker itself, as one line; librdkafka's retry chatter adds nothing.
-        metadata = AdminClient({**kafka_settings(config), "log_level": 0}).list_topics(timeout=timeout_s)
+        metadata = AdminClient({**kafka_settings(config.kafka), "log_level": 0}).list_topics(timeout=timeout_s)
     except KafkaException as exc:
         return [
             Problem(
@@ -45,8 +33,6 @@ def check_kafka(config: ConnectorConfig, timeout_s: float | None = None) -> tupl
 
 def check_registry(config: ConnectorConfig) -> tuple[list[Problem], list[str]]:
     """The registry's subjects, or the problem reaching it, in the words `cdc run` would use."""
-    from schemas.registry import SchemaRegistry
-
     try:
         with SchemaRegistry(config.schema_registry) as registry:
             subjects = registry.subjects()

@@ -19,8 +19,9 @@ from rich.table import Table
 from rich.text import Text
 
 from connector.config import ConnectorConfig
-from connector.preflight import kafka_settings, registry_client
+from core.kafka import kafka_settings
 from core.logs import scrub
+from schemas.registry import registry_client
 from sinks.base import Sink
 from sources.base import Source
 
@@ -48,7 +49,7 @@ def _described(exc: BaseException) -> str:
 
 def read_topics(config: ConnectorConfig, timeout_s: float) -> list[dict[str, Any]]:
     """Each of the connector's topics with the first and next offset of each partition."""
-    admin = AdminClient({**kafka_settings(config), "log_level": 0})
+    admin = AdminClient({**kafka_settings(config.kafka), "log_level": 0})
     metadata = admin.list_topics(timeout=timeout_s)
     partitions = [
         TopicPartition(name, number)
@@ -72,7 +73,7 @@ def read_topics(config: ConnectorConfig, timeout_s: float) -> list[dict[str, Any
 
 
 def read_subjects(config: ConnectorConfig, timeout_s: float) -> list[str]:
-    client = registry_client(config, timeout_s)
+    client = registry_client(config.schema_registry, timeout_s)
     try:
         return list(client.get_subjects())
     finally:

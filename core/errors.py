@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException
+from pydantic import Field
+
+from core.settings import Section
 
 
 class ConnectorError(Exception):
@@ -212,6 +215,17 @@ def classify(exc: BaseException, where: Endpoints | None = None) -> ConnectorErr
         )
     error.__cause__ = exc
     return error
+
+
+class RetryBudgetConfig(Section):
+    give_up_after_s: float | None = Field(
+        300.0,
+        ge=0,
+        description="How long a component keeps retrying a service it cannot reach (PostgreSQL, Kafka, the "
+        "registry) or that keeps failing with retriable errors, counted from the first failure since the last "
+        "success, before the connector stops with exit code 1; null retries until stopped. Refused credentials, "
+        "unknown roles or databases and missing privileges stop it at once. See docs/operations.md.",
+    )
 
 
 class RetryBudget:

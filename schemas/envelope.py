@@ -20,11 +20,11 @@ from schemas.types import (
     CONNECT_NAME,
     AvroType,
     ColumnCodec,
+    DecimalHandling,
     _identity,
     avro_name,
     column_codec,
 )
-from sources.postgres.config import DecimalHandling
 
 
 class _UnchangedToast:

@@ -12,20 +12,70 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
+from pydantic import Field, SecretStr
 
-from connector.config import SchemaRegistryConfig
 from core.errors import ConfigError, ConnectorError, RetriableError, SchemaError
 from core.records import AvroSchema
+from core.settings import Section
 from schemas.compat import describe_changes
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class Compatibility(StrEnum):
+    BACKWARD = "BACKWARD"
+    BACKWARD_TRANSITIVE = "BACKWARD_TRANSITIVE"
+    FORWARD = "FORWARD"
+    FORWARD_TRANSITIVE = "FORWARD_TRANSITIVE"
+    FULL = "FULL"
+    FULL_TRANSITIVE = "FULL_TRANSITIVE"
+    NONE = "NONE"
+
+
+class SchemaRegistryConfig(Section):
+    url: str = Field(description="Confluent-compatible registry URL (Apicurio: `.../apis/ccompat/v7`).")
+    basic_auth_user_info: SecretStr | None = Field(None, description="`user:password` for basic auth.")
+    compatibility: Compatibility = Field(
+        Compatibility.BACKWARD,
+        description="Compatibility level set on every subject the connector registers (set explicitly "
+        "because registries differ in their defaults).",
+    )
+    request_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds each registry request (connect, send, each read) may take before it fails; a failed "
+        "request is tried twice more.",
+    )
+
+    def client_settings(self) -> dict[str, Any]:
+        """Settings of confluent-kafka's `SchemaRegistryClient` (holds the credentials: never log them)."""
+        settings: dict[str, Any] = {"url": self.url, "timeout": self.request_timeout_s, "max.retries": 2}
+        if self.basic_auth_user_info is not None:
+            settings["basic.auth.user.info"] = self.basic_auth_user_info.get_secret_value()
+        return settings
+
+
+def registry_client(config: SchemaRegistryConfig, timeout_s: float | None = None) -> SchemaRegistryClient:
+    """The one way a registry client is built (`timeout_s` overrides the configured request timeout)."""
+    settings = config.client_settings()
+    if timeout_s is not None:
+        settings["timeout"] = timeout_s
+    try:
+        return SchemaRegistryClient(settings)
+    except (ValueError, TypeError) as exc:
+        # The client's messages name settings, never their values.
+        raise ConfigError(
+            f"schema registry settings for {redact_url(config.url)} are invalid: {exc}",
+            hint="check `schema_registry.url` and `schema_registry.basic_auth_user_info`",
+        ) from None
 
 # Confluent error codes (Apicurio's ccompat API uses the same).
 _SUBJECT_NOT_FOUND = 40401
@@ -81,16 +131,7 @@ class SchemaRegistry:
     def __init__(self, config: SchemaRegistryConfig, *, client: SchemaRegistryClient | None = None) -> None:
         self._config = config
         self.url = redact_url(config.url)
-        if client is None:
-            try:
-                client = SchemaRegistryClient(config.client_settings())
-            except (ValueError, TypeError) as exc:
-                # The client's messages name settings, never their values.
-                raise ConfigError(
-                    f"schema registry settings for {self.url} are invalid: {exc}",
-                    hint="check `schema_registry.url` and `schema_registry.basic_auth_user_info`",
-                ) from None
-        self._client = client
+        self._client = client if client is not None else registry_client(config)
         self._lock = threading.Lock()
         self._registered: dict[tuple[str, str], int] = {}
         self._by_id: dict[int, AvroSchema] = {}

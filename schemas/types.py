@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
+from enum import StrEnum
 from typing import Any
 
 from psycopg import sql
@@ -31,9 +32,17 @@ from schemas.catalog import (
     PgType,
     TableInfo,
 )
-from sources.postgres.config import DecimalHandling
 
 AvroType = Any
+
+
+class DecimalHandling(StrEnum):
+    """How `numeric` columns are written (the source's `decimal_handling`; Debezium's `decimal.handling.mode`)."""
+
+    PRECISE = "precise"
+    STRING = "string"
+    DOUBLE = "double"
+
 Converter = Callable[[str], Any]
 
 SESSION_SETTINGS: dict[str, str] = {

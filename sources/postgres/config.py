@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from core.settings import Section
+from schemas.types import DecimalHandling
 
 
 class SnapshotMode(StrEnum):
@@ -15,12 +16,6 @@ class SnapshotMode(StrEnum):
     NEVER = "never"
     INITIAL_ONLY = "initial_only"
     WHEN_NEEDED = "when_needed"
-
-
-class DecimalHandling(StrEnum):
-    PRECISE = "precise"
-    STRING = "string"
-    DOUBLE = "double"
 
 
 class SlotConfig(Section):

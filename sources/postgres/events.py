@@ -17,13 +17,14 @@ from typing import Any
 
 import psycopg
 
-from connector.config import ConnectorConfig, SchemaRegistryConfig
+from connector.config import ConnectorConfig
 from core.errors import SchemaError
 from core.records import NEW_KEY_HEADER, OLD_KEY_HEADER, SNAPSHOT_COMPLETE_HEADER, AvroSchema, Record
 from schemas.catalog import TableInfo, describe_tables
 from schemas.codegen import Fallback
 from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, source_block
 from schemas.fastpath import FALLBACK_ERRORS, EnvelopeWriter
+from schemas.registry import SchemaRegistryConfig
 from sources.postgres.change_id import ChangeIds
 from sources.postgres.config import PostgresSourceConfig
 from sources.postgres.protocol import Delete, Insert, Relation, Tuple, Update

@@ -29,11 +29,11 @@ from schemas.types import (
     SESSION_SETTINGS,
     TIMESTAMP_NEGATIVE_INFINITY,
     TIMESTAMP_POSITIVE_INFINITY,
+    DecimalHandling,
     column_codec,
     output_text,
     variable_scale_decimal,
 )
-from sources.postgres.config import DecimalHandling
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from core.records import AvroSchema
 from schemas.codegen import compile_reader, compile_writer, zigzag
 from schemas.envelope import build_table_schemas, source_block
 from schemas.serde import Encoder, without_raw_logical_types
-from sources.postgres.config import DecimalHandling
+from schemas.types import DecimalHandling
 from tests.unit.schemas.schemas_support import array_of, column, numeric_typmod, pg_type, table
 
 pytestmark = pytest.mark.unit

@@ -13,8 +13,7 @@ import pytest
 from core.errors import SchemaError
 from schemas.envelope import UNCHANGED_TOAST, build_table_schemas, record_namespace, source_block
 from schemas.serde import without_raw_logical_types
-from schemas.types import UNAVAILABLE_VALUE
-from sources.postgres.config import DecimalHandling
+from schemas.types import UNAVAILABLE_VALUE, DecimalHandling
 from tests.unit.schemas.schemas_support import array_of, column, numeric_typmod, pg_type, table
 
 pytestmark = pytest.mark.unit

@@ -20,6 +20,7 @@ from schemas.types import (
     UNAVAILABLE_VALUE,
     VARIABLE_SCALE_DECIMAL_NAME,
     ColumnCodec,
+    DecimalHandling,
     avro_name,
     column_codec,
     days_from_civil,
@@ -27,7 +28,6 @@ from schemas.types import (
     parse_array,
     variable_scale_decimal,
 )
-from sources.postgres.config import DecimalHandling
 from tests.unit.schemas.schemas_support import array_of, column, numeric_typmod, pg_type, table
 
 pytestmark = pytest.mark.unit

@@ -18,8 +18,8 @@ import pytest
 from core.records import AvroSchema
 from schemas.envelope import UNCHANGED_TOAST, build_table_schemas
 from schemas.serde import Encoder
+from schemas.types import DecimalHandling
 from sources.postgres.change_id import ChangeIds, namespace_for
-from sources.postgres.config import DecimalHandling
 from sources.postgres.events import TableEvents
 from sources.postgres.protocol import Delete, Insert, Update
 from tests.unit.schemas.schemas_support import array_of, column, numeric_typmod, pg_type, table
