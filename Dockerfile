@@ -6,7 +6,6 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY core ./core
 COPY connector ./connector
-COPY devstack ./devstack
 COPY sources ./sources
 COPY sinks ./sinks
 COPY transforms ./transforms
