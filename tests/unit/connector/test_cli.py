@@ -13,7 +13,7 @@ from connector.cli import app
 
 pytestmark = pytest.mark.unit
 
-# The contract's commands (docs: CONTRACTS.md); each must exist.
+# The commands users and scripts rely on (README.md, docs/operations.md); each must exist.
 CONTRACT_COMMANDS = [
     ("run",),
     ("validate",),
