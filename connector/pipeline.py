@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Literal
@@ -26,7 +26,10 @@ from connector.ops import OpsServer
 from core.checks import Problem
 from core.errors import ConfigError, FatalError, classify
 from sinks.base import Sink
+from sinks.postgres import PostgresSink
 from sources.base import Source
+from sources.postgres import PostgresSource
+from transforms import build_chain
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +38,14 @@ Side = Literal["source", "sink"]
 
 def build_components(config: ConnectorConfig, only: Side | None = None) -> dict[Side, Source | Sink]:
     """Instantiate the configured source and sink (no connections are opened here)."""
-    from transforms import build_chain
-
     components: dict[Side, Source | Sink] = {}
     if only == "source" and config.source is None:
         raise ConfigError("--only source, but the config has no `source` section")
     if only == "sink" and config.sink is None:
         raise ConfigError("--only sink, but the config has no `sink` section")
     if config.source is not None and only in (None, "source"):
-        from sources.postgres import PostgresSource
-
         components["source"] = PostgresSource(config, build_chain(config.transforms_for("source"), side="source"))
     if config.sink is not None and only in (None, "sink"):
-        from sinks.postgres import PostgresSink
-
         components["sink"] = PostgresSink(config, build_chain(config.transforms_for("sink"), side="sink"))
     return components
 
@@ -63,12 +60,24 @@ class _Worker:
 
 
 class Pipeline:
-    """One connector process: its components on threads, one stop event, the ops server."""
+    """One connector process: its components on threads, one stop event, the ops server.
 
-    def __init__(self, config: ConnectorConfig, only: Side | None = None) -> None:
+    The components are built from `config` (`only` picks one side) unless `components` hands them in ready-made;
+    `config` then supplies the ops server and the shutdown grace.
+    """
+
+    def __init__(
+        self,
+        config: ConnectorConfig,
+        only: Side | None = None,
+        *,
+        components: Mapping[Side, Source | Sink] | None = None,
+    ) -> None:
         self.config = config
         self.stop = threading.Event()
-        self._workers = [_Worker(side, c) for side, c in build_components(config, only).items()]
+        if components is None:
+            components = build_components(config, only)
+        self._workers = [_Worker(side, c) for side, c in components.items()]
         self._ops: OpsServer | None = None
         self._signals = 0
 

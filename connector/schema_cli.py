@@ -10,8 +10,9 @@ import typer
 
 from connector.cli_common import load
 from core.errors import ConfigError, ConnectorError
-from schemas.compat import check_against_registry, derive_schemas_after
+from schemas.check import check_against_registry
 from schemas.registry import SchemaRegistry
+from sources.postgres.schema_preview import derive_schemas_after
 
 app = typer.Typer(help="Schema Registry compatibility checks (usable as a CI gate).", no_args_is_help=True)
 

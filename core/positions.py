@@ -1,4 +1,4 @@
-"""Positions as value objects: a PostgreSQL LSN and a Kafka partition offset."""
+"""Positions as value objects: a PostgreSQL LSN."""
 
 from __future__ import annotations
 
@@ -50,14 +50,3 @@ class Lsn:
 
 Lsn.INVALID = Lsn(0)
 
-
-@dataclass(frozen=True, slots=True, order=True)
-class KafkaPosition:
-    """The next offset to read in one topic partition ("after the last applied message")."""
-
-    topic: str
-    partition: int
-    next_offset: int
-
-    def __str__(self) -> str:
-        return f"{self.topic}[{self.partition}]@{self.next_offset}"

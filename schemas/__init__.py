@@ -5,5 +5,6 @@
 - `envelope`: per-table key/value schemas, rows, keys and Debezium-compatible envelopes.
 - `registry`: the Schema Registry client (register, look up, check compatibility).
 - `serde` / `codegen`: wire-format encoder and decoder with per-schema generated writers/readers.
-- `compat` / `cli`: explaining schema changes and `cdc schemas check`.
+- `compat`: explaining schema changes (Avro's resolution rules, naming the field).
+- `check`: the registry's verdict per subject for `cdc schemas check`.
 """

@@ -19,6 +19,8 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from fastavro.read import LOGICAL_READERS
+
 
 class Fallback(Exception):
     """The value holds a Python type the generated writer does not handle; write it with fastavro."""
@@ -436,8 +438,6 @@ def compile_reader(definition: Any) -> Callable[[bytes, int], tuple[Any, int]] |
         generator = _ReaderGenerator(definition)
     except _Unsupported:
         return None
-    from fastavro.read import LOGICAL_READERS
-
     namespace: dict[str, Any] = {
         "_varint_tail": _varint_tail,
         "_UNPACK_FLOAT": _UNPACK_FLOAT,

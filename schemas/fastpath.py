@@ -7,7 +7,7 @@ the rows (generated writer of the table's Value/Key records), the LSN, the chang
 `ts_ms` are written per event. A row the generated writer does not take raises `Fallback` (or one of the
 errors `Encoder` falls back on) and the caller builds the event the ordinary way.
 
-tests/unit/schemas/test_fastpath_envelope.py compares the bytes with the ordinary path on random rows of
+tests/unit/schemas/test_fastpath_envelopes.py compares the bytes with the ordinary path on random rows of
 every mapped type.
 """
 

@@ -16,16 +16,14 @@ from __future__ import annotations
 import io
 import struct
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from core.errors import ConnectorError, PoisonMessageError
 from core.records import AvroSchema
 from schemas.codegen import Fallback, compile_reader, compile_writer
-
-if TYPE_CHECKING:
-    from schemas.registry import SchemaRegistry
+from schemas.registry import SchemaRegistry
 
 MAGIC = 0
 _UNSET = object()

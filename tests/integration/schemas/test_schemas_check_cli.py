@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from connector.cli import app
 from connector.config import load_config
-from schemas.compat import derive_schemas_after
 from schemas.registry import SchemaRegistry
+from sources.postgres.schema_preview import derive_schemas_after
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration

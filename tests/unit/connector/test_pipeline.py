@@ -12,9 +12,9 @@ import pytest
 
 from connector.config import ConnectorConfig
 from connector.ops import OpsServer
-from connector.pipeline import Pipeline, _Worker
+from connector.pipeline import Pipeline
 from core.checks import Problem
-from core.errors import ConnectorError, DeliveryError, UnreachableError
+from core.errors import ConfigError, ConnectorError, DeliveryError, UnreachableError
 from sources.base import Source
 from tests.support.helpers import wait_for
 
@@ -57,13 +57,7 @@ def _config() -> ConnectorConfig:
 
 
 def _pipeline(component: _Component) -> Pipeline:
-    pipeline = Pipeline.__new__(Pipeline)
-    pipeline.config = _config()
-    pipeline.stop = threading.Event()
-    pipeline._workers = [_Worker("source", component)]
-    pipeline._ops = None
-    pipeline._signals = 0
-    return pipeline
+    return Pipeline(_config(), components={"source": component})
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -154,3 +148,8 @@ def test_a_failure_that_is_not_ours_is_one_line_without_traceback(caplog: pytest
         pipeline.run(install_signals=False)
     assert str(caught.value) == "unexpected ValueError: bad thing (rerun with --debug for the traceback)"
     assert not [r for r in caplog.records if r.levelno >= logging.INFO and r.exc_info]
+
+
+def test_a_side_the_config_lacks_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="--only source, but the config has no `source` section"):
+        Pipeline(_config(), "source")

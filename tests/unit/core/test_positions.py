@@ -1,10 +1,10 @@
-"""Lsn and KafkaPosition value objects."""
+"""The Lsn value object."""
 
 from __future__ import annotations
 
 import pytest
 
-from core.positions import KafkaPosition, Lsn
+from core.positions import Lsn
 
 pytestmark = pytest.mark.unit
 
@@ -34,8 +34,3 @@ def test_lsn_range() -> None:
     with pytest.raises(ValueError):
         Lsn(1 << 64)
 
-
-def test_kafka_position_prints_and_orders() -> None:
-    a = KafkaPosition("t", 0, 5)
-    assert str(a) == "t[0]@5"
-    assert a < KafkaPosition("t", 0, 6) < KafkaPosition("t", 1, 0)

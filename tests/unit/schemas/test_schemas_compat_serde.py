@@ -10,7 +10,7 @@ import pytest
 
 from core.errors import PoisonMessageError, RetriableError
 from core.records import AvroSchema
-from schemas.compat import describe_changes, incompatibilities, problems_for, transaction_control_in
+from schemas.compat import describe_changes, incompatibilities, problems_for
 from schemas.envelope import build_table_schemas, source_block
 from schemas.registry import SchemaNotFoundError, redact_url
 from schemas.serde import Decoder, Encoder
@@ -55,21 +55,6 @@ def test_avro_resolution_rules() -> None:
     assert problems_for("NONE", retyped, [old]) == []
     added = envelope_schema(*BASE, column("extra", "text"))
     assert problems_for("FULL_TRANSITIVE", added, [old, old]) == []
-
-
-def test_transaction_control_detection_ignores_comments_strings_and_bodies() -> None:
-    assert transaction_control_in("ALTER TABLE t ADD c int; COMMIT;") == ["COMMIT"]
-    assert transaction_control_in("begin; alter table t add c int; end;") == ["BEGIN", "END"]
-    assert transaction_control_in("START TRANSACTION;") == ["START TRANSACTION"]
-    harmless = """
-        -- COMMIT here is a comment
-        /* ROLLBACK; */
-        INSERT INTO t VALUES ('COMMIT; BEGIN');
-        CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $fn$ BEGIN RETURN 1; END $fn$;
-        DO $$ BEGIN PERFORM 1; END $$;
-        SAVEPOINT s1; RELEASE SAVEPOINT s1;
-    """
-    assert transaction_control_in(harmless) == []
 
 
 def test_redact_url_drops_credentials() -> None:

@@ -1,9 +1,8 @@
-"""`cdc --help` and every subcommand's `--help` work; `cdc dev` behaves without any service running."""
+"""`cdc --help` and every subcommand's `--help` work; the contract's commands exist."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from connector.cli import app
 
 pytestmark = pytest.mark.unit
 
-# The contract's commands (docs: CONTRACTS.md); each must exist.
+# The commands users and scripts rely on (README.md, docs/operations.md); each must exist.
 CONTRACT_COMMANDS = [
     ("run",),
     ("validate",),
@@ -74,28 +73,3 @@ def test_help_shows_no_value_after_a_flag(path: tuple[str, ...]) -> None:
 @pytest.mark.parametrize("path", CONTRACT_COMMANDS, ids=" ".join)
 def test_contract_command_exists(path: tuple[str, ...]) -> None:
     assert path in ALL_PATHS
-
-
-def test_dev_up_has_every_port_option() -> None:
-    up = typer.main.get_command(app).commands["dev"].commands["up"]  # type: ignore[attr-defined]
-    flags = {opt for param in up.params for opt in param.opts}
-    assert flags >= {"--home", "--pg-port", "--kafka-port", "--kafka-controller-port", "--registry-port",
-                     "--registry-management-port", "--free-ports", "--timeout"}
-
-
-def test_dev_status_of_an_empty_home_says_not_started(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["dev", "status", "--home", str(tmp_path)])
-    assert result.exit_code == 1
-    assert "stopped" in result.output
-
-
-def test_dev_down_of_an_empty_home_stops_nothing(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["dev", "down", "--home", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    assert "nothing was running" in result.output
-
-
-def test_dev_home_comes_from_cdc_home(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["dev", "down"], env={"CDC_HOME": str(tmp_path / "elsewhere")})
-    assert result.exit_code == 0, result.output
-    assert str(tmp_path / "elsewhere") in result.output
