@@ -218,7 +218,15 @@ def bench_e2e(n: int, batch: int, wide: bool) -> dict[str, Any]:
         "schema_registry": {"url": registry_url},
         "sink": {"dsn": dsn, "topics": [topic], "batch": {"max_records": batch, "max_wait_ms": 500}},
     })
-    sink = PostgresSink(config, TransformChain())
+    assert config.sink is not None
+    sink = PostgresSink(
+        config.sink,
+        kafka=config.kafka,
+        registry=config.schema_registry,
+        retry=config.retry,
+        chain=TransformChain(),
+        group_id=config.group_id,
+    )
     stop = threading.Event()
     thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -46,7 +46,14 @@ def build_components(config: ConnectorConfig, only: Side | None = None) -> dict[
     if config.source is not None and only in (None, "source"):
         components["source"] = PostgresSource(config, build_chain(config.transforms_for("source"), side="source"))
     if config.sink is not None and only in (None, "sink"):
-        components["sink"] = PostgresSink(config, build_chain(config.transforms_for("sink"), side="sink"))
+        components["sink"] = PostgresSink(
+            config.sink,
+            kafka=config.kafka,
+            registry=config.schema_registry,
+            retry=config.retry,
+            chain=build_chain(config.transforms_for("sink"), side="sink"),
+            group_id=config.group_id,
+        )
     return components
 
 

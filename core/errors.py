@@ -2,8 +2,9 @@
 
 Everything the project raises on purpose derives from `ConnectorError`. Each error says whether
 retrying the operation can help (`retriable`); `is_retriable` maps errors from psycopg, librdkafka
-and the registry client onto that decision, and `classify` turns them into one-line `ConnectorError`s
-that name the cause and the fix, so no other module has to guess or word them.
+and the registry client onto that decision, `is_data_error` picks out the database errors caused by one
+change's data (poison: skipped or dead-lettered, never retried), and `classify` turns errors into one-line
+`ConnectorError`s that name the cause and the fix, so no other module has to guess or word them.
 """
 
 from __future__ import annotations
@@ -133,6 +134,26 @@ def is_retriable(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
         return True
     return isinstance(exc, OSError) and exc.errno in {errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE}
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """A statement the database refuses for the data it was given (poison), not for the state of the connection:
+    neither retriable nor the whole batch's fault.
+
+    Data exceptions (SQLSTATE class 22) and integrity violations (23) from the server, and psycopg's own data
+    errors raised while converting a value for COPY (those carry no SQLSTATE).
+    """
+    if isinstance(exc, (psycopg.DataError, psycopg.IntegrityError)):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None) if isinstance(exc, psycopg.Error) else None
+    return (sqlstate or "").startswith(("22", "23"))
+
+
+def data_error_message(exc: BaseException) -> str:
+    """A data error in one line that names the constraint or the type, never the value (that is in DETAIL)."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) or type(exc).__name__
+    return f"{primary} (SQLSTATE {getattr(exc, 'sqlstate', None)})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 AvroDefinition = Any
 """A parsed Avro schema: a dict (record, enum, ...), a list (union) or a str (primitive/named)."""
@@ -86,3 +86,12 @@ class Record:
             if key == name:
                 found = value
         return found
+
+
+class RecordChain(Protocol):
+    """What a component needs of a chain of transforms (`transforms.TransformChain`): how many there are (none:
+    records pass untouched) and the records one record becomes."""
+
+    def __len__(self) -> int: ...
+
+    def apply(self, record: Record) -> list[Record]: ...

@@ -1,4 +1,4 @@
-"""One batch, one destination transaction (steps 2-5 of the commit order in `sinks.postgres.sink`).
+"""One batch, one destination transaction (steps 2-5 of the commit order in `sinks.postgres.loop`).
 
 Within the transaction: the batch's change ids go into `cdc.applied_changes`, one entry per destination table
 (`ON CONFLICT DO NOTHING RETURNING`), and only the (change, table) pairs that came back are applied; per
@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from core.errors import is_data_error
 from sinks.postgres.changes import UPSERT_OPS, Change, KeyMove, Shape, carry_across_key_changes, collapse
 from sinks.postgres.config import PostgresSinkConfig
 from sinks.postgres.snapshots import SnapshotCleanup
@@ -49,17 +50,6 @@ _Fresh = dict[int, set[int]] | None
 _STAGE_TOAST = "__cdc_stage_toast"
 
 
-def is_data_error(exc: psycopg.Error) -> bool:
-    """A change the destination refuses for its data (poison), not for the state of the connection.
-
-    Data exceptions (SQLSTATE class 22) and integrity violations (23) from the server, and psycopg's own data
-    errors raised while converting a value for COPY (those carry no SQLSTATE).
-    """
-    return isinstance(exc, (psycopg.DataError, psycopg.IntegrityError)) or (exc.sqlstate or "").startswith(
-        ("22", "23")
-    )
-
-
 @dataclass(slots=True)
 class ApplyResult:
     applied: Counter[tuple[str, str]] = field(default_factory=Counter)  # (table, op) -> changes applied
@@ -68,7 +58,10 @@ class ApplyResult:
 
 
 @dataclass(slots=True)
-class _Run:
+class _TableRun:
+    """Consecutive changes of one destination table with one shape (a run ends at a truncate or a schema change),
+    merged together in one statement per kind."""
+
     table: TableName
     target: TargetTable | None
     changes: list[Change]
@@ -94,9 +87,9 @@ class Applier:
 
     # -- preparation (own transactions) -------------------------------------------------------------
 
-    def prepare(self, conn: psycopg.Connection[Any], changes: Sequence[Change]) -> list[_Run]:
+    def prepare(self, conn: psycopg.Connection[Any], changes: Sequence[Change]) -> list[_TableRun]:
         """Resolve, create or evolve every destination table and its stage; split changes into runs."""
-        runs: list[_Run] = []
+        runs: list[_TableRun] = []
         by_table: dict[TableName, list[Change]] = {}
         names: dict[tuple[str, str, str], TableName] = {}
         for change in changes:
@@ -112,11 +105,11 @@ class Applier:
         targets: dict[tuple[TableName, int], TargetTable | None] = {}
         shapes: list[Shape] = []
         for table in sorted(by_table):
-            current: _Run | None = None
+            current: _TableRun | None = None
             for change in by_table[table]:
                 if change.op == "t" and self._config.mode != "append":
                     # A truncate has no key (so no usable shape): it needs only the table.
-                    run = current or _Run(table, None, [])
+                    run = current or _TableRun(table, None, [])
                     if run.target is None:
                         run.target = self._tables.truncate_target(conn, table)
                     run.truncate = change
@@ -144,7 +137,7 @@ class Applier:
                 if current is None or current.target != target:
                     if current is not None:
                         runs.append(current)
-                    current = _Run(table, target, [])
+                    current = _TableRun(table, target, [])
                 current.changes.append(change)
             if current is not None:
                 runs.append(current)
@@ -207,9 +200,9 @@ class Applier:
         self._dirty.clear()
         with conn.transaction(force_rollback=True):
             for run in runs:
-                singles = [_Run(run.table, run.target, [c]) for c in run.changes]
+                singles = [_TableRun(run.table, run.target, [c]) for c in run.changes]
                 if run.truncate is not None:
-                    singles.append(_Run(run.table, run.target, [], run.truncate))
+                    singles.append(_TableRun(run.table, run.target, [], run.truncate))
                 for single in singles:
                     change = single.truncate or single.changes[0]
                     try:
@@ -221,7 +214,7 @@ class Applier:
                         failures.append((change, exc))
         return failures
 
-    def _ledger(self, conn: psycopg.Connection[Any], runs: Sequence[_Run]) -> tuple[_Fresh, int]:
+    def _ledger(self, conn: psycopg.Connection[Any], runs: Sequence[_TableRun]) -> tuple[_Fresh, int]:
         """Step 2: record each change id once per destination table it is applied to.
 
         Returns the (change id, table) pairs not recorded before, as `UUID.int` per table oid, and how many of
@@ -298,7 +291,7 @@ class Applier:
             (self._group_id, [k[0] for k, _ in items], [k[1] for k, _ in items], [v for _, v in items]),
         )
 
-    def _apply_run(self, conn: psycopg.Connection[Any], run: _Run, fresh: _Fresh, result: ApplyResult) -> None:
+    def _apply_run(self, conn: psycopg.Connection[Any], run: _TableRun, fresh: _Fresh, result: ApplyResult) -> None:
         """Step 3, for one run of one table; `fresh` as `_ledger` returns it (None: all fresh, none repeated).
 
         Each fresh id is taken once (the first occurrence in the batch), so an id repeated within a batch, even

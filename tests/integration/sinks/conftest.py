@@ -8,7 +8,6 @@ value schemas registered in the registry and deterministic change ids and LSNs.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from schemas.catalog import describe_tables
 from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, source_block
 from schemas.registry import SchemaRegistry
 from schemas.serde import Encoder
+from sinks.postgres import PostgresSink
+from transforms.registry import build_chain
 
 RUNNER = Path(__file__).with_name("sink_process.py")
 
@@ -299,14 +300,25 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 120, what: str = 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def build_sink(config: ConnectorConfig, *, after_db_commit: Callable[[], None] | None = None) -> PostgresSink:
+    """The sink of `config`, assembled from its sections as the application does (plus a test fault point)."""
+    assert config.sink is not None
+    return PostgresSink(
+        config.sink,
+        kafka=config.kafka,
+        registry=config.schema_registry,
+        retry=config.retry,
+        chain=build_chain(config.transforms_for("sink"), side="sink"),
+        group_id=config.group_id,
+        after_db_commit=after_db_commit,
+    )
+
+
 class RunningSink:
     """A PostgresSink on a thread of this process."""
 
     def __init__(self, config: ConnectorConfig) -> None:
-        from sinks.postgres import PostgresSink
-        from transforms.registry import build_chain
-
-        self.sink = PostgresSink(config, build_chain(config.transforms_for("sink"), side="sink"))
+        self.sink = build_sink(config)
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -367,13 +379,13 @@ def run_until_caught_up(env: Env, data: dict[str, Any], topics: list[str], timeo
         raise running.error
 
 
-def start_process(config_path: Path, log_path: Path, env_extra: dict[str, str] | None = None
+def start_process(config_path: Path, log_path: Path, *, crash_after_db_commit: int | None = None
                   ) -> subprocess.Popen[bytes]:
-    environment = {**os.environ, **(env_extra or {})}
+    """`sink_process.py` on `config_path`; with `crash_after_db_commit` N, the process SIGKILLs itself right
+    after the N-th batch's destination commit, before its Kafka commit."""
+    crash = [] if crash_after_db_commit is None else [str(crash_after_db_commit)]
     with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, str(RUNNER), str(config_path)], env=environment, stdout=log, stderr=log,
-        )
+        return subprocess.Popen([sys.executable, str(RUNNER), str(config_path), *crash], stdout=log, stderr=log)
 
 
 def kill(process: subprocess.Popen[bytes]) -> None:

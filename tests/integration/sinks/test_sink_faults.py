@@ -51,8 +51,7 @@ def test_kill_9_at_random_moments_loses_and_doubles_nothing(env: Env) -> None:
         env.flush()
         if round_number % 3 == 2:
             # Crash exactly between the DB commit and the Kafka commit of the k-th batch.
-            crash_env = {"CDC_SINK_TEST_CRASH_AFTER_DB_COMMIT": str(rng.randint(1, 4))}
-            process = start_process(config_path, log_path, crash_env)
+            process = start_process(config_path, log_path, crash_after_db_commit=rng.randint(1, 4))
             process.wait(120)
             assert process.returncode == -9, log_path.read_text()[-2000:]
         else:

@@ -11,10 +11,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from sinks.postgres import PostgresSink
 from tests.integration.pipeline_support import free_port, wait_until
-from tests.integration.sinks.conftest import Env, RunningSink, run_until_caught_up, to_config
-from transforms.base import TransformChain
+from tests.integration.sinks.conftest import Env, RunningSink, build_sink, run_until_caught_up, to_config
 
 pytestmark = pytest.mark.integration
 
@@ -23,11 +21,11 @@ def test_validate_passes_for_a_working_config_and_names_each_problem(env: Env) -
     topic = env.create_topic(env.unique_name("topic"))
     dlq = env.create_topic(env.unique_name("dlq"))
     good = env.config([topic], errors={"tolerance": "all", "dead_letter_topic": dlq})
-    assert PostgresSink(to_config(good), TransformChain()).validate() == []
+    assert build_sink(to_config(good)).validate() == []
 
     bad = env.config([topic, "no-such-topic-x"], errors={"tolerance": "all", "dead_letter_topic": "no-such-dlq"})
     bad["sink"]["dsn"] = env.stack.target_dsn + "_missing_database"
-    messages = [p.message for p in PostgresSink(to_config(bad), TransformChain()).validate()]
+    messages = [p.message for p in build_sink(to_config(bad)).validate()]
     assert any("the destination database refused the connection" in m and "does not exist" in m for m in messages)
     assert any("no-such-topic-x" in m for m in messages)
     # `run` creates a missing dead-letter topic at start, so validate does not call it a problem.
@@ -70,5 +68,5 @@ def test_inspect_reads_the_stored_offsets(env: Env) -> None:
     run_until_caught_up(env, data, [feed.topic])
     feed.insert(id=10, v="later")
     env.flush()
-    stored = PostgresSink(to_config(data), TransformChain()).inspect()
+    stored = build_sink(to_config(data)).inspect()
     assert stored["partitions"] == [{"topic": feed.topic, "partition": 0, "next_offset": 5}]

@@ -1,4 +1,4 @@
-"""Errors are classified retriable or fatal in one place."""
+"""Errors are classified retriable, poison (a change's own data) or fatal in one place."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from core.errors import (
     RetryBudget,
     UnreachableError,
     classify,
+    data_error_message,
+    is_data_error,
     is_retriable,
 )
 
@@ -157,3 +159,25 @@ def test_an_unlimited_budget_never_runs_out() -> None:
     budget.failed(UnreachableError("x"))
     now[0] = 1e9
     assert not budget.failed(UnreachableError("x"))
+
+
+def test_client_side_conversion_errors_and_server_data_errors_are_data_errors() -> None:
+    # psycopg raises DataError without a SQLSTATE when it cannot dump a value for COPY.
+    assert is_data_error(psycopg.DataError("cannot dump lists of mixed types"))
+    assert is_data_error(psycopg.errors.NumericValueOutOfRange())  # 22003
+    assert is_data_error(psycopg.errors.UniqueViolation())  # 23505
+    assert is_data_error(psycopg.errors.CheckViolation())  # 23514
+    assert not is_retriable(psycopg.errors.NumericValueOutOfRange())
+
+
+def test_connection_and_server_state_errors_are_not_data_errors() -> None:
+    assert not is_data_error(psycopg.OperationalError("connection lost"))
+    assert not is_data_error(psycopg.errors.SerializationFailure())
+    assert not is_data_error(psycopg.errors.UndefinedTable())
+    assert not is_data_error(_SqlError("23505"))  # a SQLSTATE alone, not from the database driver
+    assert not is_data_error(ValueError("22"))
+
+
+def test_a_data_error_is_described_without_its_value() -> None:
+    assert data_error_message(psycopg.errors.UniqueViolation()) == "UniqueViolation (SQLSTATE 23505)"
+    assert data_error_message(psycopg.DataError("cannot dump")) == "DataError (SQLSTATE None)"
