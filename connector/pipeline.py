@@ -43,9 +43,16 @@ def build_components(config: ConnectorConfig, only: Side | None = None) -> dict[
     if only == "sink" and config.sink is None:
         raise ConfigError("--only sink, but the config has no `sink` section")
     if config.source is not None and only in (None, "source"):
-        from sources.postgres import PostgresSource
+        from sources.postgres.source import PostgresSource
 
-        components["source"] = PostgresSource(config, build_chain(config.transforms_for("source"), side="source"))
+        components["source"] = PostgresSource(
+            config.source,
+            name=config.name,
+            kafka=config.kafka,
+            registry=config.schema_registry,
+            retry=config.retry,
+            chain=build_chain(config.transforms_for("source"), side="source"),
+        )
     if config.sink is not None and only in (None, "sink"):
         from sinks.postgres import PostgresSink
 
