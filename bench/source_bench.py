@@ -29,8 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from connector.config import ConnectorConfig  # noqa: E402
-from sources.postgres.source import PostgresSource  # noqa: E402
-from transforms.base import TransformChain  # noqa: E402
+from connector.pipeline import build_components  # noqa: E402
 
 NARROW = "id bigint PRIMARY KEY, name text, amount numeric(12,2), created timestamptz, flag boolean"
 NARROW_ROW = "g, 'name ' || g, g * 1.5, now(), g % 2 = 0"
@@ -101,7 +100,7 @@ def main() -> int:
     try:
         # First run: creates the publication and the slot, then stops.
         stop = threading.Event()
-        first = PostgresSource(config, TransformChain())
+        first = build_components(config, only="source")["source"]
         thread = threading.Thread(target=first.run, args=(stop,))
         thread.start()
         while not first.ready():
@@ -118,7 +117,7 @@ def main() -> int:
 
         rss_before = rss_kb()
         stop = threading.Event()
-        source = PostgresSource(config, TransformChain())
+        source = build_components(config, only="source")["source"]
         profiler = cProfile.Profile() if args.profile else None
         thread = threading.Thread(target=lambda: profiler.runcall(source.run, stop) if profiler else source.run(stop))
         thread.start()

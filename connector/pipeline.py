@@ -28,7 +28,7 @@ from core.errors import ConfigError, FatalError, classify
 from sinks.base import Sink
 from sinks.postgres import PostgresSink
 from sources.base import Source
-from sources.postgres import PostgresSource
+from sources.postgres.source import PostgresSource
 from transforms import build_chain
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,14 @@ def build_components(config: ConnectorConfig, only: Side | None = None) -> dict[
     if only == "sink" and config.sink is None:
         raise ConfigError("--only sink, but the config has no `sink` section")
     if config.source is not None and only in (None, "source"):
-        components["source"] = PostgresSource(config, build_chain(config.transforms_for("source"), side="source"))
+        components["source"] = PostgresSource(
+            config.source,
+            name=config.name,
+            kafka=config.kafka,
+            registry=config.schema_registry,
+            retry=config.retry,
+            chain=build_chain(config.transforms_for("source"), side="source"),
+        )
     if config.sink is not None and only in (None, "sink"):
         components["sink"] = PostgresSink(
             config.sink,

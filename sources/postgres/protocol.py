@@ -125,14 +125,17 @@ class Truncate:
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class LogicalMessage:
+    """A message written with `pg_logical_emit_message` (the connector's heartbeats are such messages)."""
+
     transactional: bool
     lsn: int
     prefix: str
     content: bytes
 
 
-PgOutputMessage = Begin | Commit | Origin | Relation | Type | Insert | Update | Delete | Truncate | Message
+Message = Begin | Commit | Origin | Relation | Type | Insert | Update | Delete | Truncate | LogicalMessage
+"""Any pgoutput message: the streamer handles them with one `match`."""
 
 # --- replication stream frames --------------------------------------------------------------------
 
@@ -212,7 +215,7 @@ def _tuple(data: bytes, pos: int) -> tuple[Tuple, int]:
     return tuple(values), pos
 
 
-def decode_message(payload: bytes | memoryview) -> PgOutputMessage:
+def decode_message(payload: bytes | memoryview) -> Message:
     """Decode one pgoutput message (the payload of an XLogData frame)."""
     data = payload if isinstance(payload, bytes) else bytes(payload)
     kind = data[0]
@@ -282,7 +285,7 @@ def decode_message(payload: bytes | memoryview) -> PgOutputMessage:
         (lsn,) = _U64.unpack_from(data, 2)
         prefix, pos = _string(data, 10)
         (length,) = _U32.unpack_from(data, pos)
-        return Message(bool(flags & 1), lsn, prefix, data[pos + 4 : pos + 4 + length])
+        return LogicalMessage(bool(flags & 1), lsn, prefix, data[pos + 4 : pos + 4 + length])
     raise ProtocolError(
         f"unknown pgoutput message type {chr(kind)!r}",
         hint="the connector speaks proto_version 1; check the server version and plugin",

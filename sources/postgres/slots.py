@@ -25,6 +25,7 @@ from psycopg import sql
 
 from core.errors import FatalError, PrerequisiteError
 from core.positions import Lsn
+from sources.postgres.replication import CreatedSlot, ReplicationConnection, first_value_within
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,16 @@ class SlotState:
     progress: dict[str, Any]
 
 
+_LAG_BYTES = sql.SQL("(pg_current_wal_lsn() - confirmed_flush_lsn)::bigint")
+"""How many bytes of WAL the slot holds back: the one definition of slot lag."""
+
+
 def slot_info(conn: psycopg.Connection, name: str) -> SlotInfo | None:
-    row = conn.execute(
+    query = sql.SQL(
         "SELECT slot_name, plugin, database, active, active_pid, confirmed_flush_lsn::text, restart_lsn::text, "
-        "wal_status, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint "
-        "FROM pg_replication_slots WHERE slot_name = %s",
-        (name,),
-    ).fetchone()
+        "wal_status, {} FROM pg_replication_slots WHERE slot_name = %s"
+    ).format(_LAG_BYTES)
+    row = conn.execute(query, (name,)).fetchone()
     if row is None:
         return None
     return SlotInfo(
@@ -80,6 +84,13 @@ def slot_info(conn: psycopg.Connection, name: str) -> SlotInfo | None:
         wal_status=row[7],
         lag_bytes=row[8],
     )
+
+
+def slot_lag_bytes(conn: psycopg.Connection, name: str, *, timeout: float) -> int | None:
+    """The slot's lag, waiting at most `timeout` seconds (a side query of the streaming loop must not stall it)."""
+    query = sql.SQL("SELECT {} FROM pg_replication_slots WHERE slot_name = {}").format(_LAG_BYTES, sql.Literal(name))
+    value = first_value_within(conn, query, timeout)
+    return int(value) if value is not None else None
 
 
 def check_slot(info: SlotInfo, dbname: str) -> None:
@@ -124,6 +135,25 @@ def wait_until_free(
 
 def drop_slot(conn: psycopg.Connection, name: str) -> None:
     conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+
+
+def create_slot(repl: ReplicationConnection, store: StateStore, name: str, *, snapshot: bool) -> CreatedSlot:
+    """Create the slot (with an exported snapshot when `snapshot`) and record it in `cdc.source_state`."""
+    if snapshot:
+        # Recorded before the slot exists: a crash right after CREATE_REPLICATION_SLOT must not leave a slot
+        # that the next start would adopt as if its snapshot were done.
+        store.put(name, Lsn.INVALID, "running")
+    try:
+        created = repl.create_slot(name, export_snapshot=snapshot)
+    except psycopg.errors.DuplicateObject as exc:
+        raise SlotInUseError(
+            f"replication slot {name!r} was created by another process just now",
+            hint="only one connector may stream a slot",
+        ) from exc
+    store.put(name, created.consistent_point, "running" if snapshot else "skipped")
+    suffix = " with an exported snapshot" if snapshot else ""
+    log.info("created slot %s at %s%s", name, created.consistent_point, suffix)
+    return created
 
 
 _STATE_DDL = """

@@ -32,6 +32,19 @@ from transforms.base import TransformChain
 REPO_ROOT = Path(__file__).resolve().parents[4]
 
 
+def source_of(config: ConnectorConfig) -> PostgresSource:
+    """The source of `config`, built from its sections as the application builds it (no transforms)."""
+    assert config.source is not None
+    return PostgresSource(
+        config.source,
+        name=config.name,
+        kafka=config.kafka,
+        registry=config.schema_registry,
+        retry=config.retry,
+        chain=TransformChain(),
+    )
+
+
 def without_markers(events: list[Event]) -> list[Event]:
     """`events` without snapshot-complete markers (one per partition after each table's snapshot)."""
     return [e for e in events if "cdc.snapshot.complete" not in e.headers]
@@ -119,6 +132,9 @@ class SourceEnv:
     def config(self, **source: Any) -> ConnectorConfig:
         return ConnectorConfig.model_validate(self.config_data(**source))
 
+    def source(self, **source: Any) -> PostgresSource:
+        return source_of(self.config(**source))
+
     def write_config(self, path: Path, **source: Any) -> Path:
         path.write_text(json.dumps(self.config_data(**source)))  # JSON is YAML
         return path
@@ -127,7 +143,7 @@ class SourceEnv:
 
     @contextmanager
     def running(self, **source: Any) -> Iterator[RunningSource]:
-        runner = RunningSource(PostgresSource(self.config(**source), TransformChain()))
+        runner = RunningSource(self.source(**source))
         runner.start()
         try:
             yield runner
@@ -135,10 +151,10 @@ class SourceEnv:
             runner.stop()
 
     def subprocess(self, config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+        """`cdc run CONFIG --only source` in its own process (the config's `server` section is disabled)."""
+        command = [sys.executable, "-m", "connector.cli", "run", str(config_path), "--only", "source"]
         with log_path.open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "sources.postgres", str(config_path)], cwd=REPO_ROOT, stdout=log, stderr=log
-            )
+            return subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=log)
 
     # --- Kafka ----------------------------------------------------------------------------------------
 

@@ -9,9 +9,7 @@ from pgsource_support import RunningSource, SourceEnv
 
 from core.errors import PrerequisiteError
 from sources.postgres.slots import SlotInUseError, SlotLostError
-from sources.postgres.source import PostgresSource
 from tests.support.helpers import wait_for
-from transforms.base import TransformChain
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_table_without_usable_key_is_reported_with_the_three_fixes(source_env: SourceEnv) -> None:
     env = source_env
     table = env.table("nokey", "CREATE TABLE {t} (a int, b text)")
-    source = PostgresSource(env.config(), TransformChain())
+    source = env.source()
     problems = source.validate()
     assert len(problems) == 1
     assert table in problems[0].message and "no primary key" in problems[0].message
@@ -29,7 +27,7 @@ def test_table_without_usable_key_is_reported_with_the_three_fixes(source_env: S
         source.run(threading.Event())
     # The third fix works: REPLICA IDENTITY FULL plus configured key columns.
     env.sql(f"ALTER TABLE {table} REPLICA IDENTITY FULL")
-    fixed = PostgresSource(env.config(table_options={f"public.{table}": {"key_columns": ["a"]}}), TransformChain())
+    fixed = env.source(table_options={f"public.{table}": {"key_columns": ["a"]}})
     assert fixed.validate() == []
 
 
@@ -41,7 +39,7 @@ def test_role_without_replication_or_select(source_env: SourceEnv) -> None:
     try:
         dsn = env.stack.source_dsn.replace("postgres@", f"{role}@", 1)
         assert role in dsn
-        source = PostgresSource(env.config(dsn=dsn), TransformChain())
+        source = env.source(dsn=dsn)
         messages = " | ".join(f"{p.message} -> {p.fix}" for p in source.validate())
         assert "lacks the REPLICATION attribute" in messages
         assert f"ALTER ROLE {role} REPLICATION" in messages
@@ -56,15 +54,14 @@ def test_second_instance_is_refused_naming_the_pid_or_waits(source_env: SourceEn
     with env.running(snapshot={"mode": "never"}) as first:
         first.wait_ready()
         pid = env.slot_row()[1]  # type: ignore[index]
-        second = RunningSource(PostgresSource(env.config(snapshot={"mode": "never"}), TransformChain()))
+        second = RunningSource(env.source(snapshot={"mode": "never"}))
         second.start()
         error = second.join_error(60)
         assert isinstance(error, SlotInUseError)
         assert f"pid {pid}" in str(error)
         standby = RunningSource(
-            PostgresSource(env.config(snapshot={"mode": "never"}, slot={"name": env.slot, "on_conflict": "wait"}),
-                           TransformChain())
-        )  # fmt: skip
+            env.source(snapshot={"mode": "never"}, slot={"name": env.slot, "on_conflict": "wait"})
+        )
         standby.start()
         assert not standby.source.ready()
     # The first one stopped: the standby takes over.
@@ -80,7 +77,7 @@ def test_a_vanished_slot_is_a_loud_error_and_never_recreated(source_env: SourceE
     with env.running(snapshot={"mode": "never"}) as source:
         source.wait_ready()
     env.drop_slot()
-    runner = RunningSource(PostgresSource(env.config(snapshot={"mode": "initial"}), TransformChain()))
+    runner = RunningSource(env.source(snapshot={"mode": "initial"}))
     runner.start()
     error = runner.join_error(60)
     assert isinstance(error, SlotLostError)
@@ -95,7 +92,7 @@ def test_a_vanished_slot_is_a_loud_error_and_never_recreated(source_env: SourceE
 def test_missing_existing_publication_is_reported(source_env: SourceEnv) -> None:
     env = source_env
     env.table("pub", "CREATE TABLE {t} (id int PRIMARY KEY)")
-    source = PostgresSource(env.config(publication={"name": env.publication, "mode": "existing"}), TransformChain())
+    source = env.source(publication={"name": env.publication, "mode": "existing"})
     problems = source.validate()
     expected = f"publication {env.publication!r} does not exist (publication.mode: existing)"
     assert [p.message for p in problems] == [expected]
@@ -107,8 +104,7 @@ def test_missing_existing_publication_is_reported(source_env: SourceEnv) -> None
 def test_an_unmappable_column_stops_the_source_naming_it(source_env: SourceEnv, workers: int) -> None:
     env = source_env
     table = env.table("odd", "CREATE TABLE {t} (id int PRIMARY KEY, p aclitem)")
-    runner = RunningSource(PostgresSource(env.config(snapshot={"mode": "never"}, encode_workers=workers),
-                                          TransformChain()))  # fmt: skip
+    runner = RunningSource(env.source(snapshot={"mode": "never"}, encode_workers=workers))
     runner.start()
     runner.wait_ready()
     env.sql(f"INSERT INTO {table} VALUES (1, 'postgres=r/postgres')")

@@ -13,7 +13,7 @@ from sources.postgres.protocol import (
     Delete,
     Insert,
     Keepalive,
-    Message,
+    LogicalMessage,
     Origin,
     ProtocolError,
     Relation,
@@ -104,7 +104,7 @@ def test_origin_type_message() -> None:
     mood = decode_message(b"Y" + struct.pack("!I", 5000) + cstr("public") + cstr("mood"))
     assert mood == Type(5000, "public", "mood")
     body = b"M" + b"\x00" + struct.pack("!Q", 77) + cstr("cdc-heartbeat") + struct.pack("!I", 3) + b"abc"
-    assert decode_message(body) == Message(False, 77, "cdc-heartbeat", b"abc")
+    assert decode_message(body) == LogicalMessage(False, 77, "cdc-heartbeat", b"abc")
 
 
 def test_unknown_message_and_binary_tuples_are_errors() -> None:

@@ -20,8 +20,13 @@ def info(**changes: object) -> SlotInfo:
     return SlotInfo(**values)  # type: ignore[arg-type]
 
 
-def test_usable_slot_passes() -> None:
-    check_slot(info(), "db")
+@pytest.mark.parametrize("wal_status", ["reserved", "extended", "unreserved", None])
+def test_pgoutput_slot_of_this_database_is_usable_whatever_its_wal_status_short_of_lost(wal_status: str | None) -> None:
+    usable = info(wal_status=wal_status, active=True, active_pid=42)
+    assert check_slot(usable, "db") is None
+    # The same slot seen from another database is refused: the check looks at the slot, not only at wal_status.
+    with pytest.raises(PrerequisiteError, match="not a pgoutput slot of database 'other'"):
+        check_slot(usable, "other")
 
 
 def test_lost_slot_is_fatal_and_explains_the_resnapshot() -> None:
