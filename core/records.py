@@ -89,9 +89,13 @@ class Record:
 
 
 class RecordChain(Protocol):
-    """What a component needs of a chain of transforms (`transforms.TransformChain`): how many there are (none:
-    records pass untouched) and the records one record becomes."""
+    """A chain of transforms as a source or sink sees it (`transforms.TransformChain` is one).
 
-    def __len__(self) -> int: ...
+    Components never import the transforms: the application builds the chain and hands it in.
+    """
 
-    def apply(self, record: Record) -> list[Record]: ...
+    def __len__(self) -> int:
+        """The number of transforms; 0 means records pass through untouched."""
+
+    def apply(self, record: Record) -> list[Record]:
+        """The records that replace `record` (empty to drop it)."""

@@ -1,28 +1,13 @@
-"""The contract every source implements, and what a source needs of the transforms it is handed."""
+"""The contract every source implements."""
 
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from core.checks import Problem
 from core.errors import ConnectorError
-from core.records import Record
-
-
-class RecordChain(Protocol):
-    """The source-side transforms as a source sees them (`transforms.base.TransformChain` is one).
-
-    A source never imports the transforms: the application builds the chain and hands it in.
-    """
-
-    def __len__(self) -> int:
-        """The number of transforms; 0 means records pass through untouched."""
-
-    def apply(self, record: Record) -> Sequence[Record]:
-        """The records that replace `record` (empty to drop it)."""
 
 
 class Source(ABC):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from core.delivery import KafkaDelivery, TxSlot
-from core.records import Record
-from sources.base import RecordChain
+from core.records import Record, RecordChain
 
 
 class RecordOutput:

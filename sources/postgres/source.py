@@ -31,9 +31,10 @@ from core.errors import (
 )
 from core.kafka import KafkaConfig
 from core.positions import Lsn
+from core.records import RecordChain
 from core.timeouts import libpq_options
 from schemas.registry import SchemaRegistryConfig
-from sources.base import RecordChain, Source
+from sources.base import Source
 from sources.postgres import prerequisites
 from sources.postgres.change_id import ChangeIds, namespace_for
 from sources.postgres.config import PostgresSourceConfig
