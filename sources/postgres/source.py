@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -37,11 +38,12 @@ from core.metrics import SNAPSHOT_ROWS, SOURCE_CONFIRMED_LSN, SOURCE_EVENTS, SOU
 from core.positions import Lsn
 from core.records import Record
 from core.timeouts import libpq_options
+from schemas.serde import RegistrySerializer
 from sources.base import Source
 from sources.postgres import prerequisites
 from sources.postgres.change_id import ChangeIds, namespace_for
 from sources.postgres.config import PostgresSourceConfig, SnapshotMode
-from sources.postgres.events import EventFactory, RegistrySerializer, TableEvents
+from sources.postgres.events import ChangeEncoder, ChangeEvent, EventFactory, TableEvents
 from sources.postgres.parallel import WorkerPool
 from sources.postgres.protocol import (
     Begin,
@@ -259,7 +261,7 @@ class _Run:
             system = repl.identify_system()
             ids = ChangeIds(namespace_for(system.system_id, system.dbname))
             delivery = self._delivery()
-            factory = EventFactory(self.config, conn, ids, system.dbname)
+            factory = EventFactory(self.cfg, connector_name=self.config.name, conn=conn, ids=ids, db=system.dbname)
             if not len(self.chain):  # with transforms, records may be routed elsewhere: create topics on use
                 delivery.ensure_topics(factory.topic(t) for t in tables)
             created = self._prepare_slot(conn, repl, store, system.dbname)
@@ -318,8 +320,9 @@ class _Run:
             return None
         log.info("starting %d encoder worker processes", workers)
         return WorkerPool(
-            self.config, system_id=system_id, db=db, workers=workers, delivery=delivery, counts=self.event_counts
-        )
+            self.cfg, self.config.schema_registry, connector_name=self.config.name, system_id=system_id, db=db,
+            workers=workers, delivery=delivery, counts=self.event_counts,
+        )  # fmt: skip
 
     def _delivery(self) -> KafkaDelivery:
         kafka = self.config.kafka
@@ -430,7 +433,8 @@ class _Run:
                 previous: Any = None
                 for row in reader.rows(plan):
                     if previous is not None:
-                        self._produce_all(events.snapshot_row(previous, point, ts_ms, "true"), delivery, slot)
+                        self._produce_all(events.records((events.snapshot_row(previous, point, ts_ms, "true"),)),
+                                          delivery, slot)  # fmt: skip
                         in_slot += 1
                         table_progress.rows += 1
                         if in_slot >= chunk:
@@ -446,7 +450,8 @@ class _Run:
                     previous = row
                 if previous is not None:
                     marker = "last" if last_table else "true"
-                    self._produce_all(events.snapshot_row(previous, point, ts_ms, marker), delivery, slot)
+                    self._produce_all(events.records((events.snapshot_row(previous, point, ts_ms, marker),)),
+                                      delivery, slot)  # fmt: skip
                     table_progress.rows += 1
                 if self.cfg.snapshot.complete_markers:
                     self._produce_everywhere(events.snapshot_complete(point), delivery, slot)
@@ -513,8 +518,9 @@ class _Streamer:
         self.factory = factory
         self.delivery = delivery
         self.relations: dict[int, TableEvents] = {}
-        # Without transforms, streamed changes are encoded straight to wire-format bytes (schemas/fastpath.py).
-        self.schema_ids = delivery.schema_ids if not len(run.chain) else None
+        # Without transforms, streamed changes are encoded here (with transforms, the chain takes records).
+        schema_ids = delivery.schema_ids
+        self.encoder = ChangeEncoder(schema_ids) if schema_ids is not None and not len(run.chain) else None
         self.confirmed = Lsn.INVALID
         self.received = 0
         self.server_wal_end = 0
@@ -674,25 +680,15 @@ class _Streamer:
         if kind is Insert or kind is Update or kind is Delete:
             assert self.tx is not None
             events = self.relations[message.relation_id]  # type: ignore[attr-defined]
-            encoded = events.streamed_encoded(
+            changes = events.changes(
                 message,  # type: ignore[arg-type]
                 lsn=lsn, commit_lsn=self.commit_lsn, ordinal=self.ordinal, xid=self.xid,
                 commit_ms=self.commit_ms,
             )  # fmt: skip
-            if encoded is not None:
-                produce = self.delivery.produce_raw
-                for key_bytes, value_bytes, headers in encoded:
-                    produce(events.topic, key_bytes, value_bytes, headers, self.tx)
-            else:
-                records = events.streamed(
-                    message,  # type: ignore[arg-type]
-                    lsn=lsn, commit_lsn=self.commit_lsn, ordinal=self.ordinal, xid=self.xid,
-                    commit_ms=self.commit_ms,
-                )  # fmt: skip
-                self.run._produce_all(records, self.delivery, self.tx)
+            self._emit(events, changes)
             self.ordinal += 1
             counts = self.run.event_counts
-            key = (events.table_name, events.last_op)
+            key = (events.table_name, changes[-1].op)
             counts[key] = counts.get(key, 0) + 1
             self.received = max(self.received, lsn)
         elif kind is Begin:
@@ -712,21 +708,28 @@ class _Streamer:
             if self.pool is not None:
                 self.pool.relation(message)
             else:
-                events = self.factory.for_relation(message)
-                if self.schema_ids is not None:
-                    events.enable_fastpath(self.schema_ids)
-                self.relations[message.relation_id] = events
+                self.relations[message.relation_id] = self.factory.for_relation(message)
         elif kind is Truncate:
             assert isinstance(message, Truncate) and self.tx is not None
             for relation_id in message.relation_ids:
                 if self.cfg.emit_truncate:
-                    records = self.relations[relation_id].truncate(
+                    events = self.relations[relation_id]
+                    truncate = events.truncate(
                         lsn=lsn, commit_lsn=self.commit_lsn, ordinal=self.ordinal, xid=self.xid,
                         commit_ms=self.commit_ms,
                     )  # fmt: skip
-                    self.run._produce_all(records, self.delivery, self.tx)
+                    self._emit(events, (truncate,))
                 self.ordinal += 1
         # Origin, Type and logical Message ('M', e.g. our heartbeats) carry nothing to produce.
+
+    def _emit(self, events: TableEvents, changes: Sequence[ChangeEvent]) -> None:
+        assert self.tx is not None
+        if self.encoder is None:  # transforms take records
+            self.run._produce_all(events.records(changes), self.delivery, self.tx)
+            return
+        produce = self.delivery.produce_raw
+        for key, value, headers in self.encoder.encode(events, changes):
+            produce(events.topic, key, value, headers, self.tx)
 
     def _report(self) -> None:
         counts = self.run.event_counts
