@@ -30,11 +30,11 @@ from typing import Any, TypeGuard
 from core.errors import PoisonMessageError, SchemaError
 from core.records import SNAPSHOT_COMPLETE_HEADER, AvroSchema, Record
 from schemas.avro import named_types, normalize
+from schemas.types import UNAVAILABLE_BYTES, UNAVAILABLE_VALUE
 from sinks.postgres.types import ColumnType, column_type
 
 UPSERT_OPS = frozenset("cur")
-UNAVAILABLE_VALUE = "__cdc_unavailable_value"
-_PLACEHOLDERS = (UNAVAILABLE_VALUE, UNAVAILABLE_VALUE.encode())
+_PLACEHOLDERS = (UNAVAILABLE_VALUE, UNAVAILABLE_BYTES)
 CDC_COLUMN_PREFIX = "__cdc_"
 _NONE: frozenset[str] = frozenset()
 
