@@ -18,9 +18,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from connector.config_loader import read_env_file
 from core.errors import StackError
 from devstack import kafka, postgres, processes, registry
-from devstack.env_file import ENV_FILE_NAME, Endpoints, read_env_file, write_env_file
+from devstack.env_file import ENV_FILE_NAME, Endpoints, write_env_file
 from devstack.ports import Ports, is_free, is_listening, require_free
 from devstack.processes import ProcessRecord
 

@@ -1,4 +1,7 @@
-"""`<home>/dev.env`: the endpoints of a running stack as `KEY=value` lines (shell- and dotenv-readable)."""
+"""`<home>/dev.env`: the endpoints of a running stack as `KEY=value` lines (shell- and dotenv-readable).
+
+Read back with `connector.config_loader.read_env_file`, the one reader of such files (the connector reads it too).
+"""
 
 from __future__ import annotations
 
@@ -46,14 +49,3 @@ def write_env_file(path: Path, endpoints: Endpoints) -> None:
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tmp.replace(path)
 
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """`KEY=value` lines; blank lines, comments and an optional `export ` prefix are ignored."""
-    values: dict[str, str] = {}
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        values[key.strip()] = value.strip().strip("'\"")
-    return values

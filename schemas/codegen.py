@@ -21,6 +21,8 @@ from uuid import UUID
 
 from fastavro.read import LOGICAL_READERS
 
+from schemas.avro import PRIMITIVES, defined_name, lookup, namespace_of
+
 
 class Fallback(Exception):
     """The value holds a Python type the generated writer does not handle; write it with fastavro."""
@@ -93,18 +95,15 @@ def decimal_bytes(value: Decimal, precision: int, scale: int) -> bytes:
 
 _PACK_FLOAT = struct.Struct("<f").pack
 _PACK_DOUBLE = struct.Struct("<d").pack
-_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _INT_LOGICAL = frozenset({"date", "time-millis"})
 _LONG_LOGICAL = frozenset({"time-micros", "timestamp-millis", "timestamp-micros", "local-timestamp-millis",
                            "local-timestamp-micros"})  # fmt: skip
 
 
 def _full_name(avro: Mapping[str, Any], namespace: str | None) -> tuple[str, str | None]:
-    name = avro["name"]
-    if "." in name:
-        return name, name.rsplit(".", 1)[0]
-    ns = avro.get("namespace", namespace)
-    return (f"{ns}.{name}" if ns else name), ns
+    """(full name, the namespace it gives the types it defines) of a named type's definition."""
+    full = defined_name(avro, namespace)
+    return full, namespace_of(full)
 
 
 class _CodeBuilder:
@@ -129,10 +128,10 @@ class _CodeBuilder:
         return f"{self._prefix}{self.counter}"
 
     def _lookup(self, name: str, namespace: str | None) -> Mapping[str, Any]:
-        for candidate in ((f"{namespace}.{name}" if namespace and "." not in name else name), name):
-            if candidate in self.named:
-                return self.named[candidate]
-        raise _Unsupported(f"unknown named type {name}")
+        found = lookup(name, namespace, self.named)
+        if found is None:
+            raise _Unsupported(f"unknown named type {name}")
+        return found
 
 
 class _Generator(_CodeBuilder):
@@ -188,7 +187,7 @@ class _Generator(_CodeBuilder):
 
     def _kind(self, avro: Any, namespace: str | None) -> tuple[str, str | None]:
         if isinstance(avro, str):
-            if avro in _PRIMITIVES:
+            if avro in PRIMITIVES:
                 return avro, None
             return self._kind(self._lookup(avro, namespace), namespace)
         if isinstance(avro, list):
@@ -199,7 +198,7 @@ class _Generator(_CodeBuilder):
         return str(kind), avro.get("logicalType")
 
     def _emit(self, avro: Any, var: str, lines: list[str], ind: str, namespace: str | None) -> None:
-        if isinstance(avro, str) and avro not in _PRIMITIVES:
+        if isinstance(avro, str) and avro not in PRIMITIVES:
             avro = self._lookup(avro, namespace)
         kind, logical = self._kind(avro, namespace)
         if kind == "union":
@@ -373,7 +372,7 @@ class _ReaderGenerator(_CodeBuilder):
         lines.append(f"{ind}pos += {size}")
 
     def _emit(self, avro: Any, target: str, lines: list[str], ind: str, namespace: str | None) -> None:
-        if isinstance(avro, str) and avro not in _PRIMITIVES:
+        if isinstance(avro, str) and avro not in PRIMITIVES:
             avro = self._lookup(avro, namespace)
         if isinstance(avro, list):
             index = self._var()

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from core.records import AvroSchema
+from schemas.avro import PRIMITIVES, named_types
 
 _PROMOTIONS = {
     "int": {"int", "long", "float", "double"},
@@ -20,7 +21,6 @@ _PROMOTIONS = {
     "string": {"string", "bytes"},
     "bytes": {"bytes", "string"},
 }
-_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 
 
 def _row_record(definition: Any) -> Mapping[str, Any] | None:
@@ -103,34 +103,14 @@ class _Names:
     """Named types of one schema, by full and by short name (Avro matches named types by unqualified name)."""
 
     def __init__(self, definition: Any) -> None:
-        self.types: dict[str, Mapping[str, Any]] = {}
-        self._collect(definition, None)
-
-    def _collect(self, avro: Any, namespace: str | None) -> None:
-        if isinstance(avro, list):
-            for branch in avro:
-                self._collect(branch, namespace)
-        elif isinstance(avro, Mapping):
-            kind = avro.get("type")
-            if kind in ("record", "enum", "fixed"):
-                name = avro["name"]
-                ns = avro.get("namespace", namespace)
-                full = name if "." in name or not ns else f"{ns}.{name}"
-                self.types[full] = avro
-                self.types.setdefault(full.rsplit(".", 1)[-1], avro)
-                for f in avro.get("fields", []):
-                    self._collect(f["type"], ns if "." not in name else name.rsplit(".", 1)[0])
-            elif kind == "array":
-                self._collect(avro["items"], namespace)
-            elif kind == "map":
-                self._collect(avro["values"], namespace)
-            elif isinstance(kind, (Mapping, list)):
-                self._collect(kind, namespace)
+        self.types: dict[str, Mapping[str, Any]] = dict(named_types(definition))
+        for full, avro in list(self.types.items()):
+            self.types.setdefault(full.rsplit(".", 1)[-1], avro)
 
     def resolve(self, avro: Any) -> Any:
-        if isinstance(avro, str) and avro not in _PRIMITIVES:
+        if isinstance(avro, str) and avro not in PRIMITIVES:
             return self.types.get(avro) or self.types.get(avro.rsplit(".", 1)[-1]) or avro
-        if isinstance(avro, Mapping) and avro.get("type") in _PRIMITIVES:
+        if isinstance(avro, Mapping) and avro.get("type") in PRIMITIVES:
             return avro["type"]  # a primitive with a logical type or properties: resolution ignores both
         return avro
 
@@ -178,8 +158,8 @@ class _Resolution:
                 if _kind(resolved) == wkind and (wkind != "record" or _short_name(resolved) == _short_name(writer)):
                     return self.check(resolved, writer, path)
             return mismatch
-        if rkind in _PRIMITIVES or wkind in _PRIMITIVES:
-            if wkind in _PRIMITIVES and rkind in _PROMOTIONS.get(wkind, {wkind}):
+        if rkind in PRIMITIVES or wkind in PRIMITIVES:
+            if wkind in PRIMITIVES and rkind in _PROMOTIONS.get(wkind, {wkind}):
                 return []
             return mismatch
         if rkind != wkind:

@@ -15,6 +15,7 @@ from typing import Any, Final
 from core import __version__
 from core.errors import SchemaError
 from core.records import AvroSchema
+from schemas.avro import NAMED_KINDS, RECORD_KINDS, defined_name, namespace_of
 from schemas.catalog import TableInfo
 from schemas.types import (
     CONNECT_NAME,
@@ -254,15 +255,13 @@ def _dedupe_named(avro: AvroType, seen: set[str], namespace: str | None = None) 
     if not isinstance(avro, dict):
         return avro
     kind = avro.get("type")
-    if kind in ("record", "enum", "fixed"):
-        name = avro["name"]
-        ns = avro.get("namespace", namespace)
-        full = name if "." in name or not ns else f"{ns}.{name}"
+    if kind in NAMED_KINDS:
+        full = defined_name(avro, namespace)
         if full in seen:
             return full
         seen.add(full)
-        if kind == "record":
-            fields = [{**f, "type": _dedupe_named(f["type"], seen, ns)} for f in avro["fields"]]
+        if kind in RECORD_KINDS:
+            fields = [{**f, "type": _dedupe_named(f["type"], seen, namespace_of(full))} for f in avro["fields"]]
             return {**avro, "fields": fields}
         return avro
     if kind == "array":

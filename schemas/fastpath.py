@@ -5,9 +5,9 @@ values of one table: the schema-id header and the constant leading strings of th
 precomputed once, the per-transaction part (commit time, xid, commit LSN) once per transaction, and only
 the rows (generated writer of the table's Value/Key records), the LSN, the change id and the wall-clock
 `ts_ms` are written per event. A row the generated writer does not take raises `Fallback` (or one of the
-errors `Encoder` falls back on) and the caller builds the event the ordinary way.
+errors `Encoder` falls back on) and the caller encodes the event's record with `serde.Encoder`.
 
-tests/unit/schemas/test_fastpath_envelopes.py compares the bytes with the ordinary path on random rows of
+tests/unit/sources/postgres/test_change_encoder.py compares the bytes with the general path on random rows of
 every mapped type.
 """
 

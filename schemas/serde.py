@@ -23,7 +23,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from core.errors import ConnectorError, PoisonMessageError
 from core.records import AvroSchema
 from schemas.codegen import Fallback, compile_reader, compile_writer
-from schemas.registry import SchemaRegistry
+from schemas.registry import SchemaRegistry, SchemaRegistryConfig
 
 MAGIC = 0
 _UNSET = object()
@@ -93,6 +93,27 @@ class Encoder:
         buffer.write(HEADER.pack(MAGIC, schema_id))
         schemaless_writer(buffer, parsed, value)
         return buffer.getvalue()
+
+
+class RegistrySerializer:
+    """Confluent wire format with schemas registered on first use (the registry caches the ids).
+
+    `KafkaDelivery`'s serializer; `close()` ends the registry's HTTP client.
+    """
+
+    def __init__(self, config: SchemaRegistryConfig) -> None:
+        self._registry = SchemaRegistry(config)
+        self._encoder = Encoder()
+
+    def __call__(self, topic: str, schema: AvroSchema, value: Any, is_key: bool) -> bytes:
+        return self._encoder.encode(self.schema_id(topic, schema, is_key), schema, value)
+
+    def schema_id(self, topic: str, schema: AvroSchema, is_key: bool) -> int:
+        """The id `__call__` frames values with (registering the schema on first use)."""
+        return self._registry.register(f"{topic}-{'key' if is_key else 'value'}", schema)
+
+    def close(self) -> None:
+        self._registry.close()
 
 
 class Decoder:

@@ -43,7 +43,7 @@ class DecimalHandling(StrEnum):
     STRING = "string"
     DOUBLE = "double"
 
-Converter = Callable[[str], Any]
+TextConverter = Callable[[str], Any]
 
 SESSION_SETTINGS: dict[str, str] = {
     "DateStyle": "ISO, MDY",
@@ -368,7 +368,7 @@ def _identity(text: str) -> str:
 # Array literals
 
 
-def parse_array(text: str, element: Converter, delimiter: str = ",") -> list[Any]:
+def parse_array(text: str, element: TextConverter, delimiter: str = ",") -> list[Any]:
     """A one-dimensional PostgreSQL array literal -> list; elements converted, NULL -> None.
 
     Non-default lower bounds (`[0:2]={...}`) are dropped; a multidimensional value raises ValueError.
@@ -383,7 +383,7 @@ def parse_array(text: str, element: Converter, delimiter: str = ",") -> list[Any
     return _parse_array_slow(body, element, delimiter)
 
 
-def _parse_array_slow(body: str, element: Converter, delimiter: str) -> list[Any]:
+def _parse_array_slow(body: str, element: TextConverter, delimiter: str) -> list[Any]:
     out: list[Any] = []
     i = 0
     n = len(body)
@@ -418,7 +418,7 @@ def _parse_array_slow(body: str, element: Converter, delimiter: str) -> list[Any
 @dataclass(frozen=True, slots=True)
 class _Scalar:
     avro: AvroType  # a type, or a list of union branches (never containing "null")
-    convert: Converter
+    convert: TextConverter
     passthrough: bool = False  # convert is the identity: no call needed
 
 
@@ -540,7 +540,7 @@ def _unsupported(table: TableInfo, column: ColumnInfo) -> SchemaError:
     )
 
 
-def _nullable_converter(convert: Converter) -> Callable[[str | None], Any]:
+def _nullable_converter(convert: TextConverter) -> Callable[[str | None], Any]:
     def from_text(text: str | None) -> Any:
         return None if text is None else convert(text)
 
@@ -575,7 +575,7 @@ def column_codec(
         def convert_array(text: str) -> Any:
             return parse_array(text, convert_element, delimiter)
 
-        convert: Converter = convert_array
+        convert: TextConverter = convert_array
         passthrough = False
     else:
         found = _scalar(resolved, column.typmod, decimal_handling)

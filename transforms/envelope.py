@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from core.records import AvroSchema, Record
-from transforms.avro import Registry, normalize, registry_of, split_nullable, standalone
+from schemas.avro import NamedTypes, named_types, normalize
+from transforms.avro import split_nullable, standalone
 from transforms.base import Transform, evolve
 
 ENVELOPE_FIELDS = frozenset({"before", "after", "op", "source"})
@@ -27,7 +28,7 @@ RowConverter = Callable[[dict[str, Any], Record], dict[str, Any]]
 RowPlan = tuple[dict[str, Any], RowConverter]
 """A derived row record definition and the function that maps a row value onto it."""
 
-RowPlanner = Callable[[dict[str, Any], Registry], "RowPlan | None"]
+RowPlanner = Callable[[dict[str, Any], NamedTypes], "RowPlan | None"]
 """Maps a normalized row record definition onto a `RowPlan`, or None when it leaves it unchanged."""
 
 
@@ -75,7 +76,7 @@ def op_of(record: Record) -> str | None:
     return value["op"] if is_envelope(value) else None
 
 
-def envelope_row_name(envelope: dict[str, Any], registry: Registry) -> str | None:
+def envelope_row_name(envelope: dict[str, Any], index: NamedTypes) -> str | None:
     """Full name of the row record of a normalized envelope definition."""
     for field in envelope["fields"]:
         if field["name"] not in ROW_FIELDS:
@@ -83,7 +84,7 @@ def envelope_row_name(envelope: dict[str, Any], registry: Registry) -> str | Non
         inner, _ = split_nullable(field["type"])
         if isinstance(inner, dict) and inner.get("type") == "record":
             return str(inner["name"])
-        if isinstance(inner, str) and registry.get(inner, {}).get("type") == "record":
+        if isinstance(inner, str) and index.get(inner, {}).get("type") == "record":
             return inner
     return None
 
@@ -95,16 +96,16 @@ ToastMap = Callable[[list[str]], list[str]]
 def _plan_envelope(
     envelope: dict[str, Any], planner: RowPlanner, toast: ToastMap | None, blank_toast: bool
 ) -> Plan | None:
-    registry = registry_of(envelope)
-    row_name = envelope_row_name(envelope, registry)
+    index = named_types(envelope)
+    row_name = envelope_row_name(envelope, index)
     if row_name is None:
         return None
-    planned = planner(registry[row_name], registry)
+    planned = planner(index[row_name], index)
     if planned is None:
         return None
     new_row, convert = planned
     # A dropped field may have defined a named type that a kept field only names: define it at its first use.
-    new_row = standalone(new_row, registry)
+    new_row = standalone(new_row, index)
     placed = False
     fields = []
     for original in envelope["fields"]:
@@ -125,7 +126,7 @@ def _plan_envelope(
         fields.append(field)
 
     # Unchanged TOAST placeholders are not values: a converting transform sees null there (sinks skip them).
-    blankable = frozenset(f["name"] for f in registry[row_name]["fields"] if split_nullable(f["type"])[1])
+    blankable = frozenset(f["name"] for f in index[row_name]["fields"] if split_nullable(f["type"])[1])
 
     def convert_envelope(value: Any, record: Record) -> Any:
         if not isinstance(value, dict):
@@ -156,7 +157,7 @@ def plan_value(
 
 
 def _keep_text(schema: AvroSchema, normalized: Any, plan: Plan | None) -> Plan | None:
-    """A plan that leaves the schema as it was keeps the original text (no new registry version)."""
+    """A plan that leaves the schema as it was keeps the original text (no new index version)."""
     if plan is not None and plan.schema == AvroSchema.of(normalized):
         return Plan(schema, plan.convert)
     return plan
@@ -166,11 +167,11 @@ def plan_record(definition: Any, planner: RowPlanner) -> Plan | None:
     """The plan for a flat (normalized) record schema; other shapes are left alone."""
     if not isinstance(definition, dict) or definition.get("type") != "record":
         return None
-    registry = registry_of(definition)
-    planned = planner(definition, registry)
+    index = named_types(definition)
+    planned = planner(definition, index)
     if planned is None:
         return None
-    return Plan(AvroSchema.of(standalone(planned[0], registry)), planned[1])
+    return Plan(AvroSchema.of(standalone(planned[0], index)), planned[1])
 
 
 ApplyTo = Literal["value", "key", "both"]
@@ -187,7 +188,7 @@ class FieldTransform(Transform):
         self._key_plans: dict[AvroSchema, Plan | None] = {}
 
     @abstractmethod
-    def plan_row(self, row: dict[str, Any], registry: Registry) -> RowPlan | None:
+    def plan_row(self, row: dict[str, Any], index: NamedTypes) -> RowPlan | None:
         """Derive the new row definition (normalized) and its value converter; None when nothing changes."""
 
     toast_columns: ToastMap | None = None

@@ -17,7 +17,8 @@ from typing import Any
 
 from core.errors import ConfigError
 from core.records import Record
-from transforms.avro import Registry, base_type, make_nullable, resolve, split_nullable, without_pg_type
+from schemas.avro import NamedTypes
+from transforms.avro import base_type, make_nullable, resolve, split_nullable, without_pg_type
 from transforms.config import (
     CastOptions,
     DropOptions,
@@ -95,10 +96,10 @@ class Mask(FieldTransform):
         self._fields = frozenset(options.fields)
         self._salt = options.salt.get_secret_value().encode() if options.salt else b""
 
-    def _fixed(self, name: str, type_: Any, registry: Registry) -> Any:
-        kind, logical = base_type(type_, registry)
+    def _fixed(self, name: str, type_: Any, index: NamedTypes) -> Any:
+        kind, logical = base_type(type_, index)
         given = self.options.replacement
-        named = resolve(type_, registry)
+        named = resolve(type_, index)
         if given is None:
             empty: dict[str, Any] = {
                 "string": "", "int": 0, "long": 0, "float": 0.0, "double": 0.0, "boolean": False, "bytes": b"",
@@ -148,18 +149,18 @@ class Mask(FieldTransform):
             hint="use mode `null` or `hash`",
         )
 
-    def _fixed_of_union(self, name: str, type_: Any, registry: Registry) -> Any:
+    def _fixed_of_union(self, name: str, type_: Any, index: NamedTypes) -> Any:
         """The mask value for the first branch of a union it fits (`numeric` is decimal or string)."""
         if not isinstance(type_, list):
-            return self._fixed(name, type_, registry)
+            return self._fixed(name, type_, index)
         for branch in type_[:-1]:
             try:
-                return self._fixed(name, branch, registry)
+                return self._fixed(name, branch, index)
             except ConfigError:
                 continue
-        return self._fixed(name, type_[-1], registry)
+        return self._fixed(name, type_[-1], index)
 
-    def plan_row(self, row: dict[str, Any], registry: Registry) -> RowPlan | None:
+    def plan_row(self, row: dict[str, Any], index: NamedTypes) -> RowPlan | None:
         if not self._fields.intersection(f["name"] for f in row["fields"]):
             return None
         fields = []
@@ -186,7 +187,7 @@ class Mask(FieldTransform):
                 mappers[name] = _hasher(salt)
                 fields.append(_retyped(field, ["null", "string"] if nullable else "string"))
             else:
-                masked = self._fixed_of_union(name, inner, registry)
+                masked = self._fixed_of_union(name, inner, index)
                 mappers[name] = _masker(masked)
                 fields.append(field)
         return {**row, "fields": fields}, _map_fields(mappers)
@@ -201,7 +202,7 @@ class Drop(FieldTransform):
         self._fields = frozenset(options.fields)
         self.toast_columns = lambda names: [n for n in names if n not in self._fields]
 
-    def plan_row(self, row: dict[str, Any], registry: Registry) -> RowPlan | None:
+    def plan_row(self, row: dict[str, Any], index: NamedTypes) -> RowPlan | None:
         fields = [f for f in row["fields"] if f["name"] not in self._fields]
         if len(fields) == len(row["fields"]):
             return None
@@ -215,7 +216,7 @@ class Keep(FieldTransform):
         self._fields = frozenset(options.fields)
         self.toast_columns = lambda names: [n for n in names if n in self._fields]
 
-    def plan_row(self, row: dict[str, Any], registry: Registry) -> RowPlan | None:
+    def plan_row(self, row: dict[str, Any], index: NamedTypes) -> RowPlan | None:
         fields = [f for f in row["fields"] if f["name"] in self._fields]
         if len(fields) == len(row["fields"]):
             return None
@@ -229,7 +230,7 @@ class Rename(FieldTransform):
         self._renames = dict(options.renames)
         self.toast_columns = lambda names: [self._renames.get(n, n) for n in names]
 
-    def plan_row(self, row: dict[str, Any], registry: Registry) -> RowPlan | None:
+    def plan_row(self, row: dict[str, Any], index: NamedTypes) -> RowPlan | None:
         names = [f["name"] for f in row["fields"]]
         if not any(n in self._renames for n in names):
             return None
@@ -251,7 +252,7 @@ class Insert(FieldTransform):
         super().__init__(label, options.apply_to)
         self.options = options
 
-    def plan_row(self, row: dict[str, Any], registry: Registry) -> RowPlan:
+    def plan_row(self, row: dict[str, Any], index: NamedTypes) -> RowPlan:
         o = self.options
         existing = {f["name"] for f in row["fields"]}
         added: list[tuple[str, str, Any, Callable[[Record], Any]]] = []
@@ -374,7 +375,7 @@ class Cast(FieldTransform):
         self._spec = dict(options.spec)
         self._casters = {name: _caster(target, label, name) for name, target in self._spec.items()}
 
-    def plan_row(self, row: dict[str, Any], registry: Registry) -> RowPlan | None:
+    def plan_row(self, row: dict[str, Any], index: NamedTypes) -> RowPlan | None:
         if not any(f["name"] in self._spec for f in row["fields"]):
             return None
         fields = []
@@ -385,7 +386,7 @@ class Cast(FieldTransform):
                 continue
             inner, nullable = split_nullable(field["type"])
             for branch in inner if isinstance(inner, list) else [inner]:
-                kind, logical = base_type(branch, registry)
+                kind, logical = base_type(branch, index)
                 castable = (logical is None and kind in _CASTABLE) or logical == "decimal"
                 if target != "string" and not castable:
                     raise option_error(
@@ -476,7 +477,7 @@ class TimestampConvert(FieldTransform):
 
         return read
 
-    def plan_row(self, row: dict[str, Any], registry: Registry) -> RowPlan | None:
+    def plan_row(self, row: dict[str, Any], index: NamedTypes) -> RowPlan | None:
         if not any(f["name"] in self._fields for f in row["fields"]):
             return None
         fields = []
@@ -489,7 +490,7 @@ class TimestampConvert(FieldTransform):
                 fields.append(field)
                 continue
             inner, nullable = split_nullable(field["type"])
-            kind, logical = base_type(inner, registry)
+            kind, logical = base_type(inner, index)
             read = self._reader(name, kind, logical)
             mappers[name] = _through(read, write)
             fields.append(_retyped(field, ["null", target] if nullable else target))
@@ -507,7 +508,7 @@ class Flatten(FieldTransform):
     def _expand(
         self,
         fields: list[dict[str, Any]],
-        registry: Registry,
+        index: NamedTypes,
         path: tuple[str, ...],
         *,
         nullable_parent: bool,
@@ -516,26 +517,26 @@ class Flatten(FieldTransform):
         """Append (flat field, path in the nested value) for every leaf under `path`."""
         for field in fields:
             inner, nullable = split_nullable(field["type"])
-            resolved = resolve(inner, registry)
+            resolved = resolve(inner, index)
             here = (*path, field["name"])
             name = self._delimiter.join(here)
             if isinstance(resolved, dict) and resolved.get("type") == "record":
-                self._expand(resolved["fields"], registry, here, nullable_parent=nullable_parent or nullable, out=out)
+                self._expand(resolved["fields"], index, here, nullable_parent=nullable_parent or nullable, out=out)
             elif nullable_parent:
                 flat = {**_retyped(field, make_nullable(field["type"])), "name": name, "default": None}
                 out.append((flat, here))
             else:
                 out.append(({**field, "name": name}, here))
 
-    def plan_row(self, row: dict[str, Any], registry: Registry) -> RowPlan | None:
+    def plan_row(self, row: dict[str, Any], index: NamedTypes) -> RowPlan | None:
         def nested(field: dict[str, Any]) -> bool:
-            resolved = resolve(split_nullable(field["type"])[0], registry)
+            resolved = resolve(split_nullable(field["type"])[0], index)
             return isinstance(resolved, dict) and resolved.get("type") == "record"
 
         if not any(nested(f) for f in row["fields"]):
             return None
         flat: list[tuple[dict[str, Any], tuple[str, ...]]] = []
-        self._expand(row["fields"], registry, (), nullable_parent=False, out=flat)
+        self._expand(row["fields"], index, (), nullable_parent=False, out=flat)
         seen: set[str] = set()
         for field, _ in flat:
             if field["name"] in seen:

@@ -8,7 +8,8 @@ from datetime import date, datetime
 from typing import Any
 
 from core.records import AvroSchema, Headers, Record
-from transforms.avro import Registry, make_nullable, normalize, registry_of, resolve, split_nullable, standalone
+from schemas.avro import NamedTypes, named_types, normalize
+from transforms.avro import make_nullable, resolve, split_nullable, standalone
 from transforms.base import Transform, evolve
 from transforms.config import (
     ExtractFieldOptions,
@@ -63,34 +64,34 @@ class Unwrap(Transform):
         self, envelope: dict[str, Any], name: str, option: str
     ) -> tuple[str, Any, Callable[[dict[str, Any]], Any]]:
         """(added name, Avro type, value getter) of `op`, `source.lsn`, or a bare source field name."""
-        registry = registry_of(envelope)
+        index = named_types(envelope)
         source_field = _find_field(envelope, "source")
-        source = resolve(split_nullable(source_field["type"])[0], registry) if source_field else None
+        source = resolve(split_nullable(source_field["type"])[0], index) if source_field else None
         source_fields = source.get("fields", []) if isinstance(source, dict) else []
         added = self.options.prefix + name.replace(".", "_")
         if name.startswith("source."):
             inner = name.partition(".")[2]
             field = next((f for f in source_fields if f["name"] == inner), None)
             if field is not None:
-                return added, standalone(field["type"], registry), lambda v: (v.get("source") or {}).get(inner)
+                return added, standalone(field["type"], index), lambda v: (v.get("source") or {}).get(inner)
         else:
             top = _find_field(envelope, name)
             if top is not None and name not in ("before", "after", "source"):
-                return added, standalone(top["type"], registry), lambda v: v.get(name)
+                return added, standalone(top["type"], index), lambda v: v.get(name)
             field = next((f for f in source_fields if f["name"] == name), None)
             if field is not None:
-                return added, standalone(field["type"], registry), lambda v: (v.get("source") or {}).get(name)
+                return added, standalone(field["type"], index), lambda v: (v.get("source") or {}).get(name)
         raise option_error(self.label, option, f"`{name}` is neither an envelope field nor a `source` field")
 
     def _plan(self, schema: AvroSchema) -> _UnwrapPlan | None:
         envelope = normalize(schema.definition)
         if not is_envelope_schema(envelope):
             return None
-        registry = registry_of(envelope)
-        row_name = envelope_row_name(envelope, registry)
+        index = named_types(envelope)
+        row_name = envelope_row_name(envelope, index)
         if row_name is None:
             return None
-        row = standalone(registry[row_name], registry)
+        row = standalone(index[row_name], index)
         fields = list(row["fields"])
         existing = {f["name"] for f in fields}
         getters = []
@@ -168,7 +169,7 @@ class _SchemaCached(Transform):
         self._on_key = on_key
         self._plans: dict[AvroSchema, tuple[AvroSchema, Callable[[Any], Any]]] = {}
 
-    def plan(self, definition: Any, registry: Registry) -> tuple[Any, Callable[[Any], Any]]:
+    def plan(self, definition: Any, index: NamedTypes) -> tuple[Any, Callable[[Any], Any]]:
         raise NotImplementedError
 
     def apply(self, record: Record) -> Sequence[Record]:
@@ -179,7 +180,7 @@ class _SchemaCached(Transform):
             new_schema, convert = self._plans[schema]
         else:
             definition = normalize(schema.definition)
-            new_definition, convert = self.plan(definition, registry_of(definition))
+            new_definition, convert = self.plan(definition, named_types(definition))
             new_schema = AvroSchema.of(new_definition)
             self._plans[schema] = (new_schema, convert)
         if self._on_key:
@@ -192,7 +193,7 @@ class Hoist(_SchemaCached):
         super().__init__(label, options.apply_to == "key")
         self.options = options
 
-    def plan(self, definition: Any, registry: Registry) -> tuple[Any, Callable[[Any], Any]]:
+    def plan(self, definition: Any, index: NamedTypes) -> tuple[Any, Callable[[Any], Any]]:
         name = self.options.record_name
         if name is None:
             inner_name = definition.get("name", "") if isinstance(definition, dict) else ""
@@ -207,20 +208,20 @@ class ExtractField(_SchemaCached):
         super().__init__(label, options.apply_to == "key")
         self._path = tuple(options.field.split("."))
 
-    def plan(self, definition: Any, registry: Registry) -> tuple[Any, Callable[[Any], Any]]:
+    def plan(self, definition: Any, index: NamedTypes) -> tuple[Any, Callable[[Any], Any]]:
         type_: Any = definition
         nullable = False
         for segment in self._path:
             inner, maybe_null = split_nullable(type_)
             nullable = nullable or maybe_null
-            record = resolve(inner, registry)
+            record = resolve(inner, index)
             is_record = isinstance(record, dict) and record.get("type") == "record"
             field = _find_field(record, segment) if is_record else None
             if field is None:
                 where = record.get("name") if isinstance(record, dict) else str(record)
                 raise option_error(self.label, "field", f"`{segment}` is not a field of `{where}`")
             type_ = field["type"]
-        result = standalone(make_nullable(type_) if nullable else type_, registry)
+        result = standalone(make_nullable(type_) if nullable else type_, index)
         path = self._path
 
         def extract(value: Any) -> Any:
@@ -246,11 +247,11 @@ class ValueToKey(Transform):
 
     def _plan(self, schema: AvroSchema) -> AvroSchema:
         definition = normalize(schema.definition)
-        registry = registry_of(definition)
+        index = named_types(definition)
         row: Any = definition
         if is_envelope_schema(definition):
-            row_name = envelope_row_name(definition, registry)
-            row = registry.get(row_name or "")
+            row_name = envelope_row_name(definition, index)
+            row = index.get(row_name or "")
         if not isinstance(row, dict) or row.get("type") != "record":
             raise option_error(self.label, "fields", "the value is not a record")
         defined: set[str] = set()
@@ -259,7 +260,7 @@ class ValueToKey(Transform):
             field = _find_field(row, name)
             if field is None:
                 raise option_error(self.label, "fields", f"`{name}` is not a field of `{row['name']}`")
-            fields.append({**field, "type": standalone(field["type"], registry, defined)})
+            fields.append({**field, "type": standalone(field["type"], index, defined)})
         namespace = str(row["name"]).rpartition(".")[0]
         return AvroSchema.of({"type": "record", "name": f"{namespace}.Key" if namespace else "Key", "fields": fields})
 
@@ -317,9 +318,9 @@ class Outbox(Transform):
 
     def _plan(self, schema: AvroSchema) -> _OutboxPlan:
         definition = normalize(schema.definition)
-        registry = registry_of(definition)
-        row_name = envelope_row_name(definition, registry) if is_envelope_schema(definition) else None
-        row = registry.get(row_name or "")
+        index = named_types(definition)
+        row_name = envelope_row_name(definition, index) if is_envelope_schema(definition) else None
+        row = index.get(row_name or "")
         if row is None:
             raise option_error(self.label, "type", "outbox records must be change events (envelopes)")
         o = self.options
@@ -333,8 +334,8 @@ class Outbox(Transform):
                     hint="select the outbox table with `predicate: {type: table_in, tables: [...]}`",
                 )
             fields[option] = field
-        key_type = standalone(fields["aggregate_id_field"]["type"], registry)
-        value_type = standalone(fields["payload_field"]["type"], registry)
+        key_type = standalone(fields["aggregate_id_field"]["type"], index)
+        value_type = standalone(fields["payload_field"]["type"], index)
         return _OutboxPlan(AvroSchema.of(key_type), AvroSchema.of(value_type))
 
     def apply(self, record: Record) -> Sequence[Record]:

@@ -29,11 +29,12 @@ from typing import Any, TypeGuard
 
 from core.errors import PoisonMessageError, SchemaError
 from core.records import SNAPSHOT_COMPLETE_HEADER, AvroSchema, Record
+from schemas.avro import named_types, normalize
+from schemas.types import UNAVAILABLE_BYTES, UNAVAILABLE_VALUE
 from sinks.postgres.types import ColumnType, column_type
 
 UPSERT_OPS = frozenset("cur")
-UNAVAILABLE_VALUE = "__cdc_unavailable_value"
-_PLACEHOLDERS = (UNAVAILABLE_VALUE, UNAVAILABLE_VALUE.encode())
+_PLACEHOLDERS = (UNAVAILABLE_VALUE, UNAVAILABLE_BYTES)
 CDC_COLUMN_PREFIX = "__cdc_"
 _NONE: frozenset[str] = frozenset()
 
@@ -136,30 +137,6 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def _named_types(definition: Any, found: dict[str, Any], namespace: str | None = None) -> None:
-    if isinstance(definition, list):
-        for member in definition:
-            _named_types(member, found, namespace)
-    elif isinstance(definition, Mapping):
-        kind = definition.get("type")
-        if kind in ("record", "enum", "fixed", "error") and "name" in definition:
-            name = definition["name"]
-            ns = definition.get("namespace", namespace)
-            full = name if "." in name or not ns else f"{ns}.{name}"
-            found.setdefault(full, definition)
-            found.setdefault(name, definition)
-            namespace = ns
-        if kind in ("record", "error"):
-            for item in definition.get("fields", ()):
-                _named_types(item.get("type"), found, namespace)
-        elif kind == "array":
-            _named_types(definition.get("items"), found, namespace)
-        elif kind == "map":
-            _named_types(definition.get("values"), found, namespace)
-        elif isinstance(kind, (Mapping, list)):
-            _named_types(kind, found, namespace)
-
-
 def _resolve(definition: Any, named: Mapping[str, Any]) -> Any:
     """`definition` with references to named types replaced by their definitions, also inside unions, array
     items and map values (a schema defines a named type once and refers to it by name afterwards, e.g. the
@@ -206,9 +183,9 @@ def _is_envelope(record: Mapping[str, Any]) -> bool:
 @lru_cache(maxsize=4096)
 def shape_of(value_schema: AvroSchema, key_schema: AvroSchema | None) -> Shape:
     """The shape of a (value, key) schema pair; cached because schemas repeat on every message."""
-    named: dict[str, Any] = {}
-    _named_types(value_schema.definition, named)
-    top = _record_of(value_schema.definition, named)
+    definition = normalize(value_schema.definition)
+    named = named_types(definition)
+    top = _record_of(definition, named)
     if top is None:
         raise SchemaError(
             f"value schema {value_schema.name or '?'} is not a record",
@@ -236,9 +213,8 @@ def shape_of(value_schema: AvroSchema, key_schema: AvroSchema | None) -> Shape:
         columns.append(Column(column_name, name, column_type(resolved, where)))
     key_fields: tuple[str, ...] = ()
     if key_schema is not None:
-        key_named: dict[str, Any] = {}
-        _named_types(key_schema.definition, key_named)
-        key_record = _record_of(key_schema.definition, key_named)
+        key_definition = normalize(key_schema.definition)
+        key_record = _record_of(key_definition, named_types(key_definition))
         if key_record is not None:
             key_fields = tuple(f["name"] for f in key_record.get("fields", ()) if isinstance(f.get("name"), str))
     by_field = {c.field: c.name for c in columns}

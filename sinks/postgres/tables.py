@@ -23,7 +23,7 @@ from psycopg import sql
 from core.errors import ConfigError, SchemaError
 from sinks.postgres.changes import CDC_COLUMN_PREFIX, Change, Shape
 from sinks.postgres.config import PostgresSinkConfig
-from sinks.postgres.types import Converter, PgType, holds
+from sinks.postgres.types import DestinationType, ValueConverter, holds
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class TargetTable:
     """The table's oid: its identity in the ledger (a table dropped and created again is a new destination)."""
     columns: tuple[str, ...]
     """Shape columns that exist in the table, in shape order (the ones written)."""
-    converters: tuple[Converter | None, ...]
+    converters: tuple[ValueConverter | None, ...]
     key: tuple[str, ...]
     append: bool
     soft: bool
@@ -149,8 +149,8 @@ def _bookkeeping(config: PostgresSinkConfig) -> list[tuple[str, str, bool]]:
     return columns
 
 
-def _type_sql(pg_type: PgType) -> sql.Composable:
-    # PgType only holds built-in names from a fixed list and integer modifiers (see types.py), so its text
+def _type_sql(pg_type: DestinationType) -> sql.Composable:
+    # DestinationType only holds built-in names from a fixed list and integer modifiers (see types.py): its text
     # is safe to compose; it never carries schema-provided free text.
     return sql.SQL(str(pg_type))
 
@@ -284,7 +284,7 @@ class TableManager:
                 )
                 log.info("added column %s to %s", column.name, table)
                 continue
-            have = PgType.parse(found[0])
+            have = DestinationType.parse(found[0])
             if have is None or holds(have, want):
                 continue  # a non built-in target type is the user's choice; values are cast on insert
             if config.auto_evolve and holds(want, have):

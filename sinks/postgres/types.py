@@ -19,7 +19,7 @@ from typing import Any
 
 from core.errors import SchemaError
 
-Converter = Callable[[Any], Any]
+ValueConverter = Callable[[Any], Any]
 
 _BUILTIN = frozenset(
     {
@@ -39,7 +39,7 @@ _TYPE_TEXT = re.compile(
 
 
 @dataclass(frozen=True, slots=True)
-class PgType:
+class DestinationType:
     """A column type in `format_type` spelling: base name, optional modifiers, array depth."""
 
     base: str
@@ -47,7 +47,7 @@ class PgType:
     arrays: int = 0
 
     @classmethod
-    def parse(cls, text: str) -> PgType | None:
+    def parse(cls, text: str) -> DestinationType | None:
         """The type if `text` is a built-in type in `format_type` spelling, else None."""
         match = _TYPE_TEXT.match(text.strip())
         if match is None:
@@ -71,7 +71,7 @@ _INT_RANK = {"smallint": 1, "integer": 2, "bigint": 3}
 _TEXTUAL = {"character varying", "character", "text"}
 
 
-def holds(have: PgType, want: PgType) -> bool:
+def holds(have: DestinationType, want: DestinationType) -> bool:
     """True when a column of type `have` stores every value of type `want` unchanged."""
     if have == want:
         return True
@@ -104,9 +104,9 @@ def holds(have: PgType, want: PgType) -> bool:
 class ColumnType:
     """What a sink needs of one value field: the column type and how to turn Avro values into COPY values."""
 
-    pg_type: PgType
+    pg_type: DestinationType
     nullable: bool
-    convert: Converter | None = None
+    convert: ValueConverter | None = None
 
 
 _DATE_INFINITY = 2**31 - 1
@@ -150,7 +150,7 @@ def _days(value: Any) -> Any:
     return _civil(value)
 
 
-def _epoch(scale: int, *, zone: bool) -> Converter:
+def _epoch(scale: int, *, zone: bool) -> ValueConverter:
     """Integer time since the epoch in 1/scale seconds -> timestamp text (exact, any range, infinities)."""
     suffix = "+00" if zone else ""
     epoch = datetime(1970, 1, 1, tzinfo=UTC if zone else None)
@@ -175,7 +175,7 @@ def _epoch(scale: int, *, zone: bool) -> Converter:
     return convert
 
 
-def _clock(scale: int) -> Converter:
+def _clock(scale: int) -> ValueConverter:
     def convert(value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return _clock_text(value * 1_000_000 // scale)
@@ -212,7 +212,7 @@ def _element_text(value: Any) -> str:
     return str(value)
 
 
-def _array(element: Converter | None) -> Converter:
+def _array(element: ValueConverter | None) -> ValueConverter:
     """Converts each element; an array whose elements then differ in Python type (a numeric array holding
     `Decimal`s and "NaN", a timestamp array holding datetimes and "infinity") is written as text elements,
     since psycopg dumps a list only when its elements share one type."""
@@ -236,7 +236,7 @@ def _quoted(item: Any) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _box_array(element: Converter | None) -> Converter:
+def _box_array(element: ValueConverter | None) -> ValueConverter:
     """`box[]` separates elements with `;` (a box's text holds commas); psycopg's list dumper uses `,` for
     anything not dumped as a box, so the literal is written here."""
     inner = _array(element)
@@ -256,7 +256,7 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-_CONNECT_NAMES: dict[str, tuple[str, Converter | None]] = {
+_CONNECT_NAMES: dict[str, tuple[str, ValueConverter | None]] = {
     "io.debezium.time.Date": ("date", _days),
     "io.debezium.time.Timestamp": ("timestamp without time zone", _epoch(1_000, zone=False)),
     "io.debezium.time.MicroTimestamp": ("timestamp without time zone", _epoch(1_000_000, zone=False)),
@@ -273,7 +273,7 @@ _CONNECT_NAMES: dict[str, tuple[str, Converter | None]] = {
     "io.debezium.data.VariableScaleDecimal": ("numeric", _variable_decimal),
 }
 
-_LOGICAL: dict[str, tuple[str, Converter | None]] = {
+_LOGICAL: dict[str, tuple[str, ValueConverter | None]] = {
     "date": ("date", _days),
     "time-millis": ("time without time zone", _clock(1_000)),
     "time-micros": ("time without time zone", _clock(1_000_000)),
@@ -307,7 +307,7 @@ def _members(avro: Any) -> tuple[list[Any], bool]:
     return [avro], False
 
 
-def _chain(converters: list[Converter]) -> Converter | None:
+def _chain(converters: list[ValueConverter]) -> ValueConverter | None:
     """Each converter acts only on the Python type it expects, so union members' converters compose."""
     if not converters:
         return None
@@ -322,7 +322,7 @@ def _chain(converters: list[Converter]) -> Converter | None:
     return convert
 
 
-def _from_avro(avro: Any, where: str) -> tuple[PgType, Converter | None]:
+def _from_avro(avro: Any, where: str) -> tuple[DestinationType, ValueConverter | None]:
     members, _ = _members(avro)
     if not members:
         raise SchemaError(f"{where}: a field of type null cannot be a column")
@@ -341,26 +341,26 @@ def _from_avro(avro: Any, where: str) -> tuple[PgType, Converter | None]:
     connect_name = avro.get("connect.name")
     if isinstance(connect_name, str) and connect_name in _CONNECT_NAMES:
         base, convert = _CONNECT_NAMES[connect_name]
-        return PgType(base), convert
+        return DestinationType(base), convert
     logical = avro.get("logicalType")
     if logical == "decimal":
         precision, scale = avro.get("precision"), avro.get("scale", 0)
         mods = (int(precision), int(scale)) if isinstance(precision, int) else ()
-        return PgType("numeric", mods), None
+        return DestinationType("numeric", mods), None
     if isinstance(logical, str) and logical in _LOGICAL:
         base, convert = _LOGICAL[logical]
-        return PgType(base), convert
+        return DestinationType(base), convert
     if kind == "array":
         items = avro.get("items")
         item, convert = _from_avro(items, where)
         if item.arrays or item.base == "jsonb":
-            return PgType("jsonb"), _to_json
+            return DestinationType("jsonb"), _to_json
         if convert is None and len(_members(items)[0]) < 2:
-            return PgType(item.base, item.mods, 1), None
-        return PgType(item.base, item.mods, 1), _array(convert)
+            return DestinationType(item.base, item.mods, 1), None
+        return DestinationType(item.base, item.mods, 1), _array(convert)
     if isinstance(kind, str) and kind in _PRIMITIVE:
         base = _PRIMITIVE[kind]
-        return PgType(base), _to_json if base == "jsonb" else None
+        return DestinationType(base), _to_json if base == "jsonb" else None
     raise SchemaError(f"{where}: unsupported Avro type {kind!r}", hint="set the field's `pg.type` property")
 
 
@@ -370,12 +370,12 @@ def column_type(field: Mapping[str, Any], where: str) -> ColumnType:
     derived, convert = _from_avro(field.get("type"), where)
     declared = field.get("pg.type")
     if isinstance(declared, str):
-        parsed = PgType.parse(declared)
+        parsed = DestinationType.parse(declared)
         if parsed is not None:
             if parsed.base in {"json", "jsonb"}:
                 if not parsed.arrays and convert is None:
                     convert = _to_json
-                elif parsed.arrays == 1 and derived == PgType("jsonb"):
+                elif parsed.arrays == 1 and derived == DestinationType("jsonb"):
                     # A json[] column: the elements are the documents' texts, not one document of the list.
                     convert = None
             if parsed.base == "box" and parsed.arrays == 1 and derived.arrays == 1:

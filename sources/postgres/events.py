@@ -1,8 +1,10 @@
-"""pgoutput changes and snapshot rows -> `Record`s (Debezium-compatible envelopes, see docs/event-format.md).
+"""pgoutput changes and snapshot rows -> `ChangeEvent`s -> `Record`s or wire-format bytes (docs/event-format.md).
 
 `EventFactory` builds one `TableEvents` per table (snapshot) or per Relation message (stream): the schema
 layer's `TableSchemas` (converters built once per column), the mapping from the relation's column order to
-the captured columns, and the topic. Everything per event is then plain data shuffling.
+the captured columns, and the topic. `TableEvents` holds the one set of rules that makes a change an event
+(op, unchanged TOAST, key changes); `ChangeEncoder` is the one place events become bytes, whichever encoder
+writes them and whichever process runs it.
 
 Headers on every record: `change_id` and `source_lsn` (`commit_lsn:lsn`, decimal).
 """
@@ -12,19 +14,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
-from connector.config import ConnectorConfig
 from core.errors import SchemaError
 from core.records import NEW_KEY_HEADER, OLD_KEY_HEADER, SNAPSHOT_COMPLETE_HEADER, AvroSchema, Record
 from schemas.catalog import TableInfo, describe_tables
 from schemas.codegen import Fallback
 from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, source_block
 from schemas.fastpath import FALLBACK_ERRORS, EnvelopeWriter
-from schemas.registry import SchemaRegistryConfig
+from schemas.serde import Encoder
 from sources.postgres.change_id import ChangeIds
 from sources.postgres.config import PostgresSourceConfig
 from sources.postgres.protocol import Delete, Insert, Relation, Tuple, Update
@@ -34,9 +36,10 @@ log = logging.getLogger(__name__)
 
 SchemaIds = Callable[[str, AvroSchema, bool], int]
 """(topic, schema, is_key) -> the registry id of the subject's schema (registered on first use)."""
-Encoded = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+Encoded = tuple[bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]
 """(key, value, headers) of one record in Confluent wire format, for `KafkaDelivery.produce_raw`."""
 _FALLBACK = (Fallback, *FALLBACK_ERRORS)
+_WRITER_OPS = frozenset("cud")
 
 
 def _key_json(key: dict[str, Any] | None) -> bytes:
@@ -44,48 +47,44 @@ def _key_json(key: dict[str, Any] | None) -> bytes:
     return json.dumps(key, default=str, ensure_ascii=False).encode()
 
 
-class RegistrySerializer:
-    """Confluent wire format with schemas registered once per (subject, schema); `close()` ends its HTTP client."""
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One change of one table, before it takes any form: the envelope, key and headers of its records.
 
-    def __init__(self, config: SchemaRegistryConfig) -> None:
-        from confluent_kafka.schema_registry import SchemaRegistryClient
+    `ts_ms` is the source block's time (commit time, or the snapshot's start); `snapshot` the source block's
+    marker (None when streamed). The envelope's own `ts_ms` is the wall clock when the event is written.
+    """
 
-        from schemas.registry import SchemaRegistry
-        from schemas.serde import Encoder
+    op: str
+    key: dict[str, Any] | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    change_id: str
+    lsn: int
+    commit_lsn: int
+    xid: int | None
+    ts_ms: int
+    snapshot: str | None = None
+    unchanged: tuple[str, ...] = ()
+    extra_headers: tuple[tuple[str, bytes], ...] = ()
 
-        self._client = SchemaRegistryClient(config.client_settings())
-        self._registry = SchemaRegistry(config, client=self._client)
-        self._encoder = Encoder()
-        self._ids: dict[tuple[str, bool, str], int] = {}
-
-    def __call__(self, topic: str, schema: AvroSchema, value: Any, is_key: bool) -> bytes:
-        cache_key = (topic, is_key, schema.text)
-        schema_id = self._ids.get(cache_key)
-        if schema_id is None:
-            schema_id = self._registry.register(f"{topic}-{'key' if is_key else 'value'}", schema)
-            self._ids[cache_key] = schema_id
-        return self._encoder.encode(schema_id, schema, value)
-
-    def schema_id(self, topic: str, schema: AvroSchema, is_key: bool) -> int:
-        """The id `__call__` frames values with (registering the schema on first use)."""
-        cache_key = (topic, is_key, schema.text)
-        schema_id = self._ids.get(cache_key)
-        if schema_id is None:
-            schema_id = self._registry.register(f"{topic}-{'key' if is_key else 'value'}", schema)
-            self._ids[cache_key] = schema_id
-        return schema_id
-
-    def close(self) -> None:
-        self._client.close()
+    @property
+    def headers(self) -> tuple[tuple[str, bytes], ...]:
+        position = f"{self.commit_lsn}:{self.lsn}".encode()
+        return (("change_id", self.change_id.encode()), ("source_lsn", position), *self.extra_headers)
 
 
 class TableEvents:
-    """Builds the records of one table version."""
+    """Builds the events of one table version (the one set of rules) and gives them their forms.
+
+    `changes`, `truncate` and `snapshot_row` make `ChangeEvent`s; `records` turns them into `Record`s (what
+    transforms and `KafkaDelivery.produce` take); `ChangeEncoder` turns them into wire-format bytes.
+    """
 
     __slots__ = (
-        "_db", "_full_identity", "_ids", "_index", "_key_schema", "_name", "_schema_ids", "_schemas",
-        "_source_template", "_tombstones", "_topic", "_value_schema", "_writer", "columns", "key_columns", "last_op",
-        "schema", "table", "table_name", "topic",
+        "_db", "_full_identity", "_ids", "_index", "_key_schema", "_name", "_schemas", "_source_template",
+        "_tombstones", "_topic", "_value_schema", "_writer", "_writer_ids", "columns", "key_columns", "schema",
+        "table", "table_name", "topic",
     )  # fmt: skip
 
     def __init__(
@@ -102,8 +101,8 @@ class TableEvents:
         self._schemas = schemas
         self._topic = schemas.topic
         self.topic = schemas.topic
-        self._schema_ids: SchemaIds | None = None
         self._writer: EnvelopeWriter | None = None
+        self._writer_ids: SchemaIds | None = None
         self._key_schema = schemas.key_schema
         self._value_schema = schemas.value_schema
         self._ids = ids
@@ -116,7 +115,6 @@ class TableEvents:
         self.table_name = f"{self.schema}.{self.table}"
         self.columns = schemas.column_names
         self.key_columns = schemas.key_columns
-        self.last_op = ""
         self._source_template = source_block(name=connector_name, db=db, schema=self.schema, table=self.table, ts_ms=0)
         self._index: tuple[int, ...] | None = None
         if relation_columns is not None and tuple(relation_columns) != self.columns:
@@ -133,27 +131,18 @@ class TableEvents:
         index = self._index
         return values if index is None else [values[i] for i in index]
 
-    def _source(self, lsn: int, commit_lsn: int, xid: int | None, ts_ms: int, snapshot: str | None) -> dict[str, Any]:
-        """`schemas.envelope.source_block(...)` for this table, filled in from a template (once per event)."""
-        source = self._source_template.copy()
-        source["ts_ms"] = ts_ms
-        source["snapshot"] = snapshot
-        source["txId"] = xid
-        source["lsn"] = lsn
-        source["commit_lsn"] = commit_lsn
-        source["sequence"] = f'["{commit_lsn}","{lsn}"]'
-        return source
+    # -- the rules ------------------------------------------------------------------------------------------
 
-    def streamed(
+    def changes(
         self, message: Insert | Update | Delete, *, lsn: int, commit_lsn: int, ordinal: int, xid: int, commit_ms: int
-    ) -> list[Record]:
+    ) -> tuple[ChangeEvent, ...]:
+        """The events of one streamed change: one, or two for an update that changed the row's key."""
         schemas = self._schemas
         texts = self._texts
         cid = self._ids.streamed(commit_lsn, lsn, ordinal)
-        src = self._source(lsn, commit_lsn, xid, commit_ms, None)
         if type(message) is Insert:
             after, _ = schemas.row(texts(message.new))
-            return self._records("c", after=after, key=schemas.key(after), change_id=cid, source=src)
+            return (ChangeEvent("c", schemas.key(after), None, after, cid, lsn, commit_lsn, xid, commit_ms),)
         if type(message) is Update:
             new = message.new
             old = message.old
@@ -163,163 +152,35 @@ class TableEvents:
             after, unchanged = schemas.row(texts(new))
             key = schemas.key(after)
             if old is None:
-                return self._records("u", after=after, key=key, unchanged=unchanged, change_id=cid, source=src)
+                return (ChangeEvent("u", key, None, after, cid, lsn, commit_lsn, xid, commit_ms, None, unchanged),)
             before, _ = schemas.row(texts(old))
             old_key = schemas.key(before)
             if old_key == key:
-                return self._records(
-                    "u", before=before, after=after, key=key, unchanged=unchanged, change_id=cid, source=src
-                )
+                return (ChangeEvent("u", key, before, after, cid, lsn, commit_lsn, xid, commit_ms, None, unchanged),)
             # The key changed: like Debezium, a delete of the old key (+ tombstone) and a create of the new one,
             # so keyed consumers (compaction, sinks) drop the old row.
             # Headers as Debezium names them: consumers (our sink among them) recognise the pair.
             delete_id = self._ids.key_change_delete(commit_lsn, lsn, ordinal)
-            return [
-                *self._records("d", before=before, key=old_key, change_id=delete_id, source=src,
-                               extra_headers=((NEW_KEY_HEADER, _key_json(key)),)),
-                *self._records("c", after=after, key=key, unchanged=unchanged, change_id=cid, source=src.copy(),
-                               extra_headers=((OLD_KEY_HEADER, _key_json(old_key)),)),
-            ]  # fmt: skip
+            return (
+                ChangeEvent("d", old_key, before, None, delete_id, lsn, commit_lsn, xid, commit_ms,
+                            extra_headers=((NEW_KEY_HEADER, _key_json(key)),)),
+                ChangeEvent("c", key, None, after, cid, lsn, commit_lsn, xid, commit_ms, None, unchanged,
+                            extra_headers=((OLD_KEY_HEADER, _key_json(old_key)),)),
+            )  # fmt: skip
         assert isinstance(message, Delete)
         before, _ = schemas.row(texts(message.old))
-        return self._records("d", before=before, key=schemas.key(before), change_id=cid, source=src)
+        return (ChangeEvent("d", schemas.key(before), before, None, cid, lsn, commit_lsn, xid, commit_ms),)
 
-    def enable_fastpath(self, schema_ids: SchemaIds) -> None:
-        """Let `streamed_encoded` write envelopes straight to bytes, framed with the ids `schema_ids` gives."""
-        self._schema_ids = schema_ids
-        self._writer = None
-
-    def _build_writer(self) -> EnvelopeWriter | None:
-        schema_ids = self._schema_ids
-        assert schema_ids is not None
-        # Registered in the order the ordinary path registers them (key first), on the first event.
-        key_id = None if self._key_schema is None else schema_ids(self._topic, self._key_schema, True)
-        value_id = schema_ids(self._topic, self._value_schema, False)
-        writer = EnvelopeWriter.build(
-            self._schemas, connector_name=self._name, db=self._db, key_schema_id=key_id, value_schema_id=value_id
-        )
-        if writer is None:
-            self._schema_ids = None  # not supported for this table: always the ordinary path
-            return None
-        self._writer = writer
-        return writer
-
-    def streamed_encoded(
-        self, message: Insert | Update | Delete, *, lsn: int, commit_lsn: int, ordinal: int, xid: int, commit_ms: int
-    ) -> list[Encoded] | None:
-        """`streamed(...)` encoded to wire format (the same bytes), or None: use `streamed` for this change.
-
-        None when `enable_fastpath` was not called, for an update that changes the key, and for values the
-        generated writers do not take (the ordinary path lets fastavro write them).
-        """
-        writer = self._writer
-        if writer is None:
-            if self._schema_ids is None:
-                return None
-            writer = self._build_writer()
-            if writer is None:
-                return None
-        schemas = self._schemas
-        index = self._index
-        before: dict[str, Any] | None = None
-        after: dict[str, Any] | None = None
-        unchanged: Sequence[str] = ()
-        if type(message) is Insert:
-            op = "c"
-            new = message.new
-            after, _ = schemas.row(new if index is None else [new[i] for i in index])
-            key = schemas.key(after)
-        elif type(message) is Update:
-            op = "u"
-            new = message.new
-            old = message.old
-            if old is not None and not message.old_is_key_only and UNCHANGED_TOAST in new:
-                new = tuple(o if n is UNCHANGED_TOAST else n for n, o in zip(new, old, strict=True))
-            after, unchanged = schemas.row(new if index is None else [new[i] for i in index])
-            key = schemas.key(after)
-            if old is not None:
-                before, _ = schemas.row(old if index is None else [old[i] for i in index])
-                if schemas.key(before) != key:
-                    return None  # a key change: delete + create, built by `streamed`
-        else:
-            assert type(message) is Delete
-            op = "d"
-            old = message.old
-            before, _ = schemas.row(old if index is None else [old[i] for i in index])
-            key = schemas.key(before)
+    def truncate(self, *, lsn: int, commit_lsn: int, ordinal: int, xid: int, commit_ms: int) -> ChangeEvent:
         change_id = self._ids.streamed(commit_lsn, lsn, ordinal)
-        try:
-            key_bytes = writer.key(key)
-            value = writer.value(
-                op, before=before, after=after, lsn=lsn, commit_lsn=commit_lsn, xid=xid, commit_ms=commit_ms,
-                ts_ms=int(time.time() * 1000), change_id=change_id, unchanged=unchanged,
-            )  # fmt: skip
-        except _FALLBACK:
-            return None
-        self.last_op = op
-        headers = [("change_id", change_id.encode()), ("source_lsn", f"{commit_lsn}:{lsn}".encode())]
-        if op == "d" and self._tombstones and key is not None:
-            return [(key_bytes, value, headers), (key_bytes, None, headers)]
-        return [(key_bytes, value, headers)]
+        return ChangeEvent("t", None, None, None, change_id, lsn, commit_lsn, xid, commit_ms)
 
-    def _records(
-        self,
-        op: str,
-        *,
-        key: dict[str, Any] | None,
-        change_id: str,
-        source: dict[str, Any],
-        before: dict[str, Any] | None = None,
-        after: dict[str, Any] | None = None,
-        unchanged: Sequence[str] = (),
-        extra_headers: tuple[tuple[str, bytes], ...] = (),
-    ) -> list[Record]:
-        self.last_op = op
-        value: dict[str, Any] = {
-            "before": before,
-            "after": after,
-            "source": source,
-            "op": op,
-            "ts_ms": int(time.time() * 1000),
-            "change_id": change_id,
-            "unchanged_toast": list(unchanged),
-        }
-        position = f"{source['commit_lsn']}:{source['lsn']}"
-        headers = (("change_id", change_id.encode()), ("source_lsn", position.encode()), *extra_headers)
-        record = Record(self._topic, key, value, self._key_schema, self._value_schema, headers)
-        if op == "d" and self._tombstones and key is not None:
-            return [record, Record(self._topic, key, None, self._key_schema, None, headers)]
-        return [record]
-
-    def truncate(self, *, lsn: int, commit_lsn: int, ordinal: int, xid: int, commit_ms: int) -> list[Record]:
-        change_id = self._ids.streamed(commit_lsn, lsn, ordinal)
-        self.last_op = "t"
-        value = self._schemas.envelope(
-            op="t", before=None, after=None, source=self._source(lsn, commit_lsn, xid, commit_ms, None),
-            ts_ms=int(time.time() * 1000), change_id=change_id,
-        )  # fmt: skip
-        headers = (("change_id", change_id.encode()), ("source_lsn", f"{commit_lsn}:{lsn}".encode()))
-        return [Record(self._topic, None, value, None, self._value_schema, headers)]
-
-    def snapshot_row(self, texts: Sequence[str | None], point: int, ts_ms: int, marker: str) -> list[Record]:
+    def snapshot_row(self, texts: Sequence[str | None], point: int, ts_ms: int, marker: str) -> ChangeEvent:
         """A snapshot read (`op = r`); `texts` in `columns` order, `lsn`/`commit_lsn` = the consistent point."""
-        schemas = self._schemas
-        after, _ = schemas.row(texts)
-        key = schemas.key(after)
+        after, _ = self._schemas.row(texts)
         key_texts = [texts[self.columns.index(c)] for c in self.key_columns] if self.key_columns else list(texts)
         change_id = self._ids.snapshot(point, self.schema, self.table, key_texts)
-        self.last_op = "r"
-        value: dict[str, Any] = {
-            "before": None,
-            "after": after,
-            "source": self._source(point, point, None, ts_ms, marker),
-            "op": "r",
-            "ts_ms": int(time.time() * 1000),
-            "change_id": change_id,
-            "unchanged_toast": [],
-        }
-        headers = (("change_id", change_id.encode()), ("source_lsn", f"{point}:{point}".encode()))
-        return [Record(self._topic, key, value, self._key_schema, self._value_schema, headers)]
+        return ChangeEvent("r", self._schemas.key(after), None, after, change_id, point, point, None, ts_ms, marker)
 
     def snapshot_complete(self, point: int) -> Record:
         """The record that ends this table's snapshot at consistent point `point` (no key, no value).
@@ -336,14 +197,111 @@ class TableEvents:
         )
         return Record(self._topic, None, None, None, None, headers)
 
+    # -- the forms ------------------------------------------------------------------------------------------
+
+    def tombstone_after(self, event: ChangeEvent) -> bool:
+        """Whether a tombstone (the key, a null value) follows the event's record."""
+        return event.op == "d" and self._tombstones and event.key is not None
+
+    def records(self, events: Iterable[ChangeEvent]) -> list[Record]:
+        """The events as `Record`s (a delete followed by its tombstone when configured)."""
+        out: list[Record] = []
+        for event in events:
+            source = self._source_template.copy()
+            source["ts_ms"] = event.ts_ms
+            source["snapshot"] = event.snapshot
+            source["txId"] = event.xid
+            source["lsn"] = event.lsn
+            source["commit_lsn"] = event.commit_lsn
+            source["sequence"] = f'["{event.commit_lsn}","{event.lsn}"]'
+            value: dict[str, Any] = {
+                "before": event.before,
+                "after": event.after,
+                "source": source,
+                "op": event.op,
+                "ts_ms": int(time.time() * 1000),
+                "change_id": event.change_id,
+                "unchanged_toast": list(event.unchanged),
+            }
+            key = event.key
+            key_schema = None if key is None else self._key_schema
+            headers = event.headers
+            out.append(Record(self._topic, key, value, key_schema, self._value_schema, headers))
+            if self.tombstone_after(event):
+                out.append(Record(self._topic, key, None, key_schema, None, headers))
+        return out
+
+    def envelope_writer(self, schema_ids: SchemaIds) -> EnvelopeWriter | None:
+        """The table's generated envelope writer framed with ids from `schema_ids`; None if it does not fit."""
+        if self._writer_ids is schema_ids:
+            return self._writer
+        # Registered in the order the general path registers them (key first).
+        key_id = None if self._key_schema is None else schema_ids(self._topic, self._key_schema, True)
+        value_id = schema_ids(self._topic, self._value_schema, False)
+        self._writer = EnvelopeWriter.build(
+            self._schemas, connector_name=self._name, db=self._db, key_schema_id=key_id, value_schema_id=value_id
+        )
+        self._writer_ids = schema_ids
+        return self._writer
+
+
+class ChangeEncoder:
+    """The one place events become wire-format bytes, in the reading process or in a worker process.
+
+    A streamed change goes through its table's generated envelope writer (schemas/fastpath.py); other events,
+    tables and values the writer does not take go through the general encoder (`serde.Encoder`, as
+    `serde.RegistrySerializer` frames them). Both give the same bytes: tests/unit/sources/postgres/
+    test_change_encoder.py compares them on random rows of every mapped type.
+    """
+
+    def __init__(self, schema_ids: SchemaIds, *, envelope_writers: bool = True) -> None:
+        self._schema_ids = schema_ids
+        self._envelope_writers = envelope_writers
+        self._encoder = Encoder()
+
+    def encode(self, table: TableEvents, events: Iterable[ChangeEvent]) -> list[Encoded]:
+        out: list[Encoded] = []
+        for event in events:
+            if self._envelope_writers and event.snapshot is None and event.op in _WRITER_OPS:
+                writer = table.envelope_writer(self._schema_ids)
+                if writer is not None:
+                    try:
+                        key = writer.key(event.key)
+                        value = writer.value(
+                            event.op, before=event.before, after=event.after, lsn=event.lsn,
+                            commit_lsn=event.commit_lsn, xid=event.xid, commit_ms=event.ts_ms,  # type: ignore[arg-type]
+                            ts_ms=int(time.time() * 1000), change_id=event.change_id, unchanged=event.unchanged,
+                        )  # fmt: skip
+                    except _FALLBACK:
+                        pass  # a value the generated writer does not take: the general encoder writes it
+                    else:
+                        headers = event.headers
+                        out.append((key, value, headers))
+                        if table.tombstone_after(event):
+                            out.append((key, None, headers))
+                        continue
+            out += [self._general(record) for record in table.records((event,))]
+        return out
+
+    def _general(self, record: Record) -> Encoded:
+        topic = record.topic
+        key = None if record.key is None or record.key_schema is None else self._encoder.encode(
+            self._schema_ids(topic, record.key_schema, True), record.key_schema, record.key
+        )
+        value = None if record.value is None or record.value_schema is None else self._encoder.encode(
+            self._schema_ids(topic, record.value_schema, False), record.value_schema, record.value
+        )
+        return key, value, record.headers
+
 
 class EventFactory:
     """Describes tables (catalog) and builds their `TableEvents`, once per table version."""
 
-    def __init__(self, config: ConnectorConfig, conn: psycopg.Connection, ids: ChangeIds, db: str) -> None:
-        assert config.source is not None
-        self._config = config
-        self._source: PostgresSourceConfig = config.source
+    def __init__(
+        self, source: PostgresSourceConfig, *, connector_name: str, conn: psycopg.Connection, ids: ChangeIds, db: str
+    ) -> None:
+        self._source = source
+        self._connector_name = connector_name
         self._conn = conn
         self.ids = ids
         self._db = db
@@ -377,7 +335,7 @@ class EventFactory:
         )
         return TableEvents(
             schemas,
-            connector_name=self._config.name,
+            connector_name=self._connector_name,
             db=self._db,
             ids=self.ids,
             tombstones=self._source.tombstones_on_delete,

@@ -19,40 +19,51 @@ import multiprocessing
 import multiprocessing.connection
 from typing import Any
 
-from connector.config import ConnectorConfig
+import psycopg
+
 from core.delivery import KafkaDelivery, TxSlot
 from core.errors import ConnectorError, FatalError
 from core.timeouts import libpq_options
+from schemas.registry import SchemaRegistryConfig
+from schemas.serde import RegistrySerializer
+from sources.postgres.change_id import ChangeIds, namespace_for
+from sources.postgres.config import PostgresSourceConfig
+from sources.postgres.events import ChangeEncoder, EventFactory, TableEvents
+from sources.postgres.protocol import Truncate, decode_message
 
 log = logging.getLogger(__name__)
 
 Item = tuple[bytes, int, int, int, int, int]
 """(pgoutput payload, lsn, commit_lsn, ordinal, xid, commit_ms)"""
 Produced = tuple[str, bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]
+"""(topic, key, value, headers) of one encoded record."""
 
 
 class WorkerError(FatalError):
     """A worker process failed or died."""
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, config: ConnectorConfig, system_id: str, db: str) -> None:
+def _worker_main(
+    conn: multiprocessing.connection.Connection,
+    *,
+    source: PostgresSourceConfig,
+    registry: SchemaRegistryConfig,
+    connector_name: str,
+    system_id: str,
+    db: str,
+) -> None:
     """Worker loop: relations update the table map; batches come back as encoded records per item."""
-    import psycopg
-
-    from sources.postgres.change_id import ChangeIds, namespace_for
-    from sources.postgres.events import EventFactory, RegistrySerializer, TableEvents
-    from sources.postgres.protocol import Truncate, decode_message
-
-    assert config.source is not None
-    emit_truncate = config.source.emit_truncate
     pg = psycopg.connect(
-        config.source.dsn.get_secret_value(),
+        source.dsn.get_secret_value(),
         autocommit=True,
         application_name="cdc-connector-worker",
-        **libpq_options(config.source.connect_timeout_s),
+        **libpq_options(source.connect_timeout_s),
     )
-    serializer = RegistrySerializer(config.schema_registry)
-    factory = EventFactory(config, pg, ChangeIds(namespace_for(system_id, db)), db)
+    serializer = RegistrySerializer(registry)
+    encoder = ChangeEncoder(serializer.schema_id)
+    factory = EventFactory(
+        source, connector_name=connector_name, conn=pg, ids=ChangeIds(namespace_for(system_id, db)), db=db
+    )
     relations: dict[int, TableEvents] = {}
     relation_error: Exception | None = None
     try:
@@ -68,8 +79,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: ConnectorC
             if kind == "relation":
                 relation = message[1]
                 try:
-                    relations[relation.relation_id] = table_events = factory.for_relation(relation)
-                    table_events.enable_fastpath(serializer.schema_id)
+                    relations[relation.relation_id] = factory.for_relation(relation)
                 except Exception as exc:  # reported with the next batch, which needs this relation
                     relation_error = exc
                 continue
@@ -81,42 +91,26 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: ConnectorC
                 counts: dict[tuple[str, str], int] = {}
                 for payload, lsn, commit_lsn, ordinal, xid, commit_ms in items:
                     change = decode_message(payload)
+                    produced: list[Produced] = []
                     if type(change) is Truncate:
-                        records = []
                         for index, relation_id in enumerate(change.relation_ids):
-                            if emit_truncate:
-                                records += relations[relation_id].truncate(
+                            if source.emit_truncate:
+                                events = relations[relation_id]
+                                truncate = events.truncate(
                                     lsn=lsn, commit_lsn=commit_lsn, ordinal=ordinal + index, xid=xid,
                                     commit_ms=commit_ms,
                                 )  # fmt: skip
+                                produced += [(events.topic, *e) for e in encoder.encode(events, (truncate,))]
                     else:
                         events = relations[change.relation_id]  # type: ignore[union-attr]
-                        fast = events.streamed_encoded(
+                        changes = events.changes(
                             change,  # type: ignore[arg-type]
                             lsn=lsn, commit_lsn=commit_lsn, ordinal=ordinal, xid=xid, commit_ms=commit_ms,
                         )  # fmt: skip
-                        if fast is not None:
-                            out.append([(events.topic, k, v, tuple(h)) for k, v, h in fast])
-                            key = (events.table_name, events.last_op)
-                            counts[key] = counts.get(key, 0) + 1
-                            continue
-                        records = events.streamed(
-                            change,  # type: ignore[arg-type]
-                            lsn=lsn, commit_lsn=commit_lsn, ordinal=ordinal, xid=xid, commit_ms=commit_ms,
-                        )  # fmt: skip
-                        key = (events.table_name, events.last_op)
+                        produced = [(events.topic, *e) for e in encoder.encode(events, changes)]
+                        key = (events.table_name, changes[-1].op)
                         counts[key] = counts.get(key, 0) + 1
-                    encoded: list[Produced] = []
-                    for record in records:
-                        topic = record.topic
-                        k = None if record.key is None or record.key_schema is None else serializer(
-                            topic, record.key_schema, record.key, True
-                        )
-                        v = None if record.value is None or record.value_schema is None else serializer(
-                            topic, record.value_schema, record.value, False
-                        )
-                        encoded.append((topic, k, v, record.headers))
-                    out.append(encoded)
+                    out.append(produced)
                 conn.send(("ok", seq, out, counts))
             except OSError:
                 return  # the reading process is gone
@@ -134,8 +128,10 @@ class WorkerPool:
 
     def __init__(
         self,
-        config: ConnectorConfig,
+        source: PostgresSourceConfig,
+        registry: SchemaRegistryConfig,
         *,
+        connector_name: str,
         system_id: str,
         db: str,
         workers: int,
@@ -150,7 +146,17 @@ class WorkerPool:
         for index in range(workers):
             ours, theirs = context.Pipe(duplex=True)
             process = context.Process(
-                target=_worker_main, args=(theirs, config, system_id, db), name=f"cdc-encoder-{index}", daemon=True
+                target=_worker_main,
+                args=(theirs,),
+                kwargs={
+                    "source": source,
+                    "registry": registry,
+                    "connector_name": connector_name,
+                    "system_id": system_id,
+                    "db": db,
+                },
+                name=f"cdc-encoder-{index}",
+                daemon=True,
             )
             process.start()
             theirs.close()

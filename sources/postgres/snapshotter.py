@@ -86,7 +86,7 @@ class Snapshotter:
                 previous: Any = None
                 for row in reader.rows(plan):
                     if previous is not None:
-                        produce_all(events.snapshot_row(previous, point, ts_ms, "true"), ack_slot)
+                        produce_all(events.records((events.snapshot_row(previous, point, ts_ms, "true"),)), ack_slot)
                         in_slot += 1
                         table_progress.rows += 1
                         if in_slot >= chunk:
@@ -102,7 +102,7 @@ class Snapshotter:
                     previous = row
                 if previous is not None:
                     marker = "last" if last_table else "true"
-                    produce_all(events.snapshot_row(previous, point, ts_ms, marker), ack_slot)
+                    produce_all(events.records((events.snapshot_row(previous, point, ts_ms, marker),)), ack_slot)
                     table_progress.rows += 1
                 if config.snapshot.complete_markers:
                     self._output.produce_everywhere(events.snapshot_complete(point), ack_slot)

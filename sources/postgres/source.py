@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 
@@ -34,11 +33,12 @@ from core.positions import Lsn
 from core.records import RecordChain
 from core.timeouts import libpq_options
 from schemas.registry import SchemaRegistryConfig
+from schemas.serde import RegistrySerializer
 from sources.base import Source
 from sources.postgres import prerequisites
 from sources.postgres.change_id import ChangeIds, namespace_for
 from sources.postgres.config import PostgresSourceConfig
-from sources.postgres.events import EventFactory, RegistrySerializer
+from sources.postgres.events import EventFactory
 from sources.postgres.heartbeat import Heartbeat
 from sources.postgres.lag import LagMonitor
 from sources.postgres.output import RecordOutput
@@ -369,7 +369,7 @@ class PostgresSource(Source):
 
     def _event_factory(self, conn: psycopg.Connection, system: SystemInfo) -> EventFactory:
         ids = ChangeIds(namespace_for(system.system_id, system.dbname))
-        return EventFactory(self._event_sections(), conn, ids, system.dbname)
+        return EventFactory(self._config, connector_name=self._name, conn=conn, ids=ids, db=system.dbname)
 
     def _pool(self, system: SystemInfo, delivery: KafkaDelivery, counts: EventCounts) -> WorkerPool | None:
         workers = self._config.encode_workers
@@ -380,25 +380,15 @@ class PostgresSource(Source):
             return None
         log.info("starting %d encoder worker processes", workers)
         return WorkerPool(
-            self._event_sections(),
+            self._config,
+            self._registry,
+            connector_name=self._name,
             system_id=system.system_id,
             db=system.dbname,
             workers=workers,
             delivery=delivery,
             counts=counts,
         )
-
-    def _event_sections(self) -> Any:
-        """What `EventFactory` and `WorkerPool` read of their config argument: the connector name, this source's
-        section and the registry section, under the names they read (`name`, `source`, `schema_registry`)."""
-        return cast(Any, _EventSections(self._name, self._config, self._registry))
-
-
-@dataclass(frozen=True, slots=True)
-class _EventSections:
-    name: str
-    source: PostgresSourceConfig
-    schema_registry: SchemaRegistryConfig
 
 
 def _confirm_acknowledged(delivery: KafkaDelivery, repl: ReplicationConnection) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -22,7 +23,7 @@ from core.errors import RetriableError
 from core.metrics import SOURCE_CONFIRMED_LSN, SOURCE_EVENTS
 from core.positions import Lsn
 from sources.postgres.config import PostgresSourceConfig
-from sources.postgres.events import EventFactory, TableEvents
+from sources.postgres.events import ChangeEncoder, ChangeEvent, EventFactory, TableEvents
 from sources.postgres.heartbeat import Heartbeat
 from sources.postgres.lag import LagMonitor
 from sources.postgres.output import RecordOutput
@@ -140,8 +141,9 @@ class Streamer:
         self._stop = stop
         self._pool = pool
         self._relations: dict[int, TableEvents] = {}
-        # Without transforms, streamed changes are encoded straight to wire-format bytes (schemas/fastpath.py).
-        self._schema_ids = delivery.schema_ids if output.passthrough else None
+        # Without transforms, streamed changes are encoded here to wire-format bytes; with them, the chain gets records.
+        schema_ids = delivery.schema_ids
+        self._encoder = ChangeEncoder(schema_ids) if schema_ids is not None and output.passthrough else None
         self.position = StreamPosition(Lsn.INVALID)
         self._tx: Transaction | None = None
         self._receive_timeout = 60.0
@@ -288,22 +290,13 @@ class Streamer:
                 tx = self._tx
                 assert tx is not None
                 events = self._relations[message.relation_id]
-                encoded = events.streamed_encoded(
+                changes = events.changes(
                     message, lsn=lsn, commit_lsn=tx.commit_lsn, ordinal=tx.ordinal, xid=tx.xid, commit_ms=tx.commit_ms
                 )
-                if encoded is not None:
-                    produce = self._delivery.produce_raw
-                    for key_bytes, value_bytes, headers in encoded:
-                        produce(events.topic, key_bytes, value_bytes, headers, tx.ack)
-                else:
-                    records = events.streamed(
-                        message,
-                        lsn=lsn, commit_lsn=tx.commit_lsn, ordinal=tx.ordinal, xid=tx.xid, commit_ms=tx.commit_ms,
-                    )  # fmt: skip
-                    self._output.produce_all(records, tx.ack)
+                self._emit(events, changes, tx)
                 tx.ordinal += 1
                 counts = self._counts
-                key = (events.table_name, events.last_op)
+                key = (events.table_name, changes[-1].op)
                 counts[key] = counts.get(key, 0) + 1
                 tx.last_lsn = max(tx.last_lsn, lsn)
             case Begin():
@@ -318,23 +311,30 @@ class Streamer:
                 if self._pool is not None:
                     self._pool.relation(message)
                 else:
-                    events = self._factory.for_relation(message)
-                    if self._schema_ids is not None:
-                        events.enable_fastpath(self._schema_ids)
-                    self._relations[message.relation_id] = events
+                    self._relations[message.relation_id] = self._factory.for_relation(message)
             case Truncate(relation_ids=relation_ids):
                 tx = self._tx
                 assert tx is not None
                 for relation_id in relation_ids:
                     if self._config.emit_truncate:
-                        records = self._relations[relation_id].truncate(
+                        events = self._relations[relation_id]
+                        truncate = events.truncate(
                             lsn=lsn, commit_lsn=tx.commit_lsn, ordinal=tx.ordinal, xid=tx.xid,
                             commit_ms=tx.commit_ms,
                         )  # fmt: skip
-                        self._output.produce_all(records, tx.ack)
+                        self._emit(events, (truncate,), tx)
                     tx.ordinal += 1
             case _:
                 pass  # Origin, Type and logical messages (our heartbeats among them) carry nothing to produce.
+
+    def _emit(self, events: TableEvents, changes: Sequence[ChangeEvent], tx: Transaction) -> None:
+        """The one place streamed changes leave for Kafka: encoded here, or as records through the transforms."""
+        if self._encoder is None:
+            self._output.produce_all(events.records(changes), tx.ack)
+            return
+        produce = self._delivery.produce_raw
+        for key, value, headers in self._encoder.encode(events, changes):
+            produce(events.topic, key, value, headers, tx.ack)
 
     def _report(self) -> None:
         counts = self._counts

@@ -23,8 +23,9 @@ from pathlib import Path
 import psycopg
 from confluent_kafka.admin import AdminClient
 
+from connector.config_loader import read_env_file
 from devstack import control
-from devstack.env_file import Endpoints, read_env_file
+from devstack.env_file import Endpoints
 from devstack.ports import Ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

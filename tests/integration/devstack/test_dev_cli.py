@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from connector.config_loader import read_env_file
 from devstack import processes
-from devstack.env_file import read_env_file
 
 pytestmark = pytest.mark.integration
 

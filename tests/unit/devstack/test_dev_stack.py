@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from connector.config_loader import read_env_file
 from core.errors import StackError
 from devstack import control, kafka, postgres, processes
-from devstack.env_file import Endpoints, read_env_file, write_env_file
+from devstack.env_file import Endpoints, write_env_file
 from devstack.ports import Ports, free_ports, is_free, require_free
 
 pytestmark = pytest.mark.unit

@@ -10,7 +10,7 @@ from psycopg.adapt import PyFormat, Transformer
 
 from core.errors import SchemaError
 from schemas.types import decimal_to_bytes
-from sinks.postgres.types import PgType, column_type, holds
+from sinks.postgres.types import DestinationType, column_type, holds
 
 pytestmark = pytest.mark.unit
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.unit
      "time without time zone", "double precision", '"char"', "numeric", "bit varying(5)"],
 )
 def test_builtin_types_round_trip(text: str) -> None:
-    parsed = PgType.parse(text)
+    parsed = DestinationType.parse(text)
     assert parsed is not None
     assert str(parsed) == text
 
@@ -32,11 +32,11 @@ def test_builtin_types_round_trip(text: str) -> None:
      "integer[] ; select 1"],
 )
 def test_anything_else_is_not_spliced_into_ddl(text: str) -> None:
-    assert PgType.parse(text) is None
+    assert DestinationType.parse(text) is None
 
 
-def t(text: str) -> PgType:
-    parsed = PgType.parse(text)
+def t(text: str) -> DestinationType:
+    parsed = DestinationType.parse(text)
     assert parsed is not None
     return parsed
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from core.records import SNAPSHOT_COMPLETE_HEADER
+from core.records import SNAPSHOT_COMPLETE_HEADER, Record
 from schemas.catalog import ColumnInfo, PgType, TableInfo
 from schemas.envelope import UNCHANGED_TOAST, build_table_schemas, source_block
 from sources.postgres.change_id import ChangeIds, namespace_for
@@ -33,8 +33,12 @@ def events(*, tombstones: bool = True, relation_columns: list[str] | None = None
     )  # fmt: skip
 
 
+def streamed(table: TableEvents, message: Insert | Update | Delete, **coords: int) -> list[Record]:
+    return table.records(table.changes(message, **coords))
+
+
 def test_insert_event_matches_the_contract() -> None:
-    (record,) = events().streamed(Insert(1, ("5", "hi")), lsn=90, commit_lsn=100, ordinal=3, xid=7, commit_ms=1000)
+    (record,) = streamed(events(), Insert(1, ("5", "hi")), lsn=90, commit_lsn=100, ordinal=3, xid=7, commit_ms=1000)
     value = record.value
     assert record.topic == "p.public.t" and record.key == {"id": 5}
     assert value["op"] == "c" and value["after"] == {"id": 5, "body": "hi"} and value["before"] is None
@@ -47,32 +51,33 @@ def test_insert_event_matches_the_contract() -> None:
 
 def test_delete_is_followed_by_a_tombstone_unless_disabled() -> None:
     message = Delete(1, ("5", None), True)
-    delete, tombstone = events().streamed(message, lsn=1, commit_lsn=2, ordinal=0, xid=1, commit_ms=0)
+    delete, tombstone = streamed(events(), message, lsn=1, commit_lsn=2, ordinal=0, xid=1, commit_ms=0)
     assert delete.value["op"] == "d" and delete.value["before"]["id"] == 5
     assert tombstone.value is None and tombstone.key == {"id": 5} and tombstone.headers == delete.headers
-    assert len(events(tombstones=False).streamed(message, lsn=1, commit_lsn=2, ordinal=0, xid=1, commit_ms=0)) == 1
+    assert len(streamed(events(tombstones=False), message, lsn=1, commit_lsn=2, ordinal=0, xid=1, commit_ms=0)) == 1
 
 
 def test_unchanged_toast_is_flagged_and_full_identity_fills_it() -> None:
-    (record,) = events().streamed(
+    (record,) = streamed(events(),
         Update(1, ("5", UNCHANGED_TOAST), None, False), lsn=1, commit_lsn=2, ordinal=0, xid=1, commit_ms=0
     )
     assert record.value["unchanged_toast"] == ["body"]
-    (full,) = events().streamed(
+    (full,) = streamed(events(),
         Update(1, ("5", UNCHANGED_TOAST), ("5", "long"), False), lsn=1, commit_lsn=2, ordinal=0, xid=1, commit_ms=0
     )
     assert full.value["unchanged_toast"] == [] and full.value["after"]["body"] == "long"
 
 
 def test_relation_column_order_is_mapped() -> None:
-    (record,) = events(relation_columns=["body", "id", "extra"]).streamed(
+    (record,) = streamed(events(relation_columns=["body", "id", "extra"]),
         Insert(1, ("hi", "5", "x")), lsn=1, commit_lsn=2, ordinal=0, xid=1, commit_ms=0
     )
     assert record.value["after"] == {"id": 5, "body": "hi"}
 
 
 def test_snapshot_row_ids_come_from_point_and_key() -> None:
-    (record,) = events().snapshot_row(["5", "hi"], 500, 1234, "last")
+    table = events()
+    (record,) = table.records((table.snapshot_row(["5", "hi"], 500, 1234, "last"),))
     assert record.value["op"] == "r" and record.value["source"]["snapshot"] == "last"
     assert record.value["source"]["lsn"] == record.value["source"]["commit_lsn"] == 500
     assert record.value["change_id"] == ChangeIds(namespace_for("1", "db")).snapshot(500, "public", "t", ["5"])
@@ -80,7 +85,7 @@ def test_snapshot_row_ids_come_from_point_and_key() -> None:
 
 def test_key_change_becomes_delete_tombstone_create() -> None:
     message = Update(1, ("6", "hi"), ("5", None), True)
-    delete, tombstone, create = events().streamed(message, lsn=10, commit_lsn=20, ordinal=2, xid=1, commit_ms=0)
+    delete, tombstone, create = streamed(events(), message, lsn=10, commit_lsn=20, ordinal=2, xid=1, commit_ms=0)
     ids = ChangeIds(namespace_for("1", "db"))
     assert (delete.key, delete.value["op"], delete.value["before"]["id"]) == ({"id": 5}, "d", 5)
     assert delete.value["change_id"] == ids.key_change_delete(20, 10, 2)
@@ -88,7 +93,7 @@ def test_key_change_becomes_delete_tombstone_create() -> None:
     assert (create.key, create.value["op"], create.value["after"]) == ({"id": 6}, "c", {"id": 6, "body": "hi"})
     assert create.value["change_id"] == ids.streamed(20, 10, 2) != delete.value["change_id"]
     # An update whose old key tuple equals the new key stays one update.
-    (same,) = events().streamed(Update(1, ("5", "x"), ("5", None), True), lsn=1, commit_lsn=2, ordinal=0, xid=1,
+    (same,) = streamed(events(), Update(1, ("5", "x"), ("5", None), True), lsn=1, commit_lsn=2, ordinal=0, xid=1,
                                 commit_ms=0)  # fmt: skip
     assert same.value["op"] == "u"
 
@@ -106,3 +111,12 @@ def test_snapshot_complete_marker_has_no_key_nor_value_and_a_stable_id() -> None
     assert events().snapshot_complete(500) == record  # the same snapshot read again: the same id
     assert dict(events().snapshot_complete(501).headers)["change_id"] != headers["change_id"]
     assert ids.snapshot_complete(500, "public", "t") != ids.snapshot_complete(500, "public", "u")
+
+
+def test_truncate_has_no_key_and_an_empty_envelope() -> None:
+    table = events()
+    (record,) = table.records((table.truncate(lsn=10, commit_lsn=20, ordinal=1, xid=3, commit_ms=99),))
+    assert (record.key, record.key_schema) == (None, None)
+    assert record.value["op"] == "t" and record.value["before"] is None and record.value["after"] is None
+    assert record.value["change_id"] == ChangeIds(namespace_for("1", "db")).streamed(20, 10, 1)
+    assert record.value["source"]["txId"] == 3 and dict(record.headers)["source_lsn"] == b"20:10"

@@ -1,8 +1,9 @@
-"""The streamed fast path (schemas/fastpath.py via `TableEvents.streamed_encoded`) gives the ordinary path's bytes.
+"""`ChangeEncoder` gives the bytes of the events' records encoded by `serde.Encoder` (what `RegistrySerializer`
+does for records that went through transforms), whether the generated envelope writer (schemas/fastpath.py)
+or the general encoder writes them.
 
 Random rows of every mapped type, as pgoutput text, through inserts, updates (with and without the old row,
-with unchanged TOAST) and deletes; each record's key, value and headers are compared with `streamed(...)`
-encoded by `serde.Encoder`, the encoder `RegistrySerializer` uses.
+with unchanged TOAST, with a changed key) and deletes; each record's key, value and headers are compared.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import pytest
 
 from core.records import AvroSchema
 from schemas.envelope import UNCHANGED_TOAST, build_table_schemas
+from schemas.fastpath import EnvelopeWriter
 from schemas.serde import Encoder
 from schemas.types import DecimalHandling
 from sources.postgres.change_id import ChangeIds, namespace_for
-from sources.postgres.events import TableEvents
+from sources.postgres.events import ChangeEncoder, ChangeEvent, TableEvents
 from sources.postgres.protocol import Delete, Insert, Update
 from tests.unit.schemas.schemas_support import array_of, column, numeric_typmod, pg_type, table
 
@@ -163,18 +165,39 @@ def make_events(handling: DecimalHandling, *, tombstones: bool = True, relation_
     )  # fmt: skip
 
 
-def ordinary(events: TableEvents, ids: Ids, message: Any, **coords: int) -> list[tuple[Any, Any, list[Any]]]:
+def from_records(
+    events: TableEvents, ids: Ids, changes: tuple[ChangeEvent, ...]
+) -> list[tuple[Any, Any, tuple[tuple[str, bytes], ...]]]:
     encoder = Encoder()
     out = []
-    for record in events.streamed(message, **coords):
+    for record in events.records(changes):
         key = None if record.key is None else encoder.encode(
             ids(record.topic, record.key_schema, True), record.key_schema, record.key  # type: ignore[arg-type]
         )
         value = None if record.value is None else encoder.encode(
             ids(record.topic, record.value_schema, False), record.value_schema, record.value  # type: ignore[arg-type]
         )
-        out.append((key, value, list(record.headers)))
+        out.append((key, value, record.headers))
     return out
+
+
+def ordinary(events: TableEvents, ids: Ids, message: Any, **coords: int) -> list[Any]:
+    return from_records(events, ids, events.changes(message, **coords))
+
+
+class WriterCalls:
+    """Counts the envelopes the generated writers wrote (the rest went through the general encoder)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = EnvelopeWriter.value
+
+        def counted(writer: EnvelopeWriter, *args: Any, **kwargs: Any) -> bytes:
+            value = original(writer, *args, **kwargs)
+            self.count += 1
+            return value
+
+        monkeypatch.setattr(EnvelopeWriter, "value", counted)
 
 
 def random_message(events: TableEvents, rng: random.Random, names: list[str]) -> Any:
@@ -216,18 +239,21 @@ def in_relation_order(message: Any, names: list[str], relation_columns: list[str
 
 
 @pytest.mark.parametrize("handling", list(DecimalHandling))
-def test_fast_path_is_byte_identical_on_random_rows(handling: DecimalHandling, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_encoded_changes_are_byte_identical_to_their_records(
+    handling: DecimalHandling, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(time, "time", lambda: 1_700_000_123.456)
+    written = WriterCalls(monkeypatch)
     rng = random.Random(f"fastpath-{handling.value}")
     names = [c.column.name for c in make_events(handling)._schemas.codecs]
     shuffled = [*names, "extra"]
     rng.shuffle(shuffled)
+    key_changes = 0
     for relation_columns in (None, shuffled):
         slow_events = make_events(handling, relation_columns=relation_columns)
         fast_events = make_events(handling, relation_columns=relation_columns)
         slow_ids, fast_ids = Ids(), Ids()
-        fast_events.enable_fastpath(fast_ids)
-        fast_count = 0
+        encoder = ChangeEncoder(fast_ids)
         for n in range(300):
             message = random_message(slow_events, rng, names)
             if relation_columns is not None:
@@ -239,32 +265,49 @@ def test_fast_path_is_byte_identical_on_random_rows(handling: DecimalHandling, m
                 expected = ordinary(slow_events, slow_ids, message, **coords)
             except Exception as exc:
                 with pytest.raises(type(exc)):
-                    fast_events.streamed_encoded(message, **coords)
+                    fast_events.changes(message, **coords)
                 continue
-            fast = fast_events.streamed_encoded(message, **coords)
-            if fast is None:
-                fast = ordinary(fast_events, fast_ids, message, **coords)
-            else:
-                fast_count += 1
-                assert fast_events.last_op == slow_events.last_op
-            assert fast == expected
-        assert fast_count > 150  # most changes took the fast path
+            changes = fast_events.changes(message, **coords)
+            key_changes += len(changes) == 2
+            assert encoder.encode(fast_events, changes) == expected
         assert fast_ids.order == slow_ids.order == [("p.public.every", True), ("p.public.every", False)]
+    assert written.count > 300  # most changes went through the generated writers
+    assert key_changes > 10  # and key changes (delete + create) among them
 
 
-def test_key_changes_and_unsupported_values_take_the_ordinary_path() -> None:
+def test_values_the_writer_does_not_take_are_left_to_the_general_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)
+    written = WriterCalls(monkeypatch)
     events = make_events(DecimalHandling.PRECISE)
-    events.enable_fastpath(Ids())
+    ids = Ids()
+    encoder = ChangeEncoder(ids)
     names = [c.column.name for c in events._schemas.codecs]
     row = tuple("5" if n in ("id", "nn_int") else ("k" if n == "k2" else None) for n in names)
-    moved = tuple("6" if n == "id" else v for n, v in zip(names, row, strict=True))
-    key_change = Update(1, moved, row, True)
-    assert events.streamed_encoded(key_change, lsn=1, commit_lsn=2, ordinal=0, xid=1, commit_ms=0) is None
-    assert events.streamed_encoded(Insert(1, row), lsn=1, commit_lsn=2, ordinal=0, xid=1, commit_ms=0) is not None
+    coords = {"lsn": 1, "commit_lsn": 2, "ordinal": 0, "xid": 1, "commit_ms": 0}
+    insert = events.changes(Insert(1, row), **coords)
+    assert encoder.encode(events, insert) == from_records(events, ids, insert)
+    assert written.count == 1
     no_k2 = tuple(None if n == "k2" else v for n, v in zip(names, row, strict=True))  # NOT NULL column without a value
-    assert events.streamed_encoded(Insert(1, no_k2), lsn=1, commit_lsn=2, ordinal=0, xid=1, commit_ms=0) is None
-    without = make_events(DecimalHandling.PRECISE)
-    assert without.streamed_encoded(Insert(1, row), lsn=1, commit_lsn=2, ordinal=0, xid=1, commit_ms=0) is None
+    missing = events.changes(Insert(1, no_k2), **coords)
+    with pytest.raises(TypeError, match="k2"):  # the writer fell back; fastavro's own error names the field
+        encoder.encode(events, missing)
+    assert written.count == 1
+    general = ChangeEncoder(ids, envelope_writers=False)
+    assert general.encode(events, insert) == from_records(events, ids, insert)
+    assert written.count == 1
+
+
+def test_truncates_and_snapshot_rows_encode_as_their_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)
+    events = make_events(DecimalHandling.PRECISE)
+    ids = Ids()
+    encoder = ChangeEncoder(ids)
+    truncate = (events.truncate(lsn=10, commit_lsn=20, ordinal=1, xid=3, commit_ms=99),)
+    assert encoder.encode(events, truncate) == from_records(events, ids, truncate)
+    rng = random.Random("snapshot")
+    texts = [column_text(n, rng) for n in events.columns]
+    snapshot = (events.snapshot_row(texts, 500, 1234, "last"),)
+    assert encoder.encode(events, snapshot) == from_records(events, ids, snapshot)
 
 
 def test_tombstones_follow_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -274,8 +317,8 @@ def test_tombstones_follow_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     for tombstones in (True, False):
         events = make_events(DecimalHandling.PRECISE, tombstones=tombstones)
         ids = Ids()
-        events.enable_fastpath(ids)
         coords = {"lsn": 10, "commit_lsn": 20, "ordinal": 0, "xid": 3, "commit_ms": 99}
-        fast = events.streamed_encoded(Delete(1, old, True), **coords)
-        assert fast is not None and len(fast) == (2 if tombstones else 1)
-        assert fast == ordinary(events, ids, Delete(1, old, True), **coords)
+        changes = events.changes(Delete(1, old, True), **coords)
+        fast = ChangeEncoder(ids).encode(events, changes)
+        assert len(fast) == (2 if tombstones else 1)
+        assert fast == from_records(events, ids, changes)
