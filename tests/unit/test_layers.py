@@ -36,36 +36,6 @@ LAYER = {
 # None today: every dependency the runtime uses is a required one.
 IN_FUNCTION_IMPORTS: dict[tuple[str, str], str] = {}
 
-# Violations that the rest of the layering work removes; emptied when that work is merged. An entry that no
-# longer occurs fails `test_known_violations_still_occur`, so the set can only shrink.
-KNOWN_UNTIL_MERGE: frozenset[tuple[str, str, str]] = frozenset(
-    {
-        # Components reading the application's root config instead of their own sections.
-        ("upward", "sources.postgres.source", "connector.config"),
-        ("upward", "sources.postgres.events", "connector.config"),
-        ("upward", "sources.postgres.parallel", "connector.config"),
-        ("upward", "sources.postgres.__main__", "connector.config"),
-        ("upward", "sinks.postgres.sink", "connector.config"),
-        # The source applying the configured transforms itself.
-        ("upward", "sources.postgres.source", "transforms.base"),
-        ("upward", "sources.postgres.__main__", "transforms.base"),
-        # Lazy attributes that dodge the component <-> connector.config loop.
-        ("getattr", "sources.postgres", ""),
-        ("getattr", "sinks.postgres", ""),
-        ("in-function", "sources.postgres", "sources.postgres.source"),
-        ("in-function", "sinks.postgres", "sinks.postgres.sink"),
-        # The event path: registry serializer and worker processes.
-        ("in-function", "sources.postgres.events", "confluent_kafka.schema_registry"),
-        ("in-function", "sources.postgres.events", "schemas.registry"),
-        ("in-function", "sources.postgres.events", "schemas.serde"),
-        ("in-function", "sources.postgres.parallel", "psycopg"),
-        ("in-function", "sources.postgres.parallel", "sources.postgres.change_id"),
-        ("in-function", "sources.postgres.parallel", "sources.postgres.events"),
-        ("in-function", "sources.postgres.parallel", "sources.postgres.protocol"),
-    }
-)
-
-
 @dataclass(frozen=True)
 class Arrow:
     importer: str
@@ -244,7 +214,7 @@ def _cycles() -> list[list[str]]:
 
 
 def _unexpected(found: Found) -> list[str]:
-    return [line for key, lines in sorted(found.items()) if key not in KNOWN_UNTIL_MERGE for line in lines]
+    return [line for _, lines in sorted(found.items()) for line in lines]
 
 
 def test_imports_point_down_only() -> None:
@@ -283,12 +253,6 @@ def test_allowed_in_function_imports_still_exist() -> None:
         f"{importer} -> {imported}" for importer, imported in IN_FUNCTION_IMPORTS if (importer, imported) not in present
     )
     assert not stale, "IN_FUNCTION_IMPORTS entries with no such import (remove them):\n  " + "\n  ".join(stale)
-
-
-def test_known_violations_still_occur() -> None:
-    present = set(_upward()) | set(_module_getattr()) | set(_in_function())
-    stale = sorted(" ".join(key).strip() for key in KNOWN_UNTIL_MERGE - present)
-    assert not stale, "KNOWN_UNTIL_MERGE entries that no longer occur (remove them):\n  " + "\n  ".join(stale)
 
 
 def test_the_check_sees_every_package() -> None:

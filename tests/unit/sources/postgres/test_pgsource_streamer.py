@@ -77,24 +77,27 @@ def truncate(*rels: int) -> bytes:
     return b"T" + struct.pack(f"!IB{len(rels)}I", len(rels), 0, *rels)
 
 
+@dataclass(frozen=True)
+class FakeChange:
+    op: str
+    key: Any
+    value: dict[str, Any]
+
+
 class FakeEvents:
-    """`TableEvents` as the streamer uses it: records per change, no fast path."""
+    """`TableEvents` as the streamer uses it with transforms configured: changes become records."""
 
     topic = "p.public.t"
     table_name = "public.t"
 
-    def __init__(self) -> None:
-        self.last_op = ""
+    def changes(self, message: Any, **coordinates: int) -> tuple[FakeChange, ...]:
+        return (FakeChange("c", message.new[0], coordinates),)
 
-    def streamed_encoded(self, message: Any, **coordinates: int) -> None:
-        return None
+    def truncate(self, **coordinates: int) -> FakeChange:
+        return FakeChange("t", None, {"truncate": coordinates})
 
-    def streamed(self, message: Any, **coordinates: int) -> list[Record]:
-        self.last_op = "c"
-        return [Record(self.topic, message.new[0], coordinates, None, None)]
-
-    def truncate(self, **coordinates: int) -> list[Record]:
-        return [Record(self.topic, None, {"truncate": coordinates}, None, None)]
+    def records(self, changes: Any) -> list[Record]:
+        return [Record(self.topic, change.key, change.value, None, None) for change in changes]
 
 
 class FakeFactory:
