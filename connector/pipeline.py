@@ -100,7 +100,7 @@ class Pipeline:
         problems: list[Problem] = []
         for worker in self._workers:
             component = worker.component
-            problems.extend(component.validate(kafka=kafka) if isinstance(component, Sink) else component.validate())
+            problems.extend(component.validate(kafka=kafka))
         return problems
 
     def alive(self) -> bool:

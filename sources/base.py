@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from typing import Any
 
-from core.checks import Problem
-from core.errors import ConnectorError
+from core.component import Component
 
 
-class Source(ABC):
+class Source(Component):
     """Reads changes from a database and produces them to Kafka.
 
     Resume contract: a source holds no position in its constructor; on `run` it resumes from the
@@ -20,28 +19,9 @@ class Source(ABC):
     """
 
     @abstractmethod
-    def validate(self) -> list[Problem]:
-        """Check connections and prerequisites; empty when ready to run."""
-
-    @abstractmethod
     def run(self, stop: threading.Event) -> None:
         """Stream until `stop` is set, then flush, confirm the final position and return."""
 
-    def ready(self) -> bool:
-        """True once the connector is streaming (snapshot done or skipped); drives /readyz."""
-        return False
-
-    def problem(self) -> ConnectorError | None:
-        """Why it cannot make progress right now (a failure it is retrying), None while it can; drives /healthz."""
-        return None
-
     @abstractmethod
     def status(self) -> dict[str, Any]:
-        """Slot state, lag, snapshot progress, as the running component last published it (/status).
-
-        Answers at once from any thread: no I/O, nothing shared with the loops but what they publish.
-        """
-
-    def inspect(self) -> dict[str, Any]:
-        """The same, read from the services now: what `cdc status` shows of a process it is not part of."""
-        return self.status()
+        """Slot state, lag, snapshot progress (see `Component.status`)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any, Literal
 
 from core.records import AvroSchema, Record
@@ -220,3 +221,14 @@ class FieldTransform(Transform):
         if not changed:
             return (record,)
         return (evolve(record, key=key, key_schema=key_schema, value=value, value_schema=value_schema),)
+
+
+def value_bytes(value: Any) -> bytes:
+    """A field value as text bytes (headers, hashing): ISO-8601 for dates and times, `true`/`false` for booleans."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    if isinstance(value, (datetime, date)):
+        return value.isoformat().encode()
+    return str(value).encode()

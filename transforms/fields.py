@@ -29,7 +29,7 @@ from transforms.config import (
     RenameOptions,
     TimestampConvertOptions,
 )
-from transforms.envelope import FieldTransform, RowPlan
+from transforms.envelope import FieldTransform, RowPlan, value_bytes
 from transforms.exceptions import TransformError, option_error
 from transforms.timefmt import TimeFormat, from_micros, to_micros
 
@@ -58,18 +58,8 @@ def _map_fields(mappers: dict[str, ValueMap]) -> Callable[[dict[str, Any], Recor
     return convert
 
 
-def _text(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, bool):
-        return b"true" if value else b"false"
-    if isinstance(value, (datetime, date)):
-        return value.isoformat().encode()
-    return str(value).encode()
-
-
 def _hasher(salt: bytes) -> ValueMap:
-    return lambda value: None if value is None else hashlib.sha256(salt + _text(value)).hexdigest()
+    return lambda value: None if value is None else hashlib.sha256(salt + value_bytes(value)).hexdigest()
 
 
 def _masker(masked: Any) -> ValueMap:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
 from typing import Any
 
 from core.records import AvroSchema, Headers, Record
@@ -19,22 +18,14 @@ from transforms.config import (
     UnwrapOptions,
     ValueToKeyOptions,
 )
-from transforms.envelope import envelope_row_name, is_envelope, is_envelope_schema, row_of
+from transforms.envelope import envelope_row_name, is_envelope, is_envelope_schema, row_of, value_bytes
 from transforms.exceptions import option_error
 from transforms.expression import compile_name
 
 
 def header_text(value: Any) -> bytes | None:
     """How a field value travels as a header: UTF-8 text, `true`/`false`, ISO dates; null is no header."""
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, bool):
-        return b"true" if value else b"false"
-    if isinstance(value, (datetime, date)):
-        return value.isoformat().encode()
-    return str(value).encode()
+    return None if value is None else value_bytes(value)
 
 
 def _find_field(record: dict[str, Any], name: str) -> dict[str, Any] | None:

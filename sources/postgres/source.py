@@ -90,7 +90,7 @@ class PostgresSource(Source):
     def ready(self) -> bool:
         return self._status.is_ready
 
-    def validate(self) -> list[Problem]:
+    def validate(self, *, kafka: bool = True) -> list[Problem]:
         config = self._config
         try:
             with self._connect() as conn:

@@ -27,7 +27,7 @@ class _Component(Source):
         self.finished_cleanly = False
         self._fail = fail_after_ready
 
-    def validate(self) -> list[Problem]:
+    def validate(self, *, kafka: bool = True) -> list[Problem]:
         return [Problem("double", "not reachable", "start it")]
 
     def run(self, stop: threading.Event) -> None:
