@@ -30,13 +30,12 @@ from psycopg import sql
 
 from connector.config import ConnectorConfig, parse_config
 from connector.config_loader import load_yaml
+from connector.pipeline import build_sink
 from core.records import AvroSchema
 from schemas.catalog import describe_tables
 from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, source_block
 from schemas.registry import SchemaRegistry
 from schemas.serde import Encoder
-from sinks.postgres import PostgresSink
-from transforms.registry import build_chain
 
 RUNNER = Path(__file__).with_name("sink_process.py")
 
@@ -300,20 +299,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 120, what: str = 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def build_sink(config: ConnectorConfig, *, after_db_commit: Callable[[], None] | None = None) -> PostgresSink:
-    """The sink of `config`, assembled from its sections as the application does (plus a test fault point)."""
-    assert config.sink is not None
-    return PostgresSink(
-        config.sink,
-        kafka=config.kafka,
-        registry=config.schema_registry,
-        retry=config.retry,
-        chain=build_chain(config.transforms_for("sink"), side="sink"),
-        group_id=config.group_id,
-        after_db_commit=after_db_commit,
-    )
-
-
 class RunningSink:
     """A PostgresSink on a thread of this process."""
 
@@ -377,6 +362,18 @@ def run_until_caught_up(env: Env, data: dict[str, Any], topics: list[str], timeo
         running.close()
     if running.error is not None:
         raise running.error
+
+
+def applied_five_one_pending(env: Env) -> tuple[Feed, dict[str, Any]]:
+    """A feed whose sink (config data returned) applied offsets 0-4 and stopped; offset 5 waits unread in Kafka."""
+    feed = env.feed("id int PRIMARY KEY, v text")
+    for i in range(5):
+        feed.insert(id=i, v="x")
+    data = env.config([feed.topic])
+    run_until_caught_up(env, data, [feed.topic])
+    feed.insert(id=10, v="later")
+    env.flush()
+    return feed, data
 
 
 def start_process(config_path: Path, log_path: Path, *, crash_after_db_commit: int | None = None

@@ -22,27 +22,14 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from connector.config import ConnectorConfig, SchemaRegistryConfig
+from connector.pipeline import build_source
 from schemas.registry import SchemaRegistry
 from schemas.serde import Decoder
 from sources.postgres.source import PostgresSource
 from tests.support.helpers import pg_connect, wait_for
 from tests.support.stack import Stack
-from transforms.base import TransformChain
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
-
-
-def source_of(config: ConnectorConfig) -> PostgresSource:
-    """The source of `config`, built from its sections as the application builds it (no transforms)."""
-    assert config.source is not None
-    return PostgresSource(
-        config.source,
-        name=config.name,
-        kafka=config.kafka,
-        registry=config.schema_registry,
-        retry=config.retry,
-        chain=TransformChain(),
-    )
 
 
 def without_markers(events: list[Event]) -> list[Event]:
@@ -133,7 +120,7 @@ class SourceEnv:
         return ConnectorConfig.model_validate(self.config_data(**source))
 
     def source(self, **source: Any) -> PostgresSource:
-        return source_of(self.config(**source))
+        return build_source(self.config(**source))
 
     def write_config(self, path: Path, **source: Any) -> Path:
         path.write_text(json.dumps(self.config_data(**source)))  # JSON is YAML
