@@ -24,9 +24,9 @@ from connector.ops import OpsServer
 from connector.pipeline import Pipeline
 from tests.integration.pipeline_support import http_get, wait_until
 from tests.integration.sources.postgres.pgsource_support import make_env
+from tests.support.examples import REPO_ROOT
 
 pytestmark = pytest.mark.integration
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class SilentServer:

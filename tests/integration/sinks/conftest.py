@@ -416,3 +416,38 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
 
 def schema_of(feed: Feed) -> AvroSchema:
     return feed.schemas.value_schema
+
+
+def read_all(env: Env, topic: str, count: int) -> list[Any]:
+    """At least `count` messages of `topic` from the beginning (fewer after about a minute), undecoded."""
+    consumer = Consumer({"bootstrap.servers": env.stack.kafka_bootstrap, "group.id": env.unique_name("dlq"),
+                         "auto.offset.reset": "earliest"})
+    try:
+        consumer.subscribe([topic])
+        out: list[Any] = []
+        for _ in range(60):
+            out += [m for m in consumer.consume(count, timeout=1) if m.error() is None]
+            if len(out) >= count:
+                break
+        return out
+    finally:
+        consumer.close()
+
+
+def applied_rows(env: Env, feed: Feed) -> list[tuple[Any, ...]]:
+    """The feed's destination rows as text, by id, in the feed's columns."""
+    return table_texts(env.target, sql.Identifier(feed.table), list(feed.schemas.column_names), ["id"])
+
+
+def ledger_count(env: Env, change_ids: list[str]) -> int:
+    row = env.target.execute(
+        "SELECT count(*) FROM cdc.applied_changes WHERE change_id = ANY(%s::uuid[])", (change_ids,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def assert_applied_once(env: Env, feed: Feed) -> None:
+    """The destination holds what the feed's changes make, and the ledger each of its change ids once."""
+    assert applied_rows(env, feed) == feed.expected()
+    assert ledger_count(env, feed.change_ids) == len(feed.change_ids)

@@ -26,10 +26,9 @@ from connector.pipeline import build_source
 from schemas.registry import SchemaRegistry
 from schemas.serde import Decoder
 from sources.postgres.source import PostgresSource
+from tests.support.examples import REPO_ROOT
 from tests.support.helpers import pg_connect, wait_for
 from tests.support.stack import Stack
-
-REPO_ROOT = Path(__file__).resolve().parents[4]
 
 
 def without_markers(events: list[Event]) -> list[Event]:
