@@ -293,27 +293,36 @@ class _Generator(_CodeBuilder):
         lines.append(f"{ind}else: raise Fallback")
 
 
-def compile_writer(definition: Any) -> Callable[[bytearray, Any], bytearray] | None:
-    """A function `(out, value) -> out` appending `value`'s Avro binary encoding, or None if not supported."""
+_WRITER_HELPERS: dict[str, Any] = {
+    "Fallback": Fallback,
+    "zigzag": zigzag,
+    "_SMALL": _SMALL,
+    "_R": _SMALL_RANGE,
+    "decimal_bytes": decimal_bytes,
+    "Decimal": Decimal,
+    "UUID": UUID,
+    "_PACK_FLOAT": _PACK_FLOAT,
+    "_PACK_DOUBLE": _PACK_DOUBLE,
+}
+
+
+def _compiled(generate: Callable[[Any], _CodeBuilder], definition: Any, helpers: dict[str, Any], label: str) -> Any:
+    """The entry function generated for `definition`, or None where the generator does not support the schema."""
     try:
-        generator = _Generator(definition)
+        generator = generate(definition)
     except _Unsupported:
         return None
-    namespace: dict[str, Any] = {
-        "Fallback": Fallback,
-        "zigzag": zigzag,
-        "_SMALL": _SMALL,
-        "_R": _SMALL_RANGE,
-        "decimal_bytes": decimal_bytes,
-        "Decimal": Decimal,
-        "UUID": UUID,
-        "_PACK_FLOAT": _PACK_FLOAT,
-        "_PACK_DOUBLE": _PACK_DOUBLE,
-        **generator.constants,
-    }
+    namespace: dict[str, Any] = {**helpers, **generator.constants}
     # The source is built from the schema's structure only: field names enter as repr() literals.
-    exec(compile("\n\n".join(generator.sources), "<avro-writer>", "exec"), namespace)  # noqa: S102
-    writer: Callable[[bytearray, Any], bytearray] = namespace[generator.entry]
+    exec(compile("\n\n".join(generator.sources), label, "exec"), namespace)  # noqa: S102
+    return namespace[generator.entry]
+
+
+def compile_writer(definition: Any) -> Callable[[bytearray, Any], bytearray] | None:
+    """A function `(out, value) -> out` appending `value`'s Avro binary encoding, or None if not supported."""
+    writer: Callable[[bytearray, Any], bytearray] | None = _compiled(
+        _Generator, definition, _WRITER_HELPERS, "<avro-writer>"
+    )
     return writer
 
 
@@ -436,19 +445,17 @@ class _ReaderGenerator(_CodeBuilder):
             raise _Unsupported(str(kind))
 
 
+_READER_HELPERS: dict[str, Any] = {
+    "_varint_tail": _varint_tail,
+    "_UNPACK_FLOAT": _UNPACK_FLOAT,
+    "_UNPACK_DOUBLE": _UNPACK_DOUBLE,
+    "_read_decimal": LOGICAL_READERS["bytes-decimal"],  # fastavro's own conversion: identical Decimals
+}
+
+
 def compile_reader(definition: Any) -> Callable[[bytes, int], tuple[Any, int]] | None:
     """A function `(buf, pos) -> (value, new pos)` decoding one value, or None if the schema is not supported."""
-    try:
-        generator = _ReaderGenerator(definition)
-    except _Unsupported:
-        return None
-    namespace: dict[str, Any] = {
-        "_varint_tail": _varint_tail,
-        "_UNPACK_FLOAT": _UNPACK_FLOAT,
-        "_UNPACK_DOUBLE": _UNPACK_DOUBLE,
-        "_read_decimal": LOGICAL_READERS["bytes-decimal"],  # fastavro's own conversion: identical Decimals
-        **generator.constants,
-    }
-    exec(compile("\n\n".join(generator.sources), "<avro-reader>", "exec"), namespace)  # noqa: S102
-    reader: Callable[[bytes, int], tuple[Any, int]] = namespace[generator.entry]
+    reader: Callable[[bytes, int], tuple[Any, int]] | None = _compiled(
+        _ReaderGenerator, definition, _READER_HELPERS, "<avro-reader>"
+    )
     return reader

@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +35,7 @@ from schemas.catalog import describe_tables
 from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, source_block
 from schemas.registry import SchemaRegistry
 from schemas.serde import Encoder
+from tests.support.running import RunThread
 
 RUNNER = Path(__file__).with_name("sink_process.py")
 
@@ -299,27 +299,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 120, what: str = 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-class RunningSink:
-    """A PostgresSink on a thread of this process."""
+class RunningSink(RunThread):
+    """A PostgresSink on a thread of this process (started at once)."""
 
     def __init__(self, config: ConnectorConfig) -> None:
         self.sink = build_sink(config)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.sink.run(self.stop)
-        except BaseException as exc:
-            self.error = exc
-
-    def alive(self) -> bool:
-        return self.thread.is_alive()
+        super().__init__(self.sink.run)
+        self.start()
 
     def close(self) -> None:
-        self.stop.set()
+        self.stop_event.set()
         self.thread.join(60)
         assert not self.thread.is_alive(), "sink did not stop"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from schemas.serde import Decoder
 from sources.postgres.source import PostgresSource
 from tests.support.examples import REPO_ROOT
 from tests.support.helpers import pg_connect, wait_for
+from tests.support.running import RunThread
 from tests.support.stack import Stack
 
 
@@ -211,23 +211,12 @@ class SourceEnv:
             self._registry_client.close()
 
 
-class RunningSource:
+class RunningSource(RunThread):
     """A source on a thread; `stop()` sets its stop event and re-raises what `run` raised."""
 
     def __init__(self, source: PostgresSource) -> None:
         self.source = source
-        self.stop_event = threading.Event()
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.source.run(self.stop_event)
-        except BaseException as exc:
-            self.error = exc
-
-    def start(self) -> None:
-        self._thread.start()
+        super().__init__(source.run)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         def ready() -> bool:
@@ -239,14 +228,14 @@ class RunningSource:
 
     def stop(self, timeout: float = 60.0) -> None:
         self.stop_event.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        self.thread.join(timeout)
+        if self.thread.is_alive():
             raise AssertionError("the source did not stop")
         if self.error is not None:
             raise self.error
 
     def join_error(self, timeout: float = 60.0) -> BaseException | None:
-        self._thread.join(timeout)
+        self.thread.join(timeout)
         return self.error
 
 
