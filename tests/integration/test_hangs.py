@@ -22,9 +22,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from connector.config import ConnectorConfig
 from connector.ops import OpsServer
 from connector.pipeline import Pipeline
-from tests.integration.pipeline_support import http_get, wait_until
+from tests.integration.pipeline_support import wait_until
 from tests.integration.sources.postgres.pgsource_support import make_env
 from tests.support.examples import REPO_ROOT
+from tests.support.helpers import http_get
 
 pytestmark = pytest.mark.integration
 
