@@ -186,10 +186,9 @@ def bench_e2e(n: int, batch: int, wide: bool) -> dict[str, Any]:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
     from connector.config import ConnectorConfig, SchemaRegistryConfig
+    from connector.pipeline import build_sink
     from schemas.registry import SchemaRegistry
     from schemas.serde import Encoder
-    from sinks.postgres import PostgresSink
-    from transforms.base import TransformChain
 
     bootstrap, registry_url = os.environ["CDC_KAFKA_BOOTSTRAP"], os.environ["CDC_SCHEMA_REGISTRY_URL"]
     dsn = os.environ["CDC_TARGET_DSN"]
@@ -218,15 +217,7 @@ def bench_e2e(n: int, batch: int, wide: bool) -> dict[str, Any]:
         "schema_registry": {"url": registry_url},
         "sink": {"dsn": dsn, "topics": [topic], "batch": {"max_records": batch, "max_wait_ms": 500}},
     })
-    assert config.sink is not None
-    sink = PostgresSink(
-        config.sink,
-        kafka=config.kafka,
-        registry=config.schema_registry,
-        retry=config.retry,
-        chain=TransformChain(),
-        group_id=config.group_id,
-    )
+    sink = build_sink(config)
     stop = threading.Event()
     thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
     with psycopg.connect(dsn, autocommit=True) as conn:

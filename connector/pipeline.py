@@ -36,6 +36,35 @@ log = logging.getLogger(__name__)
 Side = Literal["source", "sink"]
 
 
+def build_source(config: ConnectorConfig) -> PostgresSource:
+    """The source of `config`, given only its own sections."""
+    if config.source is None:
+        raise ConfigError("the config has no `source` section")
+    return PostgresSource(
+        config.source,
+        name=config.name,
+        kafka=config.kafka,
+        registry=config.schema_registry,
+        retry=config.retry,
+        chain=build_chain(config.transforms_for("source"), side="source"),
+    )
+
+
+def build_sink(config: ConnectorConfig, *, after_db_commit: Callable[[], None] | None = None) -> PostgresSink:
+    """The sink of `config`, given only its own sections (`after_db_commit`: the sink's test fault point)."""
+    if config.sink is None:
+        raise ConfigError("the config has no `sink` section")
+    return PostgresSink(
+        config.sink,
+        kafka=config.kafka,
+        registry=config.schema_registry,
+        retry=config.retry,
+        chain=build_chain(config.transforms_for("sink"), side="sink"),
+        group_id=config.group_id,
+        after_db_commit=after_db_commit,
+    )
+
+
 def build_components(config: ConnectorConfig, only: Side | None = None) -> dict[Side, Source | Sink]:
     """Instantiate the configured source and sink (no connections are opened here)."""
     components: dict[Side, Source | Sink] = {}
@@ -44,23 +73,9 @@ def build_components(config: ConnectorConfig, only: Side | None = None) -> dict[
     if only == "sink" and config.sink is None:
         raise ConfigError("--only sink, but the config has no `sink` section")
     if config.source is not None and only in (None, "source"):
-        components["source"] = PostgresSource(
-            config.source,
-            name=config.name,
-            kafka=config.kafka,
-            registry=config.schema_registry,
-            retry=config.retry,
-            chain=build_chain(config.transforms_for("source"), side="source"),
-        )
+        components["source"] = build_source(config)
     if config.sink is not None and only in (None, "sink"):
-        components["sink"] = PostgresSink(
-            config.sink,
-            kafka=config.kafka,
-            registry=config.schema_registry,
-            retry=config.retry,
-            chain=build_chain(config.transforms_for("sink"), side="sink"),
-            group_id=config.group_id,
-        )
+        components["sink"] = build_sink(config)
     return components
 
 

@@ -110,13 +110,38 @@ class _CodeBuilder:
     """What the writer and reader generators share: named types seen, generated functions, constants, names."""
 
     _prefix = "x"
+    _function_prefix = "f"
 
-    def __init__(self) -> None:
+    def __init__(self, definition: Any) -> None:
         self.named: dict[str, Mapping[str, Any]] = {}
         self.functions: dict[str, str] = {}  # full name -> generated function name
         self.sources: list[str] = []
         self.constants: dict[str, Any] = {}
         self.counter = 0
+        self.entry = self._function_for(definition, None)
+
+    def _function_for(self, avro: Any, namespace: str | None) -> str:
+        """Name of the generated function for `avro`: one per record (by full name, named before its body is
+        generated so that a recursive record calls itself), and one for a root that is not a record."""
+        if isinstance(avro, Mapping) and avro.get("type") == "record":
+            full, ns = _full_name(avro, namespace)
+            if full in self.functions:
+                return self.functions[full]
+            self.named[full] = avro
+            fname = f"{self._function_prefix}{len(self.functions)}"
+            self.functions[full] = fname
+            self.sources.append("\n".join(self._record_lines(fname, avro, ns)))
+            return fname
+        fname = f"{self._function_prefix}{len(self.functions)}"
+        self.functions[f"<root {fname}>"] = fname
+        self.sources.append("\n".join(self._root_lines(fname, avro, namespace)))
+        return fname
+
+    def _record_lines(self, fname: str, avro: Mapping[str, Any], namespace: str | None) -> list[str]:
+        raise NotImplementedError
+
+    def _root_lines(self, fname: str, avro: Any, namespace: str | None) -> list[str]:
+        raise NotImplementedError
 
     def _const(self, value: Any) -> str:
         name = f"_k{len(self.constants)}"
@@ -135,34 +160,24 @@ class _CodeBuilder:
 
 
 class _Generator(_CodeBuilder):
-    def __init__(self, definition: Any) -> None:
-        super().__init__()
-        self.entry = self._writer_for(definition, None)
+    """Generates `(out, v)` functions writing a value's Avro binary form into `out`."""
 
-    def _writer_for(self, avro: Any, namespace: str | None) -> str:
-        """Name of a generated function `(out, v)` writing `avro` (only records get their own function)."""
-        if isinstance(avro, Mapping) and avro.get("type") == "record":
-            full, ns = _full_name(avro, namespace)
-            if full in self.functions:
-                return self.functions[full]
-            self.named[full] = avro
-            fname = f"w{len(self.functions)}"
-            self.functions[full] = fname
-            lines = [f"def {fname}(out, v):"]
-            for field in avro["fields"]:
-                var = self._var()
-                lines.append(f"    {var} = v[{field['name']!r}]")
-                self._emit(field["type"], var, lines, "    ", ns)
-            lines.append("    return out")
-            self.sources.append("\n".join(lines))
-            return fname
-        fname = f"w{len(self.functions)}"
-        self.functions[f"<root {fname}>"] = fname
+    _function_prefix = "w"
+
+    def _record_lines(self, fname: str, avro: Mapping[str, Any], namespace: str | None) -> list[str]:
+        lines = [f"def {fname}(out, v):"]
+        for field in avro["fields"]:
+            var = self._var()
+            lines.append(f"    {var} = v[{field['name']!r}]")
+            self._emit(field["type"], var, lines, "    ", namespace)
+        lines.append("    return out")
+        return lines
+
+    def _root_lines(self, fname: str, avro: Any, namespace: str | None) -> list[str]:
         lines = [f"def {fname}(out, v):"]
         self._emit(avro, "v", lines, "    ", namespace)
         lines.append("    return out")
-        self.sources.append("\n".join(lines))
-        return fname
+        return lines
 
     def _test(self, avro: Any, namespace: str | None) -> str:
         """The Python type test that selects this union branch (the key must differ between branches)."""
@@ -204,7 +219,7 @@ class _Generator(_CodeBuilder):
         if kind == "union":
             self._emit_union(avro, var, lines, ind, namespace)
         elif kind == "record":
-            fname = self._writer_for(avro, namespace)
+            fname = self._function_for(avro, namespace)
             lines.append(f"{ind}if type({var}) is not dict: raise Fallback")
             lines.append(f"{ind}{fname}(out, {var})")
         elif kind == "null":
@@ -278,27 +293,36 @@ class _Generator(_CodeBuilder):
         lines.append(f"{ind}else: raise Fallback")
 
 
-def compile_writer(definition: Any) -> Callable[[bytearray, Any], bytearray] | None:
-    """A function `(out, value) -> out` appending `value`'s Avro binary encoding, or None if not supported."""
+_WRITER_HELPERS: dict[str, Any] = {
+    "Fallback": Fallback,
+    "zigzag": zigzag,
+    "_SMALL": _SMALL,
+    "_R": _SMALL_RANGE,
+    "decimal_bytes": decimal_bytes,
+    "Decimal": Decimal,
+    "UUID": UUID,
+    "_PACK_FLOAT": _PACK_FLOAT,
+    "_PACK_DOUBLE": _PACK_DOUBLE,
+}
+
+
+def _compiled(generate: Callable[[Any], _CodeBuilder], definition: Any, helpers: dict[str, Any], label: str) -> Any:
+    """The entry function generated for `definition`, or None where the generator does not support the schema."""
     try:
-        generator = _Generator(definition)
+        generator = generate(definition)
     except _Unsupported:
         return None
-    namespace: dict[str, Any] = {
-        "Fallback": Fallback,
-        "zigzag": zigzag,
-        "_SMALL": _SMALL,
-        "_R": _SMALL_RANGE,
-        "decimal_bytes": decimal_bytes,
-        "Decimal": Decimal,
-        "UUID": UUID,
-        "_PACK_FLOAT": _PACK_FLOAT,
-        "_PACK_DOUBLE": _PACK_DOUBLE,
-        **generator.constants,
-    }
+    namespace: dict[str, Any] = {**helpers, **generator.constants}
     # The source is built from the schema's structure only: field names enter as repr() literals.
-    exec(compile("\n\n".join(generator.sources), "<avro-writer>", "exec"), namespace)  # noqa: S102
-    writer: Callable[[bytearray, Any], bytearray] = namespace[generator.entry]
+    exec(compile("\n\n".join(generator.sources), label, "exec"), namespace)  # noqa: S102
+    return namespace[generator.entry]
+
+
+def compile_writer(definition: Any) -> Callable[[bytearray, Any], bytearray] | None:
+    """A function `(out, value) -> out` appending `value`'s Avro binary encoding, or None if not supported."""
+    writer: Callable[[bytearray, Any], bytearray] | None = _compiled(
+        _Generator, definition, _WRITER_HELPERS, "<avro-writer>"
+    )
     return writer
 
 
@@ -324,37 +348,27 @@ def _varint_tail(buf: bytes, pos: int, first: int) -> tuple[int, int]:
 
 
 class _ReaderGenerator(_CodeBuilder):
+    """Generates `(buf, pos) -> (value, pos)` functions reading a value's Avro binary form."""
+
     _prefix = "y"
+    _function_prefix = "r"
 
-    def __init__(self, definition: Any) -> None:
-        super().__init__()
-        self.entry = self._reader_for(definition, None)
+    def _record_lines(self, fname: str, avro: Mapping[str, Any], namespace: str | None) -> list[str]:
+        lines = [f"def {fname}(buf, pos):", "    end = len(buf)"]
+        names = []
+        for field in avro["fields"]:
+            var = self._var()
+            names.append((field["name"], var))
+            self._emit(field["type"], var, lines, "    ", namespace)
+        items = ", ".join(f"{name!r}: {var}" for name, var in names)
+        lines.append(f"    return {{{items}}}, pos")
+        return lines
 
-    def _reader_for(self, avro: Any, namespace: str | None) -> str:
-        if isinstance(avro, Mapping) and avro.get("type") == "record":
-            full, ns = _full_name(avro, namespace)
-            if full in self.functions:
-                return self.functions[full]
-            self.named[full] = avro
-            fname = f"r{len(self.functions)}"
-            self.functions[full] = fname
-            lines = [f"def {fname}(buf, pos):", "    end = len(buf)"]
-            names = []
-            for field in avro["fields"]:
-                var = self._var()
-                names.append((field["name"], var))
-                self._emit(field["type"], var, lines, "    ", ns)
-            items = ", ".join(f"{name!r}: {var}" for name, var in names)
-            lines.append(f"    return {{{items}}}, pos")
-            self.sources.append("\n".join(lines))
-            return fname
-        fname = f"r{len(self.functions)}"
-        self.functions[f"<root {fname}>"] = fname
+    def _root_lines(self, fname: str, avro: Any, namespace: str | None) -> list[str]:
         lines = [f"def {fname}(buf, pos):", "    end = len(buf)"]
         self._emit(avro, "v", lines, "    ", namespace)
         lines.append("    return v, pos")
-        self.sources.append("\n".join(lines))
-        return fname
+        return lines
 
     @staticmethod
     def _long(target: str, lines: list[str], ind: str) -> None:
@@ -393,7 +407,7 @@ class _ReaderGenerator(_CodeBuilder):
         if logical is not None and not (kind == "bytes" and logical == "decimal"):
             raise _Unsupported(f"logical type {logical}")  # the decoder strips the ones it reads raw
         if kind == "record":
-            fname = self._reader_for(spec, namespace)
+            fname = self._function_for(spec, namespace)
             lines.append(f"{ind}{target}, pos = {fname}(buf, pos)")
         elif kind == "null":
             lines.append(f"{ind}{target} = None")
@@ -431,19 +445,17 @@ class _ReaderGenerator(_CodeBuilder):
             raise _Unsupported(str(kind))
 
 
+_READER_HELPERS: dict[str, Any] = {
+    "_varint_tail": _varint_tail,
+    "_UNPACK_FLOAT": _UNPACK_FLOAT,
+    "_UNPACK_DOUBLE": _UNPACK_DOUBLE,
+    "_read_decimal": LOGICAL_READERS["bytes-decimal"],  # fastavro's own conversion: identical Decimals
+}
+
+
 def compile_reader(definition: Any) -> Callable[[bytes, int], tuple[Any, int]] | None:
     """A function `(buf, pos) -> (value, new pos)` decoding one value, or None if the schema is not supported."""
-    try:
-        generator = _ReaderGenerator(definition)
-    except _Unsupported:
-        return None
-    namespace: dict[str, Any] = {
-        "_varint_tail": _varint_tail,
-        "_UNPACK_FLOAT": _UNPACK_FLOAT,
-        "_UNPACK_DOUBLE": _UNPACK_DOUBLE,
-        "_read_decimal": LOGICAL_READERS["bytes-decimal"],  # fastavro's own conversion: identical Decimals
-        **generator.constants,
-    }
-    exec(compile("\n\n".join(generator.sources), "<avro-reader>", "exec"), namespace)  # noqa: S102
-    reader: Callable[[bytes, int], tuple[Any, int]] = namespace[generator.entry]
+    reader: Callable[[bytes, int], tuple[Any, int]] | None = _compiled(
+        _ReaderGenerator, definition, _READER_HELPERS, "<avro-reader>"
+    )
     return reader

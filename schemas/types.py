@@ -186,9 +186,12 @@ def _parse_date(text: str) -> int:
     if text == "-infinity":
         return DATE_NEGATIVE_INFINITY
     bc = text.endswith(" BC")
-    if bc:
-        text = text[:-3]
-    year, month, day = text.split("-")
+    return _days(text[:-3] if bc else text, bc=bc)
+
+
+def _days(date_part: str, *, bc: bool) -> int:
+    """Days since 1970-01-01 of PostgreSQL's `YYYY-MM-DD` (a BC year N is astronomical year 1 - N)."""
+    year, month, day = date_part.split("-")
     y = int(year)
     return days_from_civil(1 - y if bc else y, int(month), int(day))
 
@@ -241,10 +244,7 @@ def _timestamp_micros(text: str, *, with_offset: bool) -> int:
     offset = 0
     if with_offset:
         time_part, offset = _split_offset(time_part)
-    year, month, day = date_part.split("-")
-    y = int(year)
-    days = days_from_civil(1 - y if bc else y, int(month), int(day))
-    micros = days * _MICROS_PER_DAY + _time_micros(time_part) - offset * _MICROS_PER_SECOND
+    micros = _days(date_part, bc=bc) * _MICROS_PER_DAY + _time_micros(time_part) - offset * _MICROS_PER_SECOND
     # Finite values beyond the Avro long range (the last ~30 years before PostgreSQL's 294277 AD limit)
     # are clamped so they never collide with the infinity sentinels.
     if micros > _TIMESTAMP_MAX_FINITE:

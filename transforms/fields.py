@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -56,6 +56,27 @@ def _map_fields(mappers: dict[str, ValueMap]) -> Callable[[dict[str, Any], Recor
         return out
 
     return convert
+
+
+FieldPlan = Callable[[dict[str, Any], Any, bool], tuple[dict[str, Any], ValueMap]]
+
+
+def _plan_fields(row: dict[str, Any], selected: Container[str], plan: FieldPlan) -> RowPlan | None:
+    """Rewrite the selected fields of a row one by one (`plan(field, inner type, nullable) -> (new field, value map)`);
+    the others pass through unchanged. None when the row has none of them."""
+    if not any(f["name"] in selected for f in row["fields"]):
+        return None
+    fields = []
+    mappers: dict[str, ValueMap] = {}
+    for field in row["fields"]:
+        name = field["name"]
+        if name not in selected:
+            fields.append(field)
+            continue
+        inner, nullable = split_nullable(field["type"])
+        new_field, mappers[name] = plan(field, inner, nullable)
+        fields.append(new_field)
+    return {**row, "fields": fields}, _map_fields(mappers)
 
 
 def _hasher(salt: bytes) -> ValueMap:
@@ -151,17 +172,10 @@ class Mask(FieldTransform):
         return self._fixed(name, type_[-1], index)
 
     def plan_row(self, row: dict[str, Any], index: NamedTypes) -> RowPlan | None:
-        if not self._fields.intersection(f["name"] for f in row["fields"]):
-            return None
-        fields = []
-        mappers: dict[str, ValueMap] = {}
         mode = self.options.mode
-        for field in row["fields"]:
+
+        def plan(field: dict[str, Any], inner: Any, nullable: bool) -> tuple[dict[str, Any], ValueMap]:
             name = field["name"]
-            if name not in self._fields:
-                fields.append(field)
-                continue
-            inner, nullable = split_nullable(field["type"])
             if mode == "null":
                 if not nullable:
                     raise option_error(
@@ -170,17 +184,12 @@ class Mask(FieldTransform):
                         f"field `{name}` of `{row['name']}` is not nullable, so it cannot be masked with null",
                         hint="use mode `fixed` or `hash` for it",
                     )
-                mappers[name] = lambda _v: None
-                fields.append(field)
-            elif mode == "hash":
-                salt = self._salt
-                mappers[name] = _hasher(salt)
-                fields.append(_retyped(field, ["null", "string"] if nullable else "string"))
-            else:
-                masked = self._fixed_of_union(name, inner, index)
-                mappers[name] = _masker(masked)
-                fields.append(field)
-        return {**row, "fields": fields}, _map_fields(mappers)
+                return field, lambda _v: None
+            if mode == "hash":
+                return _retyped(field, ["null", "string"] if nullable else "string"), _hasher(self._salt)
+            return field, _masker(self._fixed_of_union(name, inner, index))
+
+        return _plan_fields(row, self._fields, plan)
 
 
 # --- drop / keep / rename ---------------------------------------------------------------------
@@ -366,15 +375,8 @@ class Cast(FieldTransform):
         self._casters = {name: _caster(target, label, name) for name, target in self._spec.items()}
 
     def plan_row(self, row: dict[str, Any], index: NamedTypes) -> RowPlan | None:
-        if not any(f["name"] in self._spec for f in row["fields"]):
-            return None
-        fields = []
-        for field in row["fields"]:
-            target = self._spec.get(field["name"])
-            if target is None:
-                fields.append(field)
-                continue
-            inner, nullable = split_nullable(field["type"])
+        def plan(field: dict[str, Any], inner: Any, nullable: bool) -> tuple[dict[str, Any], ValueMap]:
+            target = self._spec[field["name"]]
             for branch in inner if isinstance(inner, list) else [inner]:
                 kind, logical = base_type(branch, index)
                 castable = (logical is None and kind in _CASTABLE) or logical == "decimal"
@@ -385,10 +387,9 @@ class Cast(FieldTransform):
                         f"field `{field['name']}` of type {logical or kind} cannot be cast to {target}",
                     )
             avro = _CAST_AVRO[target]
-            fields.append(_retyped(field, ["null", avro] if nullable else avro))
-        return {**row, "fields": fields}, _map_fields(
-            {name: caster for name, caster in self._casters.items() if any(f["name"] == name for f in row["fields"])}
-        )
+            return _retyped(field, ["null", avro] if nullable else avro), self._casters[field["name"]]
+
+        return _plan_fields(row, self._spec, plan)
 
 
 # --- timestamp_convert ------------------------------------------------------------------------
@@ -468,23 +469,15 @@ class TimestampConvert(FieldTransform):
         return read
 
     def plan_row(self, row: dict[str, Any], index: NamedTypes) -> RowPlan | None:
-        if not any(f["name"] in self._fields for f in row["fields"]):
-            return None
-        fields = []
-        mappers: dict[str, ValueMap] = {}
         write = self._output
         target = _TARGET_TYPES[self.options.target_type]
-        for field in row["fields"]:
-            name = field["name"]
-            if name not in self._fields:
-                fields.append(field)
-                continue
-            inner, nullable = split_nullable(field["type"])
+
+        def plan(field: dict[str, Any], inner: Any, nullable: bool) -> tuple[dict[str, Any], ValueMap]:
             kind, logical = base_type(inner, index)
-            read = self._reader(name, kind, logical)
-            mappers[name] = _through(read, write)
-            fields.append(_retyped(field, ["null", target] if nullable else target))
-        return {**row, "fields": fields}, _map_fields(mappers)
+            read = self._reader(field["name"], kind, logical)
+            return _retyped(field, ["null", target] if nullable else target), _through(read, write)
+
+        return _plan_fields(row, self._fields, plan)
 
 
 # --- flatten ----------------------------------------------------------------------------------

@@ -22,11 +22,12 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from connector.config import ConnectorConfig
 from connector.ops import OpsServer
 from connector.pipeline import Pipeline
-from tests.integration.pipeline_support import http_get, wait_until
+from tests.integration.pipeline_support import wait_until
 from tests.integration.sources.postgres.pgsource_support import make_env
+from tests.support.examples import REPO_ROOT
+from tests.support.helpers import http_get
 
 pytestmark = pytest.mark.integration
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class SilentServer:
@@ -162,21 +163,31 @@ def _wait_for_log(log: Path, text: str, process: subprocess.Popen[bytes]) -> Non
     wait_until(lambda: text in log.read_text(), 30, f"{text!r} in the log", process)
 
 
-def test_sigterm_ends_run_within_the_grace_period_while_connect_hangs(
-    stack: Any, unique_name: Any, silent: SilentServer, tmp_path: Path
-) -> None:
-    # The connect outlasts the grace period: only the grace period can end the process.
-    config = _config(
-        tmp_path, stack, unique_name("hang"), silent.port, source={"connect_timeout_s": 120}, shutdown_grace_s=2
-    )
+@contextmanager
+def _sigterm_while_connecting(
+    tmp_path: Path, stack: Any, name: str, port: int, *, shutdown_grace_s: float
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A `cdc run` whose source connect hangs, sent SIGTERM once it serves its probes; killed on leaving."""
+    config = _config(tmp_path, stack, name, port, source={"connect_timeout_s": 120}, shutdown_grace_s=shutdown_grace_s)
     log = tmp_path / "run.log"
     process = _cdc("run", str(config), log=log)
     try:
         _wait_for_log(log, "serving /healthz", process)
         process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
+        yield process, log
     finally:
         process.kill()
+
+
+def test_sigterm_ends_run_within_the_grace_period_while_connect_hangs(
+    stack: Any, unique_name: Any, silent: SilentServer, tmp_path: Path
+) -> None:
+    # The connect outlasts the grace period: only the grace period can end the process.
+    with _sigterm_while_connecting(tmp_path, stack, unique_name("hang"), silent.port, shutdown_grace_s=2) as (
+        process,
+        log,
+    ):
+        code = process.wait(timeout=30)
     text = log.read_text()
     assert "SIGTERM received" in text
     assert "source did not stop within 2s (shutdown_grace_s)" in text
@@ -184,19 +195,13 @@ def test_sigterm_ends_run_within_the_grace_period_while_connect_hangs(
 
 
 def test_a_second_signal_exits_at_once(stack: Any, unique_name: Any, silent: SilentServer, tmp_path: Path) -> None:
-    config = _config(
-        tmp_path, stack, unique_name("hang"), silent.port, source={"connect_timeout_s": 120}, shutdown_grace_s=600
-    )
-    log = tmp_path / "run.log"
-    process = _cdc("run", str(config), log=log)
-    try:
-        _wait_for_log(log, "serving /healthz", process)
-        process.send_signal(signal.SIGTERM)
+    with _sigterm_while_connecting(tmp_path, stack, unique_name("hang"), silent.port, shutdown_grace_s=600) as (
+        process,
+        log,
+    ):
         _wait_for_log(log, "SIGTERM received", process)
         process.send_signal(signal.SIGINT)
         code = process.wait(timeout=10)
-    finally:
-        process.kill()
     assert "second SIGINT while stopping: exiting now" in log.read_text()
     assert code == 128 + signal.SIGINT
 

@@ -18,7 +18,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from tests.integration.pipeline_support import drop_replication_state, drop_tables, free_port, http_get, source_section
+from tests.integration.pipeline_support import drop_replication_state, drop_tables, free_port, source_section
+from tests.support.helpers import http_get
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration

@@ -17,13 +17,13 @@ from psycopg import sql
 from tests.integration.pipeline_support import (
     drop_replication_state,
     free_port,
-    http_get,
     start_connector,
     stop_connector,
     table_digest,
     wait_until,
     write_config,
 )
+from tests.support.helpers import http_get
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,6 @@ from tests.integration.pipeline_support import (
     drop_replication_state,
     drop_tables,
     free_port,
-    http_get,
     start_connector,
     stop_connector,
     table_digest,
@@ -25,6 +24,7 @@ from tests.integration.pipeline_support import (
     write_config,
 )
 from tests.integration.sinks.conftest import caught_up, log_end
+from tests.support.helpers import http_get
 
 pytestmark = pytest.mark.integration
 

@@ -33,12 +33,12 @@ from tests.integration.pipeline_support import (
     drop_replication_state,
     drop_tables,
     free_port,
-    http_get,
     start_connector,
     stop_connector,
     wait_until,
     write_config,
 )
+from tests.support.helpers import http_get
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration

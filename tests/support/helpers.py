@@ -1,14 +1,18 @@
-"""Small helpers for integration tests: a PostgreSQL connection, a polling wait, reading a topic."""
+"""Small test helpers: a PostgreSQL connection and a scratch schema, a polling wait, an HTTP probe, reading a topic."""
 
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from psycopg import sql
 
 T = TypeVar("T")
 
@@ -16,6 +20,27 @@ T = TypeVar("T")
 def pg_connect(dsn: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
     """A psycopg connection (autocommit by default, so each statement stands alone)."""
     return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10)
+
+
+@contextmanager
+def scratch_schema(conn: psycopg.Connection[Any], name: str) -> Iterator[str]:
+    """Schema `name`, created on entry and dropped with everything in it on leaving (`conn` in autocommit)."""
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+def http_get(port: int, path: str, *, timeout: float = 3) -> tuple[int, bytes]:
+    """(status, body) of a GET on this machine's `port`; (0, b"") when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 30.0, *, interval: float = 0.2, what: str = "") -> T:

@@ -27,8 +27,8 @@ from connector.config_loader import read_env_file
 from devstack import control
 from devstack.env_file import Endpoints
 from devstack.ports import Ports
+from tests.support.examples import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_ENV = {
     "source_dsn": "CDC_TEST_SOURCE_DSN",
     "target_dsn": "CDC_TEST_TARGET_DSN",

@@ -29,12 +29,12 @@ from devstack.ports import Ports
 from tests.integration.pipeline_support import (
     drop_replication_state,
     free_port,
-    http_get,
     source_section,
     start_connector,
     table_digest,
     wait_until,
 )
+from tests.support.helpers import http_get
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,7 @@ import pytest
 from psycopg import sql
 
 from schemas.catalog import describe_tables
+from tests.support.helpers import scratch_schema
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -18,13 +19,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def schema(stack: Stack, unique_name: Callable[[str], str]) -> Iterator[tuple[psycopg.Connection[Any], str]]:
     name = unique_name("schemas_catalog")
-    conn = psycopg.connect(stack.source_dsn, autocommit=True)
-    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
-    try:
+    with psycopg.connect(stack.source_dsn, autocommit=True) as conn, scratch_schema(conn, name):
         yield conn, name
-    finally:
-        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
-        conn.close()
 
 
 def run(conn: psycopg.Connection[Any], schema: str, statements: str) -> None:

@@ -34,6 +34,7 @@ from schemas.types import (
     output_text,
     variable_scale_decimal,
 )
+from tests.support.helpers import scratch_schema
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -107,12 +108,8 @@ def source(stack: Stack, unique_name: Callable[[str], str]) -> Iterator[tuple[ps
     for name, value in SESSION_SETTINGS.items():
         conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
     conn.execute("SET TimeZone = 'Asia/Kolkata'")  # offsets with minutes; output differs from UTC
-    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
+    with conn, scratch_schema(conn, schema):
         yield conn, schema
-    finally:
-        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-        conn.close()
 
 
 def _epoch_oracle(conn: psycopg.Connection[Any], table: sql.Composable, column: str, kind: str) -> list[Any]:

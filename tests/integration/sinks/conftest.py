@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -30,13 +29,13 @@ from psycopg import sql
 
 from connector.config import ConnectorConfig, parse_config
 from connector.config_loader import load_yaml
+from connector.pipeline import build_sink
 from core.records import AvroSchema
 from schemas.catalog import describe_tables
 from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, source_block
 from schemas.registry import SchemaRegistry
 from schemas.serde import Encoder
-from sinks.postgres import PostgresSink
-from transforms.registry import build_chain
+from tests.support.running import RunThread
 
 RUNNER = Path(__file__).with_name("sink_process.py")
 
@@ -300,41 +299,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 120, what: str = 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def build_sink(config: ConnectorConfig, *, after_db_commit: Callable[[], None] | None = None) -> PostgresSink:
-    """The sink of `config`, assembled from its sections as the application does (plus a test fault point)."""
-    assert config.sink is not None
-    return PostgresSink(
-        config.sink,
-        kafka=config.kafka,
-        registry=config.schema_registry,
-        retry=config.retry,
-        chain=build_chain(config.transforms_for("sink"), side="sink"),
-        group_id=config.group_id,
-        after_db_commit=after_db_commit,
-    )
-
-
-class RunningSink:
-    """A PostgresSink on a thread of this process."""
+class RunningSink(RunThread):
+    """A PostgresSink on a thread of this process (started at once)."""
 
     def __init__(self, config: ConnectorConfig) -> None:
         self.sink = build_sink(config)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.sink.run(self.stop)
-        except BaseException as exc:
-            self.error = exc
-
-    def alive(self) -> bool:
-        return self.thread.is_alive()
+        super().__init__(self.sink.run)
+        self.start()
 
     def close(self) -> None:
-        self.stop.set()
+        self.stop_event.set()
         self.thread.join(60)
         assert not self.thread.is_alive(), "sink did not stop"
 
@@ -379,6 +353,18 @@ def run_until_caught_up(env: Env, data: dict[str, Any], topics: list[str], timeo
         raise running.error
 
 
+def applied_five_one_pending(env: Env) -> tuple[Feed, dict[str, Any]]:
+    """A feed whose sink (config data returned) applied offsets 0-4 and stopped; offset 5 waits unread in Kafka."""
+    feed = env.feed("id int PRIMARY KEY, v text")
+    for i in range(5):
+        feed.insert(id=i, v="x")
+    data = env.config([feed.topic])
+    run_until_caught_up(env, data, [feed.topic])
+    feed.insert(id=10, v="later")
+    env.flush()
+    return feed, data
+
+
 def start_process(config_path: Path, log_path: Path, *, crash_after_db_commit: int | None = None
                   ) -> subprocess.Popen[bytes]:
     """`sink_process.py` on `config_path`; with `crash_after_db_commit` N, the process SIGKILLs itself right
@@ -419,3 +405,38 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
 
 def schema_of(feed: Feed) -> AvroSchema:
     return feed.schemas.value_schema
+
+
+def read_all(env: Env, topic: str, count: int) -> list[Any]:
+    """At least `count` messages of `topic` from the beginning (fewer after about a minute), undecoded."""
+    consumer = Consumer({"bootstrap.servers": env.stack.kafka_bootstrap, "group.id": env.unique_name("dlq"),
+                         "auto.offset.reset": "earliest"})
+    try:
+        consumer.subscribe([topic])
+        out: list[Any] = []
+        for _ in range(60):
+            out += [m for m in consumer.consume(count, timeout=1) if m.error() is None]
+            if len(out) >= count:
+                break
+        return out
+    finally:
+        consumer.close()
+
+
+def applied_rows(env: Env, feed: Feed) -> list[tuple[Any, ...]]:
+    """The feed's destination rows as text, by id, in the feed's columns."""
+    return table_texts(env.target, sql.Identifier(feed.table), list(feed.schemas.column_names), ["id"])
+
+
+def ledger_count(env: Env, change_ids: list[str]) -> int:
+    row = env.target.execute(
+        "SELECT count(*) FROM cdc.applied_changes WHERE change_id = ANY(%s::uuid[])", (change_ids,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def assert_applied_once(env: Env, feed: Feed) -> None:
+    """The destination holds what the feed's changes make, and the ledger each of its change ids once."""
+    assert applied_rows(env, feed) == feed.expected()
+    assert ledger_count(env, feed.change_ids) == len(feed.change_ids)

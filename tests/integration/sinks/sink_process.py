@@ -15,8 +15,7 @@ import threading
 from collections.abc import Callable
 
 from connector.config import ConnectorConfig
-from sinks.postgres import PostgresSink
-from transforms.registry import build_chain
+from connector.pipeline import build_sink
 
 
 def kill_after(commits: int) -> Callable[[], None]:
@@ -39,16 +38,7 @@ def main() -> None:
     hook = kill_after(int(sys.argv[2])) if len(sys.argv) > 2 else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    assert config.sink is not None
-    sink = PostgresSink(
-        config.sink,
-        kafka=config.kafka,
-        registry=config.schema_registry,
-        retry=config.retry,
-        chain=build_chain(config.transforms_for("sink"), side="sink"),
-        group_id=config.group_id,
-        after_db_commit=hook,
-    )
+    sink = build_sink(config, after_db_commit=hook)
     sink.run(stop)
 
 

@@ -7,13 +7,13 @@ import struct
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer
 from psycopg import sql
 
 from core.errors import ConfigError, PoisonMessageError, SchemaError
 from tests.integration.sinks.conftest import (
     Env,
     RunningSink,
+    read_all,
     run_until_caught_up,
     stored_offsets,
     table_texts,
@@ -39,21 +39,6 @@ def poison_corpus(env: Env, feed: Any) -> list[bytes]:
     for value in corpus:
         env.producer.produce(topic, key=key, value=value)
     return corpus
-
-
-def read_all(env: Env, topic: str, count: int) -> list[Any]:
-    consumer = Consumer({"bootstrap.servers": env.stack.kafka_bootstrap, "group.id": env.unique_name("dlq"),
-                         "auto.offset.reset": "earliest"})
-    try:
-        consumer.subscribe([topic])
-        out: list[Any] = []
-        for _ in range(60):
-            out += [m for m in consumer.consume(count, timeout=1) if m.error() is None]
-            if len(out) >= count:
-                break
-        return out
-    finally:
-        consumer.close()
 
 
 def test_poison_messages_go_to_the_dead_letter_topic(env: Env, caplog: pytest.LogCaptureFixture) -> None:

@@ -19,7 +19,14 @@ from connector.cli import app
 from connector.ops import OpsServer
 from connector.pipeline import Pipeline
 from tests.integration.pipeline_support import free_port
-from tests.integration.sinks.conftest import Env, caught_up, log_end, run_until_caught_up, to_config, wait_until
+from tests.integration.sinks.conftest import (
+    Env,
+    applied_five_one_pending,
+    caught_up,
+    log_end,
+    to_config,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -124,13 +131,7 @@ def _cdc_status(tmp_path: Path, data: dict[str, Any]) -> tuple[int, dict[str, An
 
 
 def test_status_json_has_stable_keys_and_names_an_unreadable_kafka(env: Env, tmp_path: Path) -> None:
-    feed = env.feed("id int PRIMARY KEY, v text")
-    for i in range(5):
-        feed.insert(id=i, v="x")
-    data = env.config([feed.topic])
-    run_until_caught_up(env, data, [feed.topic])
-    feed.insert(id=10, v="later")
-    env.flush()
+    feed, data = applied_five_one_pending(env)
     slot = env.unique_name("slot")
     data["source"] = {
         "dsn": env.stack.source_dsn,

@@ -18,13 +18,13 @@ from tests.integration.sinks.conftest import (
     RunningSink,
     caught_up,
     log_end,
+    read_all,
     run_until_caught_up,
     stored_offsets,
     table_texts,
     to_config,
     wait_until,
 )
-from tests.integration.sinks.test_sink_errors import read_all
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from connector.pipeline import build_sink
 from tests.integration.pipeline_support import free_port, wait_until
-from tests.integration.sinks.conftest import Env, RunningSink, build_sink, run_until_caught_up, to_config
+from tests.integration.sinks.conftest import Env, RunningSink, applied_five_one_pending, to_config
 
 pytestmark = pytest.mark.integration
 
@@ -61,12 +62,6 @@ def test_validate_reports_an_unreachable_kafka_once(env: Env, tmp_path: Path) ->
 
 
 def test_inspect_reads_the_stored_offsets(env: Env) -> None:
-    feed = env.feed("id int PRIMARY KEY, v text")
-    for i in range(5):
-        feed.insert(id=i, v="x")
-    data = env.config([feed.topic])
-    run_until_caught_up(env, data, [feed.topic])
-    feed.insert(id=10, v="later")
-    env.flush()
+    feed, data = applied_five_one_pending(env)
     stored = build_sink(to_config(data)).inspect()
     assert stored["partitions"] == [{"topic": feed.topic, "partition": 0, "next_offset": 5}]

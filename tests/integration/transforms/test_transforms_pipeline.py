@@ -20,14 +20,8 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from psycopg import sql
 
-from tests.integration.pipeline_support import (
-    drop_replication_state,
-    free_port,
-    http_get,
-    start_connector,
-    write_config,
-)
-from tests.support.helpers import wait_for
+from tests.integration.pipeline_support import drop_replication_state, free_port, start_connector, write_config
+from tests.support.helpers import http_get, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -9,21 +9,14 @@ import pytest
 from connector.config import load_config
 from connector.config_loader import environment_with, read_env_file
 from core.errors import ConfigError
+from tests.support.examples import EXAMPLE_ENV, REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[3]
-ENV = {
-    "CDC_KAFKA_BOOTSTRAP": "127.0.0.1:9092",
-    "CDC_SCHEMA_REGISTRY_URL": "http://127.0.0.1:8081/apis/ccompat/v7",
-    "CDC_SOURCE_DSN": "postgresql://app:hunter2@127.0.0.1/source",
-    "CDC_TARGET_DSN": "postgresql://app:hunter2@127.0.0.1/target",
-}
 
-
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_example_config_loads(path: Path) -> None:
-    config = load_config(path, env=ENV)
+    config = load_config(path, env=EXAMPLE_ENV)
     assert config.source is not None or config.sink is not None
     assert "hunter2" not in config.model_dump_json()
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
@@ -16,7 +14,7 @@ from connector.pipeline import Pipeline
 from core.checks import Problem
 from core.errors import ConfigError, ConnectorError, DeliveryError, UnreachableError
 from sources.base import Source
-from tests.support.helpers import wait_for
+from tests.support.helpers import http_get, wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -60,14 +58,6 @@ def _pipeline(component: _Component) -> Pipeline:
     return Pipeline(_config(), components={"source": component})
 
 
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def test_probes_follow_the_component_and_stop_is_clean() -> None:
     component = _Component()
     pipeline = _pipeline(component)
@@ -82,13 +72,13 @@ def test_probes_follow_the_component_and_stop_is_clean() -> None:
     runner.start()
     assert component.started.wait(5)
     port = ports[0]
-    assert _get(port, "/healthz")[0] == 200
-    assert _get(port, "/readyz")[0] == 200
-    code, body = _get(port, "/metrics")
+    assert http_get(port, "/healthz", timeout=5)[0] == 200
+    assert http_get(port, "/readyz", timeout=5)[0] == 200
+    code, body = http_get(port, "/metrics", timeout=5)
     assert code == 200
     assert b"cdc_sink_applied" in body
-    assert _get(port, "/status") == (200, b'{"source": {"lag_bytes": 0}}')
-    assert _get(port, "/nope")[0] == 404
+    assert http_get(port, "/status", timeout=5) == (200, b'{"source": {"lag_bytes": 0}}')
+    assert http_get(port, "/nope", timeout=5)[0] == 404
     pipeline.stop.set()
     runner.join(10)
     assert result == [0]
@@ -129,7 +119,7 @@ def test_healthz_is_red_while_a_component_retries_and_stopping_then_is_a_failure
     runner.start()
     try:
         wait_for(lambda: ports, 5, what="the ops server")
-        assert _get(ports[0], "/healthz") == (
+        assert http_get(ports[0], "/healthz", timeout=5) == (
             503,
             b"source: cannot reach the source database: refused (check `source.dsn`)\n",
         )

@@ -26,6 +26,7 @@ from sinks.postgres.dead_letter import DeadLetter
 from sinks.postgres.decoding import ChangeDecoder
 from sinks.postgres.loop import BatchLoop
 from sinks.postgres.retry import RetryPolicy
+from tests.support.running import RunThread
 from transforms.base import TransformChain
 
 pytestmark = pytest.mark.unit
@@ -242,7 +243,6 @@ class Harness:
         self.budget = RetryBudget(None)
         self.stop = threading.Event()
         self.hook_calls: list[dict[tuple[str, int], int]] = []
-        self.error: BaseException | None = None
         endpoints = Endpoints()
         retry = RetryPolicy(self.config.retry, self.budget, endpoints, self.stop)
         consumer = ChangeConsumer(
@@ -252,7 +252,7 @@ class Harness:
         decoder = ChangeDecoder(FakeDecoder(), None, TransformChain(), self.config.errors, retry)
         self.loop = BatchLoop(consumer, decoder, self.destination, self.dead_letters, retry=retry,
                               errors=self.config.errors, progress=self.progress, after_db_commit=self._hook)
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.runner = RunThread(self.loop.run, self.stop)
 
     def _client(self, settings: dict[str, Any]) -> FakeKafka:
         self.kafka.settings = settings
@@ -263,15 +263,13 @@ class Harness:
         self.hook_calls.append(dict(self.destination.offsets))
         self.events.append("after_db_commit")
 
-    def _run(self) -> None:
-        try:
-            self.loop.run(self.stop)
-        except BaseException as exc:
-            self.error = exc
+    @property
+    def error(self) -> BaseException | None:
+        return self.runner.error
 
     def start(self, *partitions: int) -> Harness:
         self.kafka.deliver(Rebalance("assign", partitions))
-        self.thread.start()
+        self.runner.start()
         return self
 
     def wait(self, predicate: Callable[[], bool], what: str) -> None:
@@ -283,8 +281,8 @@ class Harness:
 
     def finish(self) -> None:
         self.stop.set()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
+        self.runner.thread.join(10)
+        assert not self.runner.alive()
 
 
 # -- tests ----------------------------------------------------------------------------------------------------
@@ -385,7 +383,7 @@ def test_a_refused_change_stops_the_sink_with_tolerance_none() -> None:
     sink = Harness(tolerance="none").start(0)
     sink.destination.refused = {1}
     sink.kafka.deliver([message(0, 0), message(0, 1)])
-    sink.wait(lambda: not sink.thread.is_alive(), "the sink to stop")
+    sink.wait(lambda: not sink.runner.alive(), "the sink to stop")
     assert isinstance(sink.error, PoisonMessageError)
     assert sink.error.message == f"cannot apply message {TOPIC}[0]@1: UniqueViolation (SQLSTATE 23505)"
     assert sink.destination.offsets == {}
@@ -407,7 +405,7 @@ def test_a_fatal_destination_error_is_not_retried_and_stores_nothing() -> None:
     sink = Harness().start(0)
     sink.destination.failures = [psycopg.errors.InsufficientPrivilege("permission denied for table t")]
     sink.kafka.deliver([message(0, 0)])
-    sink.wait(lambda: not sink.thread.is_alive(), "the sink to stop")
+    sink.wait(lambda: not sink.runner.alive(), "the sink to stop")
     assert isinstance(sink.error, psycopg.errors.InsufficientPrivilege)
     assert sink.destination.attempts == 1
     assert sink.destination.offsets == {} and sink.kafka.committed == [] and sink.hook_calls == []

@@ -10,19 +10,12 @@ import pytest
 
 from connector.config import json_schema, load_config
 from core.errors import ConfigError
+from tests.support.examples import EXAMPLE_ENV, REPO_ROOT
 from tests.unit.transforms.transforms_support import CHANGE_ID, ROW, assert_valid, event, run, tombstone
 from transforms import TransformChain, TransformsBySide, TransformSpec, build_chain
 from transforms.config import OPTION_MODELS, MaskOptions
 
 pytestmark = pytest.mark.unit
-
-ROOT = Path(__file__).resolve().parents[3]
-ENV = {
-    "CDC_KAFKA_BOOTSTRAP": "127.0.0.1:9092",
-    "CDC_SCHEMA_REGISTRY_URL": "http://127.0.0.1:8081/apis/ccompat/v7",
-    "CDC_SOURCE_DSN": "postgresql://app:hunter2@127.0.0.1/source",
-    "CDC_TARGET_DSN": "postgresql://app:hunter2@127.0.0.1/target",
-}
 
 
 def test_spec_validates_options_and_keeps_them() -> None:
@@ -64,7 +57,7 @@ def test_every_transform_documents_every_option() -> None:
     for variant in variants:
         for name, prop in variant["properties"].items():
             assert prop.get("description"), f"{variant['properties']['type']['const']}.{name} has no description"
-    docs = (ROOT / "docs" / "transforms.md").read_text()
+    docs = (REPO_ROOT / "docs" / "transforms.md").read_text()
     for kind, model in OPTION_MODELS.items():
         assert f"### `{kind}`" in docs, f"docs/transforms.md lacks a section for {kind}"
         for option in model.model_fields:
@@ -73,7 +66,7 @@ def test_every_transform_documents_every_option() -> None:
 
 
 def test_example_config_loads_and_builds_both_chains() -> None:
-    config = load_config(ROOT / "configs" / "transforms.yaml", env=ENV)
+    config = load_config(REPO_ROOT / "configs" / "transforms.yaml", env=EXAMPLE_ENV)
     source = config.transforms_for("source")
     sink = config.transforms_for("sink")
     assert [s.type for s in source] == ["outbox", "route", "mask", "filter", "unwrap"]
@@ -95,11 +88,11 @@ def test_example_config_loads_and_builds_both_chains() -> None:
 
 
 def test_load_config_reports_transform_options_with_their_key_path(tmp_path: Path) -> None:
-    text = (ROOT / "configs" / "transforms.yaml").read_text().replace("mode: hash", "mode: hashed")
+    text = (REPO_ROOT / "configs" / "transforms.yaml").read_text().replace("mode: hash", "mode: hashed")
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"transforms\.source\[2\]\.mode \(line \d+\): Input should be 'fixed'"):
-        load_config(path, env=ENV)
+        load_config(path, env=EXAMPLE_ENV)
 
 
 def test_source_side_route_mask_unwrap_then_sink_side_rename_insert_on_envelopes() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,27 +21,14 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from connector.config import ConnectorConfig, SchemaRegistryConfig
+from connector.pipeline import build_source
 from schemas.registry import SchemaRegistry
 from schemas.serde import Decoder
 from sources.postgres.source import PostgresSource
+from tests.support.examples import REPO_ROOT
 from tests.support.helpers import pg_connect, wait_for
+from tests.support.running import RunThread
 from tests.support.stack import Stack
-from transforms.base import TransformChain
-
-REPO_ROOT = Path(__file__).resolve().parents[4]
-
-
-def source_of(config: ConnectorConfig) -> PostgresSource:
-    """The source of `config`, built from its sections as the application builds it (no transforms)."""
-    assert config.source is not None
-    return PostgresSource(
-        config.source,
-        name=config.name,
-        kafka=config.kafka,
-        registry=config.schema_registry,
-        retry=config.retry,
-        chain=TransformChain(),
-    )
 
 
 def without_markers(events: list[Event]) -> list[Event]:
@@ -133,7 +119,7 @@ class SourceEnv:
         return ConnectorConfig.model_validate(self.config_data(**source))
 
     def source(self, **source: Any) -> PostgresSource:
-        return source_of(self.config(**source))
+        return build_source(self.config(**source))
 
     def write_config(self, path: Path, **source: Any) -> Path:
         path.write_text(json.dumps(self.config_data(**source)))  # JSON is YAML
@@ -225,23 +211,12 @@ class SourceEnv:
             self._registry_client.close()
 
 
-class RunningSource:
+class RunningSource(RunThread):
     """A source on a thread; `stop()` sets its stop event and re-raises what `run` raised."""
 
     def __init__(self, source: PostgresSource) -> None:
         self.source = source
-        self.stop_event = threading.Event()
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.source.run(self.stop_event)
-        except BaseException as exc:
-            self.error = exc
-
-    def start(self) -> None:
-        self._thread.start()
+        super().__init__(source.run)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         def ready() -> bool:
@@ -253,14 +228,14 @@ class RunningSource:
 
     def stop(self, timeout: float = 60.0) -> None:
         self.stop_event.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        self.thread.join(timeout)
+        if self.thread.is_alive():
             raise AssertionError("the source did not stop")
         if self.error is not None:
             raise self.error
 
     def join_error(self, timeout: float = 60.0) -> BaseException | None:
-        self._thread.join(timeout)
+        self.thread.join(timeout)
         return self.error
 
 

@@ -8,21 +8,13 @@ from core.errors import PrerequisiteError
 from core.positions import Lsn
 from sources.postgres.config import SnapshotMode
 from sources.postgres.policy import SlotAction, SlotPlan, decide
-from sources.postgres.slots import SlotInfo, SlotLostError, SlotState
+from sources.postgres.slots import SlotLostError, SlotState
+from tests.support.slots import slot_info
 
 pytestmark = pytest.mark.unit
 
 ALL_MODES = list(SnapshotMode)
 STREAMING_MODES = [m for m in SnapshotMode if m is not SnapshotMode.INITIAL_ONLY]
-
-
-def slot(**changes: object) -> SlotInfo:
-    values: dict[str, object] = {
-        "name": "s", "plugin": "pgoutput", "database": "db", "active": False, "active_pid": None,
-        "confirmed_flush": Lsn(100), "restart_lsn": Lsn(50), "wal_status": "reserved", "lag_bytes": 0,
-    }  # fmt: skip
-    values.update(changes)
-    return SlotInfo(**values)  # type: ignore[arg-type]
 
 
 def recorded(snapshot_state: str) -> SlotState:
@@ -34,25 +26,25 @@ def recorded(snapshot_state: str) -> SlotState:
 
 @pytest.mark.parametrize("mode", ALL_MODES)
 def test_existing_slot_of_an_interrupted_snapshot_is_recreated_with_a_new_snapshot(mode: SnapshotMode) -> None:
-    plan = decide(slot(), recorded("running"), mode, dbname="db")
+    plan = decide(slot_info(), recorded("running"), mode, dbname="db")
     assert plan == SlotPlan(SlotAction.RESTART_SNAPSHOT, snapshot=True, stream=mode is not SnapshotMode.INITIAL_ONLY)
 
 
 @pytest.mark.parametrize("mode", STREAMING_MODES)
 def test_existing_slot_never_recorded_is_adopted_without_snapshot(mode: SnapshotMode) -> None:
-    assert decide(slot(), None, mode, dbname="db") == SlotPlan(SlotAction.ADOPT, snapshot=False, stream=True)
+    assert decide(slot_info(), None, mode, dbname="db") == SlotPlan(SlotAction.ADOPT, snapshot=False, stream=True)
 
 
 @pytest.mark.parametrize("mode", STREAMING_MODES)
 @pytest.mark.parametrize("state", ["done", "skipped"])
 def test_existing_recorded_slot_is_resumed(mode: SnapshotMode, state: str) -> None:
-    plan = decide(slot(), recorded(state), mode, dbname="db")
+    plan = decide(slot_info(), recorded(state), mode, dbname="db")
     assert plan == SlotPlan(SlotAction.RESUME, snapshot=False, stream=True)
 
 
 @pytest.mark.parametrize("state", [None, "done", "skipped"])
 def test_initial_only_with_an_existing_slot_and_no_snapshot_running_does_not_stream(state: str | None) -> None:
-    plan = decide(slot(), None if state is None else recorded(state), SnapshotMode.INITIAL_ONLY, dbname="db")
+    plan = decide(slot_info(), None if state is None else recorded(state), SnapshotMode.INITIAL_ONLY, dbname="db")
     assert not plan.snapshot and not plan.stream
     assert plan.action is (SlotAction.ADOPT if state is None else SlotAction.RESUME)
 
@@ -60,14 +52,14 @@ def test_initial_only_with_an_existing_slot_and_no_snapshot_running_does_not_str
 def test_invalidated_slot_is_refused_before_anything_else() -> None:
     for state in (None, recorded("running"), recorded("done")):
         with pytest.raises(SlotLostError, match="wal_status = lost"):
-            decide(slot(wal_status="lost"), state, SnapshotMode.WHEN_NEEDED, dbname="db")
+            decide(slot_info(wal_status="lost"), state, SnapshotMode.WHEN_NEEDED, dbname="db")
 
 
 def test_slot_of_another_plugin_or_database_is_refused() -> None:
     with pytest.raises(PrerequisiteError):
-        decide(slot(plugin="test_decoding"), None, SnapshotMode.INITIAL, dbname="db")
+        decide(slot_info(plugin="test_decoding"), None, SnapshotMode.INITIAL, dbname="db")
     with pytest.raises(PrerequisiteError):
-        decide(slot(), recorded("running"), SnapshotMode.INITIAL, dbname="other")
+        decide(slot_info(), recorded("running"), SnapshotMode.INITIAL, dbname="other")
 
 
 # --- the slot is missing --------------------------------------------------------------------------------
