@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from psycopg import sql
 
 T = TypeVar("T")
@@ -63,8 +63,9 @@ def consume_all(
     timeout: float = 30.0,
     idle: float = 1.0,
     config: dict[str, Any] | None = None,
+    partition: int | None = None,
 ) -> list[Message]:
-    """Every message of `topic` from the beginning, read by a fresh consumer group.
+    """Every message of `topic` (or of one `partition` of it) from the beginning, read by a fresh consumer group.
 
     Waits until at least `min_count` messages arrived (failing after `timeout`), then keeps
     reading until the topic has been quiet for `idle` seconds.
@@ -81,7 +82,10 @@ def consume_all(
     )
     messages: list[Message] = []
     try:
-        consumer.subscribe([topic])
+        if partition is None:
+            consumer.subscribe([topic])
+        else:
+            consumer.assign([TopicPartition(topic, partition, 0)])
         deadline = time.monotonic() + timeout
         quiet_since = time.monotonic()
         while True:

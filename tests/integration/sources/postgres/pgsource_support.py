@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from connector.config import ConnectorConfig, SchemaRegistryConfig
@@ -26,7 +25,7 @@ from schemas.registry import SchemaRegistry
 from schemas.serde import Decoder
 from sources.postgres.source import PostgresSource
 from tests.support.examples import REPO_ROOT
-from tests.support.helpers import pg_connect, wait_for
+from tests.support.helpers import consume_all, pg_connect, wait_for
 from tests.support.running import RunThread
 from tests.support.stack import Stack
 
@@ -146,38 +145,20 @@ class SourceEnv:
 
     def read(self, topic: str, *, min_count: int = 1, timeout: float = 60.0, idle: float = 1.0) -> list[Event]:
         """Every message of `topic` from the start, decoded; waits for `min_count`, then for `idle` quiet."""
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.stack.kafka_bootstrap,
-                "group.id": f"test-{self.name}-{time.monotonic_ns()}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-            }
-        )
-        events: list[Event] = []
-        try:
-            consumer.assign([TopicPartition(topic, 0, 0)])
-            deadline = time.monotonic() + timeout
-            quiet = time.monotonic()
-            while True:
-                now = time.monotonic()
-                if len(events) >= min_count and now - quiet >= idle:
-                    return events
-                if now > deadline:
-                    raise AssertionError(f"{topic}: {len(events)} events after {timeout:.0f}s, expected {min_count}")
-                for msg in consumer.consume(10_000, 0.2):
-                    error = msg.error()
-                    if error is not None:
-                        if error.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
-                            continue
-                        raise AssertionError(str(error))
-                    key = self._decoder.decode(msg.key())[0] if msg.key() else None
-                    value = self._decoder.decode(msg.value())[0] if msg.value() else None
-                    headers = {k: v.decode() for k, v in (msg.headers() or [])}
-                    events.append(Event(msg.topic(), msg.partition(), msg.offset(), key, value, headers))
-                    quiet = time.monotonic()
-        finally:
-            consumer.close()
+        decode = self._decoder.decode
+        return [
+            Event(
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                decode(msg.key())[0] if msg.key() else None,
+                decode(msg.value())[0] if msg.value() else None,
+                {k: v.decode() for k, v in (msg.headers() or [])},
+            )
+            for msg in consume_all(
+                self.stack.kafka_bootstrap, topic, min_count=min_count, timeout=timeout, idle=idle, partition=0
+            )
+        ]
 
     # --- cleanup --------------------------------------------------------------------------------------
 
