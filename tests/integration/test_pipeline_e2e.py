@@ -23,7 +23,7 @@ from tests.integration.pipeline_support import (
     wait_until,
     write_config,
 )
-from tests.support.helpers import http_get
+from tests.support.helpers import http_get, rows_read_by_pg8000
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +89,13 @@ def test_cdc_run_replicates_changes_and_stops_cleanly_on_sigterm(stack: Any, uni
         # 200 snapshot rows + the snapshot-complete marker + 100 inserts + 30 updates + 42 deletes + 2 updates:
         # each applied once.
         assert ledger[0] == ledger[1] == 200 + 1 + 100 + 30 + 42 + 2
+        with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+            listed = sql.SQL(", ").join(map(sql.Identifier, columns))
+            source_rows = [
+                list(row)
+                for row in conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY 1").format(listed, sql.Identifier(table)))
+            ]
+        assert rows_read_by_pg8000(stack.target_dsn, "public", table, columns) == source_rows
     finally:
         stop_connector(process)
         drop_replication_state(stack.source_dsn, name, name)

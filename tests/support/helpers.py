@@ -10,9 +10,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import pg8000.native
 import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 T = TypeVar("T")
 
@@ -110,3 +112,22 @@ def consume_all(
             quiet_since = time.monotonic()
     finally:
         consumer.close()
+
+
+def rows_read_by_pg8000(dsn: str, schema: str, table: str, columns: list[str]) -> list[list[Any]]:
+    """A table's rows in key order, read by pg8000: a client that shares no code with psycopg, so what the sink
+    wrote is proven readable by another driver, not only by the one that wrote it."""
+    params = conninfo_to_dict(dsn)
+    conn = pg8000.native.Connection(
+        user=str(params.get("user", "postgres")),
+        host=str(params.get("host", "127.0.0.1")),
+        port=int(params.get("port", 5432)),
+        database=str(params["dbname"]),
+        password=str(params["password"]) if params.get("password") else None,
+    )
+    try:
+        names = ", ".join(pg8000.native.identifier(c) for c in columns)
+        query = f"SELECT {names} FROM {pg8000.native.identifier(schema)}.{pg8000.native.identifier(table)} ORDER BY 1"
+        return [list(row) for row in conn.run(query)]
+    finally:
+        conn.close()
