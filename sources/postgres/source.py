@@ -5,6 +5,9 @@ do with it (`policy.decide`) -> take the snapshot (`Snapshotter`) -> stream (`St
 (produce -> Kafka acknowledges -> confirm the slot) is written in core/delivery.py; the streamer carries out its
 last step. A retriable failure starts a fresh run within the retry budget.
 
+The orchestrator sees the I/O of a run only through `RunParts` and the small protocols beside it;
+`PostgresRunParts` is the real one (PostgreSQL, Kafka, `Snapshotter`, `Streamer`), tests hand in doubles.
+
 Resume contract: the constructor holds no position; `run` resumes from the slot's confirmed flush LSN and
 may be killed at any moment.
 """

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from core.checks import Problem
-from core.delivery import AckTracker
+from core.delivery import AckTracker, TxSlot
 from core.errors import ConnectorError, FatalError, PrerequisiteError, RetriableError, RetryBudgetConfig
 from core.kafka import KafkaConfig
 from core.positions import Lsn
@@ -47,7 +47,7 @@ class FakeClock:
 
 class FakeStop(threading.Event):
     """A stop event whose waits return at once (advancing the clock) and record how long they were asked to
-    wait; `stop_after` sets it on that many waits."""
+    wait; `stop_after` sets it on that many waits. A run that keeps waiting fails the test instead of hanging."""
 
     def __init__(self, clock: FakeClock, *, stop_after: int | None = None) -> None:
         super().__init__()
@@ -58,6 +58,7 @@ class FakeStop(threading.Event):
     def wait(self, timeout: float | None = None) -> bool:
         assert timeout is not None
         self.waits.append(timeout)
+        assert len(self.waits) <= 50, "the run keeps waiting: it would never end"
         self.clock.now += timeout
         if self._stop_after is not None and len(self.waits) >= self._stop_after:
             self.set()
@@ -191,14 +192,26 @@ class FakeReplication:
 
 @dataclass
 class FakeDelivery:
+    """Kafka: what was produced before `flush` is acknowledged by it."""
+
     calls: list[str]
     tracker: AckTracker = field(default_factory=AckTracker)
+    in_flight: list[TxSlot] = field(default_factory=list)
+
+    def produced(self, position: int) -> None:
+        slot = self.tracker.open()
+        slot.pending = 1
+        self.tracker.close(slot, position)
+        self.in_flight.append(slot)
 
     def ensure_topics(self, topics: Iterable[str]) -> None:
         self.calls.append(f"ensure_topics({', '.join(topics)})")
 
     def flush(self) -> None:
         self.calls.append("flush")
+        for slot in self.in_flight:
+            slot.pending = 0
+        self.in_flight.clear()
 
     def close(self) -> None:
         self.calls.append("close delivery")
@@ -222,12 +235,17 @@ class World:
     calls: list[str]
     streams: list[Step] = field(default_factory=lambda: [streams_until_stopped])
     on_snapshot: Step | None = None
-    acknowledged: int = 0
-    """The position Kafka has acknowledged, as the delivery's tracker will report it."""
+    produced: int = 0
+    """The position up to which the run's records are in flight to Kafka when it starts (0: none)."""
     parts: list[FakeParts] = field(default_factory=list)
     problems_seen: list[ConnectorError | None] = field(default_factory=list)
     """`SourceStatus.budget.problem` (what `problem()` returns) as each stream found it when it started."""
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop_after: int | None = None
+    clock: FakeClock = field(default_factory=FakeClock)
+    stop: FakeStop = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stop = FakeStop(self.clock, stop_after=self.stop_after)
 
     def build(self, status: SourceStatus) -> FakeParts:
         parts = FakeParts(self, status)
@@ -256,8 +274,8 @@ class FakeParts:
     def delivery(self, system: SystemInfo) -> FakeDelivery:
         self.calls.append("open delivery")
         delivery = FakeDelivery(self.calls)
-        if self.world.acknowledged:
-            delivery.tracker.close(delivery.tracker.open(), self.world.acknowledged)
+        if self.world.produced:
+            delivery.produced(self.world.produced)
         return delivery
 
     def eager_topics(self, tables: list[TableRef]) -> list[str]:
@@ -269,11 +287,13 @@ class FakeParts:
         return CreatedSlot(SLOT, Lsn(0x300), "00000003-1" if snapshot else None)
 
     def snapshot(self, created: CreatedSlot, tables: list[TableRef], stop: threading.Event) -> None:
+        assert stop is self.stop
         self.calls.append(f"snapshot({created.snapshot_name}: {', '.join(map(str, tables))})")
         if self.world.on_snapshot is not None:
             self.world.on_snapshot(self)
 
     def stream(self, stop: threading.Event) -> None:
+        assert stop is self.stop
         self.calls.append("stream")
         self.world.problems_seen.append(self.status.budget.problem)
         streams = self.world.streams
@@ -287,9 +307,7 @@ def config(**changes: Any) -> PostgresSourceConfig:
     )
 
 
-def source(
-    world: World, *, clock: FakeClock | None = None, give_up_after_s: float | None = 300.0, **changes: Any
-) -> PostgresSource:
+def source(world: World, *, give_up_after_s: float | None = 300.0, **changes: Any) -> PostgresSource:
     return PostgresSource(
         config(**changes),
         name="c",
@@ -298,7 +316,7 @@ def source(
         retry=RetryBudgetConfig(give_up_after_s=give_up_after_s),
         chain=IdentityChain(),
         parts=world.build,
-        clock=clock or FakeClock(),
+        clock=world.clock,
     )
 
 
@@ -310,9 +328,9 @@ class IdentityChain:
         return [record]
 
 
-def new_world(*, stop: threading.Event | None = None, **db: Any) -> World:
+def new_world(*, stop_after: int | None = None, **db: Any) -> World:
     calls: list[str] = []
-    return World(FakeDatabase(calls, **db), calls, stop=stop or threading.Event())
+    return World(FakeDatabase(calls, **db), calls, stop_after=stop_after)
 
 
 def before(calls: list[str], *steps: str) -> bool:
@@ -451,9 +469,11 @@ def test_initial_only_drops_a_slot_left_behind_by_a_stop_after_its_snapshot() ->
 
 
 @pytest.mark.parametrize("mode", ["initial", "initial_only"])
-def test_a_stop_during_the_snapshot_confirms_what_kafka_acknowledged_and_goes_no_further(mode: str) -> None:
+def test_a_stop_during_the_snapshot_waits_for_kafka_confirms_what_it_acknowledged_and_goes_no_further(
+    mode: str,
+) -> None:
     world = new_world()
-    world.acknowledged = 0x280
+    world.produced = 0x280
     world.on_snapshot = lambda parts: parts.stop.set()
     source(world, snapshot={"mode": mode}).run(world.stop)
     assert before(world.calls, "snapshot(00000003-1: public.t)", "flush", "send_status(0/280)", "close replication")
@@ -479,11 +499,9 @@ def lose_the_stream(parts: FakeParts) -> None:
 
 
 def test_a_slot_still_held_by_our_lost_connection_is_freed_by_ending_it_then_waiting() -> None:
-    clock = FakeClock()
-    stop = FakeStop(clock)
-    world = new_world(stop=stop)
+    world = new_world()
     world.streams = [lose_the_stream, streams_until_stopped]
-    source(world, clock=clock).run(stop)
+    source(world).run(world.stop)
     second_run = world.calls[world.calls.index("stream") + 1 :]
     assert before(
         second_run,
@@ -494,22 +512,20 @@ def test_a_slot_still_held_by_our_lost_connection_is_freed_by_ending_it_then_wai
         "open replication",
         "stream",
     )
-    assert stop.waits == [1.0]  # ending it freed the slot at once
+    assert world.stop.waits == [1.0]  # ending it freed the slot at once
     assert world.calls.count("end_backend(4242)") == 1
 
 
 def test_without_the_privilege_to_end_our_lost_connection_the_run_waits_for_the_server_to_let_go() -> None:
-    clock = FakeClock()
-    stop = FakeStop(clock)
-    world = new_world(stop=stop, may_end_backends=False)
+    world = new_world(may_end_backends=False)
 
     def lose_and_linger(parts: FakeParts) -> None:
         parts.db.held_for = 3
         lose_the_stream(parts)
 
     world.streams = [lose_and_linger, streams_until_stopped]
-    source(world, clock=clock).run(stop)
-    assert stop.waits == [1.0, 0.2, 0.2]  # the retry's backoff, then the polls until the server let go
+    source(world).run(world.stop)
+    assert world.stop.waits == [1.0, 0.2, 0.2]  # the retry's backoff, then the polls until the server let go
     calls = world.calls
     assert before(calls, "stream", f"end_backend({OURS})", "wait_until_free(wait, 0.2)", "open replication", "stream")
 
@@ -523,21 +539,17 @@ def test_a_slot_held_by_another_process_fails_at_once_with_on_conflict_fail() ->
 
 
 def test_a_slot_held_by_another_process_is_waited_for_as_a_standby_with_on_conflict_wait() -> None:
-    clock = FakeClock()
-    stop = FakeStop(clock)
-    world = new_world(stop=stop, info=slot(holder=999), state=recorded("done"), held_for=2)
-    source(world, clock=clock, slot={"name": SLOT, "on_conflict": "wait"}).run(stop)
-    assert stop.waits == [2.0, 2.0]
+    world = new_world(info=slot(holder=999), state=recorded("done"), held_for=2)
+    source(world, slot={"name": SLOT, "on_conflict": "wait"}).run(world.stop)
+    assert world.stop.waits == [2.0, 2.0]
     assert "end_backend(999)" not in world.calls
     assert before(world.calls, "wait_until_free(wait, 2.0)", "open replication", "stream")
 
 
 def test_a_stop_while_waiting_as_a_standby_ends_the_run_before_replication() -> None:
-    clock = FakeClock()
-    stop = FakeStop(clock, stop_after=1)
-    world = new_world(stop=stop, info=slot(holder=999), held_for=None)
-    src = source(world, clock=clock, slot={"name": SLOT, "on_conflict": "wait"})
-    src.run(stop)
+    world = new_world(stop_after=1, info=slot(holder=999), held_for=None)
+    src = source(world, slot={"name": SLOT, "on_conflict": "wait"})
+    src.run(world.stop)
     assert "open replication" not in world.calls
     assert world.calls[-1] == "close database"
     assert src.status()["state"] == "stopped"
@@ -554,14 +566,12 @@ def fails(error: Exception) -> Step:
 
 
 def test_retriable_failures_are_retried_with_backoff_reported_then_cleared_by_progress() -> None:
-    clock = FakeClock()
-    stop = FakeStop(clock)
-    world = new_world(stop=stop, info=slot(), state=recorded("done"))
+    world = new_world(info=slot(), state=recorded("done"))
     lost = ConnectionResetError("connection reset by peer")
     world.streams = [fails(lost), fails(RetriableError("Kafka: broker transport failure")), streams_until_stopped]
-    src = source(world, clock=clock)
-    src.run(stop)
-    assert len(world.parts) == 3 and stop.waits == [1.0, 2.0]
+    src = source(world)
+    src.run(world.stop)
+    assert len(world.parts) == 3 and world.stop.waits == [1.0, 2.0]
     first, second, third = world.problems_seen
     assert first is None
     assert isinstance(second, ConnectorError) and second.retriable and second.__cause__ is lost  # classified
@@ -570,25 +580,21 @@ def test_retriable_failures_are_retried_with_backoff_reported_then_cleared_by_pr
 
 
 def test_a_retriable_failure_stays_reported_while_retrying() -> None:
-    clock = FakeClock()
-    stop = FakeStop(clock, stop_after=1)
-    world = new_world(stop=stop, info=slot(), state=recorded("done"))
+    world = new_world(stop_after=1, info=slot(), state=recorded("done"))
     world.streams = [fails(RetriableError("replication connection lost"))]
-    src = source(world, clock=clock)
-    src.run(stop)  # the stop during the retry's wait ends the run cleanly
+    src = source(world)
+    src.run(world.stop)  # the stop during the retry's wait ends the run cleanly
     assert len(world.parts) == 1
     assert str(src.problem()) == "replication connection lost"
     assert not src.ready() and src.status()["state"] == "stopped"
 
 
 def test_a_fatal_error_stops_at_once() -> None:
-    clock = FakeClock()
-    stop = FakeStop(clock)
-    world = new_world(stop=stop, info=slot(), state=recorded("done"))
+    world = new_world(info=slot(), state=recorded("done"))
     world.streams = [fails(FatalError("schema of public.t is incompatible")), streams_until_stopped]
     with pytest.raises(FatalError, match="incompatible"):
-        source(world, clock=clock).run(stop)
-    assert len(world.parts) == 1 and stop.waits == []
+        source(world).run(world.stop)
+    assert len(world.parts) == 1 and world.stop.waits == []
 
 
 def test_a_foreign_fatal_error_is_raised_classified() -> None:
@@ -602,29 +608,25 @@ def test_a_foreign_fatal_error_is_raised_classified() -> None:
 
 
 def test_the_budget_running_out_stops_with_the_classified_error() -> None:
-    clock = FakeClock()
-    stop = FakeStop(clock)
-    world = new_world(stop=stop, info=slot(), state=recorded("done"))
+    world = new_world(info=slot(), state=recorded("done"))
     world.streams = [fails(RetriableError("replication connection lost"))]
     with pytest.raises(FatalError) as caught:
-        source(world, clock=clock, give_up_after_s=5).run(stop)
+        source(world, give_up_after_s=5).run(world.stop)
     # Failures at 0, 1, 3 and 7 seconds: the fourth is past the budget of 5.
-    assert stop.waits == [1.0, 2.0, 4.0] and len(world.parts) == 4
+    assert world.stop.waits == [1.0, 2.0, 4.0] and len(world.parts) == 4
     assert str(caught.value).startswith("gave up after 7s of retrying: replication connection lost")
     assert "retry.give_up_after_s: 5" in str(caught.value)
     assert isinstance(caught.value.__cause__, RetriableError)
 
 
 def test_the_backoff_doubles_up_to_thirty_seconds_and_restarts_after_a_long_run() -> None:
-    clock = FakeClock()
-    stop = FakeStop(clock)
-    world = new_world(stop=stop, info=slot(), state=recorded("done"))
+    world = new_world(info=slot(), state=recorded("done"))
 
     def long_run_then_lost(parts: FakeParts) -> None:
-        clock.now += 61
+        world.clock.now += 61
         raise RetriableError("replication connection lost")
 
     lost = fails(RetriableError("replication connection lost"))
     world.streams = [lost] * 6 + [long_run_then_lost, lost, streams_until_stopped]
-    source(world, clock=clock, give_up_after_s=None).run(stop)
-    assert stop.waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 1.0, 2.0]
+    source(world, give_up_after_s=None).run(world.stop)
+    assert world.stop.waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 1.0, 2.0]
