@@ -89,7 +89,6 @@ class PostgresSource(Source):
     ) -> None:
         """`parts` builds the I/O of each run from the status it reports to (default: `PostgresRunParts`)."""
         self._config = config
-        self._name = name
         self._status = SourceStatus(RetryBudget(retry.give_up_after_s, clock=clock))
         self._clock = clock
         self._parts = parts or (
