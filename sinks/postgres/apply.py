@@ -7,8 +7,10 @@ last change per key, COPYed into a session temp table and merged with `INSERT ..
 UPDATE ... WHERE` the stored `(__cdc_commit_lsn, __cdc_lsn)` is lower (deletes likewise); then
 `cdc.sink_offsets` advances.
 
-DDL (creating or evolving tables, creating the stage tables) runs before, in short transactions of its own,
-so a failed batch never rolls back a stage table the session still believes in.
+DDL (creating or evolving tables for a run's schema, creating the stage tables) runs in the same transaction, just
+before the run that needs it: a schema change commits with the first rows written under it, or not at all (a
+kill -9 leaves the table before or after, never between). What a rolled-back transaction created or verified is
+forgotten (`_settle`).
 """
 
 from __future__ import annotations
@@ -60,12 +62,17 @@ class ApplyResult:
 @dataclass(slots=True)
 class _TableRun:
     """Consecutive changes of one destination table with one shape (a run ends at a truncate or a schema change),
-    merged together in one statement per kind."""
+    merged together in one statement per kind. Its target is resolved (the table evolved for its shape) just
+    before it is applied, so a schema change takes effect between the runs written before and after it."""
 
     table: TableName
-    target: TargetTable | None
+    oid: int | None
+    """The table's oid (its identity in the ledger); None when it does not exist (nothing to apply)."""
+    shape: Shape | None
+    """None for a truncate alone: it needs only the table."""
     changes: list[Change]
     truncate: Change | None = None
+    target: TargetTable | None = None
 
 
 class Applier:
@@ -76,6 +83,7 @@ class Applier:
         self._group_id = group_id
         self._tables = tables
         self._stages: dict[TargetTable, sql.Identifier] = {}
+        self._new_stages: list[TargetTable] = []  # created in the current transaction
         self._stage_numbers = itertools.count(1)
         self._dirty: set[TargetTable] = set()  # whose stage holds rows in the current transaction
         self._snapshots = SnapshotCleanup(config)
@@ -83,12 +91,21 @@ class Applier:
     def reset(self) -> None:
         """Forget session state: call when the connection was replaced."""
         self._stages.clear()
+        self._new_stages.clear()
         self._tables.forget()
 
-    # -- preparation (own transactions) -------------------------------------------------------------
+    def _settle(self, committed: bool) -> None:
+        """The batch's transaction ended: what was created or verified in it is kept only if it committed."""
+        if not committed:
+            for target in self._new_stages:
+                self._stages.pop(target, None)
+        self._new_stages.clear()
+        self._tables.settle(committed)
+
+    # -- preparation (inside the batch's transaction) -------------------------------------------------
 
     def prepare(self, conn: psycopg.Connection[Any], changes: Sequence[Change]) -> list[_TableRun]:
-        """Resolve, create or evolve every destination table and its stage; split changes into runs."""
+        """Split changes into runs per destination table and shape; find (or create) each table."""
         runs: list[_TableRun] = []
         by_table: dict[TableName, list[Change]] = {}
         names: dict[tuple[str, str, str], TableName] = {}
@@ -101,74 +118,89 @@ class Applier:
             if change.snapshot_complete and not self._snapshots.applies(table):
                 continue  # recorded in the ledger by `apply`, nothing to do to the table
             by_table.setdefault(table, []).append(change)
-        # Keyed by the shape's identity: shapes are cached per schema, and hashing one per change is costly.
-        targets: dict[tuple[TableName, int], TargetTable | None] = {}
-        shapes: list[Shape] = []
         for table in sorted(by_table):
+            oid = self._tables.oid(conn, table)
+            if oid is None:
+                creating = next(
+                    (c for c in by_table[table] if not c.shape.key_only and (c.op != "t" or self._appends)), None
+                )
+                if creating is not None:
+                    created = self._tables.target(conn, table, creating.shape, self._position(table, creating))
+                    oid = created.oid if created is not None else None
             current: _TableRun | None = None
             for change in by_table[table]:
-                if change.op == "t" and self._config.mode != "append":
+                if change.op == "t" and not self._appends:
                     # A truncate has no key (so no usable shape): it needs only the table.
-                    run = current or _TableRun(table, None, [])
-                    if run.target is None:
-                        run.target = self._tables.truncate_target(conn, table)
+                    run = current or _TableRun(table, oid, None, [])
                     run.truncate = change
                     runs.append(run)
                     current = None
                     continue
-                if (
-                    change.shape.key_only
-                    and current is not None
-                    and current.target is not None
-                    and current.target.key == change.shape.key
+                shape = change.shape
+                if current is not None and current.shape is not None and (
+                    current.shape is shape
+                    or current.shape == shape
+                    or (shape.key_only and current.shape.key == shape.key)
                 ):
-                    # A delete from a tombstone: the run's table takes it by key as it is. Keeping it in the run
-                    # keeps a key change's delete and create together (see `carry_across_key_changes`).
+                    # A delete from a tombstone joins the run when its key fits: the run's table takes it by key
+                    # as it is, and it keeps a key change's delete and create together (`carry_across_key_changes`).
                     current.changes.append(change)
                     continue
-                key = (table, id(change.shape))
-                if key not in targets:
-                    shapes.append(change.shape)  # keeps the id valid for this call
-                    targets[key] = self._tables.target(conn, table, change.shape)
-                    found = targets[key]
-                    if found is not None:
-                        self._stage(conn, found)
-                target = targets[key]
-                if current is None or current.target != target:
-                    if current is not None:
-                        runs.append(current)
-                    current = _TableRun(table, target, [])
-                current.changes.append(change)
+                if current is not None:
+                    runs.append(current)
+                current = _TableRun(table, oid, shape, [change])
             if current is not None:
                 runs.append(current)
         return runs
+
+    @property
+    def _appends(self) -> bool:
+        return self._config.mode == "append"
+
+    def _position(self, table: TableName, change: Change) -> tuple[int, int] | None:
+        # Positions of different sources do not compare: no "older schema" check for a table several feed.
+        return None if self._snapshots.merged(table) else change.position
+
+    def _resolve(self, conn: psycopg.Connection[Any], run: _TableRun) -> TargetTable | None:
+        """The run's target: its table evolved for its shape (DDL in the current transaction), with a stage."""
+        if run.target is not None or run.oid is None:
+            return run.target
+        if run.shape is None:
+            run.target = self._tables.truncate_target(conn, run.table)
+            return run.target
+        first = run.changes[0] if run.changes else run.truncate
+        assert first is not None
+        run.target = self._tables.target(conn, run.table, run.shape, self._position(run.table, first))
+        if run.target is not None:
+            self._stage(conn, run.target)
+        return run.target
 
     def _stage(self, conn: psycopg.Connection[Any], target: TargetTable) -> sql.Identifier:
         stage = self._stages.get(target)
         if stage is not None:
             return stage
         stage = sql.Identifier(f"_cdc_stage_{next(self._stage_numbers)}")
-        with conn.transaction():
-            # CREATE ... AS SELECT copies the destination's exact column types without its constraints, so
-            # staged rows may hold NULL in columns a merge will not write (unchanged TOAST).
-            conn.execute(
-                sql.SQL(
-                    "CREATE TEMP TABLE {stage} ON COMMIT DELETE ROWS AS SELECT {cols}"
-                    "NULL::bigint AS {cl}, NULL::bigint AS {l}, NULL::uuid AS {cid}, NULL::text AS {op}, "
-                    "NULL::int AS {toast}, NULL::bigint AS {ts} FROM {table} WITH NO DATA"
-                ).format(
-                    stage=stage,
-                    cols=sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier(c)) for c in target.columns),
-                    cl=sql.Identifier(COMMIT_LSN),
-                    l=sql.Identifier(LSN),
-                    cid=sql.Identifier(CHANGE_ID),
-                    op=sql.Identifier(_STAGE_OP),
-                    toast=sql.Identifier(_STAGE_TOAST),
-                    ts=sql.Identifier(TS_MS),
-                    table=target.name.ident,
-                )
+        # CREATE ... AS SELECT copies the destination's exact column types without its constraints, so
+        # staged rows may hold NULL in columns a merge will not write (unchanged TOAST).
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE {stage} ON COMMIT DELETE ROWS AS SELECT {cols}"
+                "NULL::bigint AS {cl}, NULL::bigint AS {l}, NULL::uuid AS {cid}, NULL::text AS {op}, "
+                "NULL::int AS {toast}, NULL::bigint AS {ts} FROM {table} WITH NO DATA"
+            ).format(
+                stage=stage,
+                cols=sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier(c)) for c in target.columns),
+                cl=sql.Identifier(COMMIT_LSN),
+                l=sql.Identifier(LSN),
+                cid=sql.Identifier(CHANGE_ID),
+                op=sql.Identifier(_STAGE_OP),
+                toast=sql.Identifier(_STAGE_TOAST),
+                ts=sql.Identifier(TS_MS),
+                table=target.name.ident,
             )
+        )
         self._stages[target] = stage
+        self._new_stages.append(target)
         return stage
 
     # -- the transaction ------------------------------------------------------------------------------
@@ -179,15 +211,20 @@ class Applier:
         changes: Sequence[Change],
         offsets: Mapping[tuple[str, int], int],
     ) -> ApplyResult:
-        """Apply `changes` and advance `offsets` in one transaction (committed on return)."""
-        runs = self.prepare(conn, changes)
+        """Apply `changes` and advance `offsets` in one transaction (committed on return), DDL included."""
         result = ApplyResult()
         self._dirty.clear()  # stages are empty when a transaction starts (ON COMMIT DELETE ROWS, or rollback)
-        with conn.transaction():
-            fresh, result.duplicates = self._ledger(conn, runs)
-            for run in runs:
-                self._apply_run(conn, run, fresh, result)
-            self._advance(conn, offsets)
+        committed = False
+        try:
+            with conn.transaction():
+                runs = self.prepare(conn, changes)
+                fresh, result.duplicates = self._ledger(conn, runs)
+                for run in runs:
+                    self._apply_run(conn, run, fresh, result)
+                self._advance(conn, offsets)
+            committed = True
+        finally:
+            self._settle(committed)
         return result
 
     def isolate(self, conn: psycopg.Connection[Any], changes: Sequence[Change]) -> list[tuple[Change, Exception]]:
@@ -196,22 +233,25 @@ class Applier:
         Everything is rolled back: the caller dead-letters the failures and applies the rest normally.
         """
         failures: list[tuple[Change, Exception]] = []
-        runs = self.prepare(conn, changes)
         self._dirty.clear()
-        with conn.transaction(force_rollback=True):
-            for run in runs:
-                singles = [_TableRun(run.table, run.target, [c]) for c in run.changes]
-                if run.truncate is not None:
-                    singles.append(_TableRun(run.table, run.target, [], run.truncate))
-                for single in singles:
-                    change = single.truncate or single.changes[0]
-                    try:
-                        with conn.transaction():
-                            self._apply_run(conn, single, None, ApplyResult())
-                    except psycopg.Error as exc:
-                        if not is_data_error(exc):
-                            raise
-                        failures.append((change, exc))
+        try:
+            with conn.transaction(force_rollback=True):
+                for run in self.prepare(conn, changes):
+                    target = self._resolve(conn, run)  # DDL outside the per-change savepoints
+                    singles = [_TableRun(run.table, run.oid, run.shape, [c], None, target) for c in run.changes]
+                    if run.truncate is not None:
+                        singles.append(_TableRun(run.table, run.oid, run.shape, [], run.truncate, target))
+                    for single in singles:
+                        change = single.truncate or single.changes[0]
+                        try:
+                            with conn.transaction():
+                                self._apply_run(conn, single, None, ApplyResult())
+                        except psycopg.Error as exc:
+                            if not is_data_error(exc):
+                                raise
+                            failures.append((change, exc))
+        finally:
+            self._settle(False)
         return failures
 
     def _ledger(self, conn: psycopg.Connection[Any], runs: Sequence[_TableRun]) -> tuple[_Fresh, int]:
@@ -226,10 +266,9 @@ class Applier:
         by_table: dict[int, dict[int, Change]] = {}
         total = 0
         for run in runs:
-            target = run.target
-            if target is None:
+            if run.oid is None:
                 continue
-            first = by_table.setdefault(target.oid, {})
+            first = by_table.setdefault(run.oid, {})
             for change in run.changes:
                 first.setdefault(change.change_id.int, change)
             total += len(run.changes)
@@ -297,7 +336,7 @@ class Applier:
         Each fresh id is taken once (the first occurrence in the batch), so an id repeated within a batch, even
         across runs of one table, is applied once.
         """
-        target = run.target
+        target = self._resolve(conn, run)
         if target is None:
             return  # no table: a delete or truncate of rows that were never written
         truncate = run.truncate

@@ -46,6 +46,10 @@ class Column:
     name: str
     field: str
     type: ColumnType
+    default: str | None = None
+    """The source column's constant default in PostgreSQL's text format (field property `pg.default`)."""
+    aliases: tuple[str, ...] = ()
+    """Earlier names of the column (the field's Avro `aliases`): a rename in the source."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +214,17 @@ def shape_of(value_schema: AvroSchema, key_schema: AvroSchema | None) -> Shape:
         where = f"{value_schema.name or 'value'}.{name}"
         resolved = {**item, "type": _resolve(item.get("type"), named)}
         column_name = item.get("pg.name") if isinstance(item.get("pg.name"), str) else name
-        columns.append(Column(column_name, name, column_type(resolved, where)))
+        default = item.get("pg.default")
+        aliases = item.get("aliases")
+        columns.append(
+            Column(
+                column_name,
+                name,
+                column_type(resolved, where),
+                default if isinstance(default, str) else None,
+                tuple(a for a in aliases if isinstance(a, str)) if isinstance(aliases, list) else (),
+            )
+        )
     key_fields: tuple[str, ...] = ()
     if key_schema is not None:
         key_definition = normalize(key_schema.definition)

@@ -79,6 +79,22 @@ class RetryConfig(Section):
     )
 
 
+class SchemaChangesConfig(Section):
+    on_column_dropped: Literal["stop", "drop", "keep_nullable"] | None = Field(
+        None,
+        description="A destination column whose field is gone from the value schema (dropped in the source): `stop` "
+        "with an error naming the fix, `drop` the destination column (its values are lost), or `keep_nullable` "
+        "(keep it, drop its NOT NULL; new rows get NULL there). Unset: `keep_nullable` when "
+        "`on_unsafe_schema_change` is `ignore`, else `stop`.",
+    )
+    on_column_renamed: Literal["rename", "drop_add"] = Field(
+        "rename",
+        description="A field whose Avro `aliases` name a destination column that is no field any more (a column "
+        "renamed in the source): `rename` the destination column (values kept), or `drop_add` (add the new column; "
+        "the old one follows `on_column_dropped`).",
+    )
+
+
 class PostgresSinkConfig(Section):
     dsn: SecretStr = Field(description="libpq connection string of the destination database.")
     group_id: str | None = Field(None, description="Consumer group; defaults to `cdc-{name}`.")
@@ -115,6 +131,11 @@ class PostgresSinkConfig(Section):
         description="A schema the table cannot take safely (column dropped in the source, type narrowed or changed): "
         "`stop` with an error, or `ignore` (keep the column, write values into the existing type).",
     )
+    schema_changes: SchemaChangesConfig = Field(
+        default_factory=SchemaChangesConfig,
+        description="What the sink does to a destination table when a source column is dropped or renamed "
+        "(widening and new columns are automatic with `auto_evolve`).",
+    )
     snapshot_cleanup: bool = Field(
         True,
         description="When a source table's snapshot completes (its `cdc.snapshot.complete` marker), remove (or, with "
@@ -132,6 +153,13 @@ class PostgresSinkConfig(Section):
     dedupe: DedupeConfig = Field(default_factory=DedupeConfig, description="Applied-change ledger.")
     errors: ErrorsConfig = Field(default_factory=ErrorsConfig, description="Bad messages.")
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retries of retriable destination errors.")
+
+    @property
+    def on_column_dropped(self) -> Literal["stop", "drop", "keep_nullable"]:
+        """The drop policy in effect: the explicit key, else the one `on_unsafe_schema_change` implies."""
+        if self.schema_changes.on_column_dropped is not None:
+            return self.schema_changes.on_column_dropped
+        return "keep_nullable" if self.on_unsafe_schema_change == "ignore" else "stop"
 
     @model_validator(mode="after")
     def _topics_given(self) -> PostgresSinkConfig:

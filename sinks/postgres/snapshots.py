@@ -37,6 +37,10 @@ class SnapshotCleanup:
         else:
             origins.add(origin)
 
+    def merged(self, table: TableName) -> bool:
+        """Whether the sink has seen several source tables feed `table`."""
+        return len(self._origins.get(table, ())) > 1
+
     def applies(self, table: TableName) -> bool:
         """Whether a marker for `table` (already `saw`) removes rows; False: it is only recorded as seen."""
         if not self._enabled:

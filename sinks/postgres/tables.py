@@ -23,7 +23,20 @@ from psycopg import sql
 from core.errors import ConfigError, SchemaError
 from sinks.postgres.changes import CDC_COLUMN_PREFIX, Change, Shape
 from sinks.postgres.config import PostgresSinkConfig
-from sinks.postgres.types import DestinationType, ValueConverter, holds
+from sinks.postgres.evolution import (
+    AddColumn,
+    DropColumn,
+    DropNotNull,
+    Existing,
+    Policy,
+    RenameColumn,
+    Step,
+    Widen,
+    changes_columns,
+    plan,
+    widens_zone,
+)
+from sinks.postgres.types import DestinationType, ValueConverter
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +100,8 @@ class TargetTable:
     """The table's oid: its identity in the ledger (a table dropped and created again is a new destination)."""
     columns: tuple[str, ...]
     """Shape columns that exist in the table, in shape order (the ones written)."""
+    types: tuple[str, ...]
+    """Their types in the table: a widened column is another target (its stage table has the new type)."""
     converters: tuple[ValueConverter | None, ...]
     key: tuple[str, ...]
     append: bool
@@ -166,29 +181,72 @@ def _validate_shape(shape: Shape, table: TableName) -> None:
 
 
 class TableManager:
-    """Creates and evolves destination tables; remembers what it verified per (table, shape)."""
+    """Creates and evolves destination tables; remembers what it verified per (table, shape).
+
+    Everything runs inside the caller's transaction (the batch's): `settle` tells whether it committed, so what
+    was verified in a transaction that rolled back (and its DDL with it) is verified again.
+    """
 
     def __init__(self, config: PostgresSinkConfig) -> None:
         self._config = config
+        self._policy = Policy(
+            auto_evolve=config.auto_evolve,
+            on_type_conflict=config.on_unsafe_schema_change,
+            on_column_dropped=config.on_column_dropped,
+            on_column_renamed=config.schema_changes.on_column_renamed,
+        )
         self._verified: dict[tuple[TableName, Shape], TargetTable | None] = {}
+        self._pending: list[tuple[TableName, Shape]] = []
+        self._oids: dict[TableName, int] = {}
 
     def forget(self) -> None:
         self._verified.clear()
+        self._pending.clear()
+        self._oids.clear()
 
-    def target(self, conn: psycopg.Connection[Any], table: TableName, shape: Shape) -> TargetTable | None:
-        """The table ready for `shape` (created or evolved in its own short transaction), or None when a
-        key-only change (a delete from a tombstone) names a table that does not exist."""
+    def settle(self, committed: bool) -> None:
+        """The transaction the last calls ran in ended: keep what it verified, or forget it (rolled back)."""
+        if not committed:
+            for key in self._pending:
+                self._verified.pop(key, None)
+                self._oids.pop(key[0], None)
+        self._pending.clear()
+
+    def oid(self, conn: psycopg.Connection[Any], table: TableName) -> int | None:
+        """The table's oid, None when it does not exist."""
+        known = self._oids.get(table)
+        if known is not None:
+            return known
+        row = conn.execute("SELECT to_regclass(%s)::oid", (table.ident.as_string(conn),)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def target(
+        self,
+        conn: psycopg.Connection[Any],
+        table: TableName,
+        shape: Shape,
+        position: tuple[int, int] | None = None,
+    ) -> TargetTable | None:
+        """The table ready for `shape` (created or evolved in the caller's transaction), or None when a key-only
+        change (a delete from a tombstone) names a table that does not exist.
+
+        `position` is that of the first change written with `shape`: when the table holds a row written after
+        it, `shape` is an older schema replayed (a lagging partition), and the table is not made to drop, add or
+        rename columns for it. None skips that check (a table fed by several sources, whose positions are not
+        comparable).
+        """
         cache_key = (table, shape)
         if cache_key in self._verified:
             return self._verified[cache_key]
         _validate_shape(shape, table)
         with conn.transaction():
-            # Serialize DDL between sink instances (several groups may write one target).
+            # Serialize DDL between sink instances (several groups may write one target); held to the batch's
+            # commit, so a second sink reads the catalog as the first one left it.
             conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"cdc-sink-ddl:{table}",))
             existing = _read(conn, table)
             if existing is None:
                 if shape.key_only:
-                    self._verified[cache_key] = None
+                    self._remember(cache_key, None)
                     return None
                 if not self._config.auto_create:
                     raise SchemaError(
@@ -197,22 +255,29 @@ class TableManager:
                 self._create(conn, table, shape)
                 existing = _read(conn, table)
                 assert existing is not None
-            elif not shape.key_only:
-                self._evolve(conn, table, shape, existing)
+            elif not shape.key_only and self._evolve(conn, table, shape, existing, position):
                 existing = _read(conn, table)
                 assert existing is not None
+                # Targets of other shapes of this table were checked against the columns as they were.
+                for key in [k for k in self._verified if k[0] == table]:
+                    del self._verified[key]
         target = self._target(table, shape, existing)
-        self._verified[cache_key] = target
+        self._remember(cache_key, target)
         return target
+
+    def _remember(self, key: tuple[TableName, Shape], target: TargetTable | None) -> None:
+        self._verified[key] = target
+        self._pending.append(key)
+        if target is not None:
+            self._oids[key[0]] = target.oid
 
     def truncate_target(self, conn: psycopg.Connection[Any], table: TableName) -> TargetTable | None:
         """The table a truncate applies to (None if it does not exist: nothing to truncate)."""
-        with conn.transaction():
-            existing = _read(conn, table)
+        existing = _read(conn, table)
         if existing is None:
             return None
         return TargetTable(
-            table, existing.oid, (), (), (), self._config.mode == "append", self._config.delete_handling == "soft"
+            table, existing.oid, (), (), (), (), self._config.mode == "append", self._config.delete_handling == "soft"
         )
 
     def _create(self, conn: psycopg.Connection[Any], table: TableName, shape: Shape) -> None:
@@ -245,12 +310,20 @@ class TableManager:
         key = (CHANGE_ID,) if append else shape.key
         parts.append(sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(map(sql.Identifier, key))))
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema)))
-        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(table.ident, sql.SQL(", ").join(parts)))
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table.ident, sql.SQL(", ").join(parts)))
         log.info("created destination table %s", table)
 
-    def _evolve(self, conn: psycopg.Connection[Any], table: TableName, shape: Shape, existing: _Existing) -> None:
+    def _evolve(
+        self,
+        conn: psycopg.Connection[Any],
+        table: TableName,
+        shape: Shape,
+        existing: _Existing,
+        position: tuple[int, int] | None,
+    ) -> bool:
+        """Run the DDL that makes `existing` take `shape`; whether any ran."""
         config = self._config
-        stop = config.on_unsafe_schema_change == "stop"
+        changed = False
         for name, type_text, _ in _bookkeeping(config):
             if name in existing.columns:
                 continue
@@ -262,57 +335,98 @@ class TableManager:
             # Existing rows get the lowest position, so any change replayed onto them wins the guard.
             default = {COMMIT_LSN: " DEFAULT 0", LSN: " DEFAULT 0", DELETED: " DEFAULT false"}.get(name, "")
             conn.execute(
-                sql.SQL("ALTER TABLE {} ADD COLUMN {} {}{}").format(
+                sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}{}").format(
                     table.ident, sql.Identifier(name), sql.SQL(type_text), sql.SQL(default)
                 )
             )
-        for column in shape.columns:
-            found = existing.columns.get(column.name)
-            want = column.type.pg_type
-            if found is None:
-                if not config.auto_evolve:
-                    if stop:
-                        raise SchemaError(
-                            f"column {column.name!r} is new in the source but missing in {table}",
-                            hint="add it, set `sink.auto_evolve: true`, or `sink.on_unsafe_schema_change: ignore`",
-                        )
-                    continue
+            changed = True
+        columns = {name: Existing(*found) for name, found in existing.columns.items()}
+        try:
+            steps = plan(str(table), columns, shape, self._policy)
+        except SchemaError:
+            if not self._older(conn, table, position):
+                raise
+            log.warning(
+                "%s: not changing its columns for a schema older than the rows it holds (a replay or a lagging "
+                "partition); that schema's columns the table lacks are not written",
+                table,
+            )
+            return changed
+        if changes_columns(steps) and self._older(conn, table, position):
+            log.warning(
+                "%s: not adding, renaming or dropping columns for a schema older than the rows it holds (a replay "
+                "or a lagging partition): %s",
+                table,
+                ", ".join(map(str, steps)),
+            )
+            steps = [step for step in steps if isinstance(step, (Widen, DropNotNull))]
+        for step in steps:
+            self._run(conn, table, step)
+        return changed or bool(steps)
+
+    def _older(self, conn: psycopg.Connection[Any], table: TableName, position: tuple[int, int] | None) -> bool:
+        """Whether the table holds a row written by a change after `position`."""
+        if position is None:
+            return False
+        row = conn.execute(
+            sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE ({}, {}) > (%s, %s))").format(
+                table.ident, sql.Identifier(COMMIT_LSN), sql.Identifier(LSN)
+            ),
+            position,
+        ).fetchone()
+        return bool(row and row[0])
+
+    def _run(self, conn: psycopg.Connection[Any], table: TableName, step: Step) -> None:
+        match step:
+            case AddColumn(column, pg_type, default):
+                add = sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                    table.ident, sql.Identifier(column), _type_sql(pg_type)
+                )
+                if default is not None:
+                    try:
+                        with conn.transaction():
+                            # Existing rows read the default, like the source's (a fast default: no rewrite).
+                            conn.execute(
+                                sql.SQL("{} DEFAULT {}::{}").format(add, sql.Literal(default), _type_sql(pg_type))
+                            )
+                        log.info("added column %s to %s (default %r)", column, table, default)
+                        return
+                    except psycopg.errors.DataError as exc:
+                        log.warning(
+                            "%s.%s: the source's default %r is not a %s value (%s); added without a default",
+                            table, column, default, pg_type, exc.diag.message_primary,
+                        )  # fmt: skip
+                conn.execute(add)
+                log.info("added column %s to %s", column, table)
+            case Widen(column, old, new):
+                using: sql.Composable = sql.SQL("")
+                if widens_zone(old, new):
+                    # The stored local times are read as UTC: the sink's choice, independent of any session's
+                    # TimeZone (docs/sink.md).
+                    using = sql.SQL(" USING {} AT TIME ZONE 'UTC'").format(sql.Identifier(column))
                 conn.execute(
-                    sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                        table.ident, sql.Identifier(column.name), _type_sql(want)
+                    sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}{}").format(
+                        table.ident, sql.Identifier(column), _type_sql(new), using
                     )
                 )
-                log.info("added column %s to %s", column.name, table)
-                continue
-            have = DestinationType.parse(found[0])
-            if have is None or holds(have, want):
-                continue  # a non built-in target type is the user's choice; values are cast on insert
-            if config.auto_evolve and holds(want, have):
+                log.info("widened column %s of %s from %s to %s", column, table, old, new)
+            case RenameColumn(old, new):
                 conn.execute(
-                    sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
-                        table.ident, sql.Identifier(column.name), _type_sql(want)
+                    sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
+                        table.ident, sql.Identifier(old), sql.Identifier(new)
                     )
                 )
-                log.info("widened column %s of %s from %s to %s", column.name, table, have, want)
-                continue
-            if stop:
-                raise SchemaError(
-                    f"column {column.name!r} of {table} is {have} but the source now sends {want}, "
-                    "which it cannot hold",
-                    hint="migrate the column, or set `sink.on_unsafe_schema_change: ignore` to write into it anyway",
+                log.info("renamed column %s of %s to %s", old, table, new)
+            case DropColumn(column):
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}").format(table.ident, sql.Identifier(column))
                 )
-        shape_names = set(shape.names)
-        dropped = [
-            name for name in existing.columns if name not in shape_names and not name.startswith(CDC_COLUMN_PREFIX)
-        ]
-        for name in dropped:
-            _, not_null, has_default = existing.columns[name]
-            if stop or (not_null and not has_default and config.mode == "upsert"):
-                raise SchemaError(
-                    f"column {name!r} of {table} is not in the source's schema any more (dropped or renamed)",
-                    hint="drop or rename it in the destination, or set `sink.on_unsafe_schema_change: ignore` "
-                    "to keep it (nullable columns only)",
+                log.info("dropped column %s of %s (dropped in the source)", column, table)
+            case DropNotNull(column):
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(table.ident, sql.Identifier(column))
                 )
+                log.info("column %s of %s kept, now nullable (dropped in the source)", column, table)
 
     def _target(self, table: TableName, shape: Shape, existing: _Existing) -> TargetTable:
         config = self._config
@@ -334,6 +448,7 @@ class TableManager:
             table,
             existing.oid,
             tuple(c.name for c in columns),
+            tuple(existing.columns[c.name][0] for c in columns),
             tuple(c.type.convert for c in columns),
             key,
             append,
