@@ -255,3 +255,19 @@ def test_snapshot_cleanup_applies_to_a_table_of_one_source_table_only(caplog: py
     off = SnapshotCleanup(PostgresSinkConfig.model_validate({**base, "snapshot_cleanup": False}))
     append = SnapshotCleanup(PostgresSinkConfig.model_validate({**base, "mode": "append"}))
     assert not off.applies(table) and not append.applies(table)
+
+
+def test_shape_reads_defaults_and_aliases_of_fields() -> None:
+    from core.records import AvroSchema
+    from sinks.postgres.changes import shape_of
+
+    value = AvroSchema.of({"type": "record", "name": "Value", "fields": [
+        {"name": "id", "type": "int"},
+        {"name": "d", "type": ["null", "string"], "default": None, "pg.default": "dflt"},
+        {"name": "kept", "type": ["null", "string"], "default": None, "aliases": ["keep"]},
+    ]})  # fmt: skip
+    key = AvroSchema.of({"type": "record", "name": "Key", "fields": [{"name": "id", "type": "int"}]})
+    columns = {c.name: c for c in shape_of(value, key).columns}
+    assert (columns["d"].default, columns["d"].aliases) == ("dflt", ())
+    assert (columns["kept"].default, columns["kept"].aliases) == (None, ("keep",))
+    assert (columns["id"].default, columns["id"].aliases) == (None, ())
