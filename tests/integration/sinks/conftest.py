@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +74,19 @@ class Feed:
     def __post_init__(self) -> None:
         self.refresh_schema()
 
-    def refresh_schema(self) -> None:
+    def refresh_schema(self, properties: dict[str, dict[str, Any]] | None = None) -> None:
+        """The table's schemas as the source builds them now; `properties` adds field properties (by column) to
+        the row record, as a source would register them (`pg.default`, `aliases`, ...)."""
         info = describe_tables(self.source, [(self.schema, self.table)])[(self.schema, self.table)]
         self.schemas = build_table_schemas(info, topic=self.topic, topic_prefix="test")
+        if properties:
+            definition = json.loads(self.schemas.value_schema.text)
+            for member in definition["fields"]:
+                for branch in member["type"] if isinstance(member["type"], list) else [member["type"]]:
+                    if isinstance(branch, dict) and branch.get("type") == "record":
+                        for item in branch["fields"]:
+                            item.update(properties.get(item["name"], {}))
+            self.schemas = replace(self.schemas, value_schema=AvroSchema.of(definition))
         assert self.schemas.key_schema is not None
         self.key_id = self.registry.register(f"{self.topic}-key", self.schemas.key_schema)
         self.value_id = self.registry.register(f"{self.topic}-value", self.schemas.value_schema)
