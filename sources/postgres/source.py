@@ -106,6 +106,10 @@ class PostgresSource(Source):
             with connect(self._config) as conn:
                 problems = prerequisites.check_server(conn, config)
                 tables = resolve_tables(conn, config)
+                if config.tables.on_keyless_table == "skip":
+                    # Skipped at run time with a log line, not a reason to refuse the run.
+                    keyless = prerequisites.keyless_tables(conn, config, tables)
+                    tables = [t for t in tables if t not in keyless]
                 if config.publication.mode == "create" and not tables:
                     problems.append(
                         Problem("source", "no table matches source.tables.include / exclude", "check the patterns")
@@ -245,9 +249,13 @@ class PostgresSource(Source):
             db.close()
 
     def _prepare_tables(self, db: SourceDatabase) -> list[TableRef]:
-        """Check the prerequisites and bring the publication in line with the config; the captured tables."""
+        """Check the prerequisites and bring the publication in line with the config; the captured tables.
+
+        The matching tables are admitted first (`tables.on_keyless_table`): a table without a usable replica
+        identity never reaches the publication, where it would make the application's UPDATE and DELETE fail.
+        """
         problems = db.check_server()
-        tables = db.resolve_tables() if self._config.publication.mode == "create" else []
+        tables = db.admit_tables(db.resolve_tables()) if self._config.publication.mode == "create" else []
         tables = db.sync_publication(tables)
         problems += db.check_tables(tables)
         if problems:
