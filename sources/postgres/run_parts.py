@@ -25,6 +25,7 @@ from schemas.serde import RegistrySerializer
 from sources.postgres import prerequisites
 from sources.postgres.change_id import ChangeIds, namespace_for
 from sources.postgres.config import PostgresSourceConfig, SnapshotMode
+from sources.postgres.discovery import TableWatch
 from sources.postgres.events import EventFactory
 from sources.postgres.heartbeat import Heartbeat
 from sources.postgres.lag import LagMonitor
@@ -269,6 +270,10 @@ class PostgresRunParts:
         heartbeat = None
         if config.heartbeat.enabled and config.heartbeat.emit_message:
             heartbeat = Heartbeat(config.dsn.get_secret_value(), connect_timeout_s=config.connect_timeout_s)
+        watch = TableWatch(
+            config, conn=self._db.conn, store=self._db.store, factory=self._factory, delivery=self._delivery,
+            output=self._output, status=self._status, stop=stop,
+        )  # fmt: skip
         streamer = Streamer(
             config,
             conn=self._db.conn,
@@ -282,6 +287,7 @@ class PostgresRunParts:
             counts=counts,
             stop=stop,
             pool=pool,
+            tables=watch,
         )
         try:
             streamer.stream()
