@@ -16,6 +16,7 @@ import psycopg
 
 from core.checks import Problem
 from core.delivery import AckTracker, KafkaDelivery
+from core.errors import PrerequisiteError
 from core.kafka import KafkaConfig
 from core.positions import Lsn
 from core.records import RecordChain
@@ -141,6 +142,11 @@ class PgSourceDatabase:
         config = self._config
         keyless = prerequisites.keyless_tables(self.conn, config, candidates)
         admission = admit(candidates, keyless, config.tables.on_keyless_table)
+        if candidates and not admission.capture:
+            raise PrerequisiteError(
+                "no matching table can be captured: "
+                + "; ".join(f"{p.message} -> fix: {p.fix}" for p in admission.skipped.values())
+            )
         log_skipped(admission, self._published() or [], config.publication.name)
         return admission.capture
 

@@ -106,10 +106,6 @@ class PostgresSource(Source):
             with connect(self._config) as conn:
                 problems = prerequisites.check_server(conn, config)
                 tables = resolve_tables(conn, config)
-                if config.tables.on_keyless_table == "skip":
-                    # Skipped at run time with a log line, not a reason to refuse the run.
-                    keyless = prerequisites.keyless_tables(conn, config, tables)
-                    tables = [t for t in tables if t not in keyless]
                 if config.publication.mode == "create" and not tables:
                     problems.append(
                         Problem("source", "no table matches source.tables.include / exclude", "check the patterns")
