@@ -41,6 +41,20 @@ class TableSelection(Section):
         description="`schema.table` patterns (`*` and `?` wildcards) of the tables to capture.",
     )
     exclude: list[str] = Field(default_factory=list, description="Patterns removed from `include`.")
+    on_keyless_table: Literal["skip", "stop"] = Field(
+        "skip",
+        description="A matching table without a usable replica identity (no primary key and REPLICA IDENTITY "
+        "DEFAULT, or NOTHING; or FULL without `key_columns`): `skip` logs the fix and captures the other tables, "
+        "`stop` refuses to start. Either way such a table is never added to the publication, so the "
+        "application's own UPDATE and DELETE on it keep working.",
+    )
+    discovery_interval_s: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds between two looks, while streaming, for tables that newly match `include`/`exclude`: "
+        "they are added to the publication (`publication.mode: create`) and their existing rows copied. "
+        "0 disables the look (tables newly matching at start-up are still added and copied).",
+    )
 
 
 class TableOptions(Section):

@@ -5,6 +5,8 @@ Each failed check is a `Problem` naming the cause and the fix. The checks only r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import psycopg
 
 from core.checks import Problem
@@ -63,38 +65,78 @@ def check_server(conn: psycopg.Connection, config: PostgresSourceConfig) -> list
     return problems
 
 
+@dataclass(frozen=True, slots=True)
+class TableKeys:
+    """What a table's catalog says about the keys of its events and about the server's UPDATE/DELETE check."""
+
+    can_select: bool
+    identity: str
+    """`pg_class.relreplident`: `d` default (the primary key), `n` nothing, `f` full, `i` an index."""
+    has_pk: bool
+    has_identity_index: bool
+
+
+def read_table_keys(conn: psycopg.Connection, table: TableRef) -> TableKeys | None:
+    """The table's keys as the catalog has them now; None when the table does not exist."""
+    row = conn.execute(
+        "SELECT has_table_privilege(c.oid, 'SELECT'), c.relreplident, "
+        "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), "
+        "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+        (table.schema, table.table),
+    ).fetchone()
+    if row is None:
+        return None
+    return TableKeys(bool(row[0]), str(row[1]), bool(row[2]), bool(row[3]))
+
+
+def keyless_problem(table: TableRef, keys: TableKeys, key_columns: list[str] | None) -> Problem | None:
+    """Why the table cannot be captured with event keys (None when it can).
+
+    A table the server can replicate UPDATE/DELETE for has a primary key, REPLICA IDENTITY FULL or USING INDEX;
+    FULL without a primary key needs `key_columns` too, for the events' keys.
+    """
+    usable = (
+        (keys.identity == "d" and keys.has_pk)
+        or (keys.identity == "i" and keys.has_identity_index)
+        or (keys.identity == "f" and (keys.has_pk or bool(key_columns)))
+    )
+    if usable:
+        return None
+    return Problem(
+        COMPONENT,
+        f"table {table} has no primary key and its REPLICA IDENTITY cannot give event keys",
+        f"add a primary key, or ALTER TABLE {table} REPLICA IDENTITY FULL and configure "
+        f"source.table_options['{table}'].key_columns, or exclude the table",
+    )
+
+
+def keyless_tables(
+    conn: psycopg.Connection, config: PostgresSourceConfig, tables: list[TableRef]
+) -> dict[TableRef, Problem]:
+    """Those of `tables` that cannot be captured for lack of a usable replica identity, with the fix."""
+    found: dict[TableRef, Problem] = {}
+    for table in tables:
+        keys = read_table_keys(conn, table)
+        problem = None if keys is None else keyless_problem(table, keys, options_for(config, table).key_columns)
+        if problem is not None:
+            found[table] = problem
+    return found
+
+
 def check_tables(conn: psycopg.Connection, config: PostgresSourceConfig, tables: list[TableRef]) -> list[Problem]:
     """SELECT privilege and a usable key for every captured table."""
     problems: list[Problem] = []
     for table in tables:
-        row = conn.execute(
-            "SELECT has_table_privilege(c.oid, 'SELECT'), c.relreplident, "
-            "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), "
-            "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) "
-            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
-            (table.schema, table.table),
-        ).fetchone()
-        if row is None:
+        keys = read_table_keys(conn, table)
+        if keys is None:
             problems.append(Problem(COMPONENT, f"table {table} does not exist", "fix source.tables"))
             continue
-        can_select, identity, has_pk, has_identity_index = row
-        if not can_select:
+        if not keys.can_select:
             problems.append(
                 Problem(COMPONENT, f"no SELECT privilege on {table}", f"GRANT SELECT ON {table} TO <source role>")
             )
-        key_columns = options_for(config, table).key_columns
-        usable = (
-            (identity == "d" and has_pk)
-            or (identity == "i" and has_identity_index)
-            or (identity == "f" and (has_pk or bool(key_columns)))
-        )
-        if not usable:
-            problems.append(
-                Problem(
-                    COMPONENT,
-                    f"table {table} has no primary key and its REPLICA IDENTITY cannot give event keys",
-                    f"add a primary key, or ALTER TABLE {table} REPLICA IDENTITY FULL and configure "
-                    f"source.table_options['{table}'].key_columns, or exclude the table",
-                )
-            )
+        problem = keyless_problem(table, keys, options_for(config, table).key_columns)
+        if problem is not None:
+            problems.append(problem)
     return problems

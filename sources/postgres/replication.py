@@ -77,9 +77,12 @@ class ReplicationConnection:
         assert row is not None
         return SystemInfo(str(row[0]), int(row[1]), Lsn.parse(row[2]), str(row[3]))
 
-    def create_slot(self, name: str, *, export_snapshot: bool) -> CreatedSlot:
+    def create_slot(self, name: str, *, export_snapshot: bool, temporary: bool = False) -> CreatedSlot:
+        """Create a pgoutput slot; a `temporary` one is dropped by the server when this connection ends."""
         snapshot = sql.SQL("EXPORT_SNAPSHOT" if export_snapshot else "NOEXPORT_SNAPSHOT")
-        query = sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {}").format(sql.Identifier(name), snapshot)
+        query = sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput {}").format(
+            sql.Identifier(name), sql.SQL("TEMPORARY " if temporary else ""), snapshot
+        )
         row = self._conn.execute(query).fetchone()
         assert row is not None
         return CreatedSlot(str(row[0]), Lsn.parse(row[1]), row[2] if export_snapshot else None)

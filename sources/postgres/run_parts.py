@@ -16,6 +16,7 @@ import psycopg
 
 from core.checks import Problem
 from core.delivery import AckTracker, KafkaDelivery
+from core.errors import PrerequisiteError
 from core.kafka import KafkaConfig
 from core.positions import Lsn
 from core.records import RecordChain
@@ -24,7 +25,8 @@ from schemas.registry import SchemaRegistryConfig
 from schemas.serde import RegistrySerializer
 from sources.postgres import prerequisites
 from sources.postgres.change_id import ChangeIds, namespace_for
-from sources.postgres.config import PostgresSourceConfig
+from sources.postgres.config import PostgresSourceConfig, SnapshotMode
+from sources.postgres.discovery import TableWatch
 from sources.postgres.events import EventFactory
 from sources.postgres.heartbeat import Heartbeat
 from sources.postgres.lag import LagMonitor
@@ -33,8 +35,13 @@ from sources.postgres.parallel import WorkerPool
 from sources.postgres.replication import CreatedSlot, ReplicationConnection, SystemInfo
 from sources.postgres.selection import (
     TableRef,
+    admit,
+    log_skipped,
+    publication_exists,
+    publication_tables,
     resolve_tables,
     sync_publication,
+    tables_to_copy,
 )
 from sources.postgres.slots import (
     SlotInfo,
@@ -60,6 +67,7 @@ class SourceDatabase(Protocol):
 
     def check_server(self) -> list[Problem]: ...
     def resolve_tables(self) -> list[TableRef]: ...
+    def admit_tables(self, candidates: list[TableRef]) -> list[TableRef]: ...
     def sync_publication(self, tables: list[TableRef]) -> list[TableRef]: ...
     def check_tables(self, tables: list[TableRef]) -> list[Problem]: ...
     def ensure_state(self) -> None: ...
@@ -129,8 +137,33 @@ class PgSourceDatabase:
     def resolve_tables(self) -> list[TableRef]:
         return resolve_tables(self.conn, self._config)
 
+    def admit_tables(self, candidates: list[TableRef]) -> list[TableRef]:
+        """The candidates that can be captured (`tables.on_keyless_table`), before the publication is touched."""
+        config = self._config
+        keyless = prerequisites.keyless_tables(self.conn, config, candidates)
+        admission = admit(candidates, keyless, config.tables.on_keyless_table)
+        if candidates and not admission.capture:
+            raise PrerequisiteError(
+                "no matching table can be captured: "
+                + "; ".join(f"{p.message} -> fix: {p.fix}" for p in admission.skipped.values())
+            )
+        log_skipped(admission, self._published() or [], config.publication.name)
+        return admission.capture
+
     def sync_publication(self, tables: list[TableRef]) -> list[TableRef]:
-        return sync_publication(self.conn, self._config, tables)
+        """Bring the publication in line; tables it did not publish before are first recorded as to be copied."""
+        config = self._config
+        added = tables_to_copy(tables, self._published(), copy=config.snapshot.mode is not SnapshotMode.NEVER)
+        if added:
+            self.store.add_copies(self._slot_name, [str(t) for t in added])
+        return sync_publication(self.conn, config, tables)
+
+    def _published(self) -> list[TableRef] | None:
+        """The tables of our own publication (mode `create`) as it is; None when there is none."""
+        publication = self._config.publication
+        if publication.mode != "create" or not publication_exists(self.conn, publication.name):
+            return None
+        return publication_tables(self.conn, publication.name)
 
     def check_tables(self, tables: list[TableRef]) -> list[Problem]:
         return prerequisites.check_tables(self.conn, self._config, tables)
@@ -243,6 +276,10 @@ class PostgresRunParts:
         heartbeat = None
         if config.heartbeat.enabled and config.heartbeat.emit_message:
             heartbeat = Heartbeat(config.dsn.get_secret_value(), connect_timeout_s=config.connect_timeout_s)
+        watch = TableWatch(
+            config, conn=self._db.conn, store=self._db.store, factory=self._factory, delivery=self._delivery,
+            output=self._output, status=self._status, stop=stop,
+        )  # fmt: skip
         streamer = Streamer(
             config,
             conn=self._db.conn,
@@ -256,6 +293,7 @@ class PostgresRunParts:
             counts=counts,
             stop=stop,
             pool=pool,
+            tables=watch,
         )
         try:
             streamer.stream()

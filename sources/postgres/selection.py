@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 import psycopg
 from psycopg import sql
 
+from core.checks import Problem
 from core.errors import ConfigError, PrerequisiteError
 from sources.postgres.config import PostgresSourceConfig, TableOptions
 
@@ -46,6 +48,57 @@ def matches(name: str, patterns: list[str]) -> bool:
 def select_tables(candidates: list[TableRef], include: list[str], exclude: list[str]) -> list[TableRef]:
     """Apply include/exclude `schema.table` patterns (`*`, `?`) to the candidate tables, sorted."""
     return sorted(t for t in candidates if matches(str(t), include) and not matches(str(t), exclude))
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Which of the matching tables are captured, and which are skipped (with the problem and its fix)."""
+
+    capture: list[TableRef]
+    skipped: dict[TableRef, Problem]
+
+
+def admit(candidates: list[TableRef], keyless: Mapping[TableRef, Problem], on_keyless_table: str) -> Admission:
+    """Apply `tables.on_keyless_table` to the matching tables, before anything touches the publication.
+
+    A table without a usable replica identity is never captured: in a publication that publishes updates and
+    deletes, the server would refuse the application's own UPDATE and DELETE on it. `stop` refuses to start.
+    """
+    skipped = {t: keyless[t] for t in candidates if t in keyless}
+    if skipped and on_keyless_table == "stop":
+        raise PrerequisiteError(
+            "; ".join(f"{p.message} -> fix: {p.fix}" for p in skipped.values()),
+            hint="or set source.tables.on_keyless_table: skip to capture the other tables",
+        )
+    return Admission([t for t in candidates if t not in skipped], skipped)
+
+
+def log_skipped(admission: Admission, published: list[TableRef], publication: str) -> None:
+    """One line per skipped table with its fix; louder for one an earlier version put into the publication."""
+    for table, problem in admission.skipped.items():
+        if table in published:
+            log.warning(
+                "publication %s holds %s, which has no usable replica identity, so the application's UPDATE and "
+                "DELETE on it fail: removing it from the publication (publication.mode: create). %s -> fix: %s",
+                publication, table, problem.message, problem.fix,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "not capturing %s (source.tables.on_keyless_table: skip): %s -> fix: %s",
+                table, problem.message, problem.fix,
+            )  # fmt: skip
+
+
+def tables_to_copy(tables: list[TableRef], published: list[TableRef] | None, *, copy: bool) -> list[TableRef]:
+    """The tables whose existing rows must be copied: captured now, not published before.
+
+    `published` is None when there was no publication (the first start, whose snapshot covers every table);
+    `copy` is False when the snapshot mode takes no snapshots (`never`).
+    """
+    if published is None or not copy:
+        return []
+    before = set(published)
+    return [t for t in tables if t not in before]
 
 
 def resolve_tables(conn: psycopg.Connection, config: PostgresSourceConfig) -> list[TableRef]:

@@ -224,3 +224,30 @@ class StateStore:
 
     def delete(self, slot: str) -> None:
         self._conn.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (slot,))
+
+    # --- tables whose existing rows are still to be copied (progress -> 'copies') ---------------------------
+
+    def copies(self, slot: str) -> list[str]:
+        """The tables added to the publication after the slot's snapshot whose rows are not yet all in Kafka."""
+        row = self._conn.execute(
+            "SELECT progress -> 'copies' FROM cdc.source_state WHERE slot_name = %s", (slot,)
+        ).fetchone()
+        return list(row[0]) if row is not None and row[0] else []
+
+    def add_copies(self, slot: str, tables: list[str]) -> None:
+        """Remember `tables` as to be copied, before they join the publication: a crash in between must not
+        leave a published table whose earlier rows nobody copies. Without a record of the slot (the first start,
+        whose snapshot covers every table) there is nothing to remember."""
+        if self._conn.execute("SELECT to_regclass('cdc.source_state') IS NULL").fetchone() == (True,):
+            return
+        self._set_copies(slot, list(dict.fromkeys([*self.copies(slot), *tables])))
+
+    def copy_done(self, slot: str, table: str) -> None:
+        self._set_copies(slot, [t for t in self.copies(slot) if t != table])
+
+    def _set_copies(self, slot: str, tables: list[str]) -> None:
+        self._conn.execute(
+            "UPDATE cdc.source_state SET progress = progress || jsonb_build_object('copies', %s::jsonb), "
+            "updated_at = now() WHERE slot_name = %s",
+            (json.dumps(tables), slot),
+        )

@@ -245,9 +245,13 @@ class PostgresSource(Source):
             db.close()
 
     def _prepare_tables(self, db: SourceDatabase) -> list[TableRef]:
-        """Check the prerequisites and bring the publication in line with the config; the captured tables."""
+        """Check the prerequisites and bring the publication in line with the config; the captured tables.
+
+        The matching tables are admitted first (`tables.on_keyless_table`): a table without a usable replica
+        identity never reaches the publication, where it would make the application's UPDATE and DELETE fail.
+        """
         problems = db.check_server()
-        tables = db.resolve_tables() if self._config.publication.mode == "create" else []
+        tables = db.admit_tables(db.resolve_tables()) if self._config.publication.mode == "create" else []
         tables = db.sync_publication(tables)
         problems += db.check_tables(tables)
         if problems:

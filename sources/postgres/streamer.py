@@ -23,6 +23,7 @@ from core.errors import RetriableError
 from core.metrics import SOURCE_CONFIRMED_LSN, SOURCE_EVENTS
 from core.positions import Lsn
 from sources.postgres.config import PostgresSourceConfig
+from sources.postgres.discovery import TableWatch
 from sources.postgres.events import ChangeEncoder, ChangeEvent, EventFactory, TableEvents
 from sources.postgres.heartbeat import Heartbeat
 from sources.postgres.lag import LagMonitor
@@ -126,6 +127,7 @@ class Streamer:
         counts: EventCounts,
         stop: threading.Event,
         pool: WorkerPool | None = None,
+        tables: TableWatch | None = None,
     ) -> None:
         self._config = config
         self._slot_name = config.slot.name
@@ -140,6 +142,7 @@ class Streamer:
         self._counts = counts
         self._stop = stop
         self._pool = pool
+        self._tables = tables
         self._relations: dict[int, TableEvents] = {}
         # Without transforms, streamed changes are encoded here to wire-format bytes; with them, the chain gets records.
         schema_ids = delivery.schema_ids
@@ -218,6 +221,11 @@ class Streamer:
         next_heartbeat = now + heartbeat_every
         handle = self._handle
         pool = self._pool
+        watch = self._tables
+
+        def keepalive() -> None:
+            self._confirm(force=True)
+
         since_check = 0
         # Silence on the stream: at half the receive timeout ask the server for a reply, at the full one give up.
         receive_timeout = self._receive_timeout
@@ -263,6 +271,9 @@ class Streamer:
                 if heartbeat is not None and now >= next_heartbeat:
                     heartbeat.beat(receive_timeout)
                     next_heartbeat = now + heartbeat_every
+                if watch is not None and watch.tick(now, keepalive):
+                    # The stream was not read while new tables were copied: its silence tells nothing.
+                    last_heard = time.monotonic()
                 if frame is None:
                     continue
             if type(frame) is XLogData:

@@ -106,6 +106,7 @@ class FakeDatabase:
     server_problems: list[Problem] = field(default_factory=list)
     table_problems: list[Problem] = field(default_factory=list)
     tables: list[TableRef] = field(default_factory=lambda: [TableRef("public", "t")])
+    keyless: list[TableRef] = field(default_factory=list)
     held_for: int | None = None
     may_end_backends: bool = True
     walsender_lingers: bool = False
@@ -118,6 +119,10 @@ class FakeDatabase:
     def resolve_tables(self) -> list[TableRef]:
         self.calls.append("resolve_tables")
         return list(self.tables)
+
+    def admit_tables(self, candidates: list[TableRef]) -> list[TableRef]:
+        self.calls.append("admit_tables")
+        return [t for t in candidates if t not in self.keyless]
 
     def sync_publication(self, tables: list[TableRef]) -> list[TableRef]:
         self.calls.append(f"sync_publication({', '.join(map(str, tables))})")
@@ -352,7 +357,7 @@ def test_first_start_checks_then_creates_the_slot_takes_the_snapshot_and_streams
     source(world).run(world.stop)
     assert world.calls == [
         "open database",
-        "check_server", "resolve_tables", "sync_publication(public.t)", "check_tables",
+        "check_server", "resolve_tables", "admit_tables", "sync_publication(public.t)", "check_tables",
         "ensure_state",
         "wait_until_free(fail, 2.0)",
         "open replication", "identify_system",
@@ -376,6 +381,13 @@ def test_prerequisite_problems_stop_the_run_before_the_slot_is_touched(where: st
         c.startswith(("ensure_state", "wait_until_free", "open replication", "drop", "create")) for c in world.calls
     )
     assert len(world.parts) == 1  # fatal: no second attempt
+
+
+def test_tables_are_admitted_before_the_publication_is_touched() -> None:
+    nopk = TableRef("public", "nopk")
+    world = new_world(tables=[nopk, TableRef("public", "t")], keyless=[nopk])
+    source(world).run(world.stop)
+    assert before(world.calls, "resolve_tables", "admit_tables", "sync_publication(public.t)")
 
 
 def test_existing_publication_is_synced_without_resolving_tables() -> None:
