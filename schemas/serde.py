@@ -112,6 +112,11 @@ class RegistrySerializer:
         """The id `__call__` frames values with (registering the schema on first use)."""
         return self._registry.register(f"{topic}-{'key' if is_key else 'value'}", schema)
 
+    def latest(self, topic: str, is_key: bool = False) -> AvroSchema | None:
+        """The latest schema registered under the topic's subject, None when there is none."""
+        found = self._registry.latest(f"{topic}-{'key' if is_key else 'value'}")
+        return None if found is None else found[1]
+
     def close(self) -> None:
         self._registry.close()
 
