@@ -385,47 +385,71 @@ def describe_streamed(
             oids=sql.Literal([c.type_oid for c in columns]), mods=sql.Literal([c.type_modifier for c in columns])
         ))  # fmt: skip
         formatted: list[tuple[str, bool]] = [(r[0], bool(r[1])) for r in cur.fetchall()]
-    stale = [
+    stale = {
         i for i, (column, (type_name, _)) in enumerate(zip(columns, formatted, strict=True))
         if (known := by_name.get(column.name)) is None
         or known.type_oid != column.type_oid or known.type_name != type_name
-    ]  # fmt: skip
+    }  # fmt: skip
     resolver = _read_types(conn, {columns[i].type_oid if formatted[i][1] else _TEXT_OID for i in stale})
+
+    def typed(index: int) -> ColumnInfo:
+        column = columns[index]
+        type_name, exists = formatted[index]
+        oid, typmod = (column.type_oid, column.type_modifier) if exists else (_TEXT_OID, -1)
+        resolved, effective_typmod, _ = resolver.unwrap(oid, typmod)
+        return ColumnInfo(
+            name=column.name,
+            attnum=index + 1,
+            type_oid=oid,
+            type_name=type_name if exists else "text",
+            not_null=False,
+            key_position=None,
+            base_kind=resolver.declared_kind(oid),
+            resolved=resolved,
+            typmod=effective_typmod,
+            toastable=resolver.toastable(oid),
+        )
+
+    return streamed_table(
+        current, schema=schema, name=name, relation_id=relation_id, replica_identity=replica_identity,
+        columns=columns, typed={i: typed(i) for i in sorted(stale)},
+    )  # fmt: skip
+
+
+def streamed_table(
+    current: TableInfo | None,
+    *,
+    schema: str,
+    name: str,
+    relation_id: int,
+    replica_identity: str,
+    columns: Sequence[StreamedColumn],
+    typed: Mapping[int, ColumnInfo],
+) -> TableInfo:
+    """The stream's columns, each the catalog's (`current`) or, at the positions in `typed`, typed from the stream.
+
+    The key: the catalog's when the stream flags the same columns (its order is the index's), else the flagged
+    columns (replica identity default or index); with FULL (every column flagged) or NOTHING, the catalog's key
+    while the stream still has its columns, else none.
+    """
+    by_name = {c.name: c for c in current.columns} if current is not None else {}
     names = [c.name for c in columns]
     catalog_keys = current.key_columns if current is not None else ()
     flagged = tuple(c.name for c in columns if c.is_key)
     if replica_identity in ("d", "i"):
         keys = catalog_keys if set(catalog_keys) == set(flagged) else flagged
-    else:  # FULL flags every column, NOTHING none: the catalog's key, while the stream still has it
+    else:
         keys = catalog_keys if set(catalog_keys) <= set(names) else ()
     position = {key: i + 1 for i, key in enumerate(keys)}
-    described: list[ColumnInfo] = []
-    for i, column in enumerate(columns):
-        if i not in stale:
-            described.append(replace(by_name[column.name], key_position=position.get(column.name)))
-            continue
-        type_name, exists = formatted[i]
-        oid, typmod = (column.type_oid, column.type_modifier) if exists else (_TEXT_OID, -1)
-        resolved, effective_typmod, _ = resolver.unwrap(oid, typmod)
-        described.append(
-            ColumnInfo(
-                name=column.name,
-                attnum=i + 1,
-                type_oid=oid,
-                type_name=type_name if exists else "text",
-                not_null=False,
-                key_position=position.get(column.name),
-                base_kind=resolver.declared_kind(oid),
-                resolved=resolved,
-                typmod=effective_typmod,
-                toastable=resolver.toastable(oid),
-            )
-        )
+    described = tuple(
+        replace(typed[i] if i in typed else by_name[column.name], key_position=position.get(column.name))
+        for i, column in enumerate(columns)
+    )
     return TableInfo(
         schema=schema,
         name=name,
         oid=current.oid if current is not None else relation_id,
         replica_identity=replica_identity,
-        columns=tuple(described),
+        columns=described,
         has_primary_key=current.has_primary_key if current is not None else False,
     )

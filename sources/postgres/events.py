@@ -348,8 +348,11 @@ class EventFactory:
     ) -> TableEvents:
         options = options_for(self._source, table)
         include = options.columns_include
+        exclude = options.columns_exclude
         if only is not None:
+            # The stream has only the publication's columns (its column list, PostgreSQL 15+).
             include = [c for c in (include if include is not None else only) if c in only]
+            exclude = [c for c in exclude if c in only]
         schemas = build_table_schemas(
             info,
             topic=self.topic(table),
@@ -357,7 +360,7 @@ class EventFactory:
             decimal_handling=self._source.decimal_handling,
             skip_unsupported=options.skip_unsupported_columns,
             columns_include=include,
-            columns_exclude=options.columns_exclude,
+            columns_exclude=exclude,
             key_columns=options.key_columns,
         )
         return TableEvents(
