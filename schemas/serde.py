@@ -114,8 +114,7 @@ class RegistrySerializer:
 
     def latest(self, topic: str, is_key: bool = False) -> AvroSchema | None:
         """The latest schema registered under the topic's subject, None when there is none."""
-        found = self._registry.latest(f"{topic}-{'key' if is_key else 'value'}")
-        return None if found is None else found[1]
+        return self._registry.newest(f"{topic}-{'key' if is_key else 'value'}")
 
     def close(self) -> None:
         self._registry.close()
