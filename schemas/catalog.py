@@ -8,8 +8,10 @@ the domain's base type (and the domain's NOT NULL), an array column carries its 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import psycopg
 from psycopg import sql
@@ -73,6 +75,10 @@ class ColumnInfo:
     typmod: int = -1
     toastable: bool = False
     generated: bool = False
+    default: str | None = None
+    """The column's default when it is a constant, in PostgreSQL's text output format (`constant_default`)."""
+    aliases: tuple[str, ...] = ()
+    """Earlier names of the column's field, newest first (a rename seen in the stream; docs/source.md)."""
 
     @property
     def element(self) -> PgType | None:
@@ -124,13 +130,15 @@ _TABLES_QUERY = sql.SQL(
              WHERE k.att = a.attnum AND k.ord <= pk.indnkeyatts) AS pk_position,
            (SELECT k.ord FROM unnest(ri.indkey::int2[]) WITH ORDINALITY AS k(att, ord)
              WHERE k.att = a.attnum AND k.ord <= ri.indnkeyatts) AS ri_position,
-           pk.indexrelid IS NOT NULL AS has_pk
+           pk.indexrelid IS NOT NULL AS has_pk,
+           pg_get_expr(d.adbin, d.adrelid) AS default_expr
       FROM unnest({schemas}::text[], {names}::text[]) AS wanted(nsp, rel)
       JOIN pg_namespace n ON n.nspname = wanted.nsp
       JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = wanted.rel AND c.relkind IN ('r', 'p')
       LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
       LEFT JOIN pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary
       LEFT JOIN pg_index ri ON ri.indrelid = c.oid AND ri.indisreplident
+      LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
      ORDER BY n.nspname, c.relname, a.attnum
     """
 )
@@ -149,7 +157,8 @@ _TYPES_QUERY = sql.SQL(
     )
     SELECT t.oid, format_type(t.oid, NULL), t.typname, n.nspname, t.typtype, t.typcategory,
            t.typbasetype, t.typtypmod, t.typnotnull, t.typelem,
-           ARRAY(SELECT e.enumlabel::text FROM pg_enum e WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder)
+           ARRAY(SELECT e.enumlabel::text FROM pg_enum e WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder),
+           t.typlen, t.typstorage
       FROM closure
       JOIN pg_type t ON t.oid = closure.oid
       JOIN pg_namespace n ON n.oid = t.typnamespace
@@ -170,6 +179,8 @@ class _TypeRow:
     not_null: bool
     elem: int
     labels: tuple[str, ...]
+    length: int = -1
+    storage: str = "x"
 
 
 class _TypeResolver:
@@ -190,6 +201,13 @@ class _TypeResolver:
         if typmod == -1 and resolved.kind == KIND_ARRAY:
             typmod = resolved.element_typmod
         return resolved, typmod, not_null
+
+    def known(self, oid: int) -> bool:
+        return oid in self._rows
+
+    def toastable(self, oid: int) -> bool:
+        row = self._rows[oid]
+        return row.length == -1 and row.storage != "p"
 
     def declared_kind(self, oid: int) -> str:
         row = self._rows[oid]
@@ -223,6 +241,22 @@ class _TypeResolver:
         return resolved
 
 
+def _read_types(conn: psycopg.Connection, oids: Iterable[int]) -> _TypeResolver:
+    """The types `oids` and everything they are built on (domain bases, array elements)."""
+    wanted = sorted(set(oids))
+    if not wanted:
+        return _TypeResolver(())
+    with conn.cursor() as cur:
+        cur.execute(_TYPES_QUERY.format(oids=sql.Literal(wanted)))
+        return _TypeResolver(
+            _TypeRow(
+                oid=r[0], name=r[1], typname=r[2], schema=r[3], typtype=r[4], category=r[5], basetype=r[6],
+                typmod=r[7], not_null=r[8], elem=r[9], labels=tuple(r[10] or ()), length=r[11], storage=r[12],
+            )
+            for r in cur.fetchall()
+        )  # fmt: skip
+
+
 def describe_tables(
     conn: psycopg.Connection, tables: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], TableInfo]:
@@ -234,32 +268,12 @@ def describe_tables(
     with conn.cursor() as cur:
         cur.execute(_TABLES_QUERY.format(schemas=sql.Literal(schemas), names=sql.Literal(names)))
         table_rows = cur.fetchall()
-        oids = sorted({row[6] for row in table_rows if row[6] is not None})
-        type_rows: list[_TypeRow] = []
-        if oids:
-            cur.execute(_TYPES_QUERY.format(oids=sql.Literal(oids)))
-            type_rows = [
-                _TypeRow(
-                    oid=r[0],
-                    name=r[1],
-                    typname=r[2],
-                    schema=r[3],
-                    typtype=r[4],
-                    category=r[5],
-                    basetype=r[6],
-                    typmod=r[7],
-                    not_null=r[8],
-                    elem=r[9],
-                    labels=tuple(r[10] or ()),
-                )
-                for r in cur.fetchall()
-            ]
-    resolver = _TypeResolver(type_rows)
+    resolver = _read_types(conn, {row[6] for row in table_rows if row[6] is not None})
 
     found: dict[tuple[str, str], tuple[int, str, bool, list[ColumnInfo]]] = {}
     for row in table_rows:
-        (nsp, rel, rel_oid, replident, attname, attnum, typid, type_name, typmod,
-         attnotnull, attlen, attstorage, attgenerated, pk_position, ri_position, has_pk) = row  # fmt: skip
+        (nsp, rel, rel_oid, replident, attname, attnum, typid, type_name, typmod, attnotnull,
+         attlen, attstorage, attgenerated, pk_position, ri_position, has_pk, default_expr) = row  # fmt: skip
         entry = found.setdefault((nsp, rel), (rel_oid, replident, bool(has_pk), []))
         if attname is None:
             continue
@@ -279,6 +293,7 @@ def describe_tables(
                 typmod=effective_typmod,
                 toastable=attlen == -1 and attstorage != "p",
                 generated=bool(attgenerated),
+                default=None if attgenerated else constant_default(default_expr),
             )
         )
     return {
@@ -292,3 +307,149 @@ def describe_tables(
         )
         for key, (oid, replident, has_pk, columns) in found.items()
     }
+
+
+# A default as pg_get_expr prints it, when it is one literal with casts: `0`, `(42)::bigint`, `'dflt'::text`,
+# `'-1'::integer`, `true`. Function calls, operators and column references never match (they start with a
+# name or a parenthesis other than around a number, or contain characters a type name cannot).
+_CONSTANT = re.compile(
+    r"(?P<literal>'(?:[^']|'')*'|\(?-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\)?|true|false)"
+    r"(?:::[A-Za-z_\"][A-Za-z0-9_ .\"(),\[\]]*?)*"
+)
+
+
+def constant_default(expr: str | None) -> str | None:
+    """The value of a constant default in PostgreSQL's text output format, None when it is not a constant.
+
+    `expr` is the default as `pg_get_expr` prints it; a constant there is printed with the type's output
+    function (so `'2020-01-01'::date` carries the date as PostgreSQL prints it), except booleans (`true`)
+    and plain numbers (`(-1)`), normalised here. `now()`, `nextval(...)`, any function call or operator is
+    not a constant: such defaults are evaluated per row and cannot travel as a value.
+    """
+    if expr is None:
+        return None
+    found = _CONSTANT.fullmatch(expr.strip())
+    if found is None:
+        return None
+    literal = found.group("literal")
+    if literal == "true":
+        return "t"
+    if literal == "false":
+        return "f"
+    if literal.startswith("'"):
+        return literal[1:-1].replace("''", "'")
+    return literal.strip("()")
+
+
+class StreamedColumn(Protocol):
+    """A column as the replication stream describes it (pgoutput's Relation message)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def type_oid(self) -> int: ...
+    @property
+    def type_modifier(self) -> int: ...
+    @property
+    def is_key(self) -> bool: ...
+
+
+_TEXT_OID = 25
+_FORMAT_TYPES = sql.SQL(
+    "SELECT format_type(x.o, x.m), t.oid IS NOT NULL FROM unnest({oids}::oid[], {mods}::int[]) "
+    "WITH ORDINALITY AS x(o, m, i) LEFT JOIN pg_type t ON t.oid = x.o ORDER BY x.i"
+)
+
+
+def describe_streamed(
+    conn: psycopg.Connection,
+    *,
+    schema: str,
+    name: str,
+    relation_id: int,
+    replica_identity: str,
+    columns: Sequence[StreamedColumn],
+) -> TableInfo:
+    """A table as the stream describes it (columns, types, key), completed from the catalog.
+
+    The stream is the truth for which columns a change has and their types, whatever the catalog says now.
+    The catalog adds what the stream lacks: NOT NULL, the constant default, the key's order and types' details
+    (enum labels, domain bases), taken for a column only when the catalog has it with the same type. A column
+    the catalog no longer has (dropped since), or has with another type, is typed from the stream's type OID
+    and modifier and carries no NOT NULL and no default. A type that no longer exists is read as text.
+    """
+    current = describe_tables(conn, [(schema, name)]).get((schema, name))
+    by_name: Mapping[str, ColumnInfo] = {c.name: c for c in current.columns} if current is not None else {}
+    with conn.cursor() as cur:
+        cur.execute(_FORMAT_TYPES.format(
+            oids=sql.Literal([c.type_oid for c in columns]), mods=sql.Literal([c.type_modifier for c in columns])
+        ))  # fmt: skip
+        formatted: list[tuple[str, bool]] = [(r[0], bool(r[1])) for r in cur.fetchall()]
+    stale = {
+        i for i, (column, (type_name, _)) in enumerate(zip(columns, formatted, strict=True))
+        if (known := by_name.get(column.name)) is None
+        or known.type_oid != column.type_oid or known.type_name != type_name
+    }  # fmt: skip
+    resolver = _read_types(conn, {columns[i].type_oid if formatted[i][1] else _TEXT_OID for i in stale})
+
+    def typed(index: int) -> ColumnInfo:
+        column = columns[index]
+        type_name, exists = formatted[index]
+        oid, typmod = (column.type_oid, column.type_modifier) if exists else (_TEXT_OID, -1)
+        resolved, effective_typmod, _ = resolver.unwrap(oid, typmod)
+        return ColumnInfo(
+            name=column.name,
+            attnum=index + 1,
+            type_oid=oid,
+            type_name=type_name if exists else "text",
+            not_null=False,
+            key_position=None,
+            base_kind=resolver.declared_kind(oid),
+            resolved=resolved,
+            typmod=effective_typmod,
+            toastable=resolver.toastable(oid),
+        )
+
+    return streamed_table(
+        current, schema=schema, name=name, relation_id=relation_id, replica_identity=replica_identity,
+        columns=columns, typed={i: typed(i) for i in sorted(stale)},
+    )  # fmt: skip
+
+
+def streamed_table(
+    current: TableInfo | None,
+    *,
+    schema: str,
+    name: str,
+    relation_id: int,
+    replica_identity: str,
+    columns: Sequence[StreamedColumn],
+    typed: Mapping[int, ColumnInfo],
+) -> TableInfo:
+    """The stream's columns, each the catalog's (`current`) or, at the positions in `typed`, typed from the stream.
+
+    The key: the catalog's when the stream flags the same columns (its order is the index's), else the flagged
+    columns (replica identity default or index); with FULL (every column flagged) or NOTHING, the catalog's key
+    while the stream still has its columns, else none.
+    """
+    by_name = {c.name: c for c in current.columns} if current is not None else {}
+    names = [c.name for c in columns]
+    catalog_keys = current.key_columns if current is not None else ()
+    flagged = tuple(c.name for c in columns if c.is_key)
+    if replica_identity in ("d", "i"):
+        keys = catalog_keys if set(catalog_keys) == set(flagged) else flagged
+    else:
+        keys = catalog_keys if set(catalog_keys) <= set(names) else ()
+    position = {key: i + 1 for i, key in enumerate(keys)}
+    described = tuple(
+        replace(typed[i] if i in typed else by_name[column.name], key_position=position.get(column.name))
+        for i, column in enumerate(columns)
+    )
+    return TableInfo(
+        schema=schema,
+        name=name,
+        oid=current.oid if current is not None else relation_id,
+        replica_identity=replica_identity,
+        columns=described,
+        has_primary_key=current.has_primary_key if current is not None else False,
+    )

@@ -284,6 +284,19 @@ class SchemaRegistry:
             raise self._http_error(exc, f"reading subject {subject}") from None
         return int(registered.version), AvroSchema.parse(registered.schema.schema_str), int(registered.schema_id)
 
+    def newest(self, subject: str) -> AvroSchema | None:
+        """The subject's highest version, read by its number (not through the client's latest-version cache)."""
+        try:
+            versions = self._call("list versions", self._client.get_versions, subject)
+            if not versions:
+                return None
+            registered = self._call("get version", self._client.get_version, subject, max(versions))
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                return None
+            raise self._http_error(exc, f"reading subject {subject}") from None
+        return AvroSchema.parse(registered.schema.schema_str)
+
     def check(self, subject: str, schema: AvroSchema) -> CompatResult:
         """Would `schema` be accepted under `subject` with the configured level? A new subject is compatible.
 

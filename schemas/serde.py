@@ -112,6 +112,10 @@ class RegistrySerializer:
         """The id `__call__` frames values with (registering the schema on first use)."""
         return self._registry.register(f"{topic}-{'key' if is_key else 'value'}", schema)
 
+    def latest(self, topic: str, is_key: bool = False) -> AvroSchema | None:
+        """The latest schema registered under the topic's subject, None when there is none."""
+        return self._registry.newest(f"{topic}-{'key' if is_key else 'value'}")
+
     def close(self) -> None:
         self._registry.close()
 

@@ -66,6 +66,8 @@ _TIMESTAMP_MIN_FINITE = TIMESTAMP_NEGATIVE_INFINITY + 1
 PG_TYPE = "pg.type"
 PG_NAME = "pg.name"
 PG_NOT_NULL = "pg.not_null"
+PG_DEFAULT = "pg.default"
+AVRO_ALIASES = "aliases"
 PG_ENUM_LABELS = "pg.enum.labels"
 CONNECT_NAME = "connect.name"
 
@@ -117,6 +119,11 @@ class ColumnCodec:
             field[PG_NOT_NULL] = True
         if self.field_name != self.column.name:
             field[PG_NAME] = self.column.name
+        if self.column.default is not None:
+            # The column's constant default, so a consumer adding the column can give it (docs/event-format.md).
+            field[PG_DEFAULT] = self.column.default
+        if self.column.aliases:
+            field[AVRO_ALIASES] = list(self.column.aliases)
         return field
 
 

@@ -33,6 +33,12 @@ class PublicationConfig(Section):
         description="`create`: create the publication and keep its tables in sync with `tables`; "
         "`existing`: use one a DBA made, unchanged.",
     )
+    via_partition_root: bool = Field(
+        True,
+        description="Publish a partitioned table's changes as its own (`publish_via_partition_root`, PostgreSQL "
+        "13+): one topic per partitioned table, as the snapshot reads it. `false`: changes carry the partition's "
+        "name and go to one topic per partition. Applied in mode `create`.",
+    )
 
 
 class TableSelection(Section):

@@ -15,14 +15,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
 
 from core.errors import SchemaError
 from core.records import NEW_KEY_HEADER, OLD_KEY_HEADER, SNAPSHOT_COMPLETE_HEADER, AvroSchema, Record
-from schemas.catalog import TableInfo, describe_tables
+from schemas.catalog import TableInfo, describe_streamed, describe_tables
 from schemas.codegen import Fallback
 from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, source_block
 from schemas.fastpath import FALLBACK_ERRORS, EnvelopeWriter
@@ -30,12 +30,15 @@ from schemas.serde import Encoder
 from sources.postgres.change_id import ChangeIds
 from sources.postgres.config import PostgresSourceConfig
 from sources.postgres.protocol import Delete, Insert, Relation, Tuple, Update
+from sources.postgres.renames import Aliases, Shape, aliases_for, shape_of, shape_of_envelope
 from sources.postgres.selection import TableRef, options_for
 
 log = logging.getLogger(__name__)
 
 SchemaIds = Callable[[str, AvroSchema, bool], int]
 """(topic, schema, is_key) -> the registry id of the subject's schema (registered on first use)."""
+LatestSchema = Callable[[str], AvroSchema | None]
+"""topic -> the latest value schema registered for it (None when there is none)."""
 Encoded = tuple[bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]
 """(key, value, headers) of one record in Confluent wire format, for `KafkaDelivery.produce_raw`."""
 _FALLBACK = (Fallback, *FALLBACK_ERRORS)
@@ -126,6 +129,15 @@ class TableEvents:
                     hint="the publication's column list and the config's column selection differ; restart to resync",
                 )
             self._index = tuple(position[c] for c in self.columns)
+
+    @property
+    def schemas(self) -> TableSchemas:
+        return self._schemas
+
+    @property
+    def aliases(self) -> dict[str, tuple[str, ...]]:
+        """The aliases of this version's fields (renamed columns), by column name."""
+        return {c.column.name: c.column.aliases for c in self._schemas.codecs if c.column.aliases}
 
     def _texts(self, values: Tuple) -> Sequence[Any]:
         index = self._index
@@ -295,16 +307,31 @@ class ChangeEncoder:
 
 
 class EventFactory:
-    """Describes tables (catalog) and builds their `TableEvents`, once per table version."""
+    """Describes tables and builds their `TableEvents`, once per table version.
+
+    A snapshot describes a table from the catalog; the stream from its Relation message (the catalog only
+    completes it, `describe_streamed`), so a change is typed as it was written, whatever the table became since.
+    With `latest_schema` (the reading process) a Relation is compared with the table's last published shape
+    (of this run, or else the registry's latest value schema) to find renamed columns (`renames.py`).
+    """
 
     def __init__(
-        self, source: PostgresSourceConfig, *, connector_name: str, conn: psycopg.Connection, ids: ChangeIds, db: str
+        self,
+        source: PostgresSourceConfig,
+        *,
+        connector_name: str,
+        conn: psycopg.Connection,
+        ids: ChangeIds,
+        db: str,
+        latest_schema: LatestSchema | None = None,
     ) -> None:
         self._source = source
         self._connector_name = connector_name
         self._conn = conn
         self.ids = ids
         self._db = db
+        self._latest_schema = latest_schema
+        self._shapes: dict[str, Shape] = {}
 
     def topic(self, table: TableRef) -> str:
         return f"{self._source.topic_prefix}.{table.schema}.{table.table}"
@@ -321,8 +348,11 @@ class EventFactory:
     ) -> TableEvents:
         options = options_for(self._source, table)
         include = options.columns_include
+        exclude = options.columns_exclude
         if only is not None:
+            # The stream has only the publication's columns (its column list, PostgreSQL 15+).
             include = [c for c in (include if include is not None else only) if c in only]
+            exclude = [c for c in exclude if c in only]
         schemas = build_table_schemas(
             info,
             topic=self.topic(table),
@@ -330,7 +360,7 @@ class EventFactory:
             decimal_handling=self._source.decimal_handling,
             skip_unsupported=options.skip_unsupported_columns,
             columns_include=include,
-            columns_exclude=options.columns_exclude,
+            columns_exclude=exclude,
             key_columns=options.key_columns,
         )
         return TableEvents(
@@ -344,18 +374,39 @@ class EventFactory:
         )
 
     def for_table(self, table: TableRef) -> TableEvents:
-        return self._build(table, self._describe(table), None, None)
+        events = self._build(table, self._describe(table), None, None)
+        self._shapes[events.topic] = shape_of(events.schemas)
+        return events
 
-    def for_relation(self, relation: Relation) -> TableEvents:
+    def for_relation(self, relation: Relation, aliases: Aliases | None = None) -> TableEvents:
+        """The events of the table version `relation` describes.
+
+        `aliases` as found by the reading process (a worker process passes them on); None: find them here.
+        """
         table = TableRef(relation.namespace, relation.name)
         names = [c.name for c in relation.columns]
-        info = self._describe(table)
-        unknown = [n for n in names if n not in {c.name for c in info.columns}]
-        if unknown:
-            raise SchemaError(
-                f"{table}: the stream carries columns the catalog no longer has ({', '.join(unknown)})",
-                hint="a column was dropped while the connector lagged; its old values cannot be typed",
-            )
+        info = describe_streamed(
+            self._conn, schema=relation.namespace, name=relation.name, relation_id=relation.relation_id,
+            replica_identity=relation.replica_identity, columns=relation.columns,
+        )  # fmt: skip
         events = self._build(table, info, names, names)
+        if aliases is None:
+            previous = self._previous_shape(events.topic)
+            aliases = aliases_for(previous, shape_of(events.schemas))
+            known = {f.column for f in previous or ()}
+            for column, old in aliases.items():
+                if column not in known:
+                    log.info("relation %s: column %s renamed from %s (field alias)", table, column, old[0])
+        if aliases:
+            columns = tuple(replace(c, aliases=aliases.get(c.name, ())) for c in info.columns)
+            events = self._build(table, replace(info, columns=columns), names, names)
+        self._shapes[events.topic] = shape_of(events.schemas)
         log.info("relation %s: %d columns, key %s", table, len(events.columns), ", ".join(events.key_columns) or "-")
         return events
+
+    def _previous_shape(self, topic: str) -> Shape | None:
+        shape = self._shapes.get(topic)
+        if shape is None and self._latest_schema is not None:
+            latest = self._latest_schema(topic)
+            shape = None if latest is None else shape_of_envelope(latest)
+        return shape

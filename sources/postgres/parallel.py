@@ -30,6 +30,7 @@ from sources.postgres.change_id import ChangeIds, namespace_for
 from sources.postgres.config import PostgresSourceConfig
 from sources.postgres.events import ChangeEncoder, EventFactory, TableEvents
 from sources.postgres.protocol import Truncate, decode_message
+from sources.postgres.renames import Aliases
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ def _worker_main(
                 return
             kind = message[0]
             if kind == "relation":
-                relation = message[1]
+                _, relation, aliases = message
                 try:
-                    relations[relation.relation_id] = factory.for_relation(relation)
+                    relations[relation.relation_id] = factory.for_relation(relation, aliases)
                 except Exception as exc:  # reported with the next batch, which needs this relation
                     relation_error = exc
                 continue
@@ -179,10 +180,11 @@ class WorkerPool:
         self._next_seq = 0
         self._batches: dict[int, list[TxSlot]] = {}
 
-    def relation(self, relation: Any) -> None:
+    def relation(self, relation: Any, aliases: Aliases) -> None:
+        """A Relation message and the aliases the reading process found for it (workers must agree on them)."""
         self.send_partial()
         for conn in self._conns:
-            conn.send(("relation", relation))
+            conn.send(("relation", relation, dict(aliases)))
 
     def add(self, item: Item, slot: TxSlot) -> None:
         self._items.append(item)

@@ -233,10 +233,11 @@ class PostgresRunParts:
         kafka = self._kafka
         assert self._db is not None
         self._system = system
+        serializer = RegistrySerializer(self._registry)
         self._delivery = KafkaDelivery(
             kafka.bootstrap_servers,
             dict(kafka.properties),
-            serializer=RegistrySerializer(self._registry),
+            serializer=serializer,
             topic_partitions=kafka.topic_partitions,
             topic_replication_factor=kafka.topic_replication_factor,
             client_id=f"cdc-{self._name}-source",
@@ -244,8 +245,9 @@ class PostgresRunParts:
         )
         ids = ChangeIds(namespace_for(system.system_id, system.dbname))
         self._factory = EventFactory(
-            self._config, connector_name=self._name, conn=self._db.conn, ids=ids, db=system.dbname
-        )
+            self._config, connector_name=self._name, conn=self._db.conn, ids=ids, db=system.dbname,
+            latest_schema=serializer.latest,
+        )  # fmt: skip
         self._output = RecordOutput(self._chain, self._delivery)
         return self._delivery
 

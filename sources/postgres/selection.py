@@ -210,4 +210,18 @@ def sync_publication(conn: psycopg.Connection, config: PostgresSourceConfig, tab
                 name, len(tables), ", ".join(map(str, added)) or "-", ", ".join(map(str, dropped)) or "-",
             )
         conn.execute(sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(ident, sql.Literal(f"cdc-connector:{digest}")))
+        _sync_via_root(conn, name, config.publication.via_partition_root)
     return sorted(tables)
+
+
+def _sync_via_root(conn: psycopg.Connection, name: str, via_root: bool) -> None:
+    """Set the publication's `publish_via_partition_root` to the config's (PostgreSQL 13+; before, no such option)."""
+    if server_version(conn) < 130000:
+        return
+    row = conn.execute("SELECT pubviaroot FROM pg_publication WHERE pubname = %s", (name,)).fetchone()
+    if row is not None and bool(row[0]) != via_root:
+        option = sql.SQL("true" if via_root else "false")
+        conn.execute(sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = {})").format(
+            sql.Identifier(name), option
+        ))  # fmt: skip
+        log.info("publication %s: publish_via_partition_root = %s", name, str(via_root).lower())

@@ -319,10 +319,12 @@ class Streamer:
                 self._tx = None
                 self.position = self.position.received_up_to(max(tx.last_lsn, end_lsn))
             case Relation():
+                # Typed here from the message itself, renames found here once; worker processes get the aliases.
+                events = self._factory.for_relation(message)
                 if self._pool is not None:
-                    self._pool.relation(message)
+                    self._pool.relation(message, events.aliases)
                 else:
-                    self._relations[message.relation_id] = self._factory.for_relation(message)
+                    self._relations[message.relation_id] = events
             case Truncate(relation_ids=relation_ids):
                 tx = self._tx
                 assert tx is not None
