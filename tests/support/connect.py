@@ -1,0 +1,72 @@
+"""Kafka Connect workers for the Debezium compatibility tests: where their jars are cached, connector settings."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from devstack.connect import POSTGRES_CONNECTOR_CLASS, avro_converter_settings
+from tests.support.examples import REPO_ROOT
+from tests.support.helpers import pg_connect
+
+
+def connect_home() -> Path:
+    """Where the Connect jars are cached between sessions: `$CDC_HOME`, else `.cdc` at the repository root."""
+    return Path(os.environ.get("CDC_HOME") or REPO_ROOT / ".cdc").expanduser().absolute()
+
+
+def postgres_source_settings(
+    dsn: str,
+    registry_url: str,
+    *,
+    topic_prefix: str,
+    tables: list[str],
+    slot: str,
+    publication: str,
+    **extra: str,
+) -> dict[str, str]:
+    """Debezium's PostgreSQL connector on `dsn` over pgoutput, Avro keys and values; `extra` overrides."""
+    params: dict[str, Any] = conninfo_to_dict(dsn)
+    settings = {
+        "connector.class": POSTGRES_CONNECTOR_CLASS,
+        "tasks.max": "1",
+        "database.hostname": str(params.get("host", "127.0.0.1")),
+        "database.port": str(params.get("port", 5432)),
+        "database.user": str(params.get("user", "postgres")),
+        "database.dbname": str(params["dbname"]),
+        "plugin.name": "pgoutput",
+        "slot.name": slot,
+        "publication.name": publication,
+        "publication.autocreate.mode": "filtered",
+        "table.include.list": ",".join(tables),
+        "topic.prefix": topic_prefix,
+        "snapshot.mode": "initial",
+        "schema.name.adjustment.mode": "avro",
+        **avro_converter_settings("key.converter", registry_url),
+        **avro_converter_settings("value.converter", registry_url),
+    }
+    if params.get("password"):
+        settings["database.password"] = str(params["password"])
+    return {**settings, **extra}
+
+
+def drop_slot_and_publication(dsn: str, slot: str, publication: str, *, timeout: float = 30.0) -> None:
+    """Remove what Debezium's connector leaves in the source (its slot stays behind when it stops)."""
+    with pg_connect(dsn) as conn:
+        deadline = time.monotonic() + timeout
+        while True:
+            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+            if row is None:
+                break
+            if not row[0]:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                break
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"slot {slot} still active {timeout:.0f}s after its worker stopped")
+            time.sleep(0.2)
+        conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
