@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from psycopg import sql
 
+from devstack.connect import ConnectWorker
 from schemas.registry import SchemaRegistry, SchemaRegistryConfig
 from schemas.serde import Decoder
 from tests.integration.debezium.conftest import StartWorker
@@ -42,6 +43,7 @@ def test_debezium_postgres_records_decode_with_our_decoder(
         conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table))
         for row in ROWS:
             conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, %s)").format(table), row)
+        worker: ConnectWorker | None = None
         try:
             connector = postgres_source_settings(
                 stack.source_dsn,
@@ -57,8 +59,9 @@ def test_debezium_postgres_records_decode_with_our_decoder(
             conn.execute(sql.SQL("UPDATE {} SET name = 'TWO', qty = 22 WHERE id = 2").format(table))
             conn.execute(sql.SQL("DELETE FROM {} WHERE id = 3").format(table))
             messages = consume_all(stack.kafka_bootstrap, topic, min_count=len(ROWS) + 3, timeout=120, idle=0.5)
-            worker.stop()
         finally:
+            if worker is not None:
+                worker.stop()  # the slot is dropped only once nothing streams from it
             drop_slot_and_publication(stack.source_dsn, slot, publication)
 
     with SchemaRegistry(SchemaRegistryConfig(url=stack.registry_url)) as registry:
