@@ -14,6 +14,7 @@ types carry `connect.name` and `connect.version: 1` and no `logicalType`; Connec
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -172,7 +173,7 @@ PROPAGATED: tuple[DebeziumColumn, ...] = (
                    "character varying(40)", "forty", debezium_only=_PROPAGATE),
     DebeziumColumn("c_char", "character(3)", "'ab'",
                    {"type": "string", "connect.parameters": _source("BPCHAR", 3, 0)}, "ab ",
-                   "character(3)", "ab ", debezium_only=_PROPAGATE),
+                   "character(3)", "ab", debezium_only=_PROPAGATE),  # `::text` of a character(n) drops the padding
     DebeziumColumn("c_int2", "smallint", "7",
                    {"type": "int", "connect.type": "int16", "connect.parameters": _source("INT2", 5, 0)}, 7,
                    "smallint", "7", debezium_only=_PROPAGATE),
@@ -217,3 +218,70 @@ def row_of(columns: tuple[DebeziumColumn, ...], **changes: Any) -> dict[str, Any
 
 def expected_texts(columns: tuple[DebeziumColumn, ...]) -> tuple[str, ...]:
     return tuple(c.text for c in columns)
+
+
+# The envelope around the rows, as Debezium's PostgreSQL connector registers it (`{prefix}.{schema}.{table}`).
+SOURCE_SCHEMA: dict[str, Any] = {
+    "type": "record", "name": "Source", "namespace": "io.debezium.connector.postgresql",
+    "fields": [
+        {"name": "version", "type": "string"}, {"name": "connector", "type": "string"},
+        {"name": "name", "type": "string"}, {"name": "ts_ms", "type": "long"},
+        {"name": "snapshot", "type": [{"type": "string", "connect.version": 1,
+                                       "connect.parameters": {"allowed": "true,first,first_in_data_collection,"
+                                                              "last_in_data_collection,last,false,incremental"},
+                                       "connect.default": "false", "connect.name": "io.debezium.data.Enum"},
+                                      "null"], "default": "false"},
+        {"name": "db", "type": "string"}, {"name": "sequence", "type": ["null", "string"], "default": None},
+        {"name": "ts_us", "type": ["null", "long"], "default": None},
+        {"name": "ts_ns", "type": ["null", "long"], "default": None},
+        {"name": "schema", "type": "string"}, {"name": "table", "type": "string"},
+        {"name": "txId", "type": ["null", "long"], "default": None},
+        {"name": "lsn", "type": ["null", "long"], "default": None},
+        {"name": "xmin", "type": ["null", "long"], "default": None},
+    ],
+    "connect.name": "io.debezium.connector.postgresql.Source",
+}  # fmt: skip
+
+TRANSACTION_SCHEMA: dict[str, Any] = {
+    "type": "record", "name": "block", "namespace": "event",
+    "fields": [{"name": "id", "type": "string"}, {"name": "total_order", "type": "long"},
+               {"name": "data_collection_order", "type": "long"}],
+    "connect.version": 1, "connect.name": "event.block",
+}  # fmt: skip
+
+
+def value_schema(name: str, columns: tuple[DebeziumColumn, ...]) -> dict[str, Any]:
+    """The Envelope schema `{name}.Envelope` (`name` = `{prefix}.{schema}.{table}`) with its `Value`."""
+    row = {"type": "record", "name": "Value", "namespace": name, "fields": [field_of(c) for c in columns],
+           "connect.name": f"{name}.Value"}
+    return {
+        "type": "record", "name": "Envelope", "namespace": name,
+        "fields": [
+            {"name": "before", "type": ["null", row], "default": None},
+            {"name": "after", "type": ["null", "Value"], "default": None},
+            {"name": "source", "type": copy.deepcopy(SOURCE_SCHEMA)},
+            {"name": "transaction", "type": ["null", copy.deepcopy(TRANSACTION_SCHEMA)], "default": None},
+            {"name": "op", "type": "string"},
+            {"name": "ts_ms", "type": ["null", "long"], "default": None},
+            {"name": "ts_us", "type": ["null", "long"], "default": None},
+            {"name": "ts_ns", "type": ["null", "long"], "default": None},
+        ],
+        "connect.version": 2, "connect.name": f"{name}.Envelope",
+    }  # fmt: skip
+
+
+def key_schema(name: str, columns: tuple[DebeziumColumn, ...]) -> dict[str, Any]:
+    """The key schema `{name}.Key`: the key columns, not null."""
+    return {"type": "record", "name": "Key", "namespace": name,
+            "fields": [field_of(c) for c in columns if c.key], "connect.name": f"{name}.Key"}
+
+
+def source_block(*, db: str, schema: str, table: str, lsn: int, last_commit: int | None, tx: int | None,
+                 snapshot: str = "false", name: str = "dbz", ts_ms: int = 1_735_732_800_000) -> dict[str, Any]:
+    """A `source` value: `sequence` is `["<last commit lsn>","<lsn>"]` as Debezium writes it."""
+    return {
+        "version": "3.6.0.Final", "connector": "postgresql", "name": name, "ts_ms": ts_ms, "snapshot": snapshot,
+        "db": db, "sequence": json.dumps([None if last_commit is None else str(last_commit), str(lsn)]),
+        "ts_us": ts_ms * 1000, "ts_ns": ts_ms * 1_000_000, "schema": schema, "table": table, "txId": tx,
+        "lsn": lsn, "xmin": None,
+    }  # fmt: skip

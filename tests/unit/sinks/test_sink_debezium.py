@@ -3,7 +3,6 @@ to a destination column type and value."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -16,66 +15,36 @@ from core.records import AvroSchema, Record
 from sinks.postgres import debezium
 from sinks.postgres.changes import to_changes
 from sinks.postgres.types import DestinationType, column_type, source_column_type
-from tests.support.debezium_types import ADAPTIVE, CONNECT, PROPAGATED, TABLES, DebeziumColumn, field_of, row_of
+from tests.support.debezium_types import (
+    ADAPTIVE,
+    CONNECT,
+    PROPAGATED,
+    TABLES,
+    DebeziumColumn,
+    field_of,
+    key_schema,
+    row_of,
+    source_block,
+    value_schema,
+)
 
 pytestmark = pytest.mark.unit
 
 PREFIX = "dbz.public.items"
-VALUE = {"type": "record", "name": "Value", "namespace": PREFIX,
-         "fields": [field_of(c) for c in ADAPTIVE], "connect.name": f"{PREFIX}.Value"}
-SOURCE = {
-    "type": "record", "name": "Source", "namespace": "io.debezium.connector.postgresql",
-    "fields": [
-        {"name": "version", "type": "string"}, {"name": "connector", "type": "string"},
-        {"name": "name", "type": "string"}, {"name": "ts_ms", "type": "long"},
-        {"name": "snapshot", "type": [{"type": "string", "connect.version": 1,
-                                       "connect.parameters": {"allowed": "true,first,first_in_data_collection,"
-                                                              "last_in_data_collection,last,false,incremental"},
-                                       "connect.default": "false", "connect.name": "io.debezium.data.Enum"},
-                                      "null"], "default": "false"},
-        {"name": "db", "type": "string"}, {"name": "sequence", "type": ["null", "string"], "default": None},
-        {"name": "ts_us", "type": ["null", "long"], "default": None},
-        {"name": "ts_ns", "type": ["null", "long"], "default": None},
-        {"name": "schema", "type": "string"}, {"name": "table", "type": "string"},
-        {"name": "txId", "type": ["null", "long"], "default": None},
-        {"name": "lsn", "type": ["null", "long"], "default": None},
-        {"name": "xmin", "type": ["null", "long"], "default": None},
-    ],
-    "connect.name": "io.debezium.connector.postgresql.Source",
-}
-ENVELOPE = AvroSchema.of({
-    "type": "record", "name": "Envelope", "namespace": PREFIX,
-    "fields": [
-        {"name": "before", "type": ["null", VALUE], "default": None},
-        {"name": "after", "type": ["null", f"{PREFIX}.Value"], "default": None},
-        {"name": "source", "type": SOURCE},
-        {"name": "transaction", "type": ["null", {
-            "type": "record", "name": "block", "namespace": "event",
-            "fields": [{"name": "id", "type": "string"}, {"name": "total_order", "type": "long"},
-                       {"name": "data_collection_order", "type": "long"}],
-            "connect.version": 1, "connect.name": "event.block"}], "default": None},
-        {"name": "op", "type": "string"},
-        {"name": "ts_ms", "type": ["null", "long"], "default": None},
-    ],
-    "connect.version": 2, "connect.name": f"{PREFIX}.Envelope",
-})
-KEY = AvroSchema.of({"type": "record", "name": "Key", "namespace": PREFIX,
-                     "fields": [{"name": "id", "type": "int"}], "connect.name": f"{PREFIX}.Key"})
+ENVELOPE = AvroSchema.of(value_schema(PREFIX, ADAPTIVE))
+KEY = AvroSchema.of(key_schema(PREFIX, ADAPTIVE))
 
 
 def source(lsn: int | None, *, commit: int | None = None, tx: int | None = 700, snapshot: str = "false",
            table: str = "items", db: str = "shop") -> dict[str, Any]:
-    return {
-        "version": "3.6.0.Final", "connector": "postgresql", "name": "dbz", "ts_ms": 1_735_732_800_000,
-        "snapshot": snapshot, "db": db, "sequence": json.dumps([None if commit is None else str(commit), str(lsn)]),
-        "ts_us": None, "ts_ns": None, "schema": "public", "table": table, "txId": tx, "lsn": lsn, "xmin": None,
-    }
+    return source_block(db=db, schema="public", table=table, lsn=lsn or 0, last_commit=commit, tx=tx,
+                        snapshot=snapshot) | ({} if lsn is not None else {"lsn": None})
 
 
 def record(op: str, key: int, src: dict[str, Any], *, offset: int = 0, partition: int = 0) -> Record:
     row = row_of(ADAPTIVE, id=key)
     value = {"before": row if op == "d" else None, "after": None if op == "d" else row, "source": src,
-             "transaction": None, "op": op, "ts_ms": 1_735_732_800_500}
+             "transaction": None, "op": op, "ts_ms": 1_735_732_800_500, "ts_us": None, "ts_ns": None}
     return Record(PREFIX, {"id": key}, value, KEY, ENVELOPE, partition=partition, offset=offset)
 
 
