@@ -226,3 +226,16 @@ def test_every_table_has_a_key_and_distinct_column_names() -> None:
         names = [c.name for c in columns]
         assert len(set(names)) == len(names)
         assert [c.name for c in columns if c.key] == ["id"]
+
+
+def test_a_truncate_without_key_gets_a_derived_id_too() -> None:
+    value = {"before": None, "after": None, "source": source(6000, commit=5000), "transaction": None, "op": "t",
+             "ts_ms": 1_735_732_800_500, "ts_us": None, "ts_ns": None}
+    [change] = to_changes(Record(PREFIX, None, value, None, ENVELOPE, partition=0, offset=5))
+    assert change.op == "t"
+    assert change.change_id == uuid.uuid5(debezium.NAMESPACE, "debezium:shop:public.items:6000:700:t:null")
+    assert change.position == (6000, 6000)
+
+
+def test_a_debezium_tombstone_changes_nothing() -> None:
+    assert to_changes(Record(PREFIX, {"id": 1}, None, KEY, None, partition=0, offset=6)) == []
