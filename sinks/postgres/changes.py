@@ -3,7 +3,8 @@
 Two record shapes are understood:
 
 - the Debezium-style envelope (`before`/`after`/`source`/`op`/`change_id`/`unchanged_toast`, see
-  docs/event-format.md);
+  docs/event-format.md); one without a change id (neither field nor header) is Debezium's own, whose id and
+  position are derived from its `source` block (`debezium.py`);
 - flat records, after a source-side `unwrap`: the value is the row, `change_id` comes from the header of that
   name, `(commit_lsn, lsn)` from the header `source_lsn` (`commit:lsn`, decimal); a null value (tombstone with a
   key) or `__deleted == "true"` is a delete; a string or bytes value equal to the source's unchanged-TOAST
@@ -31,6 +32,7 @@ from core.errors import PoisonMessageError, SchemaError
 from core.records import SNAPSHOT_COMPLETE_HEADER, AvroSchema, Record
 from schemas.avro import named_types, normalize
 from schemas.types import UNAVAILABLE_BYTES, UNAVAILABLE_VALUE
+from sinks.postgres import debezium
 from sinks.postgres.types import ColumnType, column_type
 
 UPSERT_OPS = frozenset("cur")
@@ -386,22 +388,32 @@ def _flat(record: Record, shape: Shape, value: Mapping[str, Any], partition: int
     )  # fmt: skip
 
 
-def _envelope(record: Record, shape: Shape, value: Mapping[str, Any], partition: int, offset: int) -> Change:
-    op = value.get("op")
-    if op not in ("c", "u", "d", "r", "t"):
-        raise PoisonMessageError(f"envelope op {op!r} is not one of c, u, d, r, t")
-    source = value.get("source") or {}
+def _identity(
+    record: Record, value: Mapping[str, Any], source: Mapping[str, Any], op: str
+) -> tuple[uuid.UUID, int, int]:
+    """The change id and `(commit_lsn, lsn)` of an envelope: ours carries them; Debezium's own envelope (no change
+    id as field or header) has them derived from its source block."""
+    raw_id = value.get("change_id") or _header_text(record, "change_id")
+    if raw_id is None:
+        return debezium.change_id(source, op, record.key), *debezium.position(source, op)
+    change_id = _parse_uuid(raw_id, "change_id")
     commit_lsn, lsn = source.get("commit_lsn"), source.get("lsn")
     if not isinstance(lsn, int):
         position = _header_position(record)
         if position is None:
             raise PoisonMessageError("envelope has no source.lsn and no source_lsn header")
-        commit_lsn, lsn = position
-    if not isinstance(commit_lsn, int):
-        commit_lsn = lsn
-    raw_id = value.get("change_id") or _header_text(record, "change_id")
-    if raw_id is None:
-        raise PoisonMessageError("envelope has no change_id")
+        return change_id, *position
+    return change_id, (commit_lsn if isinstance(commit_lsn, int) else lsn), lsn
+
+
+def _envelope(record: Record, shape: Shape, value: Mapping[str, Any], partition: int, offset: int) -> Change:
+    op = value.get("op")
+    if op not in ("c", "u", "d", "r", "t"):
+        raise PoisonMessageError(f"envelope op {op!r} is not one of c, u, d, r, t")
+    source = value.get("source") or {}
+    if not _is_mapping(source):
+        raise PoisonMessageError("envelope source is not a record")
+    change_id, commit_lsn, lsn = _identity(record, value, source, op)
     schema, table = source.get("schema"), source.get("table")
     if not isinstance(schema, str) or not isinstance(table, str):
         fallback_schema, fallback_table = _source_from_topic(record.topic)
@@ -423,7 +435,7 @@ def _envelope(record: Record, shape: Shape, value: Mapping[str, Any], partition:
     if not isinstance(ts_ms, int):
         ts_ms = None
     return Change(
-        record.topic, partition, offset, op, _parse_uuid(raw_id, "change_id"), commit_lsn, lsn,
+        record.topic, partition, offset, op, change_id, commit_lsn, lsn,
         schema, table, shape, key, row, unchanged, ts_ms,
     )  # fmt: skip
 

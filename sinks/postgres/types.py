@@ -1,9 +1,11 @@
 """Avro field -> PostgreSQL column type, and value conversion for the COPY fast path.
 
 A field's `pg.type` property (the source column's type as `format_type` prints it) wins when it names a
-built-in type; otherwise the type is derived from the Avro type, its `logicalType` and its Debezium
-`connect.name`. Type text reaches SQL only after it matched the grammar below and the built-in list,
-so nothing from a schema is spliced into DDL unchecked.
+built-in type; then Debezium's `__debezium.source.column.type` / `.length` / `.scale` Connect parameters
+(written with `column.propagate.source.type`); otherwise the type is derived from the Avro type, its
+`logicalType` and its Kafka Connect `connect.name` (Debezium's semantic types and Connect's logical types, with
+their `connect.parameters`). Type text reaches SQL only after it matched the grammar below and the built-in
+list, so nothing from a schema is spliced into DDL unchecked.
 """
 
 from __future__ import annotations
@@ -199,6 +201,34 @@ def _variable_decimal(value: Any) -> Any:
     return value
 
 
+def _connect_decimal(scale: int) -> ValueConverter:
+    """Connect's `Decimal` (bytes, big-endian two's complement unscaled value, scale in the schema's parameters),
+    for readers that left the bytes undecoded (no `logicalType` or no `scale` attribute on the Avro type)."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return Decimal(int.from_bytes(value, "big", signed=True)).scaleb(-scale, _EXACT)
+        return value
+
+    return convert
+
+
+def _bits(length: int) -> ValueConverter:
+    """Debezium's `Bits`: the bit string read as a binary number, little-endian bytes, leading zero bytes dropped
+    (`BitSet.toByteArray`); `length` (the column's declared bit count) restores the leading zero bits."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return format(int.from_bytes(value, "little"), f"0{length}b")
+        return value
+
+    return convert
+
+
+def _bit_of_boolean(value: Any) -> Any:
+    return ("1" if value else "0") if isinstance(value, bool) else value
+
+
 def _element_text(value: Any) -> str:
     """An array element as PostgreSQL parses it back, exactly (no exponent for decimals, full timestamps)."""
     if isinstance(value, str):
@@ -267,11 +297,50 @@ _CONNECT_NAMES: dict[str, tuple[str, ValueConverter | None]] = {
     "io.debezium.time.ZonedTimestamp": ("timestamp with time zone", None),
     "io.debezium.time.ZonedTime": ("time with time zone", None),
     "io.debezium.time.MicroDuration": ("interval", _micro_duration),
+    "io.debezium.time.Interval": ("interval", None),
     "io.debezium.data.Json": ("jsonb", None),
     "io.debezium.data.Uuid": ("uuid", None),
     "io.debezium.data.Xml": ("xml", None),
+    "io.debezium.data.Enum": ("text", None),
+    "io.debezium.data.EnumSet": ("text", None),
     "io.debezium.data.VariableScaleDecimal": ("numeric", _variable_decimal),
+    # Kafka Connect's own logical types: Debezium's `time.precision.mode: connect` (millisecond precision).
+    "org.apache.kafka.connect.data.Date": ("date", _days),
+    "org.apache.kafka.connect.data.Time": ("time without time zone", _clock(1_000)),
+    "org.apache.kafka.connect.data.Timestamp": ("timestamp without time zone", _epoch(1_000, zone=False)),
 }
+
+CONNECT_DECIMAL = "org.apache.kafka.connect.data.Decimal"
+DEBEZIUM_BITS = "io.debezium.data.Bits"
+SOURCE_COLUMN_TYPE = "__debezium.source.column.type"
+SOURCE_COLUMN_LENGTH = "__debezium.source.column.length"
+SOURCE_COLUMN_SCALE = "__debezium.source.column.scale"
+
+# PostgreSQL's internal type names (what Debezium's PostgreSQL connector puts in `__debezium.source.column.type`)
+# -> `format_type` spelling, and which modifiers the source column's length / scale give.
+_SOURCE_TYPES: dict[str, tuple[str, str]] = {
+    "int2": ("smallint", ""), "smallserial": ("smallint", ""), "int4": ("integer", ""), "serial": ("integer", ""),
+    "int8": ("bigint", ""), "bigserial": ("bigint", ""), "oid": ("oid", ""),
+    "float4": ("real", ""), "float8": ("double precision", ""), "numeric": ("numeric", "ls"),
+    "decimal": ("numeric", "ls"), "money": ("money", ""), "bool": ("boolean", ""),
+    "varchar": ("character varying", "l"), "bpchar": ("character", "l"), "text": ("text", ""), "name": ("name", ""),
+    "char": ('"char"', ""), "bytea": ("bytea", ""),
+    "date": ("date", ""), "time": ("time without time zone", ""), "timetz": ("time with time zone", ""),
+    "timestamp": ("timestamp without time zone", ""), "timestamptz": ("timestamp with time zone", ""),
+    "interval": ("interval", ""),
+    "uuid": ("uuid", ""), "json": ("json", ""), "jsonb": ("jsonb", ""), "xml": ("xml", ""),
+    "bit": ("bit", "l"), "varbit": ("bit varying", "l"),
+    "inet": ("inet", ""), "cidr": ("cidr", ""), "macaddr": ("macaddr", ""), "macaddr8": ("macaddr8", ""),
+    "point": ("point", ""), "line": ("line", ""), "lseg": ("lseg", ""), "box": ("box", ""), "path": ("path", ""),
+    "polygon": ("polygon", ""), "circle": ("circle", ""), "tsvector": ("tsvector", ""), "tsquery": ("tsquery", ""),
+    "int4range": ("int4range", ""), "int8range": ("int8range", ""), "numrange": ("numrange", ""),
+    "tsrange": ("tsrange", ""), "tstzrange": ("tstzrange", ""), "daterange": ("daterange", ""),
+    "pg_lsn": ("pg_lsn", ""),
+}  # fmt: skip
+# PostgreSQL's own limits on the modifiers; JDBC reports larger numbers for unconstrained columns
+# (e.g. a length of 131089 for a numeric without precision, 2147483647 for a varchar without length).
+_MAX_NUMERIC_PRECISION = 1000
+_MAX_CHARACTER_LENGTH = 10_485_760
 
 _LOGICAL: dict[str, tuple[str, ValueConverter | None]] = {
     "date": ("date", _days),
@@ -342,6 +411,20 @@ def _from_avro(avro: Any, where: str) -> tuple[DestinationType, ValueConverter |
     if isinstance(connect_name, str) and connect_name in _CONNECT_NAMES:
         base, convert = _CONNECT_NAMES[connect_name]
         return DestinationType(base), convert
+    parameters = _parameters(avro)
+    if connect_name == CONNECT_DECIMAL:
+        declared_scale = avro.get("scale")
+        scale = _int_parameter(parameters, "scale")
+        if scale is None:
+            scale = declared_scale if isinstance(declared_scale, int) else 0
+        precision = _int_parameter(parameters, "connect.decimal.precision")
+        mods = (precision, scale) if precision is not None and 0 < precision <= _MAX_NUMERIC_PRECISION else ()
+        return DestinationType("numeric", mods), _connect_decimal(scale)
+    if connect_name == DEBEZIUM_BITS:
+        length = _int_parameter(parameters, "length")
+        if length is None or not 0 < length <= _MAX_CHARACTER_LENGTH:
+            raise SchemaError(f"{where}: io.debezium.data.Bits without a `length` parameter")
+        return DestinationType("bit varying"), _bits(length)
     logical = avro.get("logicalType")
     if logical == "decimal":
         precision, scale = avro.get("precision"), avro.get("scale", 0)
@@ -364,11 +447,68 @@ def _from_avro(avro: Any, where: str) -> tuple[DestinationType, ValueConverter |
     raise SchemaError(f"{where}: unsupported Avro type {kind!r}", hint="set the field's `pg.type` property")
 
 
+def _parameters(avro: Mapping[str, Any]) -> Mapping[str, Any]:
+    parameters = avro.get("connect.parameters")
+    return parameters if isinstance(parameters, Mapping) else {}
+
+
+def _int_parameter(parameters: Mapping[str, Any], name: str) -> int | None:
+    """A Connect parameter (always a string on the wire) as an int, None when absent or not a number."""
+    value = parameters.get(name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None
+
+
+def source_column_type(parameters: Mapping[str, Any]) -> DestinationType | None:
+    """The source column's type from Debezium's `__debezium.source.column.*` parameters, when they name a
+    built-in type (a user-defined enum or domain gives None: the type derived from the encoding is used)."""
+    name = parameters.get(SOURCE_COLUMN_TYPE)
+    if not isinstance(name, str):
+        return None
+    name = name.strip().lower()
+    arrays = 0
+    if name.startswith("_"):  # PostgreSQL names an array type after its element with a leading underscore
+        name, arrays = name[1:], 1
+    found = _SOURCE_TYPES.get(name)
+    if found is None:
+        return None
+    base, modifiers = found
+    length = _int_parameter(parameters, SOURCE_COLUMN_LENGTH)
+    scale = _int_parameter(parameters, SOURCE_COLUMN_SCALE)
+    mods: tuple[int, ...] = ()
+    if arrays == 0 and modifiers == "ls" and length is not None and 0 < length <= _MAX_NUMERIC_PRECISION:
+        mods = (length, scale or 0)
+    elif arrays == 0 and modifiers == "l" and length is not None and 0 < length <= _MAX_CHARACTER_LENGTH:
+        mods = (length,)
+    return DestinationType(base, mods, arrays)
+
+
+def _source_parameters(avro: Any) -> Mapping[str, Any]:
+    """The Connect parameters of a field's (non-null) type, where Debezium puts the source column's type."""
+    members, _ = _members(avro)
+    if len(members) == 1 and isinstance(members[0], Mapping):
+        return _parameters(members[0])
+    return {}
+
+
 def column_type(field: Mapping[str, Any], where: str) -> ColumnType:
-    """The destination column of one Avro record field (`pg.type` wins when it is a built-in type)."""
+    """The destination column of one Avro record field (`pg.type` wins when it is a built-in type, then
+    Debezium's source column type parameters, then the type derived from the encoding)."""
     _, nullable = _members(field.get("type"))
     derived, convert = _from_avro(field.get("type"), where)
     declared = field.get("pg.type")
+    if not isinstance(declared, str):
+        source = source_column_type(_source_parameters(field.get("type")))
+        if source is not None:
+            if source.base in {"bit", "bit varying"} and derived.base == "boolean":
+                convert = _bit_of_boolean  # Debezium sends a bit(1) as a Connect boolean
+            declared = str(source)
     if isinstance(declared, str):
         parsed = DestinationType.parse(declared)
         if parsed is not None:
