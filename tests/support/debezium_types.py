@@ -132,7 +132,9 @@ ADAPTIVE: tuple[DebeziumColumn, ...] = (
                    "bigint", "9007199254740993"),
     DebeziumColumn("c_bytea", "bytea", "'\\x00ff'", {"type": "bytes"}, b"\x00\xff", "bytea", "\\x00ff"),
 )
-"""Debezium's defaults: `time.precision.mode: adaptive`, `decimal.handling.mode: precise`."""
+"""Debezium's defaults: `time.precision.mode: adaptive`, `decimal.handling.mode: precise`. The real connector
+writes `time` / `timestamp` (precision 6) as `MicroTime` / `MicroTimestamp`, so `c_time_ns` / `c_ts_ns` get those
+from it; their `Nano*` encodings here are read only by the hand-built-envelope test."""
 
 _CONNECT_MODE = {"time.precision.mode": "connect"}
 
@@ -282,7 +284,8 @@ def key_schema(name: str, columns: tuple[DebeziumColumn, ...]) -> dict[str, Any]
 
 def source_block(*, db: str, schema: str, table: str, lsn: int, last_commit: int | None, tx: int | None,
                  snapshot: str = "false", name: str = "dbz", ts_ms: int = 1_735_732_800_000) -> dict[str, Any]:
-    """A `source` value: `sequence` is `["<last commit lsn>","<lsn>"]` as Debezium writes it."""
+    """A `source` value, `sequence` being `[last_commit, lsn]` (the real connector writes its transaction's first
+    change's LSN first, see docs/event-format.md; a larger first element here checks the sink takes the maximum)."""
     return {
         "version": "3.6.0.Final", "connector": "postgresql", "name": name, "ts_ms": ts_ms, "snapshot": snapshot,
         "db": db, "sequence": json.dumps([None if last_commit is None else str(last_commit), str(lsn)]),

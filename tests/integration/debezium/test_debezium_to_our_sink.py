@@ -87,13 +87,15 @@ def test_debezium_source_applied_by_our_sink_once(
             )
             worker = connect_worker({prefix: settings})
             consume_all(stack.kafka_bootstrap, topic, min_count=len(SNAPSHOT_KEYS), timeout=120, idle=0.2)
-            # Streamed, one transaction each.
-            conn.execute(_insert(schema, columns, 4))
+            # Streamed in two transactions of two changes each.
             column, literal = _UPDATE[mode]
-            conn.execute(sql.SQL("UPDATE {} SET {} = {} WHERE id = 1").format(
-                items, sql.Identifier(column), sql.SQL(literal)))  # type: ignore[arg-type]
-            conn.execute(sql.SQL("DELETE FROM {} WHERE id = 2").format(items))
-            conn.execute(sql.SQL("UPDATE {} SET id = 5 WHERE id = 3").format(items))
+            with conn.transaction():
+                conn.execute(_insert(schema, columns, 4))
+                conn.execute(sql.SQL("UPDATE {} SET {} = {} WHERE id = 1").format(
+                    items, sql.Identifier(column), sql.SQL(literal)))  # type: ignore[arg-type]
+            with conn.transaction():
+                conn.execute(sql.SQL("DELETE FROM {} WHERE id = 2").format(items))
+                conn.execute(sql.SQL("UPDATE {} SET id = 5 WHERE id = 3").format(items))
             messages = consume_all(stack.kafka_bootstrap, topic, min_count=CHANGES, timeout=120, idle=0.5)
         finally:
             if worker is not None:
@@ -110,6 +112,9 @@ def test_debezium_source_applied_by_our_sink_once(
             (decoder.decode(m.value())[0], decoder.decode(m.key())[0]) for m in messages if m.value() is not None
         ]
     assert [v["op"] for v, _ in events] == ["r", "r", "r", "c", "u", "d", "d", "c"]
+    # What docs/event-format.md says of Debezium's `sequence`: its first LSN is never above the event's own, so a
+    # streamed change's row-guard position is its own `lsn`.
+    assert all(debezium.position(v["source"], v["op"]) == (v["source"]["lsn"],) * 2 for v, _ in events[3:])
     change_ids = [str(debezium.change_id(v["source"], v["op"], k)) for v, k in events]
     assert len(set(change_ids)) == len(change_ids)
 
@@ -118,6 +123,11 @@ def test_debezium_source_applied_by_our_sink_once(
     env.target.execute(sql.SQL("SET TimeZone = {}").format(sql.Literal(TIME_ZONE)))
     applied = _rows(table_texts(env.target, sql.Identifier(destination), names, ["id"]), names)
     assert _differences(applied, expected) == []
+    types = env.target.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (destination,)
+    ).fetchall()
+    assert {n: t for n, t in types if n in names} == {c.name: c.destination_type for c in columns}
     assert applied == expected
     assert ledger_count(env, change_ids) == len(change_ids)
     assert _ledger_rows(env, destination) == len(change_ids)
