@@ -7,12 +7,11 @@ event, and the ledger and the row guard work on them as on ours.
 
 Position `(commit_lsn, lsn)`:
 
-- a streamed change (`c`, `u`, `d`, `t`): `(max(sequence[0], lsn), lsn)`. `sequence[0]` is the LSN of the last
-  commit the connector had seen when it emitted the event: the same for every event of a transaction, and at least
-  the commit of every transaction streamed before it (pgoutput streams transactions in commit order). An event's
-  own `lsn` is below its transaction's commit. So the first component grows strictly from one transaction to the
-  next that touches the same row, and `lsn` orders the changes within one. When `sequence` is absent or its first
-  element null (the first transaction after a start without a known commit), the first component is `lsn`.
+- a streamed change (`c`, `u`, `d`, `t`): `(max(sequence[0], lsn), lsn)`, `lsn` when `sequence` is absent or its
+  first element null. Debezium 3.6 over pgoutput writes there the LSN of the transaction's first change (null for
+  the first transaction after it started), never above the event's own `lsn`, so the first component is in effect
+  `lsn`. That orders the changes of one row: PostgreSQL's row locks let a transaction write a row only after the
+  previous writer of that row committed, so its change sits in the WAL above that commit.
 - a snapshot read (`r`): `(0, lsn)`, `lsn` being the snapshot's LSN. Below every streamed change, including a
   transaction that began before the snapshot and committed after it (its `lsn` values can lie below the
   snapshot's and its `sequence[0]` can be null); a later snapshot's rows are above an earlier snapshot's.
@@ -58,7 +57,7 @@ def _int(value: Any) -> int | None:
 
 
 def last_commit_lsn(source: Mapping[str, Any]) -> int | None:
-    """`sequence[0]` of Debezium's PostgreSQL `source.sequence` (`["<last commit lsn>","<lsn>"]`), if any."""
+    """`sequence[0]` of Debezium's PostgreSQL `source.sequence` (a JSON list of two LSNs in decimal), if any."""
     sequence = source.get("sequence")
     if not isinstance(sequence, str):
         return None

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from devstack.connect import ConnectInstall, ConnectWorker, ensure_install
+from tests.integration.sinks.conftest import env  # noqa: F401  (the sink tests' fixture: a sink on the stack)
 from tests.support.connect import connect_home
 from tests.support.stack import Stack
 
