@@ -102,7 +102,11 @@ def test_a_table_created_while_streaming_is_added_and_its_earlier_rows_copied(so
         events = without_markers(env.read(env.topic(new), min_count=10))
         assert [e.key for e in without_markers(env.read(env.topic(a), min_count=2))] == [{"id": 1}]
         assert source.source.status()["table_copies"][f"public.{new}"]["done"] is True
-    assert sorted(e.key["id"] for e in events if e.value and e.value["op"] == "r") == [1, 2, 3, 4, 5]
+    # The copy reads the table as of its own consistent point, which may fall before or after the statements that
+    # follow the table's joining the publication: every row written before it joined and never deleted is copied,
+    # and the rows rebuilt by highest position (what the sink's guard does) equal the source either way.
+    copied = {e.key["id"] for e in events if e.value and e.value["op"] == "r"}
+    assert {1, 2, 4, 5} <= copied
     assert materialize(events) == source_rows(env, new)
 
 
