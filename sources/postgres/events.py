@@ -243,6 +243,12 @@ class TableEvents:
                 out.append(Record(self._topic, key, None, key_schema, None, headers))
         return out
 
+    def register(self, schema_ids: SchemaIds) -> None:
+        """Register the table's key and value schemas now (registration order is what `newest` reads back)."""
+        if self._key_schema is not None:
+            schema_ids(self._topic, self._key_schema, True)
+        schema_ids(self._topic, self._value_schema, False)
+
     def envelope_writer(self, schema_ids: SchemaIds) -> EnvelopeWriter | None:
         """The table's generated envelope writer framed with ids from `schema_ids`; None if it does not fit."""
         if self._writer_ids is schema_ids:

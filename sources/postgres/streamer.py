@@ -322,6 +322,12 @@ class Streamer:
                 # Typed here from the message itself, renames found here once; worker processes get the aliases.
                 events = self._factory.for_relation(message)
                 if self._pool is not None:
+                    # Worker processes register schemas in whatever order they finish; registering each shape here,
+                    # in stream order, keeps the subject's newest version the table's newest shape (renames are
+                    # found against it after a restart).
+                    schema_ids = self._delivery.schema_ids
+                    if schema_ids is not None:
+                        events.register(schema_ids)
                     self._pool.relation(message, events.aliases)
                 else:
                     self._relations[message.relation_id] = events
