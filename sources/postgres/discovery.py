@@ -48,11 +48,13 @@ from sources.postgres.selection import (
 )
 from sources.postgres.slots import StateStore
 from sources.postgres.snapshot import SnapshotReader, SnapshotTable, TableProgress
+from sources.postgres.snapshotter import produce_table_rows
 from sources.postgres.status import SourceStatus
 
 log = logging.getLogger(__name__)
 
 _KEEPALIVE_S = 1.0
+_COPY_CHUNK = 1000  # rows per acknowledgement slot; the stream's keepalive is looked at between slots
 """Longest time between two status updates while a copy runs."""
 
 
@@ -170,36 +172,28 @@ class TableWatch:
             progress = TableProgress(str(table), reader.estimate(table))
             self._copies[str(table)] = progress.as_dict()
             self._publish()
-            tracker = self._delivery.tracker
-            produce_all = self._output.produce_all
-            ts_ms = int(time.time() * 1000)
-            ack = tracker.open()
             last_keepalive = self._clock()
-            previous: Any = None
-            for row in reader.rows(plan):
-                if previous is not None:
-                    produce_all(events.records((events.snapshot_row(previous, point, ts_ms, "true"),)), ack)
-                    progress.rows += 1
-                    if progress.rows % 1000 == 0:
-                        tracker.close(ack, 0)
-                        ack = tracker.open()
-                        self._delivery.poll(0)
-                        if self._clock() - last_keepalive >= _KEEPALIVE_S:
-                            keepalive()
-                            last_keepalive = self._clock()
-                            self._copies[str(table)] = progress.as_dict()
-                            self._publish()
-                        if self._stop.is_set():
-                            tracker.close(ack, 0)
-                            log.info("stop requested while copying %s; the copy restarts on the next run", table)
-                            return
-                previous = row
-            if previous is not None:
-                produce_all(events.records((events.snapshot_row(previous, point, ts_ms, "last"),)), ack)
-                progress.rows += 1
-            if config.snapshot.complete_markers:
-                self._output.produce_everywhere(events.snapshot_complete(point), ack)
-            tracker.close(ack, 0)
+
+            def between_chunks() -> bool:
+                nonlocal last_keepalive
+                self._delivery.poll(0)
+                if self._clock() - last_keepalive >= _KEEPALIVE_S:
+                    keepalive()
+                    last_keepalive = self._clock()
+                    self._copies[str(table)] = progress.as_dict()
+                    self._publish()
+                if self._stop.is_set():
+                    log.info("stop requested while copying %s; the copy restarts on the next run", table)
+                    return True
+                return False
+
+            finished = produce_table_rows(
+                reader.rows(plan), events, output=self._output, tracker=self._delivery.tracker, point=point,
+                ts_ms=int(time.time() * 1000), final_marker="last", chunk=_COPY_CHUNK,
+                complete_markers=config.snapshot.complete_markers, progress=progress, between_chunks=between_chunks,
+            )  # fmt: skip
+            if not finished:
+                return
         finally:
             reader.close()
         self._delivery.flush()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from core.delivery import KafkaDelivery
+from core.delivery import AckTracker, KafkaDelivery
 from core.metrics import SNAPSHOT_ROWS
 from sources.postgres.config import PostgresSourceConfig
 from sources.postgres.events import EventFactory, TableEvents
@@ -55,7 +55,6 @@ class Snapshotter:
         slot_name = config.slot.name
         store = self._store
         delivery = self._delivery
-        produce_all = self._output.produce_all
         reader = SnapshotReader(
             config.dsn.get_secret_value(),
             created.snapshot_name,
@@ -81,32 +80,23 @@ class Snapshotter:
             for index, (events, plan) in enumerate(plans):
                 last_table = index == len(plans) - 1
                 table_progress = progress.tables[str(plan.ref)]
-                ack_slot = delivery.tracker.open()
-                in_slot = 0
-                previous: Any = None
-                for row in reader.rows(plan):
-                    if previous is not None:
-                        produce_all(events.records((events.snapshot_row(previous, point, ts_ms, "true"),)), ack_slot)
-                        in_slot += 1
-                        table_progress.rows += 1
-                        if in_slot >= chunk:
-                            delivery.tracker.close(ack_slot, 0)
-                            ack_slot = delivery.tracker.open()
-                            in_slot = 0
-                            delivery.poll(0)
-                            reporter.tick(table_progress)
-                            self._status.publish(snapshot=progress.as_dict())
-                            if self._stop.is_set():
-                                log.info("stop requested during the snapshot; it will restart on the next run")
-                                return
-                    previous = row
-                if previous is not None:
-                    marker = "last" if last_table else "true"
-                    produce_all(events.records((events.snapshot_row(previous, point, ts_ms, marker),)), ack_slot)
-                    table_progress.rows += 1
-                if config.snapshot.complete_markers:
-                    self._output.produce_everywhere(events.snapshot_complete(point), ack_slot)
-                delivery.tracker.close(ack_slot, 0)
+                def between_chunks(table_progress: TableProgress = table_progress) -> bool:
+                    delivery.poll(0)
+                    reporter.tick(table_progress)
+                    self._status.publish(snapshot=progress.as_dict())
+                    if self._stop.is_set():
+                        log.info("stop requested during the snapshot; it will restart on the next run")
+                        return True
+                    return False
+
+                finished = produce_table_rows(
+                    reader.rows(plan), events, output=self._output, tracker=delivery.tracker, point=point,
+                    ts_ms=ts_ms, final_marker="last" if last_table else "true", chunk=chunk,
+                    complete_markers=config.snapshot.complete_markers, progress=table_progress,
+                    between_chunks=between_chunks,
+                )  # fmt: skip
+                if not finished:
+                    return
                 table_progress.done = True
                 SNAPSHOT_ROWS.labels(table=str(plan.ref)).inc(table_progress.rows)
                 reporter.tick(table_progress, force=True)
@@ -124,3 +114,49 @@ class Snapshotter:
         finally:
             reporter.close()
             reader.close()
+
+
+def produce_table_rows(
+    rows: Iterable[Any],
+    events: TableEvents,
+    *,
+    output: RecordOutput,
+    tracker: AckTracker,
+    point: int,
+    ts_ms: int,
+    final_marker: str,
+    chunk: int,
+    complete_markers: bool,
+    progress: TableProgress,
+    between_chunks: Callable[[], bool],
+) -> bool:
+    """Produce one table's rows read in a snapshot as `op = r` records at `point`, the last one marked `final_marker`,
+    then (with `complete_markers`) the snapshot-complete marker on every partition.
+
+    Records go out in acknowledgement slots of `chunk` rows that confirm no position; `between_chunks` runs after
+    each full slot and returns True to stop, in which case the table is unfinished and False is returned.
+    """
+    produce_all = output.produce_all
+    ack = tracker.open()
+    in_slot = 0
+    previous: Any = None
+    for row in rows:
+        if previous is not None:
+            produce_all(events.records((events.snapshot_row(previous, point, ts_ms, "true"),)), ack)
+            in_slot += 1
+            progress.rows += 1
+            if in_slot >= chunk:
+                tracker.close(ack, 0)
+                ack = tracker.open()
+                in_slot = 0
+                if between_chunks():
+                    tracker.close(ack, 0)
+                    return False
+        previous = row
+    if previous is not None:
+        produce_all(events.records((events.snapshot_row(previous, point, ts_ms, final_marker),)), ack)
+        progress.rows += 1
+    if complete_markers:
+        output.produce_everywhere(events.snapshot_complete(point), ack)
+    tracker.close(ack, 0)
+    return True

@@ -73,19 +73,24 @@ def source_section(name: str, table: str, *, prefix: str | None = None) -> dict[
     }
 
 
+def sink_section(name: str) -> dict[str, Any]:
+    """The `sink` config applying every topic under `name` to `public`, tables named as in the source."""
+    return {
+        "dsn": "${CDC_TARGET_DSN}",
+        "topics_regex": f"^{name}\\..*",
+        "target_schema": "public",
+        "table_name_format": "{table}",
+        "batch": {"max_records": 500, "max_wait_ms": 100},
+    }
+
+
 def write_config(path: Path, name: str, table: str, port: int, transforms: dict[str, Any] | None = None) -> None:
     config = {
         "name": name,
         "kafka": {"bootstrap_servers": "${CDC_KAFKA_BOOTSTRAP}"},
         "schema_registry": {"url": "${CDC_SCHEMA_REGISTRY_URL}"},
         "source": source_section(name, table),
-        "sink": {
-            "dsn": "${CDC_TARGET_DSN}",
-            "topics_regex": f"^{name}\\..*",
-            "target_schema": "public",
-            "table_name_format": "{table}",
-            "batch": {"max_records": 500, "max_wait_ms": 100},
-        },
+        "sink": sink_section(name),
         "transforms": transforms or {"source": [], "sink": []},
         "server": {"port": port},
     }

@@ -23,8 +23,11 @@ from tests.integration.pipeline_support import (
     drop_replication_state,
     drop_tables,
     free_port,
+    sink_section,
+    source_section,
     start_connector,
     stop_connector,
+    table_digest,
     wait_until,
 )
 from tests.support.helpers import http_get
@@ -63,27 +66,16 @@ def columns_of(dsn: str, table: str) -> list[str]:
     return [str(r[0]) for r in rows if not str(r[0]).startswith("__cdc_")]
 
 
-def digest(dsn: str, table: str, columns: list[str]) -> tuple[int, str]:
-    query = sql.SQL(
-        "SELECT count(*), coalesce(md5(string_agg(row({cols})::text, ',' ORDER BY id)), '') FROM {t}"
-    ).format(cols=sql.SQL(", ").join(map(sql.Identifier, columns)), t=sql.Identifier("public", table))
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(query).fetchone()
-    assert row is not None
-    return int(row[0]), str(row[1])
-
-
 def assert_target_equals_source(run: Run, table: str | None = None, timeout: float = 120) -> None:
     table = table or run.table
     columns = columns_of(run.stack.source_dsn, table)
 
     def equal() -> bool:
-        try:
-            if columns_of(run.stack.target_dsn, table) and set(columns) <= set(columns_of(run.stack.target_dsn, table)):
-                return digest(run.stack.target_dsn, table, columns) == digest(run.stack.source_dsn, table, columns)
-        except psycopg.errors.UndefinedTable:
+        target_columns = columns_of(run.stack.target_dsn, table)
+        if not target_columns or not set(columns) <= set(target_columns):
             return False
-        return False
+        target = table_digest(run.stack.target_dsn, "public", table, columns)
+        return target == table_digest(run.stack.source_dsn, "public", table, columns)
 
     wait_until(equal, timeout, f"{table} in the destination to equal the source", run.process)
 
@@ -152,24 +144,11 @@ def pipeline(
         "kafka": {"bootstrap_servers": "${CDC_KAFKA_BOOTSTRAP}"},
         "schema_registry": {"url": "${CDC_SCHEMA_REGISTRY_URL}"},
         "source": {
-            "dsn": "${CDC_SOURCE_DSN}",
-            "topic_prefix": name,
-            "slot": {"name": name},
-            "publication": {"name": name},
+            **source_section(name, f"{name}_*"),
             "tables": {"include": [f"public.{name}_*"], "discovery_interval_s": 1},
-            "snapshot": {"mode": "initial"},
-            "heartbeat": {"interval_s": 1},
-            "status_interval_s": 1,
             **(source or {}),
         },
-        "sink": {
-            "dsn": "${CDC_TARGET_DSN}",
-            "topics_regex": f"^{name}\\..*",
-            "target_schema": "public",
-            "table_name_format": "{table}",
-            "batch": {"max_records": 500, "max_wait_ms": 100},
-            **(sink or {}),
-        },
+        "sink": {**sink_section(name), **(sink or {})},
         "transforms": {"source": [], "sink": []},
         "server": {"port": port},
     }

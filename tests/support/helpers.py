@@ -121,7 +121,7 @@ def rows_read_by_pg8000(dsn: str, schema: str, table: str, columns: list[str]) -
     conn = pg8000.native.Connection(
         user=str(params.get("user", "postgres")),
         host=str(params.get("host", "127.0.0.1")),
-        port=int(params.get("port", 5432)),
+        port=int(str(params.get("port", 5432))),
         database=str(params["dbname"]),
         password=str(params["password"]) if params.get("password") else None,
     )
