@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CDC_HOME ?= .cdc
 export CDC_HOME
 
-.PHONY: quickstart test venv lint typecheck pytest dev-up dev-down dev-status
+.PHONY: quickstart test venv lint typecheck pytest helm manifests dev-up dev-down dev-status
 
 venv: $(VENV)/.installed
 
@@ -34,8 +34,17 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv
+pytest: venv helm
 	$(BIN)/pytest
+
+# helm, built once from its Go module into a cache directory (minutes the first time; tests/deploy renders
+# the chart with it). HELM=/path/to/helm uses an installed one instead.
+helm:
+	deploy/tools/helm version --short
+
+# The plain Kubernetes manifests in deploy/manifests/, rendered from the Helm chart (tests fail when stale).
+manifests: helm
+	deploy/tools/render-manifests
 
 dev-up: venv
 	$(BIN)/cdc dev up
