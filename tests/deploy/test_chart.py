@@ -20,7 +20,8 @@ import pytest
 from connector.config import ConnectorConfig, load_config
 from tests.deploy.conftest import CHART, HELM, REPO_ROOT, Render, run_helm
 
-pytestmark = pytest.mark.unit
+# The first test builds helm when no cached binary exists: minutes on a busy machine.
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(1800)]
 
 CASES = {
     "defaults": (),
@@ -319,11 +320,16 @@ def test_pods_run_unprivileged_on_a_read_only_root(render: Render, case: str) ->
     assert uid is not None
     for deployment in deployments(render(*CASES[case])):
         pod = deployment["spec"]["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True
-        assert pod["securityContext"]["runAsUser"] == int(uid.group(1))  # the image's own user
-        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        if deployment["metadata"]["labels"]["app.kubernetes.io/component"] == "sidecar":
+            assert "securityContext" not in pod  # the application's pod: its own business
+        else:
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         container = connector(deployment)
         security = container["securityContext"]
+        # A number: the image's USER is a name, which Kubernetes cannot verify as non-root.
+        assert security["runAsNonRoot"] is True
+        assert security["runAsUser"] == int(uid.group(1))
         assert security["readOnlyRootFilesystem"] is True
         assert security["allowPrivilegeEscalation"] is False
         assert security["capabilities"] == {"drop": ["ALL"]}
@@ -392,6 +398,23 @@ def test_a_second_source_that_would_fail_on_the_slot_is_refused(helm: Path) -> N
     assert single.returncode == 0, single.stderr
 
 
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("sidecar.enabled=true",), "sidecar.enabled needs sidecar.config"),
+        (("sidecar.enabled=true", "sidecar.config.name=x"), "sidecar.enabled needs sidecar.app"),
+        (("sink.autoscaling.enabled=true", "sink.autoscaling.maxReplicas=0"), "maxReplicas must be at least"),
+    ],
+)
+def test_incomplete_values_are_refused_with_the_fix(helm: Path, sets: tuple[str, ...], message: str) -> None:
+    args: list[str | Path] = ["template", "cdc", CHART]
+    for assignment in sets:
+        args += ["--set", assignment]
+    done = run_helm(*args)
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
 def test_sink_replicas_share_one_consumer_group(render: Render, tmp_path: Path) -> None:
     objects = render()
     sink = named(objects, "Deployment", "cdc-cdc-connector-sink")
@@ -443,6 +466,7 @@ def test_sidecar_runs_beside_the_application_container(render: Render, tmp_path:
     (pod_owner,) = deployments(objects)
     containers = pod_owner["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == ["app", "connector"]
+    assert "securityContext" not in containers[0]
     assert containers[0]["image"] == "registry.example.com/shop/web:1.4.2"
     assert containers[0]["readinessProbe"] == {"httpGet": {"path": "/ready", "port": "web"}}
     config = loaded_config(objects, pod_owner, tmp_path)

@@ -128,7 +128,8 @@ An empty readinessPath renders no readiness probe (the sidecar form).
 - name: tls
   secret:
     secretName: {{ .Values.tls.secretName }}
-    defaultMode: 0440
+    # Readable by the connector's user without an fsGroup (the sidecar form's pod may have none).
+    defaultMode: 0444
 {{- end }}
 {{- end -}}
 
@@ -156,8 +157,10 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 terminationGracePeriodSeconds: {{ add .root.Values.shutdownGraceSeconds .root.Values.terminationMarginSeconds }}
+{{- with (hasKey .values "podSecurityContext" | ternary .values.podSecurityContext .root.Values.podSecurityContext) }}
 securityContext:
-  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- with (.values.nodeSelector | default .root.Values.nodeSelector) }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
