@@ -22,7 +22,11 @@ from importlib import resources
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from core.errors import StackError
 from devstack import jvm, processes
@@ -229,6 +233,55 @@ def _properties_text(settings: Mapping[str, str]) -> str:
     return "".join(f"{escape_key(key)}={escape(value)}\n" for key, value in settings.items())
 
 
+def jdbc_connection_settings(dsn: str) -> dict[str, str]:
+    """`connection.url` / `.username` / `.password` of Debezium's JDBC sink for a libpq DSN (URL or key=value).
+
+    Only host, port and database go into the URL; the password stays out of it (and out of logs that print the
+    URL), as its own setting.
+    """
+    params: dict[str, Any] = conninfo_to_dict(dsn)
+    if not params.get("dbname"):
+        raise StackError(f"the DSN names no database: {_without_password(params)}")
+    host, port = str(params.get("host") or HOST), str(params.get("port") or 5432)
+    settings = {
+        "connection.url": f"jdbc:postgresql://{host}:{port}/{quote(str(params['dbname']), safe='')}",
+        "connection.username": str(params.get("user") or "postgres"),
+    }
+    if params.get("password"):
+        settings["connection.password"] = str(params["password"])
+    return settings
+
+
+def _without_password(params: Mapping[str, Any]) -> str:
+    return " ".join(f"{key}={value}" for key, value in params.items() if key != "password")
+
+
+def jdbc_sink_settings(dsn: str, registry_url: str, *, topics: Sequence[str], **extra: str) -> dict[str, str]:
+    """Debezium's JDBC sink applying `topics` to the database of `dsn`, as a Debezium user would configure it.
+
+    Upserts keyed by the record key, deletes (and tombstones) applied, tables created and widened from the
+    records' schemas, each table named after the `source` block's table (`collection.name.format`), keys and
+    values read by Apicurio's Avro converter in Confluent wire format. `extra` adds or overrides settings (a
+    benchmark's `dialect.postgres.unnest.insert.enabled`, `batch.size`, ...).
+    """
+    if not topics:
+        raise StackError("the JDBC sink needs at least one topic")
+    settings = {
+        "connector.class": JDBC_SINK_CONNECTOR_CLASS,
+        "tasks.max": "1",
+        "topics": ",".join(topics),
+        **jdbc_connection_settings(dsn),
+        "insert.mode": "upsert",
+        "primary.key.mode": "record_key",
+        "delete.enabled": "true",
+        "schema.evolution": "basic",
+        "collection.name.format": "${source.table}",
+        **avro_converter_settings("key.converter", registry_url),
+        **avro_converter_settings("value.converter", registry_url),
+    }
+    return {**settings, **extra}
+
+
 def plugin_of(connector_class: str) -> Plugin:
     """The plugin a connector class comes from."""
     known = {POSTGRES_CONNECTOR_CLASS: Plugin.POSTGRES, JDBC_SINK_CONNECTOR_CLASS: Plugin.JDBC_SINK}
@@ -345,6 +398,24 @@ class ConnectWorker:
                 raise self._failure(f"connector {pending[0]} not RUNNING within {timeout:.0f}s ({state})")
             time.sleep(0.25)
 
+    def failure(self) -> str | None:
+        """Why the worker no longer does its work (it exited, or a connector or task FAILED); None while it does."""
+        record = self._require_record()
+        if not processes.is_running(record):
+            return f"Kafka Connect exited (code {processes.exit_code(record)})"
+        for name in self._connectors:
+            status = self.status(name)
+            failed = _failed_part(status) if status is not None else None
+            if failed is not None:
+                return f"connector {name} failed: {failed}"
+        return None
+
+    def raise_if_failed(self) -> None:
+        """A StackError with the log tail if `failure()` has something to say."""
+        failed = self.failure()
+        if failed is not None:
+            raise self._failure(failed)
+
     def stop(self) -> None:
         if self._record is not None:
             processes.stop(self._record, timeout=30.0)
@@ -367,6 +438,70 @@ class ConnectWorker:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def start_jdbc_sink(
+    install: ConnectInstall,
+    workdir: Path,
+    *,
+    bootstrap: str,
+    registry_url: str,
+    dsn: str,
+    topics: Sequence[str],
+    name: str = "jdbc-sink",
+    extra: Mapping[str, str] | None = None,
+    heap: Sequence[str] = ("-Xms256m", "-Xmx2g"),
+    timeout: float = 180.0,
+) -> ConnectWorker:
+    """A started worker running Debezium's JDBC sink (`jdbc_sink_settings`) on `topics` into `dsn`'s database.
+
+    The caller stops it (`stop()`, or use the worker as a context manager after `start` has run here).
+    """
+    settings = jdbc_sink_settings(dsn, registry_url, topics=topics, **dict(extra or {}))
+    worker = ConnectWorker(
+        install, workdir, bootstrap=bootstrap, registry_url=registry_url, connectors={name: settings}, heap=heap
+    )
+    worker.start(timeout=timeout)
+    return worker
+
+
+def count_rows(dsn: str, table: sql.Composable) -> int | None:
+    """`count(*)` of `table` (a `sql.Identifier`), or None while the sink has not created it yet."""
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        try:
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None
+    return int(row[0]) if row is not None else 0
+
+
+def wait_for_rows(
+    worker: ConnectWorker,
+    dsn: str,
+    table: sql.Composable,
+    count: int,
+    *,
+    timeout: float = 300.0,
+    interval: float = 0.5,
+) -> float:
+    """Wait until `table` holds at least `count` rows; the seconds it took.
+
+    Fails at once (StackError with the worker's log tail) when the worker exits or its connector or a task
+    FAILED (Debezium's JDBC sink kills its task on a record it cannot write), and after `timeout` otherwise.
+    Counting rows rather than consumer lag: the JDBC sink commits no offsets for records it skipped.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    seen: int | None = None
+    while True:
+        seen = count_rows(dsn, table)
+        if seen is not None and seen >= count:
+            return time.monotonic() - started
+        worker.raise_if_failed()
+        if time.monotonic() >= deadline:
+            have = "no table yet" if seen is None else f"{seen} rows"
+            raise worker._failure(f"{table.as_string()} did not reach {count} rows within {timeout:.0f}s ({have})")
+        time.sleep(interval)
 
 
 def _all_running(status: Mapping[str, Any]) -> bool:
