@@ -384,18 +384,18 @@ class ConnectWorker:
         while pending:
             record = self._require_record()
             if not processes.is_running(record):
-                raise self._failure(f"Kafka Connect exited (code {processes.exit_code(record)}) before it ran")
+                raise self.error(f"Kafka Connect exited (code {processes.exit_code(record)}) before it ran")
             status = self.status(pending[0])
             if status is not None:
                 failed = _failed_part(status)
                 if failed is not None:
-                    raise self._failure(f"connector {pending[0]} failed: {failed}")
+                    raise self.error(f"connector {pending[0]} failed: {failed}")
                 if _all_running(status):
                     pending.pop(0)
                     continue
             if time.monotonic() >= deadline:
                 state = json.dumps(status) if status is not None else "no status from the REST API"
-                raise self._failure(f"connector {pending[0]} not RUNNING within {timeout:.0f}s ({state})")
+                raise self.error(f"connector {pending[0]} not RUNNING within {timeout:.0f}s ({state})")
             time.sleep(0.25)
 
     def failure(self) -> str | None:
@@ -414,7 +414,7 @@ class ConnectWorker:
         """A StackError with the log tail if `failure()` has something to say."""
         failed = self.failure()
         if failed is not None:
-            raise self._failure(failed)
+            raise self.error(failed)
 
     def stop(self) -> None:
         if self._record is not None:
@@ -426,7 +426,8 @@ class ConnectWorker:
             raise StackError("the Connect worker is not started")
         return self._record
 
-    def _failure(self, message: str) -> StackError:
+    def error(self, message: str) -> StackError:
+        """A StackError saying `message`, with the end of the worker's log."""
         tail = "\n".join(processes.tail(self.log, 25))
         return StackError(f"{message}\n--- last lines of {self.log} ---\n{tail}", hint=f"see {self.log}")
 
@@ -500,7 +501,7 @@ def wait_for_rows(
         worker.raise_if_failed()
         if time.monotonic() >= deadline:
             have = "no table yet" if seen is None else f"{seen} rows"
-            raise worker._failure(f"{table.as_string()} did not reach {count} rows within {timeout:.0f}s ({have})")
+            raise worker.error(f"{table.as_string()} did not reach {count} rows within {timeout:.0f}s ({have})")
         time.sleep(interval)
 
 
@@ -514,11 +515,17 @@ def _all_running(status: Mapping[str, Any]) -> bool:
 
 
 def _failed_part(status: Mapping[str, Any]) -> str | None:
-    """The first line of the trace of the connector or a task that FAILED, if any did."""
+    """The first line of the trace of the connector or a task that FAILED, if any did, and its innermost cause.
+
+    Connect wraps what went wrong (`Tolerance exceeded in error handler`, `JDBC sink connector failure`): the last
+    `Caused by:` line is the converter's or the sink's own message.
+    """
     parts = [("connector", status.get("connector", {}))]
     parts += [(f"task {task.get('id')}", task) for task in status.get("tasks") or []]
     for label, part in parts:
         if part.get("state") == "FAILED":
             trace = str(part.get("trace") or "no trace").strip().splitlines()
-            return f"{label}: {trace[0] if trace else 'no trace'}"
+            causes = [line.removeprefix("Caused by: ") for line in trace if line.startswith("Caused by: ")]
+            cause = f" (caused by {causes[-1]})" if causes else ""
+            return f"{label}: {trace[0] if trace else 'no trace'}{cause}"
     return None
