@@ -32,7 +32,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from devstack.connect import ConnectWorker, jdbc_sink_settings, wait_for_rows
+from devstack.connect import ConnectInstall, ConnectWorker, jdbc_sink_settings, start_jdbc_sink, wait_for_rows
 from schemas.types import SESSION_SETTINGS, output_text
 from tests.integration.debezium.conftest import StartWorker
 from tests.integration.pipeline_support import (
@@ -342,6 +342,7 @@ def _run(
     stack: Stack,
     unique_name: Callable[[str], str],
     connect_worker: StartWorker,
+    connect_install: ConnectInstall,
     tmp_path: Path,
     columns: tuple[Column, ...],
     *,
@@ -358,7 +359,6 @@ def _run(
             for index in range(SNAPSHOT_ROWS):
                 conn.execute(_insert(table, columns, index + 1, index))
         printed = _printed_differences(stack.source_dsn, table, columns)
-        sink = jdbc_sink_settings(destination, stack.registry_url, topics=[topic])
         try:
             if writer == "ours":
                 port = free_port()
@@ -366,12 +366,17 @@ def _run(
                 _source_config(config_path, name, table, port)
                 process = start_connector(config_path, stack, log_path)
                 wait_until(lambda: http_get(port, "/readyz")[0] == 200, 90, "/readyz", process)
-                worker = connect_worker({name: sink})
+                # As a benchmark starts it (`start_jdbc_sink`), stopped below.
+                worker = start_jdbc_sink(
+                    connect_install, tmp_path / "jdbc-sink", bootstrap=stack.kafka_bootstrap,
+                    registry_url=stack.registry_url, dsn=destination, topics=[topic], name=name,
+                )  # fmt: skip
             else:
                 source = postgres_source_settings(
                     stack.source_dsn, stack.registry_url, topic_prefix=name, tables=[f"public.{table}"],
                     slot=slot, publication=publication,
                 )  # fmt: skip
+                sink = jdbc_sink_settings(destination, stack.registry_url, topics=[topic])
                 worker = connect_worker({f"{name}_source": source, name: sink})
             # What a benchmark waits with; it fails at once, with the Connect log, should the sink's task die.
             wait_for_rows(worker, destination, sql.Identifier(table), SNAPSHOT_ROWS, timeout=180)
@@ -407,31 +412,43 @@ def _run(
                 }  # fmt: skip
             assert _destination_types(destination, table) == source_types | expected_types
         finally:
+            if worker is not None:
+                worker.stop()  # Debezium's slot is dropped only once nothing streams from it
             if process is not None:
                 stop_connector(process)
                 drop_replication_state(stack.source_dsn, name, name)
             if writer == "debezium":
-                if worker is not None:
-                    worker.stop()  # its slot is dropped only once nothing streams from it
                 drop_slot_and_publication(stack.source_dsn, slot, publication)
 
 
 def test_jdbc_sink_applies_our_topic_of_basic_types(
-    stack: Stack, unique_name: Callable[[str], str], connect_worker: StartWorker, tmp_path: Path
+    stack: Stack,
+    unique_name: Callable[[str], str],
+    connect_worker: StartWorker,
+    connect_install: ConnectInstall,
+    tmp_path: Path,
 ) -> None:
-    _run(stack, unique_name, connect_worker, tmp_path, BASIC)
+    _run(stack, unique_name, connect_worker, connect_install, tmp_path, BASIC)
 
 
 def test_jdbc_sink_applies_our_topic_of_every_type(
-    stack: Stack, unique_name: Callable[[str], str], connect_worker: StartWorker, tmp_path: Path
+    stack: Stack,
+    unique_name: Callable[[str], str],
+    connect_worker: StartWorker,
+    connect_install: ConnectInstall,
+    tmp_path: Path,
 ) -> None:
-    _run(stack, unique_name, connect_worker, tmp_path, EVERY_TYPE)
+    _run(stack, unique_name, connect_worker, connect_install, tmp_path, EVERY_TYPE)
 
 
 def test_debeziums_own_source_through_the_jdbc_sink_gives_the_documented_destination(
-    stack: Stack, unique_name: Callable[[str], str], connect_worker: StartWorker, tmp_path: Path
+    stack: Stack,
+    unique_name: Callable[[str], str],
+    connect_worker: StartWorker,
+    connect_install: ConnectInstall,
+    tmp_path: Path,
 ) -> None:
     """The reference for the test above: `EVERY_TYPE`'s documented differences are exactly what a Debezium user
     gets from Debezium's PostgreSQL connector (default settings) and the same JDBC sink."""
     columns = tuple(c for c in EVERY_TYPE if c.name not in NOT_STREAMED_BY_DEBEZIUM)
-    _run(stack, unique_name, connect_worker, tmp_path, columns, writer="debezium")
+    _run(stack, unique_name, connect_worker, connect_install, tmp_path, columns, writer="debezium")
