@@ -349,6 +349,8 @@ def _run(
     writer: Literal["ours", "debezium"] = "ours",
 ) -> None:
     """Capture a table of `columns` with `writer`'s source, apply it with the JDBC sink, compare (see the top)."""
+    undocumented = [c.name for c in columns if (c.destination_type or c.destination_texts) and not c.why]
+    assert not undocumented, f"a difference without its reason: {undocumented}"
     name, table = unique_name("jdbcsink"), unique_name("jdbcsink")
     topic = f"{name}.public.{table}"
     slot, publication = unique_name("jdbcsink_slot"), unique_name("jdbcsink_pub")
