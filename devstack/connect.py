@@ -22,7 +22,11 @@ from importlib import resources
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from core.errors import StackError
 from devstack import jvm, processes
@@ -229,6 +233,55 @@ def _properties_text(settings: Mapping[str, str]) -> str:
     return "".join(f"{escape_key(key)}={escape(value)}\n" for key, value in settings.items())
 
 
+def jdbc_connection_settings(dsn: str) -> dict[str, str]:
+    """`connection.url` / `.username` / `.password` of Debezium's JDBC sink for a libpq DSN (URL or key=value).
+
+    Only host, port and database go into the URL; the password stays out of it (and out of logs that print the
+    URL), as its own setting.
+    """
+    params: dict[str, Any] = conninfo_to_dict(dsn)
+    if not params.get("dbname"):
+        raise StackError(f"the DSN names no database: {_without_password(params)}")
+    host, port = str(params.get("host") or HOST), str(params.get("port") or 5432)
+    settings = {
+        "connection.url": f"jdbc:postgresql://{host}:{port}/{quote(str(params['dbname']), safe='')}",
+        "connection.username": str(params.get("user") or "postgres"),
+    }
+    if params.get("password"):
+        settings["connection.password"] = str(params["password"])
+    return settings
+
+
+def _without_password(params: Mapping[str, Any]) -> str:
+    return " ".join(f"{key}={value}" for key, value in params.items() if key != "password")
+
+
+def jdbc_sink_settings(dsn: str, registry_url: str, *, topics: Sequence[str], **extra: str) -> dict[str, str]:
+    """Debezium's JDBC sink applying `topics` to the database of `dsn`, as a Debezium user would configure it.
+
+    Upserts keyed by the record key, deletes (and tombstones) applied, tables created and widened from the
+    records' schemas, each table named after the `source` block's table (`collection.name.format`), keys and
+    values read by Apicurio's Avro converter in Confluent wire format. `extra` adds or overrides settings (a
+    benchmark's `dialect.postgres.unnest.insert.enabled`, `batch.size`, ...).
+    """
+    if not topics:
+        raise StackError("the JDBC sink needs at least one topic")
+    settings = {
+        "connector.class": JDBC_SINK_CONNECTOR_CLASS,
+        "tasks.max": "1",
+        "topics": ",".join(topics),
+        **jdbc_connection_settings(dsn),
+        "insert.mode": "upsert",
+        "primary.key.mode": "record_key",
+        "delete.enabled": "true",
+        "schema.evolution": "basic",
+        "collection.name.format": "${source.table}",
+        **avro_converter_settings("key.converter", registry_url),
+        **avro_converter_settings("value.converter", registry_url),
+    }
+    return {**settings, **extra}
+
+
 def plugin_of(connector_class: str) -> Plugin:
     """The plugin a connector class comes from."""
     known = {POSTGRES_CONNECTOR_CLASS: Plugin.POSTGRES, JDBC_SINK_CONNECTOR_CLASS: Plugin.JDBC_SINK}
@@ -331,19 +384,37 @@ class ConnectWorker:
         while pending:
             record = self._require_record()
             if not processes.is_running(record):
-                raise self._failure(f"Kafka Connect exited (code {processes.exit_code(record)}) before it ran")
+                raise self.error(f"Kafka Connect exited (code {processes.exit_code(record)}) before it ran")
             status = self.status(pending[0])
             if status is not None:
                 failed = _failed_part(status)
                 if failed is not None:
-                    raise self._failure(f"connector {pending[0]} failed: {failed}")
+                    raise self.error(f"connector {pending[0]} failed: {failed}")
                 if _all_running(status):
                     pending.pop(0)
                     continue
             if time.monotonic() >= deadline:
                 state = json.dumps(status) if status is not None else "no status from the REST API"
-                raise self._failure(f"connector {pending[0]} not RUNNING within {timeout:.0f}s ({state})")
+                raise self.error(f"connector {pending[0]} not RUNNING within {timeout:.0f}s ({state})")
             time.sleep(0.25)
+
+    def failure(self) -> str | None:
+        """Why the worker no longer does its work (it exited, or a connector or task FAILED); None while it does."""
+        record = self._require_record()
+        if not processes.is_running(record):
+            return f"Kafka Connect exited (code {processes.exit_code(record)})"
+        for name in self._connectors:
+            status = self.status(name)
+            failed = _failed_part(status) if status is not None else None
+            if failed is not None:
+                return f"connector {name} failed: {failed}"
+        return None
+
+    def raise_if_failed(self) -> None:
+        """A StackError with the log tail if `failure()` has something to say."""
+        failed = self.failure()
+        if failed is not None:
+            raise self.error(failed)
 
     def stop(self) -> None:
         if self._record is not None:
@@ -355,7 +426,8 @@ class ConnectWorker:
             raise StackError("the Connect worker is not started")
         return self._record
 
-    def _failure(self, message: str) -> StackError:
+    def error(self, message: str) -> StackError:
+        """A StackError saying `message`, with the end of the worker's log."""
         tail = "\n".join(processes.tail(self.log, 25))
         return StackError(f"{message}\n--- last lines of {self.log} ---\n{tail}", hint=f"see {self.log}")
 
@@ -369,6 +441,70 @@ class ConnectWorker:
         self.stop()
 
 
+def start_jdbc_sink(
+    install: ConnectInstall,
+    workdir: Path,
+    *,
+    bootstrap: str,
+    registry_url: str,
+    dsn: str,
+    topics: Sequence[str],
+    name: str = "jdbc-sink",
+    extra: Mapping[str, str] | None = None,
+    heap: Sequence[str] = ("-Xms256m", "-Xmx2g"),
+    timeout: float = 180.0,
+) -> ConnectWorker:
+    """A started worker running Debezium's JDBC sink (`jdbc_sink_settings`) on `topics` into `dsn`'s database.
+
+    The caller stops it (`stop()`, or use the worker as a context manager after `start` has run here).
+    """
+    settings = jdbc_sink_settings(dsn, registry_url, topics=topics, **dict(extra or {}))
+    worker = ConnectWorker(
+        install, workdir, bootstrap=bootstrap, registry_url=registry_url, connectors={name: settings}, heap=heap
+    )
+    worker.start(timeout=timeout)
+    return worker
+
+
+def count_rows(dsn: str, table: sql.Composable) -> int | None:
+    """`count(*)` of `table` (a `sql.Identifier`), or None while the sink has not created it yet."""
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        try:
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None
+    return int(row[0]) if row is not None else 0
+
+
+def wait_for_rows(
+    worker: ConnectWorker,
+    dsn: str,
+    table: sql.Composable,
+    count: int,
+    *,
+    timeout: float = 300.0,
+    interval: float = 0.5,
+) -> float:
+    """Wait until `table` holds at least `count` rows; the seconds it took.
+
+    Fails at once (StackError with the worker's log tail) when the worker exits or its connector or a task
+    FAILED (Debezium's JDBC sink kills its task on a record it cannot write), and after `timeout` otherwise.
+    Counting rows rather than consumer lag: the JDBC sink commits no offsets for records it skipped.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    seen: int | None = None
+    while True:
+        seen = count_rows(dsn, table)
+        if seen is not None and seen >= count:
+            return time.monotonic() - started
+        worker.raise_if_failed()
+        if time.monotonic() >= deadline:
+            have = "no table yet" if seen is None else f"{seen} rows"
+            raise worker.error(f"{table.as_string()} did not reach {count} rows within {timeout:.0f}s ({have})")
+        time.sleep(interval)
+
+
 def _all_running(status: Mapping[str, Any]) -> bool:
     tasks = status.get("tasks") or []
     return (
@@ -379,11 +515,17 @@ def _all_running(status: Mapping[str, Any]) -> bool:
 
 
 def _failed_part(status: Mapping[str, Any]) -> str | None:
-    """The first line of the trace of the connector or a task that FAILED, if any did."""
+    """The first line of the trace of the connector or a task that FAILED, if any did, and its innermost cause.
+
+    Connect wraps what went wrong (`Tolerance exceeded in error handler`, `JDBC sink connector failure`): the last
+    `Caused by:` line is the converter's or the sink's own message.
+    """
     parts = [("connector", status.get("connector", {}))]
     parts += [(f"task {task.get('id')}", task) for task in status.get("tasks") or []]
     for label, part in parts:
         if part.get("state") == "FAILED":
             trace = str(part.get("trace") or "no trace").strip().splitlines()
-            return f"{label}: {trace[0] if trace else 'no trace'}"
+            causes = [line.removeprefix("Caused by: ") for line in trace if line.startswith("Caused by: ")]
+            cause = f" (caused by {causes[-1]})" if causes else ""
+            return f"{label}: {trace[0] if trace else 'no trace'}{cause}"
     return None

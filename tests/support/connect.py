@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from devstack.connect import POSTGRES_CONNECTOR_CLASS, avro_converter_settings
 from tests.support.examples import REPO_ROOT
@@ -70,3 +72,19 @@ def drop_slot_and_publication(dsn: str, slot: str, publication: str, *, timeout:
                 raise AssertionError(f"slot {slot} still active {timeout:.0f}s after its worker stopped")
             time.sleep(0.2)
         conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
+
+
+@contextmanager
+def scratch_database(dsn: str, name: str) -> Iterator[str]:
+    """A database `name` created on `dsn`'s server for one test (Debezium's JDBC sink writes into it); its DSN.
+
+    Dropped on leaving, sessions still in it (a sink that did not stop cleanly) closed by force.
+    """
+    database = sql.Identifier(name)
+    with pg_connect(dsn) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(database))
+    try:
+        yield make_conninfo(dsn, dbname=name)
+    finally:
+        with pg_connect(dsn) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(database))

@@ -130,6 +130,9 @@ def test_running_means_the_connector_and_every_task_run() -> None:
     assert connect._failed_part(running) is None
     failed = {**running, "tasks": [{"id": 0, "state": "FAILED", "trace": "org.x.Boom: no slot\n\tat a.b"}]}
     assert connect._failed_part(failed) == "task 0: org.x.Boom: no slot"
+    wrapped = "org.x.Wrapper: failure\n\tat a.b\nCaused by: org.x.Middle: m\n\tat c\nCaused by: org.x.Root: why\n\tat d"
+    died = {**running, "tasks": [{"id": 0, "state": "FAILED", "trace": wrapped}]}
+    assert connect._failed_part(died) == "task 0: org.x.Wrapper: failure (caused by org.x.Root: why)"
 
 
 def test_a_worker_that_cannot_start_fails_with_its_log_tail(tmp_path: Path) -> None:
@@ -145,3 +148,45 @@ def test_a_worker_that_cannot_start_fails_with_its_log_tail(tmp_path: Path) -> N
     with pytest.raises(StackError, match=r"(?s)Kafka Connect exited \(code 1\).*ConnectStandalone"):
         worker.start(timeout=60)
     assert "plugin.discovery=service_load" in (tmp_path / "w" / "worker.properties").read_text(encoding="utf-8")
+
+
+def test_the_jdbc_sink_connects_with_a_jdbc_url_and_the_password_apart() -> None:
+    settings = connect.jdbc_connection_settings("postgresql://app:s3cret@db.example:6543/my%20db?sslmode=disable")
+    assert settings == {
+        "connection.url": "jdbc:postgresql://db.example:6543/my%20db",
+        "connection.username": "app",
+        "connection.password": "s3cret",
+    }
+    assert connect.jdbc_connection_settings("host=127.0.0.1 dbname=target") == {
+        "connection.url": "jdbc:postgresql://127.0.0.1:5432/target",
+        "connection.username": "postgres",
+    }
+    with pytest.raises(StackError, match="names no database") as raised:
+        connect.jdbc_connection_settings("host=h user=u password=hidden")
+    assert "hidden" not in str(raised.value)
+
+
+def test_the_jdbc_sink_upserts_by_key_deletes_and_reads_avro_from_the_registry() -> None:
+    settings = connect.jdbc_sink_settings(
+        "postgresql://postgres@127.0.0.1:15432/target", REGISTRY, topics=["a.public.t", "a.public.u"]
+    )
+    assert settings["connector.class"] == "io.debezium.connector.jdbc.JdbcSinkConnector"
+    assert settings["topics"] == "a.public.t,a.public.u"
+    assert {k: settings[k] for k in ("insert.mode", "primary.key.mode", "delete.enabled", "schema.evolution")} == {
+        "insert.mode": "upsert",
+        "primary.key.mode": "record_key",
+        "delete.enabled": "true",
+        "schema.evolution": "basic",
+    }
+    assert settings["collection.name.format"] == "${source.table}"
+    assert settings["connection.url"] == "jdbc:postgresql://127.0.0.1:15432/target"
+    for side in ("key", "value"):
+        converter = connect.avro_converter_settings(f"{side}.converter", REGISTRY)
+        assert {k: settings[k] for k in converter} == converter
+    tuned = connect.jdbc_sink_settings(
+        "dbname=target", REGISTRY, topics=["t"], **{"dialect.postgres.unnest.insert.enabled": "true", "tasks.max": "2"}
+    )
+    assert tuned["dialect.postgres.unnest.insert.enabled"] == "true"
+    assert tuned["tasks.max"] == "2"
+    with pytest.raises(StackError, match="at least one topic"):
+        connect.jdbc_sink_settings("dbname=target", REGISTRY, topics=[])
