@@ -87,7 +87,8 @@ def _mirror_ports(ports: Ports) -> dict[str, int]:
     return {"cluster_a": ports.kafka, "cluster_b": ports.kafka_b}
 
 
-def _probe(name: str, ports: dict[str, int], timeout: float = 3.0) -> None:
+def _probe(name: str, ports: dict[str, int], timeout: float = 3.0, since: float | None = None) -> None:
+    """Raise unless the service answers; `since` (epoch seconds): MirrorMaker must have mirrored after it."""
     if name == "postgres":
         postgres.probe(ports["postgres"], timeout=max(1, int(timeout)))
     elif name in ("kafka", "kafka_b"):
@@ -95,7 +96,9 @@ def _probe(name: str, ports: dict[str, int], timeout: float = 3.0) -> None:
             raise StackError("Kafka's port is not open yet")
         kafka.probe(ports[name], timeout=timeout)
     elif name == "mirrormaker":
-        mirror.probe(kafka.bootstrap(ports["cluster_a"]), kafka.bootstrap(ports["cluster_b"]), timeout=timeout)
+        mirror.probe(
+            kafka.bootstrap(ports["cluster_a"]), kafka.bootstrap(ports["cluster_b"]), timeout=timeout, since=since
+        )
     else:
         registry.probe(ports[name], timeout=timeout)
 
@@ -121,7 +124,9 @@ def _wait_healthy(record: ProcessRecord, timeout: float) -> None:
             code = processes.exit_code(record)
             raise _unhealthy(record, f"exited{'' if code is None else f' with code {code}'} while starting")
         try:
-            _probe(record.name, record.ports)
+            # A restarted MirrorMaker answers only once it mirrored again: its old heartbeats are still fresh.
+            started = record.info.get("started")
+            _probe(record.name, record.ports, since=float(started) if started else None)
             return
         except Exception as exc:  # keep polling; the last error goes into the message
             last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -358,7 +363,11 @@ def _start_mirror(home: Path, ports: Ports, logs: Path, echo: Echo) -> ProcessRe
         log=logs / "mirrormaker.log",
         cwd=mm.cwd,
         ports=_mirror_ports(ports),
-        info={"version": kafka.KAFKA_VERSION, "policy": "prefix (A.<topic> in B, B.<topic> in A)"},
+        info={
+            "version": kafka.KAFKA_VERSION,
+            "policy": "prefix (A.<topic> in B, B.<topic> in A)",
+            "started": f"{time.time():.3f}",
+        },
     )
 
 
@@ -419,6 +428,6 @@ def status(home: Path) -> list[ServiceStatus]:
         # Asked of the service: a pid that ended may have been replaced by one that serves the same port.
         healthy = _is_healthy(name, record.ports)
         running = healthy or processes.is_running(record)
-        detail = ", ".join(f"{key} {value}" for key, value in record.info.items() if value)
+        detail = ", ".join(f"{key} {value}" for key, value in record.info.items() if value and key != "started")
         result.append(ServiceStatus(name, running, healthy, record.pid, record.ports, detail, record.log))
     return result

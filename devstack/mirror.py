@@ -135,8 +135,16 @@ def prepare(home: Path, bootstrap_a: str, bootstrap_b: str) -> Launch:
     return Launch(argv, base, config)
 
 
-def probe(bootstrap_a: str, bootstrap_b: str, *, timeout: float = 5.0, fresh_s: float = HEARTBEAT_FRESH_S) -> None:
-    """Raise unless both flows run now: each cluster got a heartbeat of the other, mirrored, within `fresh_s`.
+def probe(
+    bootstrap_a: str,
+    bootstrap_b: str,
+    *,
+    timeout: float = 5.0,
+    fresh_s: float = HEARTBEAT_FRESH_S,
+    since: float | None = None,
+) -> None:
+    """Raise unless both flows run now: each cluster got a heartbeat of the other, mirrored, within `fresh_s`
+    (and, with `since`, emitted after that moment: epoch seconds).
 
     A heartbeat of flow A->B is written to B's `heartbeats` and comes back to A as `B.heartbeats` through flow
     B->A (and the other way round), so a recent record in both proves both flows; the topics alone outlive the
@@ -150,6 +158,8 @@ def probe(bootstrap_a: str, bootstrap_b: str, *, timeout: float = 5.0, fresh_s: 
         age = time.time() - newest / 1000
         if age > fresh_s:
             raise StackError(f"MirrorMaker's last heartbeat from region {source} is {age:.0f}s old")
+        if since is not None and newest / 1000 < since:
+            raise StackError(f"MirrorMaker has not mirrored a heartbeat from region {source} since it started")
 
 
 def _newest_timestamp_ms(bootstrap: str, topic: str, timeout: float) -> int | None:

@@ -290,8 +290,9 @@ def change_ids_in(bootstrap: str, topic: str, timeout: float = 30.0) -> list[uui
             raw = headers.get("change_id")
             if raw is not None:
                 found.append(uuid.UUID(raw.decode() if isinstance(raw, bytes) else str(raw)))
-            if message.offset() + 1 >= ends[message.partition()]:
-                done.add(message.partition())
+            partition, offset = message.partition(), message.offset()
+            if partition is not None and offset is not None and offset + 1 >= ends[partition]:
+                done.add(partition)
         return found
     finally:
         consumer.close()

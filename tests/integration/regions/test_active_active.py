@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +59,14 @@ class Pipeline:
     def processes(self) -> list[Process]:
         return [self.source_a, self.sink_a, self.sink_b]
 
-    def check_exactly_once(self) -> dict[str, int]:
-        """Destination == source was waited for; here: the ledger holds each change id of the topic exactly once."""
-        in_kafka = set(change_ids_in(self.stack.bootstrap(REGION_A), topic_of(self.name, self.table)))
+    def check_exactly_once(self, *also: str) -> dict[str, int]:
+        """Destination == source was waited for; here: the ledger holds each change id in Kafka exactly once.
+
+        The change topic of region A's source, and that of a source in each region of `also`.
+        """
+        in_kafka: set[uuid.UUID] = set()
+        for region in (REGION_A, *also):
+            in_kafka |= set(change_ids_in(self.stack.bootstrap(region), topic_of(self.name, self.table)))
         applied = ledger(self.stack, self.table)
         every = applied["local"] | applied[REGION_A] | applied[REGION_B]
         assert every == in_kafka, (
@@ -152,7 +158,7 @@ def _group_lag(stack: TwoRegions, group: str, topic: str, bootstrap: str) -> int
     finally:
         consumer.close()
     with psycopg.connect(stack.endpoints.target_dsn, autocommit=True) as conn:
-        stored = dict(
+        stored: dict[int, int] = dict(
             conn.execute(
                 "SELECT partition, next_offset FROM cdc.sink_offsets WHERE group_id = %s AND topic = %s", (group, topic)
             ).fetchall()
@@ -231,3 +237,38 @@ def test_region_a_kafka_killed_for_30s_converges(pipeline: Pipeline) -> None:
         converged_after_load_s=f"{seconds:.1f}",
         **figures,
     )
+
+
+@pytest.mark.slow
+def test_source_fails_over_to_region_b_standby(pipeline: Pipeline) -> None:
+    stack = pipeline.stack
+    config = source_config(stack, pipeline.name, pipeline.table, REGION_B)
+    standby = Process("source-b", config, pipeline.source_a.workdir)
+    standby.start()
+    killed_at: list[float] = []
+    try:
+
+        def kill_source_a() -> None:
+            pipeline.source_a.kill()
+            killed_at.append(time.monotonic())
+
+        load(pipeline, 16, kill_source_a)
+        wait_for(
+            lambda: bool(change_ids_in(stack.bootstrap(REGION_B), topic_of(pipeline.name, pipeline.table))),
+            CONVERGE_S,
+            interval=1.0,
+            what="region B's standby source to take over the slot and produce",
+        )
+        took_over_s = time.monotonic() - killed_at[0]
+        seconds = wait_converged(stack, pipeline.table, CONVERGE_S, standby, pipeline.sink_a, pipeline.sink_b)
+        figures = pipeline.check_exactly_once(REGION_B)
+        applied = ledger(stack, pipeline.table)
+        report(
+            "source failed over from region A to region B's standby",
+            first_record_in_b_after_kill_s=f"{took_over_s:.1f}",
+            converged_after_load_s=f"{seconds:.1f}",
+            applied_via_b_topics=len(applied[REGION_B]),
+            **figures,
+        )
+    finally:
+        standby.stop()
