@@ -60,20 +60,58 @@ def up(
         int,
         _port_option("--registry-management-port", "CDC_DEV_REGISTRY_MANAGEMENT_PORT", "Schema Registry management"),
     ] = _DEFAULTS.registry_management,
+    regions: Annotated[
+        int,
+        typer.Option(
+            "--regions",
+            min=1,
+            max=2,
+            help="2: also region B (a second Kafka cluster and registry) and MirrorMaker 2 between the clusters.",
+        ),
+    ] = 1,
+    kafka_b_port: Annotated[
+        int, _port_option("--kafka-b-port", "CDC_DEV_KAFKA_B_PORT", "Region B's Kafka broker")
+    ] = _DEFAULTS.kafka_b,
+    kafka_b_controller_port: Annotated[
+        int, _port_option("--kafka-b-controller-port", "CDC_DEV_KAFKA_B_CONTROLLER_PORT", "Region B's Kafka controller")
+    ] = _DEFAULTS.kafka_b_controller,
+    registry_b_port: Annotated[
+        int, _port_option("--registry-b-port", "CDC_DEV_REGISTRY_B_PORT", "Region B's Schema Registry HTTP")
+    ] = _DEFAULTS.registry_b,
+    registry_b_management_port: Annotated[
+        int,
+        _port_option(
+            "--registry-b-management-port", "CDC_DEV_REGISTRY_B_MANAGEMENT_PORT", "Region B's registry management"
+        ),
+    ] = _DEFAULTS.registry_b_management,
     free_ports: Annotated[bool, typer.Option("--free-ports", help="Pick free ports for every service.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for each service.")] = 180.0,
 ) -> None:
     """Start PostgreSQL, Kafka and the Schema Registry (if not running), wait until they answer, write dev.env.
 
+    With --regions 2 also region B: a second Kafka cluster and registry, and MirrorMaker 2 mirroring topics both
+    ways (`A.<topic>` in B, `B.<topic>` in A); dev.env then also holds CDC_KAFKA_BOOTSTRAP_B and
+    CDC_SCHEMA_REGISTRY_URL_B. The PostgreSQL instance (destination, registry storage) is shared by both regions.
+
     A service that ran from this directory (not stopped by `cdc dev down`) keeps its ports when started again.
     """
     requested = (
-        Ports(0, 0, 0, 0, 0)
+        Ports(0, 0, 0, 0, 0, 0, 0, 0, 0)
         if free_ports
-        else Ports(pg_port, kafka_port, kafka_controller_port, registry_port, registry_management_port)
+        else Ports(
+            pg_port,
+            kafka_port,
+            kafka_controller_port,
+            registry_port,
+            registry_management_port,
+            kafka_b_port,
+            kafka_b_controller_port,
+            registry_b_port,
+            registry_b_management_port,
+        )
     )
     root = control.resolve_home(home)
-    endpoints = _run(lambda: control.up(root, requested, timeout=timeout, echo=typer.echo))
+    endpoints = _run(lambda: control.up(root, requested, timeout=timeout, echo=typer.echo, regions=regions))
     typer.echo(f"\nstack is up; endpoints in {root / 'dev.env'}:")
     for key, value in endpoints.as_env().items():
         typer.echo(f"  {key}={value}")
@@ -101,7 +139,7 @@ def status(home: HomeOption = None) -> None:
         where = " ".join(f"{key}={port}" for key, port in svc.ports.items())
         pid = f"pid {svc.pid}" if svc.pid else "-"
         extra = f"  [{svc.detail}]" if svc.detail else ""
-        typer.echo(f"{control.LABELS[svc.name]:<18} {state:<24} {pid:<10} {where}{extra}")
+        typer.echo(f"{control.LABELS[svc.name]:<22} {state:<24} {pid:<10} {where}{extra}")
     if all(svc.healthy for svc in services):
         return
     if not any(svc.pid for svc in services):

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from connector.config_loader import read_env_file
 from core.errors import StackError
-from devstack import kafka, postgres, processes, registry
+from devstack import kafka, mirror, postgres, processes, registry
 from devstack.env_file import ENV_FILE_NAME, Endpoints, write_env_file
 from devstack.ports import Ports, is_free, is_listening, require_free
 from devstack.processes import ProcessRecord
@@ -28,7 +28,18 @@ from devstack.processes import ProcessRecord
 HOME_ENV = "CDC_HOME"
 DEFAULT_HOME = ".cdc"
 SERVICES = ("postgres", "kafka", "registry")
-LABELS = {"postgres": "PostgreSQL", "kafka": "Apache Kafka", "registry": "Apicurio Registry"}
+# What `up --regions 2` adds: region B's Kafka cluster and registry, and MirrorMaker 2 between the two clusters.
+# The shared PostgreSQL (destination, registry storage) stands for a global database; see docs/active-active.md.
+REGION_B_SERVICES = ("kafka_b", "registry_b", "mirrormaker")
+ALL_SERVICES = SERVICES + REGION_B_SERVICES
+LABELS = {
+    "postgres": "PostgreSQL",
+    "kafka": "Apache Kafka",
+    "registry": "Apicurio Registry",
+    "kafka_b": "Apache Kafka (B)",
+    "registry_b": "Apicurio Registry (B)",
+    "mirrormaker": "MirrorMaker 2",
+}
 REGISTRY_IN_MEMORY_NOTE = (
     "this registry was started before the stack stored schemas in PostgreSQL and keeps them in memory: "
     "run `cdc dev down` then `cdc dev up` to restart everything together with persistent storage"
@@ -59,24 +70,41 @@ class ServiceStatus:
     log: str
 
 
-def endpoints_for(ports: Ports) -> Endpoints:
+def endpoints_for(ports: Ports, regions: int = 1) -> Endpoints:
+    two = regions >= 2
     return Endpoints(
         source_dsn=postgres.dsn(ports.postgres, "source"),
         target_dsn=postgres.dsn(ports.postgres, "target"),
         kafka_bootstrap=kafka.bootstrap(ports.kafka),
         registry_url=registry.url(ports.registry),
+        kafka_bootstrap_b=kafka.bootstrap(ports.kafka_b) if two else None,
+        registry_url_b=registry.url(ports.registry_b) if two else None,
     )
 
 
-def _probe(name: str, ports: dict[str, int], timeout: float = 3.0) -> None:
+def _mirror_ports(ports: Ports) -> dict[str, int]:
+    # MirrorMaker listens on nothing: what it is recorded with are the clusters it joins (see `_probe`).
+    return {"cluster_a": ports.kafka, "cluster_b": ports.kafka_b}
+
+
+def _probe(name: str, ports: dict[str, int], timeout: float = 3.0, since: float | None = None) -> None:
+    """Raise unless the service answers; `since` (epoch seconds): MirrorMaker must have mirrored after it."""
     if name == "postgres":
         postgres.probe(ports["postgres"], timeout=max(1, int(timeout)))
-    elif name == "kafka":
-        if not is_listening(ports["kafka"]):
+    elif name in ("kafka", "kafka_b"):
+        if not is_listening(ports[name]):
             raise StackError("Kafka's port is not open yet")
-        kafka.probe(ports["kafka"], timeout=timeout)
+        kafka.probe(ports[name], timeout=timeout)
+    elif name == "mirrormaker":
+        mirror.probe(
+            kafka.bootstrap(ports["cluster_a"]), kafka.bootstrap(ports["cluster_b"]), timeout=timeout, since=since
+        )
     else:
-        registry.probe(ports["registry"], timeout=timeout)
+        registry.probe(ports[name], timeout=timeout)
+
+
+def _listening_ports(record: ProcessRecord) -> dict[str, int]:
+    return {} if record.name == "mirrormaker" else record.ports
 
 
 def _is_healthy(name: str, ports: dict[str, int]) -> bool:
@@ -96,7 +124,9 @@ def _wait_healthy(record: ProcessRecord, timeout: float) -> None:
             code = processes.exit_code(record)
             raise _unhealthy(record, f"exited{'' if code is None else f' with code {code}'} while starting")
         try:
-            _probe(record.name, record.ports)
+            # A restarted MirrorMaker answers only once it mirrored again: its old heartbeats are still fresh.
+            started = record.info.get("started")
+            _probe(record.name, record.ports, since=float(started) if started else None)
             return
         except Exception as exc:  # keep polling; the last error goes into the message
             last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -158,7 +188,7 @@ def _effective_ports(requested: Ports, records: dict[str, ProcessRecord]) -> Por
     """The requested ports, except those of recorded services: they keep theirs, running or not."""
     kept: dict[str, int] = {}
     for record in records.values():
-        kept.update(record.ports)
+        kept.update(_listening_ports(record))
     return replace(requested, **kept).resolved()
 
 
@@ -174,7 +204,7 @@ def _current(record: ProcessRecord) -> ProcessRecord:
 
 
 def _require_recorded_ports_free(record: ProcessRecord, home: Path) -> None:
-    for port in record.ports.values():
+    for port in _listening_ports(record).values():
         if not is_free(port):
             raise StackError(
                 f"port {port}, recorded for {LABELS[record.name]} in {home / processes.PIDS_FILE_NAME}, "
@@ -183,12 +213,24 @@ def _require_recorded_ports_free(record: ProcessRecord, home: Path) -> None:
             )
 
 
-def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _quiet) -> Endpoints:
+def recorded_regions(home: Path) -> int:
+    """2 when `up --regions 2` started region B here (and `down` has not stopped it), else 1."""
+    return 2 if any(name in REGION_B_SERVICES for name in processes.load_records(home)) else 1
+
+
+def up(
+    home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _quiet, regions: int = 1
+) -> Endpoints:
     """Start whatever is not running, wait until every service answers, write `dev.env` if it changed.
 
     A service recorded in `pids.json` keeps its recorded ports whatever `requested` says (`down` forgets them).
+    `regions=2` adds region B (a second Kafka cluster and registry) and MirrorMaker 2 between the clusters; a
+    home where region B was started keeps it on a plain `up`.
     """
+    if regions not in (1, 2):
+        raise StackError(f"the local stack runs one or two regions, not {regions}")
     records = processes.load_records(home)
+    regions = max(regions, 2 if any(name in REGION_B_SERVICES for name in records) else 1)
     foreign = _foreign_stack(home, records)
     if foreign is not None:
         echo(f"a stack that `cdc dev up` did not start answers at the endpoints in {home / ENV_FILE_NAME}: using it")
@@ -197,7 +239,7 @@ def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _qu
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
     ports = _effective_ports(requested, records)
-    for name in SERVICES:
+    for name in SERVICES + (REGION_B_SERVICES if regions == 2 else ()):
         record = records.get(name)
         if record is not None and (current := _current(record)) != record:
             echo(f"{LABELS[name]}: runs under a new pid {current.pid} (was {record.pid})")
@@ -208,7 +250,7 @@ def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _qu
             _wait_healthy(record, timeout)
             if name == "registry" and not record.info.get("storage"):
                 echo(f"note: {REGISTRY_IN_MEMORY_NOTE}")
-        elif record is not None and _is_healthy(name, record.ports):
+        elif record is not None and name != "mirrormaker" and _is_healthy(name, record.ports):
             # Not ours to restart (or stop): something answers on the recorded ports.
             echo(f"{LABELS[name]}: pid {record.pid} is gone but the service answers on its recorded port; kept")
         else:
@@ -220,15 +262,15 @@ def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _qu
             records[name] = record
             processes.save_records(home, records)
             _wait_healthy(record, timeout)
-            if name == "kafka":
-                kafka.allocate_producer_ids(ports.kafka, timeout=timeout)
+            if name in ("kafka", "kafka_b"):
+                kafka.allocate_producer_ids(getattr(ports, name), timeout=timeout)
             echo(f"{LABELS[name]}: started (pid {record.pid}) in {time.monotonic() - started:.1f}s")
         if name == "postgres":
             # Also when PostgreSQL already ran: a cluster made before the registry stored its schemas
             # there lacks that database, and the registry starts next.
             postgres.ensure_databases(ports.postgres)
             postgres.probe_databases(ports.postgres)
-    endpoints = endpoints_for(ports)
+    endpoints = endpoints_for(ports, regions)
     env_file = home / ENV_FILE_NAME
     # Left alone when unchanged: a connector may be reading it.
     if not env_file.is_file() or Endpoints.from_env(read_env_file(env_file)) != endpoints:
@@ -266,16 +308,22 @@ def _start(name: str, home: Path, ports: Ports, logs: Path, echo: Echo) -> Proce
             ports={"kafka": ports.kafka, "kafka_controller": ports.kafka_controller},
             info={"version": kafka.KAFKA_VERSION, "stdout": str(logs / "kafka.out")},
         )
-    require_free("registry", ports.registry, LABELS[name])
-    require_free("registry_management", ports.registry_management, LABELS[name] + " management")
-    reg = registry.prepare(home, ports.registry, ports.registry_management, ports.postgres)
-    echo(f"{LABELS[name]}: starting {reg.version} on Java {reg.java.major} on port {ports.registry}")
+    if name == "kafka_b":
+        return _start_kafka_b(home, ports, logs, echo)
+    if name == "mirrormaker":
+        return _start_mirror(home, ports, logs, echo)
+    port, management = getattr(ports, name), getattr(ports, f"{name}_management")
+    require_free(name, port, LABELS[name])
+    require_free(f"{name}_management", management, LABELS[name] + " management")
+    # Region B's registry is a second instance over the same storage: both hand out and resolve the same ids.
+    reg = registry.prepare(home, port, management, ports.postgres)
+    echo(f"{LABELS[name]}: starting {reg.version} on Java {reg.java.major} on port {port}")
     return processes.start(
         name,
         reg.argv,
-        log=logs / "registry.log",
+        log=logs / f"{name}.log",
         cwd=reg.cwd,
-        ports={"registry": ports.registry, "registry_management": ports.registry_management},
+        ports={name: port, f"{name}_management": management},
         info={
             "version": reg.version,
             "java": f"{reg.java.path} ({reg.java.major})",
@@ -284,11 +332,50 @@ def _start(name: str, home: Path, ports: Ports, logs: Path, echo: Echo) -> Proce
     )
 
 
+def _start_kafka_b(home: Path, ports: Ports, logs: Path, echo: Echo) -> ProcessRecord:
+    name = "kafka_b"
+    require_free(name, ports.kafka_b, LABELS[name])
+    require_free("kafka_b_controller", ports.kafka_b_controller, LABELS[name] + " controller")
+    region_logs = logs / "region-b"
+    region_logs.mkdir(exist_ok=True)
+    kf = kafka.prepare(home, ports.kafka_b, ports.kafka_b_controller, region_logs, base=home / "region-b" / "kafka")
+    echo(f"{LABELS[name]}: starting on port {ports.kafka_b} (controller {ports.kafka_b_controller})")
+    return processes.start(
+        name,
+        kf.argv,
+        log=kf.log,
+        output=region_logs / "kafka.out",
+        cwd=kf.cwd,
+        ports={"kafka_b": ports.kafka_b, "kafka_b_controller": ports.kafka_b_controller},
+        info={"version": kafka.KAFKA_VERSION, "stdout": str(region_logs / "kafka.out")},
+    )
+
+
+def _start_mirror(home: Path, ports: Ports, logs: Path, echo: Echo) -> ProcessRecord:
+    name = "mirrormaker"
+    echo(f"{LABELS[name]}: preparing connect-mirror {kafka.KAFKA_VERSION} (jars via Maven on first use)")
+    a, b = kafka.bootstrap(ports.kafka), kafka.bootstrap(ports.kafka_b)
+    mm = mirror.prepare(home, a, b)
+    echo(f"{LABELS[name]}: starting between {a} (A) and {b} (B)")
+    return processes.start(
+        name,
+        mm.argv,
+        log=logs / "mirrormaker.log",
+        cwd=mm.cwd,
+        ports=_mirror_ports(ports),
+        info={
+            "version": kafka.KAFKA_VERSION,
+            "policy": "prefix (A.<topic> in B, B.<topic> in A)",
+            "started": f"{time.time():.3f}",
+        },
+    )
+
+
 def down(home: Path, *, clean: bool = False, echo: Echo = _quiet) -> list[str]:
     """Stop exactly the processes `up` recorded (newest service first); names of those that were running."""
     records = processes.load_records(home)
     stopped: list[str] = []
-    for name in reversed(SERVICES):
+    for name in reversed(ALL_SERVICES):
         record = records.get(name)
         if record is None:
             continue
@@ -305,7 +392,15 @@ def down(home: Path, *, clean: bool = False, echo: Echo = _quiet) -> list[str]:
         (home / processes.PIDS_FILE_NAME).unlink()
         (home / ENV_FILE_NAME).unlink(missing_ok=True)
     if clean:
-        for path in (home / "postgres", home / "kafka" / "data", home / "kafka" / "cluster.id"):
+        region_b = home / "region-b" / "kafka"
+        for path in (
+            home / "postgres",
+            home / "kafka" / "data",
+            home / "kafka" / "cluster.id",
+            region_b / "data",
+            region_b / "cluster.id",
+            home / "mirror" / "mm2.properties",
+        ):
             if path.is_dir():
                 shutil.rmtree(path)
             else:
@@ -323,7 +418,8 @@ def status(home: Path) -> list[ServiceStatus]:
     """What runs where, and whether it answers now."""
     records = processes.load_records(home)
     result: list[ServiceStatus] = []
-    for name in SERVICES:
+    names = ALL_SERVICES if any(name in REGION_B_SERVICES for name in records) else SERVICES
+    for name in names:
         record = records.get(name)
         if record is None:
             result.append(ServiceStatus(name, False, False, None, {}, "not started", ""))
@@ -332,6 +428,6 @@ def status(home: Path) -> list[ServiceStatus]:
         # Asked of the service: a pid that ended may have been replaced by one that serves the same port.
         healthy = _is_healthy(name, record.ports)
         running = healthy or processes.is_running(record)
-        detail = ", ".join(f"{key} {value}" for key, value in record.info.items() if value)
+        detail = ", ".join(f"{key} {value}" for key, value in record.info.items() if value and key != "started")
         result.append(ServiceStatus(name, running, healthy, record.pid, record.ports, detail, record.log))
     return result

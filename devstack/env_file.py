@@ -20,24 +20,34 @@ class Endpoints:
     target_dsn: str
     kafka_bootstrap: str
     registry_url: str
+    # Region B of a two-region stack (`cdc dev up --regions 2`); None in a single-region one.
+    kafka_bootstrap_b: str | None = None
+    registry_url_b: str | None = None
 
     def as_env(self) -> dict[str, str]:
-        return {
+        env = {
             "CDC_SOURCE_DSN": self.source_dsn,
             "CDC_TARGET_DSN": self.target_dsn,
             "CDC_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "CDC_SCHEMA_REGISTRY_URL": self.registry_url,
         }
+        if self.kafka_bootstrap_b is not None:
+            env["CDC_KAFKA_BOOTSTRAP_B"] = self.kafka_bootstrap_b
+        if self.registry_url_b is not None:
+            env["CDC_SCHEMA_REGISTRY_URL_B"] = self.registry_url_b
+        return env
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Endpoints | None:
-        """The endpoints named in `env`, or None when any of the four is missing."""
+        """The endpoints named in `env`, or None when any of the four single-region ones is missing."""
         try:
             return cls(
                 source_dsn=env["CDC_SOURCE_DSN"],
                 target_dsn=env["CDC_TARGET_DSN"],
                 kafka_bootstrap=env["CDC_KAFKA_BOOTSTRAP"],
                 registry_url=env["CDC_SCHEMA_REGISTRY_URL"],
+                kafka_bootstrap_b=env.get("CDC_KAFKA_BOOTSTRAP_B"),
+                registry_url_b=env.get("CDC_SCHEMA_REGISTRY_URL_B"),
             )
         except KeyError:
             return None

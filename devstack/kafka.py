@@ -90,11 +90,16 @@ def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
     return "# written by `cdc dev up`\n" + "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
-def prepare(home: Path, port: int, controller_port: int, logs: Path) -> Launch:
-    """Fetch the jars, write the configs, format the storage on first use; say how to start the broker."""
+def prepare(home: Path, port: int, controller_port: int, logs: Path, *, base: Path | None = None) -> Launch:
+    """Fetch the jars, write the configs, format the storage on first use; say how to start the broker.
+
+    `base` holds the node's config, cluster id and data (default `<home>/kafka`); a second cluster (region B of a
+    two-region stack) has its own and shares the jars of `<home>/kafka/libs`.
+    """
     java = jvm.require_java(17, f"Apache Kafka {KAFKA_VERSION}")
     libs = ensure_libs(home)
-    base = home / "kafka"
+    base = base or home / "kafka"
+    base.mkdir(parents=True, exist_ok=True)
     data_dir = base / "data"
     config = base / "server.properties"
     config.write_text(server_properties(data_dir, port, controller_port), encoding="utf-8")

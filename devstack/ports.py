@@ -23,6 +23,11 @@ class Ports:
     kafka_controller: int = 19093
     registry: int = 18081
     registry_management: int = 19001
+    # Region B of `cdc dev up --regions 2` (unused by a single-region stack).
+    kafka_b: int = 29092
+    kafka_b_controller: int = 29093
+    registry_b: int = 28081
+    registry_b_management: int = 29002
 
     def resolved(self) -> Ports:
         """This set with each 0 replaced by a free port."""
@@ -42,6 +47,10 @@ PORT_OPTIONS: dict[str, tuple[str, str]] = {
     "kafka_controller": ("--kafka-controller-port", "CDC_DEV_KAFKA_CONTROLLER_PORT"),
     "registry": ("--registry-port", "CDC_DEV_REGISTRY_PORT"),
     "registry_management": ("--registry-management-port", "CDC_DEV_REGISTRY_MANAGEMENT_PORT"),
+    "kafka_b": ("--kafka-b-port", "CDC_DEV_KAFKA_B_PORT"),
+    "kafka_b_controller": ("--kafka-b-controller-port", "CDC_DEV_KAFKA_B_CONTROLLER_PORT"),
+    "registry_b": ("--registry-b-port", "CDC_DEV_REGISTRY_B_PORT"),
+    "registry_b_management": ("--registry-b-management-port", "CDC_DEV_REGISTRY_B_MANAGEMENT_PORT"),
 }
 
 
