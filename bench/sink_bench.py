@@ -12,7 +12,7 @@ CDC_SCHEMA_REGISTRY_URL; `.cdc/dev.env` holds them for the local stack).
 
 Changes come in transactions of 1,000, 128 bytes of WAL apart, with the source's change ids (`--ids ordered`, the
 default: ascending with the commit LSN) or random UUIDs (`--ids random`, what ids of the earlier layout look like to
-the ledger's index). `--only` picks cases: apply, upsert, wide, wide-upsert, executemany, e2e, e2e-wide.
+the ledger's index). `--only` picks cases: apply, upsert, wide, wide-upsert, executemany, ledger, e2e, e2e-wide.
 """
 
 from __future__ import annotations
@@ -198,6 +198,34 @@ def bench_executemany(dsn: str, n: int, batch: int) -> dict[str, Any]:
     return {"case": "executemany narrow(5) insert-heavy, ledger + upsert per row", "rows_per_s": round(n / elapsed)}
 
 
+def bench_ledger(dsn: str, n: int, batch: int) -> dict[str, Any]:
+    """The ledger insert alone, on the destination's real `cdc.applied_changes` (its size is what matters), in
+    rolled-back transactions: random ids (the earlier layout) and ordered ids, alternating."""
+    statement = """INSERT INTO cdc.applied_changes (change_id, destination, topic, partition, "offset")
+                   SELECT i, 1::oid, 'bench', 0, o FROM unnest(%b::uuid[], %b::bigint[]) AS x(i, o)
+                   ORDER BY 1 ON CONFLICT DO NOTHING RETURNING change_id, destination"""
+    spent = {"random": [], "ordered": []}
+    lsn0 = int(time.time()) << 24
+    offsets = list(range(batch))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ensure_state(conn)
+        size = conn.execute("SELECT pg_relation_size('cdc.applied_changes_pkey')").fetchone()
+        for start in range(0, n, batch):
+            for kind in ("random", "ordered") if (start // batch) % 2 == 0 else ("ordered", "random"):
+                if kind == "random":
+                    ids = [uuid.uuid4() for _ in range(batch)]
+                else:
+                    ids = [uuid.UUID(position(lsn0, j)[2]) for j in range(start, start + batch)]
+                with conn.transaction(force_rollback=True):
+                    t0 = time.perf_counter()
+                    conn.execute(statement, (ids, offsets), binary=True)
+                    spent[kind].append(time.perf_counter() - t0)
+    return {
+        "case": f"ledger insert, batches of {batch}, index {(size[0] if size else 0) >> 20} MiB",
+        **{f"{kind}_us_per_id": round(statistics.median(t) / batch * 1e6, 1) for kind, t in spent.items()},
+    }
+
+
 def bench_e2e(n: int, batch: int, wide: bool) -> dict[str, Any]:
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -284,6 +312,7 @@ def main() -> None:
         "wide": lambda: bench_apply(dsn, args.rows // 4, args.batch, wide=True, upsert_heavy=False),
         "wide-upsert": lambda: bench_apply(dsn, args.rows // 4, args.batch, wide=True, upsert_heavy=True),
         "executemany": lambda: bench_executemany(dsn, min(args.rows, 50_000), args.batch),
+        "ledger": lambda: bench_ledger(dsn, args.rows, args.batch),
         "e2e": lambda: bench_e2e(args.rows, args.batch, wide=False),
         "e2e-wide": lambda: bench_e2e(args.rows // 4, args.batch, wide=True),
     }
