@@ -1,6 +1,6 @@
 """Sink throughput: rows/s applied, batch latency and RSS, for narrow and wide rows, insert- and upsert-heavy.
 
-    python bench/sink_bench.py --rows 200000 [--batch 5000] [--e2e]
+    python bench/sink_bench.py --rows 200000 [--batch 5000] [--e2e] [--ids ordered|random] [--only CASE ...]
 
 Reads the endpoints from the environment (CDC_TARGET_DSN, and for --e2e CDC_KAFKA_BOOTSTRAP and
 CDC_SCHEMA_REGISTRY_URL; `.cdc/dev.env` holds them for the local stack).
@@ -9,6 +9,10 @@ CDC_SCHEMA_REGISTRY_URL; `.cdc/dev.env` holds them for the local stack).
    transaction per batch) - the destination side alone; compared with a per-row `executemany` upsert.
 2. --e2e: envelopes produced to Kafka, then a PostgresSink consumes, decodes and applies them; rows/s from the
    first to the last applied offset (includes Kafka consume and Avro decoding).
+
+Changes come in transactions of 1,000, 128 bytes of WAL apart, with the source's change ids (`--ids ordered`, the
+default: ascending with the commit LSN) or random UUIDs (`--ids random`, what ids of the earlier layout look like to
+the ledger's index). `--only` picks cases: apply, upsert, wide, wide-upsert, executemany, ledger, e2e, e2e-wide.
 """
 
 from __future__ import annotations
@@ -32,6 +36,19 @@ from sinks.postgres.changes import Change, to_changes
 from sinks.postgres.config import PostgresSinkConfig
 from sinks.postgres.state import ensure_state
 from sinks.postgres.tables import TableManager
+from sources.postgres.change_id import ChangeIds, namespace_for
+
+IDS = ChangeIds(namespace_for("bench", "bench"))
+RANDOM_IDS = False
+TX = 1000
+WAL_PER_CHANGE = 128
+
+
+def position(lsn0: int, j: int) -> tuple[int, int, str]:
+    """(commit_lsn, lsn, change id) of the j-th change: transactions of `TX` changes."""
+    lsn = lsn0 + WAL_PER_CHANGE * j
+    commit = lsn0 + WAL_PER_CHANGE * ((j // TX) * TX + TX - 1) + 64
+    return commit, lsn, str(uuid.uuid4()) if RANDOM_IDS else IDS.streamed(commit, lsn, j % TX)
 
 
 def load_env() -> None:
@@ -96,11 +113,12 @@ def row(i: int, version: int, wide: bool) -> dict[str, Any]:
     return out
 
 
-def envelope(table: str, i: int, version: int, lsn: int, wide: bool) -> dict[str, Any]:
+def envelope(table: str, i: int, version: int, at: tuple[int, int, str], wide: bool) -> dict[str, Any]:
+    commit, lsn, change_id = at
     return {
         "before": None, "after": row(i, version, wide),
-        "source": {"schema": "public", "table": table, "lsn": lsn, "commit_lsn": lsn + 1},
-        "op": "c" if version == 0 else "u", "ts_ms": 0, "change_id": str(uuid.uuid4()), "unchanged_toast": [],
+        "source": {"schema": "public", "table": table, "lsn": lsn, "commit_lsn": commit},
+        "op": "c" if version == 0 else "u", "ts_ms": 0, "change_id": change_id, "unchanged_toast": [],
     }
 
 
@@ -110,7 +128,7 @@ def make_changes(table: str, n: int, wide: bool, upsert_heavy: bool, lsn0: int) 
     out: list[Change] = []
     for j in range(n):
         i = j % keys
-        value = envelope(table, i, j // keys, lsn0 + 2 * j, wide)
+        value = envelope(table, i, j // keys, position(lsn0, j), wide)
         record = Record(f"bench.public.{table}", {"id": i}, value, key_schema, value_schema,
                         partition=0, offset=j)
         out.extend(to_changes(record))
@@ -126,7 +144,7 @@ def bench_apply(dsn: str, n: int, batch: int, wide: bool, upsert_heavy: bool) ->
     config = PostgresSinkConfig.model_validate({"dsn": dsn, "topics": ["x"]})
     applier = Applier(config, "bench", TableManager(config))
     built = time.perf_counter()
-    changes = make_changes(table, n, wide, upsert_heavy, 1000)
+    changes = make_changes(table, n, wide, upsert_heavy, int(time.time()) << 24)
     build_s = time.perf_counter() - built
     latencies = []
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -180,6 +198,34 @@ def bench_executemany(dsn: str, n: int, batch: int) -> dict[str, Any]:
     return {"case": "executemany narrow(5) insert-heavy, ledger + upsert per row", "rows_per_s": round(n / elapsed)}
 
 
+def bench_ledger(dsn: str, n: int, batch: int) -> dict[str, Any]:
+    """The ledger insert alone, on the destination's real `cdc.applied_changes` (its size is what matters), in
+    rolled-back transactions: random ids (the earlier layout) and ordered ids, alternating."""
+    statement = """INSERT INTO cdc.applied_changes (change_id, destination, topic, partition, "offset")
+                   SELECT i, 1::oid, 'bench', 0, o FROM unnest(%b::uuid[], %b::bigint[]) AS x(i, o)
+                   ORDER BY 1 ON CONFLICT DO NOTHING RETURNING change_id, destination"""
+    spent = {"random": [], "ordered": []}
+    lsn0 = int(time.time()) << 24
+    offsets = list(range(batch))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ensure_state(conn)
+        size = conn.execute("SELECT pg_relation_size('cdc.applied_changes_pkey')").fetchone()
+        for start in range(0, n, batch):
+            for kind in ("random", "ordered") if (start // batch) % 2 == 0 else ("ordered", "random"):
+                if kind == "random":
+                    ids = [uuid.uuid4() for _ in range(batch)]
+                else:
+                    ids = [uuid.UUID(position(lsn0, j)[2]) for j in range(start, start + batch)]
+                with conn.transaction(force_rollback=True):
+                    t0 = time.perf_counter()
+                    conn.execute(statement, (ids, offsets), binary=True)
+                    spent[kind].append(time.perf_counter() - t0)
+    return {
+        "case": f"ledger insert, batches of {batch}, index {(size[0] if size else 0) >> 20} MiB",
+        **{f"{kind}_us_per_id": round(statistics.median(t) / batch * 1e6, 1) for kind, t in spent.items()},
+    }
+
+
 def bench_e2e(n: int, batch: int, wide: bool) -> dict[str, Any]:
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -203,9 +249,10 @@ def bench_e2e(n: int, batch: int, wide: bool) -> dict[str, Any]:
     value_id = registry.register(f"{topic}-value", value_schema)
     key_id = registry.register(f"{topic}-key", key_schema)
     encoder = Encoder()
+    lsn0 = int(time.time()) << 24  # later runs write higher positions, as a source would
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000})
     for j in range(n):
-        value = envelope(table, j, 0, 1000 + 2 * j, wide)
+        value = envelope(table, j, 0, position(lsn0, j), wide)
         producer.produce(topic, key=encoder.encode(key_id, key_schema, {"id": j}),
                          value=encoder.encode(value_id, value_schema, value))
         if j % 10000 == 0:
@@ -252,21 +299,26 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--e2e", action="store_true", help="also measure Kafka -> sink -> PostgreSQL")
+    parser.add_argument("--ids", choices=("ordered", "random"), default="ordered")
+    parser.add_argument("--only", nargs="*", help="cases to run, in this order (repeats allowed)")
     args = parser.parse_args()
+    global RANDOM_IDS
+    RANDOM_IDS = args.ids == "random"
     load_env()
     dsn = os.environ["CDC_TARGET_DSN"]
-    cases = [
-        lambda: bench_apply(dsn, args.rows, args.batch, wide=False, upsert_heavy=False),
-        lambda: bench_apply(dsn, args.rows, args.batch, wide=False, upsert_heavy=True),
-        lambda: bench_apply(dsn, args.rows // 4, args.batch, wide=True, upsert_heavy=False),
-        lambda: bench_apply(dsn, args.rows // 4, args.batch, wide=True, upsert_heavy=True),
-        lambda: bench_executemany(dsn, min(args.rows, 50_000), args.batch),
-    ]
-    if args.e2e:
-        cases.append(lambda: bench_e2e(args.rows, args.batch, wide=False))
-        cases.append(lambda: bench_e2e(args.rows // 4, args.batch, wide=True))
-    for case in cases:
-        print("  ".join(f"{k}={v}" for k, v in case().items()), flush=True)
+    cases = {
+        "apply": lambda: bench_apply(dsn, args.rows, args.batch, wide=False, upsert_heavy=False),
+        "upsert": lambda: bench_apply(dsn, args.rows, args.batch, wide=False, upsert_heavy=True),
+        "wide": lambda: bench_apply(dsn, args.rows // 4, args.batch, wide=True, upsert_heavy=False),
+        "wide-upsert": lambda: bench_apply(dsn, args.rows // 4, args.batch, wide=True, upsert_heavy=True),
+        "executemany": lambda: bench_executemany(dsn, min(args.rows, 50_000), args.batch),
+        "ledger": lambda: bench_ledger(dsn, args.rows, args.batch),
+        "e2e": lambda: bench_e2e(args.rows, args.batch, wide=False),
+        "e2e-wide": lambda: bench_e2e(args.rows // 4, args.batch, wide=True),
+    }
+    chosen = args.only or [c for c in cases if args.e2e or not c.startswith("e2e")]
+    for name in chosen:
+        print(f"ids={args.ids}  " + "  ".join(f"{k}={v}" for k, v in cases[name]().items()), flush=True)
 
 
 if __name__ == "__main__":

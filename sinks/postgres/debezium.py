@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from core.change_ids import ordered_uuid
 from core.errors import PoisonMessageError
 
 # Fixed for all time: ids minted under it are stored in destinations' ledgers.
@@ -85,7 +86,8 @@ def position(source: Mapping[str, Any], op: str) -> tuple[int, int]:
 
 
 def change_id(source: Mapping[str, Any], op: str, key: Any) -> uuid.UUID:
-    """The deterministic id of one Debezium event: UUIDv5 under `NAMESPACE` of
+    """The deterministic id of one Debezium event: the ordered id (`core.change_ids`) at the event's `lsn` under
+    `NAMESPACE` of
 
     - a snapshot read: `debezium:snapshot:{db}:{schema}.{table}:{lsn}:{key}`;
     - a streamed change: `debezium:{db}:{schema}.{table}:{lsn}:{txId}:{op}:{key}`,
@@ -102,6 +104,6 @@ def change_id(source: Mapping[str, Any], op: str, key: Any) -> uuid.UUID:
         raise PoisonMessageError("envelope has no change_id and its source block no lsn")
     where = f"{source.get('db') or ''}:{source.get('schema') or ''}.{source.get('table') or ''}"
     if op == "r":
-        return uuid.uuid5(NAMESPACE, f"debezium:snapshot:{where}:{lsn}:{_key_text(key)}")
+        return ordered_uuid(NAMESPACE, lsn, f"debezium:snapshot:{where}:{lsn}:{_key_text(key)}")
     tx = _int(source.get("txId"))
-    return uuid.uuid5(NAMESPACE, f"debezium:{where}:{lsn}:{'' if tx is None else tx}:{op}:{_key_text(key)}")
+    return ordered_uuid(NAMESPACE, lsn, f"debezium:{where}:{lsn}:{'' if tx is None else tx}:{op}:{_key_text(key)}")

@@ -66,6 +66,17 @@ def test_envelope_becomes_a_change_with_position_and_column_names() -> None:
     assert change.shape.key == ("id",)
 
 
+def test_a_change_cannot_be_altered_and_copies_keep_the_original() -> None:
+    [change] = to_changes(envelope("u", 7, "x", 100, toast=("Odd name",)))
+    with pytest.raises(AttributeError):
+        change.op = "d"  # type: ignore[misc]
+    previous = to_changes(envelope("c", 7, "x", 90))[0]
+    [merged] = collapse([previous, change])
+    assert merged is not change and merged.row is not None and merged.row["Odd name"] == "o"
+    assert merged.unchanged_toast == frozenset() and change.unchanged_toast == frozenset({"Odd name"})
+    assert (merged.change_id, merged.position) == (change.change_id, change.position)
+
+
 def headers(change_id: str, position: str = "5:4") -> tuple[tuple[str, bytes], ...]:
     return (("change_id", change_id.encode()), ("source_lsn", position.encode()))
 

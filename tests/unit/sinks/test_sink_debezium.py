@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from core.change_ids import ordered_uuid
 from core.errors import PoisonMessageError, SchemaError
 from core.records import AvroSchema, Record
 from sinks.postgres import debezium
@@ -50,10 +51,18 @@ def record(op: str, key: int, src: dict[str, Any], *, offset: int = 0, partition
 
 def test_a_record_without_change_id_gets_one_derived_from_its_source_block() -> None:
     [change] = to_changes(record("c", 1, source(5000, commit=4000)))
-    expected = uuid.uuid5(debezium.NAMESPACE, 'debezium:shop:public.items:5000:700:c:{"id":1}')
+    expected = ordered_uuid(debezium.NAMESPACE, 5000, 'debezium:shop:public.items:5000:700:c:{"id":1}')
     assert change.change_id == expected
     assert change.position == (5000, 5000)
     assert (change.source_schema, change.source_table, change.op) == ("public", "items", "c")
+
+
+def test_derived_ids_ascend_with_the_lsn() -> None:
+    """The ledger takes Debezium's derived ids at its right edge too: later WAL, higher id."""
+    lsns = [0x10_0000 * i + 40 for i in range(1, 50)]
+    ids = [to_changes(record("u", 1, source(lsn, commit=lsn - 10)))[0].change_id for lsn in lsns]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
 
 
 def test_the_derived_id_is_the_same_for_a_replayed_record() -> None:
@@ -94,7 +103,8 @@ def test_snapshot_reads_are_named_by_snapshot_and_key_and_positioned_below_any_s
     first = to_changes(record("r", 1, source(5000, snapshot="first", tx=None)))[0]
     last = to_changes(record("r", 1, source(5000, snapshot="last", tx=None)))[0]
     assert first.change_id == last.change_id
-    assert first.change_id == uuid.uuid5(debezium.NAMESPACE, 'debezium:snapshot:shop:public.items:5000:{"id":1}')
+    name = 'debezium:snapshot:shop:public.items:5000:{"id":1}'
+    assert first.change_id == ordered_uuid(debezium.NAMESPACE, 5000, name)
     assert first.position == (0, 5000)
     # A transaction that began before the snapshot and committed after it: its changes lie below the snapshot's
     # LSN, and as the first transaction streamed its last-commit is unknown.
@@ -233,7 +243,7 @@ def test_a_truncate_without_key_gets_a_derived_id_too() -> None:
              "ts_ms": 1_735_732_800_500, "ts_us": None, "ts_ns": None}
     [change] = to_changes(Record(PREFIX, None, value, None, ENVELOPE, partition=0, offset=5))
     assert change.op == "t"
-    assert change.change_id == uuid.uuid5(debezium.NAMESPACE, "debezium:shop:public.items:6000:700:t:null")
+    assert change.change_id == ordered_uuid(debezium.NAMESPACE, 6000, "debezium:shop:public.items:6000:700:t:null")
     assert change.position == (6000, 6000)
 
 
