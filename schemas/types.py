@@ -527,7 +527,8 @@ def _micro_duration(text: str) -> int:
         raise ValueError(f"not an interval in IntervalStyle postgres: {text!r}")
     number_of_days = DEBEZIUM_DAYS_PER_MONTH * (years * 12 + months) + days
     number_of_seconds = ((number_of_days * 24 + hours) * 60 + minutes) * 60 + seconds
-    return int(number_of_seconds * 1e6)
+    # Java's (long) cast: truncation toward zero, saturating at the long's bounds.
+    return max(-(2**63), min(2**63 - 1, int(number_of_seconds * 1e6)))
 
 
 def _bits(text: str) -> bytes:
@@ -906,9 +907,8 @@ def column_codec(
             raise _unsupported(table, column)
         convert_element = scalar.convert
         delimiter = ";" if element.typname == "box" else ","
-        # Debezium's enum arrays have non-null elements.
-        items = scalar.avro if debezium and element.kind == KIND_ENUM else _union("null", scalar.avro)
-        value_type: AvroType = {"type": "array", "items": items}
+        # Debezium registers an enum array's elements as non-null, so it cannot carry a NULL element; ours can.
+        value_type: AvroType = {"type": "array", "items": _union("null", scalar.avro)}
 
         def convert_array(text: str) -> Any:
             return parse_array(text, convert_element, delimiter)

@@ -54,6 +54,8 @@ class DebeziumField:
     """What we write for `special`'s text where it differs from Debezium's (documented)."""
     ours_value: Any = _ABSENT
     """What we write for `text` where it differs from Debezium's (documented)."""
+    ours_field: Any = None
+    """Our field where it differs from Debezium's (documented), without our `pg.*` properties."""
 
     @property
     def captured(self) -> bool:
@@ -746,6 +748,12 @@ COLUMNS: tuple[DebeziumField, ...] = (
             ],
             "default": None,
         },
+        ours_field={
+            "type": ["null", {"type": "array", "items": ["null", {
+                "type": "string", "connect.version": 1, "connect.parameters": {"allowed": "happy,sad"},
+                "connect.name": "io.debezium.data.Enum"}]}],
+            "default": None,
+        },  # Debezium's non-null elements cannot carry a NULL element
     ),
     DebeziumField(
         "c_bool_arr",
