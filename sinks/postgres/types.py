@@ -190,16 +190,9 @@ def _clock(scale: int) -> ValueConverter:
     return convert
 
 
-_TIMEDELTA_MAX_MICROS = 86_400_000_000 * 999_999_999
-
-
 def _micro_duration(value: Any) -> Any:
-    if not isinstance(value, int):
-        return value
-    if -_TIMEDELTA_MAX_MICROS < value < _TIMEDELTA_MAX_MICROS:
-        return timedelta(microseconds=value)
-    days, rest = divmod(value, _MICROS_PER_DAY)
-    return f"{days} days {rest} microseconds"
+    # Every long of microseconds (Debezium saturates there) is within timedelta's ±999999999 days.
+    return timedelta(microseconds=value) if isinstance(value, int) else value
 
 
 def _zoned_timestamp(value: Any) -> Any:
