@@ -259,7 +259,8 @@ def test_debezium_and_our_source_register_and_send_the_same(
                 continue
             assert set(mine) - set(theirs_row) == set(dbz.NOT_CAPTURED)
             for name, sent in theirs_row.items():
-                want = _documented(specials[name], sent, streamed=where[1] != "r")
+                # A delete's `before` holds the key only (REPLICA IDENTITY DEFAULT): nothing to map there.
+                want = sent if where[1] == "d" else _documented(specials[name], sent, streamed=where[1] != "r")
                 if not _same(mine[name], want):
                     problems.append((where, image, name, mine[name], want))
         for name in dbz.SOURCE["fields"]:
