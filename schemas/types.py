@@ -798,15 +798,35 @@ def _debezium_scalar(pg: PgType, typmod: int, handling: DecimalHandling, lossy: 
     return _scalar(pg, typmod, handling)
 
 
-def _zero(avro: AvroType) -> Any:
-    """Debezium's fallback for a NOT NULL column without a value (a key-only `before`): the type's zero."""
-    kind = avro if isinstance(avro, str) else avro.get("type")
-    if isinstance(avro, dict) and avro.get("logicalType") == "decimal":
-        return Decimal(0)
-    if kind == "record":
-        return {f["name"]: _zero(f["type"]) if not isinstance(f["type"], list) else None for f in avro["fields"]}
-    zeros = {"int": 0, "long": 0, "float": 0.0, "double": 0.0, "boolean": False, "string": "", "bytes": b""}
-    return [] if kind == "array" else zeros[kind]
+_ZERO_TEXTS: dict[str, str] = {
+    "date": "1970-01-01", "time": "00:00:00", "timetz": "00:00:00+00", "timestamp": "1970-01-01 00:00:00",
+    "timestamptz": "1970-01-01 00:00:00+00", "interval": "00:00:00", "uuid": "00000000-0000-0000-0000-000000000000",
+    "json": "{}", "jsonb": "{}", "bool": "f", "bytea": "\\x", "inet": "::", "cidr": "::/128",
+    "macaddr": "00:00:00:00:00:00", "macaddr8": "00:00:00:00:00:00:00:00", "point": "(0,0)", "pg_lsn": "0/0",
+    "money": "0", "numeric": "0", "varbit": "", "int4range": "empty", "int8range": "empty", "numrange": "empty",
+    "tsrange": "empty", "tstzrange": "empty", "daterange": "empty",
+}  # fmt: skip
+
+
+def _zero_text(column: ColumnInfo) -> str:
+    """The text of a valid value of the column's type that stands for "no value": the epoch, zero, empty."""
+    resolved = column.resolved
+    if resolved.kind == KIND_ARRAY:
+        return "{}"
+    if resolved.kind == KIND_ENUM:
+        return resolved.enum_labels[0] if resolved.enum_labels else ""
+    if resolved.typname == "bit":
+        return "0" * max(column.typmod, 1)
+    return _ZERO_TEXTS.get(resolved.typname, "0" if resolved.category == "N" else "")
+
+
+def _fallback(column: ColumnInfo, convert: TextConverter) -> Any:
+    """Debezium's value for a NOT NULL column without one (a key-only `before`): the type's zero, as a valid value
+    of the column's type, so that a consumer can write the image (the epoch, 0, "", an empty array)."""
+    try:
+        return convert(_zero_text(column))
+    except (ValueError, TypeError, ArithmeticError, IndexError):
+        return None
 
 
 _JSON_DEFAULTS = (bool, int, float, str)
@@ -941,7 +961,7 @@ def column_codec(
     from_text: Callable[[str | None], Any] = _identity if passthrough else _nullable_converter(convert)  # type: ignore[assignment]
     text_converter = None if passthrough else convert
     if debezium and not nullable:
-        fallback = _zero(value_type) if default is None else default
+        fallback = _fallback(column, convert) if default is None else default
         required = convert
 
         def from_required(text: str | None) -> Any:

@@ -153,3 +153,17 @@ def test_a_key_only_before_gives_not_null_columns_their_default_or_zero() -> Non
     assert codecs["c_int2_nn"].from_text(None) == 3
     assert codecs["c_text_nn"].from_text(None) == "dflt"
     assert codecs["c_int4"].from_text(None) is None
+
+
+def test_a_key_only_before_gives_not_null_columns_valid_zeros_of_their_type() -> None:
+    mood = pg_type("mood", kind="e", schema="s", labels=("sad", "happy"))
+    info = table(
+        column("id", "int4", not_null=True, key_position=1), column("at", "timestamptz", not_null=True),
+        column("ip", "inet", not_null=True), column("tags", array_of(pg_type("text")), not_null=True),
+        column("m", mood, not_null=True), column("b", "bit", typmod=3, not_null=True),
+        column("doc", "jsonb", not_null=True), schema="s", name="z",
+    )  # fmt: skip
+    schemas = build_table_schemas(info, topic="p.s.z", topic_prefix="p", schema_style=SchemaStyle.DEBEZIUM)
+    row, _ = schemas.row(["1", None, None, None, None, None, None])
+    assert row == {"id": 1, "at": "1970-01-01T00:00:00.000000Z", "ip": "::", "tags": [], "m": "sad",
+                   "b": b"", "doc": "{}"}  # fmt: skip
