@@ -31,3 +31,9 @@ SINK_DEAD_LETTERS = Counter(
 SINK_BATCH_SECONDS = Histogram(
     "cdc_sink_batch_seconds", "Time to apply and commit one batch.", registry=REGISTRY
 )
+SOURCE_UNREPRESENTABLE_VALUES = Counter(
+    "cdc_source_unrepresentable_values",
+    "Values the configured schema_style cannot carry, written as null (numeric NaN/Infinity under `debezium`).",
+    ["table", "column"],
+    registry=REGISTRY,
+)

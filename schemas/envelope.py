@@ -19,9 +19,11 @@ from schemas.avro import NAMED_KINDS, RECORD_KINDS, defined_name, namespace_of
 from schemas.catalog import TableInfo
 from schemas.types import (
     CONNECT_NAME,
+    CONNECT_VERSION,
     AvroType,
     ColumnCodec,
     DecimalHandling,
+    SchemaStyle,
     _identity,
     avro_name,
     column_codec,
@@ -67,6 +69,54 @@ SOURCE_SCHEMA: dict[str, Any] = {
     CONNECT_NAME: SOURCE_RECORD_NAME,
 }
 
+DEBEZIUM_SNAPSHOT_VALUES = "true,first,first_in_data_collection,last_in_data_collection,last,false,incremental"
+
+DEBEZIUM_SOURCE_SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "name": "Source",
+    "namespace": "io.debezium.connector.postgresql",
+    "fields": [
+        {"name": "version", "type": "string"},
+        {"name": "connector", "type": "string"},
+        {"name": "name", "type": "string"},
+        {"name": "ts_ms", "type": "long"},
+        {"name": "snapshot", "type": [
+            {"type": "string", CONNECT_VERSION: 1, "connect.parameters": {"allowed": DEBEZIUM_SNAPSHOT_VALUES},
+             "connect.default": "false", CONNECT_NAME: "io.debezium.data.Enum"}, "null"], "default": "false"},
+        {"name": "db", "type": "string"},
+        {"name": "sequence", "type": ["null", "string"], "default": None},
+        {"name": "ts_us", "type": ["null", "long"], "default": None},
+        {"name": "ts_ns", "type": ["null", "long"], "default": None},
+        {"name": "schema", "type": "string"},
+        {"name": "table", "type": "string"},
+        {"name": "txId", "type": ["null", "long"], "default": None},
+        {"name": "lsn", "type": ["null", "long"], "default": None},
+        {"name": "xmin", "type": ["null", "long"], "default": None},
+        {"name": "origin", "type": ["null", "string"], "default": None},
+        {"name": "origin_lsn", "type": ["null", "long"], "default": None},
+        # Ours (docs/event-format.md): the commit's LSN, the first half of the sink's row-guard position.
+        {"name": "commit_lsn", "type": ["null", "long"], "default": None},
+    ],
+    CONNECT_VERSION: 1,
+    CONNECT_NAME: SOURCE_RECORD_NAME,
+}  # fmt: skip
+"""Debezium 3.6's `source` block as its PostgreSQL connector registers it, and our `commit_lsn` at the end."""
+
+DEBEZIUM_TRANSACTION_SCHEMA: dict[str, Any] = {
+    "type": "record", "name": "block", "namespace": "event",
+    "fields": [{"name": "id", "type": "string"}, {"name": "total_order", "type": "long"},
+               {"name": "data_collection_order", "type": "long"}],
+    CONNECT_VERSION: 1, CONNECT_NAME: "event.block",
+}  # fmt: skip
+"""Debezium's `transaction` block (null unless its `provide.transaction.metadata` is on; ours is always null)."""
+
+DEBEZIUM_CHANGE_ID: dict[str, Any] = {"type": "string", CONNECT_VERSION: 1, CONNECT_NAME: "io.debezium.data.Uuid"}
+
+
+def source_schema(style: SchemaStyle) -> dict[str, Any]:
+    return DEBEZIUM_SOURCE_SCHEMA if style == SchemaStyle.DEBEZIUM else SOURCE_SCHEMA
+
+
 def source_block(
     *,
     name: str,
@@ -81,15 +131,38 @@ def source_block(
     xmin: int | None = None,
     sequence: str | None = None,
     version: str = __version__,
+    style: SchemaStyle = SchemaStyle.AVRO_NATIVE,
 ) -> dict[str, Any]:
     """The `source` record of an event. `lsn`/`commit_lsn` accept ints or `Lsn`s.
 
     `sequence` defaults to Debezium's `["<commit lsn>","<lsn>"]` (decimal strings) when both are known.
+    `debezium` style: `snapshot` is `"false"` for a streamed change, `ts_us`/`ts_ns` are `ts_ms` in their units,
+    `origin`/`origin_lsn` null.
     """
     lsn_value = None if lsn is None else int(lsn)
     commit_value = None if commit_lsn is None else int(commit_lsn)
     if sequence is None and lsn_value is not None and commit_value is not None:
         sequence = f'["{commit_value}","{lsn_value}"]'
+    if style == SchemaStyle.DEBEZIUM:
+        return {
+            "version": version,
+            "connector": "postgresql",
+            "name": name,
+            "ts_ms": ts_ms,
+            "snapshot": "false" if snapshot is None else snapshot,
+            "db": db,
+            "sequence": sequence,
+            "ts_us": ts_ms * 1000,
+            "ts_ns": ts_ms * 1_000_000,
+            "schema": schema,
+            "table": table,
+            "txId": tx_id,
+            "lsn": lsn_value,
+            "xmin": xmin,
+            "origin": None,
+            "origin_lsn": None,
+            "commit_lsn": commit_value,
+        }
     return {
         "version": version,
         "connector": "postgresql",
@@ -145,6 +218,7 @@ class TableSchemas:
     key_columns: tuple[str, ...]
     key_schema: AvroSchema | None
     value_schema: AvroSchema
+    style: SchemaStyle = SchemaStyle.AVRO_NATIVE
     _plan: tuple[tuple[str, Any, Any, str], ...] = field(init=False, repr=False, compare=False)
     _fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _key_fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -231,15 +305,46 @@ class TableSchemas:
         change_id: str,
         unchanged_toast: Sequence[str] = (),
     ) -> dict[str, Any]:
+        return envelope_value(
+            op=op, before=before, after=after, source=source, ts_ms=ts_ms, change_id=change_id,
+            unchanged_toast=unchanged_toast, style=self.style,
+        )  # fmt: skip
+
+
+def envelope_value(
+    *,
+    op: str,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+    source: Mapping[str, Any],
+    ts_ms: int | None,
+    change_id: str,
+    unchanged_toast: Sequence[str] = (),
+    style: SchemaStyle = SchemaStyle.AVRO_NATIVE,
+) -> dict[str, Any]:
+    """An envelope value of `style` (`debezium`: with `transaction` (null), `ts_us` and `ts_ns`)."""
+    if style == SchemaStyle.DEBEZIUM:
         return {
             "before": before,
             "after": after,
             "source": source,
+            "transaction": None,
             "op": op,
             "ts_ms": ts_ms,
+            "ts_us": None if ts_ms is None else ts_ms * 1000,
+            "ts_ns": None if ts_ms is None else ts_ms * 1_000_000,
             "change_id": change_id,
             "unchanged_toast": list(unchanged_toast),
         }
+    return {
+        "before": before,
+        "after": after,
+        "source": source,
+        "op": op,
+        "ts_ms": ts_ms,
+        "change_id": change_id,
+        "unchanged_toast": list(unchanged_toast),
+    }
 
 
 def record_namespace(topic_prefix: str, schema: str, table: str) -> str:
@@ -299,6 +404,7 @@ def build_table_schemas(
     columns_include: Collection[str] | None = None,
     columns_exclude: Collection[str] = (),
     key_columns: Sequence[str] | None = None,
+    schema_style: SchemaStyle = SchemaStyle.AVRO_NATIVE,
 ) -> TableSchemas:
     """The key and value schemas of `table` and the codecs of its captured columns.
 
@@ -342,7 +448,12 @@ def build_table_schemas(
                 )
             continue
         try:
-            codecs.append(column_codec(table, column, decimal_handling=decimal_handling, key=column.name in keys))
+            codecs.append(
+                column_codec(
+                    table, column, decimal_handling=decimal_handling, key=column.name in keys,
+                    schema_style=schema_style,
+                )
+            )  # fmt: skip
         except SchemaError:
             if skip_unsupported and column.name not in keys:
                 continue
@@ -355,21 +466,7 @@ def build_table_schemas(
          CONNECT_NAME: f"{namespace}.Value"},
         set(),
     )  # fmt: skip
-    envelope = {
-        "type": "record",
-        "name": "Envelope",
-        "namespace": namespace,
-        "fields": [
-            {"name": "before", "type": ["null", value_record], "default": None},
-            {"name": "after", "type": ["null", f"{namespace}.Value"], "default": None},
-            {"name": "source", "type": SOURCE_SCHEMA},
-            {"name": "op", "type": "string"},
-            {"name": "ts_ms", "type": ["null", "long"], "default": None},
-            {"name": "change_id", "type": {"type": "string", "logicalType": "uuid"}},
-            {"name": "unchanged_toast", "type": {"type": "array", "items": "string"}, "default": []},
-        ],
-        CONNECT_NAME: f"{namespace}.Envelope",
-    }
+    envelope = _envelope_schema(namespace, value_record, schema_style)
     key_schema = None
     if keys:
         by_name = {c.column.name: c for c in codecs}
@@ -386,5 +483,46 @@ def build_table_schemas(
         key_columns=keys,
         key_schema=key_schema,
         value_schema=AvroSchema.of(envelope),
+        style=schema_style,
     )
+
+
+def _envelope_schema(namespace: str, value_record: AvroType, style: SchemaStyle) -> dict[str, Any]:
+    row = f"{namespace}.Value"
+    if style == SchemaStyle.AVRO_NATIVE:
+        return {
+            "type": "record",
+            "name": "Envelope",
+            "namespace": namespace,
+            "fields": [
+                {"name": "before", "type": ["null", value_record], "default": None},
+                {"name": "after", "type": ["null", row], "default": None},
+                {"name": "source", "type": SOURCE_SCHEMA},
+                {"name": "op", "type": "string"},
+                {"name": "ts_ms", "type": ["null", "long"], "default": None},
+                {"name": "change_id", "type": {"type": "string", "logicalType": "uuid"}},
+                {"name": "unchanged_toast", "type": {"type": "array", "items": "string"}, "default": []},
+            ],
+            CONNECT_NAME: f"{namespace}.Envelope",
+        }
+    # Debezium's envelope, field for field; `change_id` and `unchanged_toast` (ours) at the end.
+    return {
+        "type": "record",
+        "name": "Envelope",
+        "namespace": namespace,
+        "fields": [
+            {"name": "before", "type": ["null", value_record], "default": None},
+            {"name": "after", "type": ["null", row], "default": None},
+            {"name": "source", "type": DEBEZIUM_SOURCE_SCHEMA},
+            {"name": "transaction", "type": ["null", DEBEZIUM_TRANSACTION_SCHEMA], "default": None},
+            {"name": "op", "type": "string"},
+            {"name": "ts_ms", "type": ["null", "long"], "default": None},
+            {"name": "ts_us", "type": ["null", "long"], "default": None},
+            {"name": "ts_ns", "type": ["null", "long"], "default": None},
+            {"name": "change_id", "type": DEBEZIUM_CHANGE_ID},
+            {"name": "unchanged_toast", "type": {"type": "array", "items": "string"}, "default": []},
+        ],
+        CONNECT_VERSION: 2,
+        CONNECT_NAME: f"{namespace}.Envelope",
+    }
 

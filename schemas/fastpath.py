@@ -20,6 +20,7 @@ from core import __version__
 from schemas.codegen import _SMALL, _SMALL_RANGE, compile_writer, zigzag
 from schemas.envelope import TableSchemas
 from schemas.serde import HEADER, MAGIC
+from schemas.types import SchemaStyle
 
 FALLBACK_ERRORS = (LookupError, TypeError, AttributeError, ValueError, OverflowError)
 """Besides `codegen.Fallback`: the errors on which `serde.Encoder` lets fastavro write the value instead."""
@@ -36,12 +37,15 @@ def _string(text: str) -> bytes:
 
 
 _OPS = {op: _string(op) for op in "cud"}
+_FALSE = _string("false")
 
 
 class EnvelopeWriter:
     """Wire-format key and value bytes of one table's streamed events (`source.snapshot` = null)."""
 
-    __slots__ = ("_key_header", "_key_writer", "_prefix", "_row_writer", "_table_part", "_tx", "_value_header")
+    __slots__ = (
+        "_debezium", "_key_header", "_key_writer", "_prefix", "_row_writer", "_table_part", "_tx", "_value_header",
+    )
 
     def __init__(
         self,
@@ -58,6 +62,7 @@ class EnvelopeWriter:
         self._key_writer = key_writer
         self._value_header = HEADER.pack(MAGIC, value_schema_id)
         self._key_header = None if key_schema_id is None else HEADER.pack(MAGIC, key_schema_id)
+        self._debezium = schemas.style == SchemaStyle.DEBEZIUM
         # source: version, connector, name | ts_ms, snapshot (null), db | sequence | schema, table, txId | ...
         self._prefix = _string(__version__) + _string("postgresql") + _string(connector_name)
         self._table_part = (_string(db), _string(schemas.table.schema) + _string(schemas.table.name))
@@ -92,9 +97,17 @@ class EnvelopeWriter:
         tx = self._tx
         if tx is None or tx[0] != commit_lsn or tx[1] != xid or tx[2] != commit_ms:
             db, schema_table = self._table_part
-            head = self._prefix + zigzag(commit_ms) + _NULL + db + _SOME
-            middle = schema_table + _SOME + zigzag(xid) + _SOME
-            tail = _NULL + _SOME + zigzag(commit_lsn)  # xmin null, commit_lsn
+            if self._debezium:
+                # source: ..., snapshot "false" (branch 0), db | sequence | ts_us, ts_ns, schema, table, txId | lsn |
+                # xmin, origin, origin_lsn null, commit_lsn; then the envelope's transaction (null)
+                head = self._prefix + zigzag(commit_ms) + _NULL + _FALSE + db + _SOME
+                times = _SOME + zigzag(commit_ms * 1000) + _SOME + zigzag(commit_ms * 1_000_000)
+                middle = times + schema_table + _SOME + zigzag(xid) + _SOME
+                tail = _NULL * 3 + _SOME + zigzag(commit_lsn) + _NULL
+            else:
+                head = self._prefix + zigzag(commit_ms) + _NULL + db + _SOME
+                middle = schema_table + _SOME + zigzag(xid) + _SOME
+                tail = _NULL + _SOME + zigzag(commit_lsn)  # xmin null, commit_lsn
             tx = (commit_lsn, xid, commit_ms, head, middle, f'["{commit_lsn}","', tail)
             self._tx = tx
         return tx
@@ -118,7 +131,8 @@ class EnvelopeWriter:
         change_id: str,
         unchanged: Sequence[str] = (),
     ) -> bytes:
-        """The envelope `{before, after, source, op, ts_ms, change_id, unchanged_toast}` of a streamed change."""
+        """The envelope `{before, after, source, op, ts_ms, change_id, unchanged_toast}` of a streamed change
+        (`debezium` style: with `transaction`, `ts_us`, `ts_ns`)."""
         _, _, _, head, middle, sequence, tail = self._transaction(commit_lsn, xid, commit_ms)
         out = bytearray(self._value_header)
         if before is None:
@@ -141,6 +155,11 @@ class EnvelopeWriter:
         out += _OPS[op] if op in _OPS else _string(op)
         out += _SOME
         out += zigzag(ts_ms)
+        if self._debezium:
+            out += _SOME
+            out += zigzag(ts_ms * 1000)
+            out += _SOME
+            out += zigzag(ts_ms * 1_000_000)
         cid = change_id.encode()
         out += _UUID_LEN if len(cid) == 36 else zigzag(len(cid))
         out += cid

@@ -11,7 +11,10 @@ The text formats of dates, intervals and bytea depend on session settings; sessi
 
 from __future__ import annotations
 
+import logging
+import math
 import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -22,6 +25,7 @@ from typing import Any
 from psycopg import sql
 
 from core.errors import SchemaError
+from core.metrics import SOURCE_UNREPRESENTABLE_VALUES
 from schemas.catalog import (
     KIND_ARRAY,
     KIND_COMPOSITE,
@@ -43,7 +47,21 @@ class DecimalHandling(StrEnum):
     STRING = "string"
     DOUBLE = "double"
 
+
+class SchemaStyle(StrEnum):
+    """How fields are encoded (the source's `schema_style`; docs/event-format.md, Debezium compatibility).
+
+    `debezium`: what Debezium's PostgreSQL connector registers under its default settings, so Kafka Connect's Avro
+    converters and Debezium's consumers read our topics; `avro_native`: Avro logical types and NaN-preserving
+    numerics, exact for every value PostgreSQL holds, not readable by Connect converters.
+    """
+
+    DEBEZIUM = "debezium"
+    AVRO_NATIVE = "avro_native"
+
+
 TextConverter = Callable[[str], Any]
+log = logging.getLogger(__name__)
 
 SESSION_SETTINGS: dict[str, str] = {
     "DateStyle": "ISO, MDY",
@@ -70,6 +88,10 @@ PG_DEFAULT = "pg.default"
 AVRO_ALIASES = "aliases"
 PG_ENUM_LABELS = "pg.enum.labels"
 CONNECT_NAME = "connect.name"
+CONNECT_VERSION = "connect.version"
+CONNECT_PARAMETERS = "connect.parameters"
+CONNECT_DEFAULT = "connect.default"
+CONNECT_DECIMAL_NAME = "org.apache.kafka.connect.data.Decimal"
 
 VARIABLE_SCALE_DECIMAL_NAME = "io.debezium.data.VariableScaleDecimal"
 VARIABLE_SCALE_DECIMAL: dict[str, Any] = {
@@ -79,6 +101,21 @@ VARIABLE_SCALE_DECIMAL: dict[str, Any] = {
     "fields": [{"name": "scale", "type": "int"}, {"name": "value", "type": "bytes"}],
     CONNECT_NAME: VARIABLE_SCALE_DECIMAL_NAME,
 }
+DEBEZIUM_VARIABLE_SCALE_DECIMAL: dict[str, Any] = {
+    **VARIABLE_SCALE_DECIMAL, "connect.doc": "Variable scaled decimal", CONNECT_VERSION: 1,
+}  # fmt: skip
+DEBEZIUM_POINT: dict[str, Any] = {
+    "type": "record", "name": "Point", "namespace": "io.debezium.data.geometry",
+    "fields": [{"name": "x", "type": "double"}, {"name": "y", "type": "double"},
+               {"name": "wkb", "type": ["null", "bytes"], "default": None},
+               {"name": "srid", "type": ["null", "int"], "default": None}],
+    "connect.doc": "Geometry (POINT)", CONNECT_VERSION: 1, CONNECT_NAME: "io.debezium.data.geometry.Point",
+}  # fmt: skip
+
+# What Debezium writes for PostgreSQL's timestamp infinities (the JDBC driver's sentinels, in microseconds).
+DEBEZIUM_TIMESTAMP_POSITIVE_INFINITY = 9223372036825200000
+DEBEZIUM_TIMESTAMP_NEGATIVE_INFINITY = -9223372036832400000
+DEBEZIUM_DAYS_PER_MONTH = 365.25 / 12
 
 _EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 _NUMERIC_SPECIALS = frozenset({"NaN", "Infinity", "-Infinity"})
@@ -106,12 +143,17 @@ class ColumnCodec:
     placeholder: Any = None
     text_converter: Callable[[str], Any] | None = None
     """`from_text` for non-null text, without the null check (None: the text is the value), for generated rows."""
+    style: SchemaStyle = SchemaStyle.AVRO_NATIVE
+    default_value: Any = None
+    """`debezium` style: the column's constant default as the Avro value (Debezium's `connect.default`), or None."""
 
     @property
     def field(self) -> dict[str, Any]:
         """The Avro field definition of this column (in `Value`, and in `Key` for key columns)."""
         field: dict[str, Any] = {"name": self.field_name, "type": self.avro}
-        if self.nullable:
+        if self.default_value is not None:
+            field["default"] = self.default_value
+        elif self.nullable:
             field["default"] = None
         field[PG_TYPE] = self.column.type_name
         if self.column.not_null and self.nullable:
@@ -372,6 +414,184 @@ def _identity(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Debezium's encodings (schema_style: debezium), as its PostgreSQL connector writes them under its defaults
+
+
+def _semantic(kind: str, name: str, **parameters: str) -> dict[str, Any]:
+    """A Debezium semantic type as Connect's Avro converter registers it (`connect.name`, no `logicalType`)."""
+    out: dict[str, Any] = {"type": kind, CONNECT_VERSION: 1}
+    if parameters:
+        out[CONNECT_PARAMETERS] = parameters
+    out[CONNECT_NAME] = name
+    return out
+
+
+def connect_decimal(precision: int | None, scale: int) -> dict[str, Any]:
+    """Connect's `Decimal` as its Avro converter registers it (precision 64 when the schema states none)."""
+    parameters = {"scale": str(scale)}
+    if precision is not None:
+        parameters["connect.decimal.precision"] = str(precision)
+    return {
+        "type": "bytes", "scale": scale, "precision": 64 if precision is None else precision, CONNECT_VERSION: 1,
+        CONNECT_PARAMETERS: parameters, CONNECT_NAME: CONNECT_DECIMAL_NAME, "logicalType": "decimal",
+    }  # fmt: skip
+
+
+def civil_from_days(days: int) -> tuple[int, int, int]:
+    """(year, month, day) of a day count since 1970-01-01 (proleptic Gregorian, astronomical years)."""
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (month <= 2), month, day
+
+
+def _iso_year(year: int) -> str:
+    # java.time's ISO printing: four digits, a sign beyond them or before year 0.
+    if 0 <= year <= 9999:
+        return f"{year:04d}"
+    return f"+{year}" if year > 0 else f"-{-year:04d}"
+
+
+def _clock(micros: int, fraction: int | None) -> str:
+    """`HH:MM:SS` and the fraction: `fraction` digits, or as many as needed when None."""
+    seconds, us = divmod(micros, _MICROS_PER_SECOND)
+    minutes, sec = divmod(seconds, 60)
+    hours, minute = divmod(minutes, 60)
+    out = f"{hours:02d}:{minute:02d}:{sec:02d}"
+    if fraction is None:
+        return out + (f".{us:06d}".rstrip("0") if us else "")
+    return out + (f".{us:06d}"[: fraction + 1] if fraction > 0 else "")
+
+
+def _zoned_timestamp(precision: int) -> TextConverter:
+    """`io.debezium.time.ZonedTimestamp`: the instant in UTC, ISO 8601, the column's precision in fraction digits."""
+
+    def convert(text: str) -> str:
+        if text in ("infinity", "-infinity"):
+            return text
+        days, micros = divmod(_parse_timestamptz(text), _MICROS_PER_DAY)
+        year, month, day = civil_from_days(days)
+        return f"{_iso_year(year)}-{month:02d}-{day:02d}T{_clock(micros, precision)}Z"
+
+    return convert
+
+
+def _zoned_time(text: str) -> str:
+    """`io.debezium.time.ZonedTime`: the time converted to UTC (the offset is not kept)."""
+    time_part, offset = _split_offset(text)
+    micros = (_time_micros(time_part) - offset * _MICROS_PER_SECOND) % _MICROS_PER_DAY
+    return _clock(micros, None) + "Z"
+
+
+def _time_millis(text: str) -> int:
+    return _time_micros(text) // 1000
+
+
+def _debezium_timestamp_micros(text: str) -> int:
+    if text == "infinity":
+        return DEBEZIUM_TIMESTAMP_POSITIVE_INFINITY
+    if text == "-infinity":
+        return DEBEZIUM_TIMESTAMP_NEGATIVE_INFINITY
+    return _parse_timestamp(text)
+
+
+def _debezium_timestamp_millis(text: str) -> int:
+    micros = _debezium_timestamp_micros(text)
+    return int(micros / 1000) if text.endswith("infinity") else micros // 1000
+
+
+def _micro_duration(text: str) -> int:
+    """`io.debezium.time.MicroDuration`: Debezium's arithmetic, in doubles (a month is 365.25 / 12 days)."""
+    years = months = days = 0
+    for amount, unit in _INTERVAL_UNIT.findall(text):
+        value = int(amount)
+        if unit.startswith("y"):
+            years = value
+        elif unit.startswith("m"):
+            months = value
+        else:
+            days = value
+    hours = minutes = 0
+    seconds = 0.0
+    match = _INTERVAL_TIME.search(text)
+    if match:
+        sign = -1 if match.group(1) == "-" else 1
+        hours, minutes = sign * int(match.group(2)), sign * int(match.group(3))
+        seconds = sign * (int(match.group(4)) + int((match.group(5) or "0").ljust(6, "0")) / 1e6)
+    elif not _INTERVAL_UNIT.search(text):
+        raise ValueError(f"not an interval in IntervalStyle postgres: {text!r}")
+    number_of_days = DEBEZIUM_DAYS_PER_MONTH * (years * 12 + months) + days
+    number_of_seconds = ((number_of_days * 24 + hours) * 60 + minutes) * 60 + seconds
+    # Java's (long) cast: truncation toward zero, saturating at the long's bounds.
+    return max(-(2**63), min(2**63 - 1, int(number_of_seconds * 1e6)))
+
+
+def _bits(text: str) -> bytes:
+    """`io.debezium.data.Bits`: the bit string as a binary number, little-endian, no trailing zero bytes."""
+    number = int(text, 2) if text else 0
+    return number.to_bytes((number.bit_length() + 7) // 8, "little")
+
+
+def _bit_boolean(text: str) -> bool:
+    return text == "1"
+
+
+def _point(text: str) -> dict[str, Any]:
+    """`io.debezium.data.geometry.Point`: coordinates and their WKB (little-endian point)."""
+    x_text, y_text = text[1:-1].split(",")
+    x, y = float(x_text), float(y_text)
+    return {"x": x, "y": y, "wkb": struct.pack("<BIdd", 1, 1, x, y), "srid": None}
+
+
+_MONEY_DROP = re.compile(r"[^0-9.\-]")
+
+
+def _money(text: str) -> Decimal:
+    """`money` as printed under lc_monetary with `.` decimals (`$1,234.50`, `-$1.00`, `($1.00)`) -> Decimal."""
+    value = Decimal(_MONEY_DROP.sub("", text).replace("-", ""))
+    return -value if text.startswith("(") or "-" in text else value
+
+
+Lossy = Callable[[], None]
+"""Called when a value cannot be represented in the chosen style and is written as null."""
+
+
+def lossy_reporter(table: str, column: str) -> Lossy:
+    """Counts `table.column`'s unrepresentable values (`cdc_source_unrepresentable_values`), warning once."""
+    counter = SOURCE_UNREPRESENTABLE_VALUES.labels(table=table, column=column)
+    warned = False
+
+    def report() -> None:
+        nonlocal warned
+        counter.inc()
+        if not warned:
+            warned = True
+            log.warning(
+                "%s.%s: a value schema_style debezium cannot carry (numeric NaN or Infinity) is written as null, "
+                "as Debezium does; use schema_style avro_native or decimal_handling string to keep it",
+                table,
+                column,
+            )
+
+    return report
+
+
+def _debezium_numeric(convert: TextConverter, lossy: Lossy) -> TextConverter:
+    def numeric(text: str) -> Any:
+        if text in _NUMERIC_SPECIALS:
+            lossy()
+            return None
+        return convert(text)
+
+    return numeric
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Array literals
 
 
@@ -519,6 +739,117 @@ def _scalar(pg: PgType, typmod: int, handling: DecimalHandling) -> _Scalar | Non
     return None
 
 
+_DEBEZIUM_SCALARS: dict[str, _Scalar] = {
+    "int2": _Scalar({"type": "int", "connect.type": "int16"}, int),
+    "uuid": _Scalar(_semantic("string", "io.debezium.data.Uuid"), _identity, passthrough=True),
+    "date": _Scalar(_semantic("int", "io.debezium.time.Date"), _parse_date),
+    "timetz": _Scalar(_semantic("string", "io.debezium.time.ZonedTime"), _zoned_time),
+    "interval": _Scalar(_semantic("long", "io.debezium.time.MicroDuration"), _micro_duration),
+    "json": _Scalar(_semantic("string", "io.debezium.data.Json"), _identity, passthrough=True),
+    "jsonb": _Scalar(_semantic("string", "io.debezium.data.Json"), _identity, passthrough=True),
+    "xml": _Scalar(_semantic("string", "io.debezium.data.Xml"), _identity, passthrough=True),
+    "tsvector": _Scalar(_semantic("string", "io.debezium.data.Tsvector"), _identity, passthrough=True),
+    "point": _Scalar(DEBEZIUM_POINT, _point),
+}
+"""Where Debezium's encoding differs from ours; other built-in types are encoded alike (int, long, float, double,
+boolean, bytes, string) or Debezium does not capture them (they keep our string encoding, docs/event-format.md)."""
+
+_TIME_PRECISION = 6
+
+
+def _debezium_scalar(pg: PgType, typmod: int, handling: DecimalHandling, lossy: Lossy) -> _Scalar | None:
+    name = pg.typname
+    if pg.kind == KIND_ENUM:
+        allowed = ",".join(pg.enum_labels)
+        return _Scalar(_semantic("string", "io.debezium.data.Enum", allowed=allowed), _identity, passthrough=True)
+    if not pg.is_builtin:
+        return _scalar(pg, typmod, handling)
+    precision = typmod if typmod >= 0 else _TIME_PRECISION
+    if name == "numeric" and handling == DecimalHandling.PRECISE:
+        bounds = numeric_precision_scale(typmod)
+        if bounds is None:
+            return _Scalar(DEBEZIUM_VARIABLE_SCALE_DECIMAL, _debezium_numeric(_parse_numeric_variable, lossy))
+        if bounds[1] >= 0:
+            return _Scalar(connect_decimal(*bounds), _debezium_numeric(Decimal, lossy))
+        # Debezium registers a negative scale as garbage (numeric(5,-2): scale 2046): our decimal, Connect-style.
+        native = _numeric(typmod, handling)
+        decimal = native.avro[0]
+        return _Scalar(connect_decimal(decimal["precision"], decimal["scale"]), _debezium_numeric(Decimal, lossy))
+    if name == "money" and handling == DecimalHandling.PRECISE:
+        return _Scalar(connect_decimal(None, 2), _money)
+    if name == "time":
+        if precision <= 3:
+            return _Scalar(_semantic("int", "io.debezium.time.Time"), _time_millis)
+        return _Scalar(_semantic("long", "io.debezium.time.MicroTime"), _time_micros)
+    if name == "timestamp":
+        if precision <= 3:
+            return _Scalar(_semantic("long", "io.debezium.time.Timestamp"), _debezium_timestamp_millis)
+        return _Scalar(_semantic("long", "io.debezium.time.MicroTimestamp"), _debezium_timestamp_micros)
+    if name == "timestamptz":
+        return _Scalar(_semantic("string", "io.debezium.time.ZonedTimestamp"), _zoned_timestamp(precision))
+    if name in ("bit", "varbit"):
+        if name == "bit" and typmod == 1:
+            return _Scalar("boolean", _bit_boolean)
+        length = str(typmod) if typmod > 0 else "2147483647"
+        return _Scalar(_semantic("bytes", "io.debezium.data.Bits", length=length), _bits)
+    found = _DEBEZIUM_SCALARS.get(name)
+    if found is not None:
+        return found
+    return _scalar(pg, typmod, handling)
+
+
+_ZERO_TEXTS: dict[str, str] = {
+    "date": "1970-01-01", "time": "00:00:00", "timetz": "00:00:00+00", "timestamp": "1970-01-01 00:00:00",
+    "timestamptz": "1970-01-01 00:00:00+00", "interval": "00:00:00", "uuid": "00000000-0000-0000-0000-000000000000",
+    "json": "{}", "jsonb": "{}", "bool": "f", "bytea": "\\x", "inet": "::", "cidr": "::/128",
+    "macaddr": "00:00:00:00:00:00", "macaddr8": "00:00:00:00:00:00:00:00", "point": "(0,0)", "pg_lsn": "0/0",
+    "money": "0", "numeric": "0", "varbit": "", "int4range": "empty", "int8range": "empty", "numrange": "empty",
+    "tsrange": "empty", "tstzrange": "empty", "daterange": "empty",
+}  # fmt: skip
+
+
+def _zero_text(column: ColumnInfo) -> str:
+    """The text of a valid value of the column's type that stands for "no value": the epoch, zero, empty."""
+    resolved = column.resolved
+    if resolved.kind == KIND_ARRAY:
+        return "{}"
+    if resolved.kind == KIND_ENUM:
+        return resolved.enum_labels[0] if resolved.enum_labels else ""
+    if resolved.typname == "bit":
+        return "0" * max(column.typmod, 1)
+    return _ZERO_TEXTS.get(resolved.typname, "0" if resolved.category == "N" else "")
+
+
+def _fallback(column: ColumnInfo, convert: TextConverter) -> Any:
+    """Debezium's value for a NOT NULL column without one (a key-only `before`): the type's zero, as a valid value
+    of the column's type, so that a consumer can write the image (the epoch, 0, "", an empty array)."""
+    try:
+        return convert(_zero_text(column))
+    except (ValueError, TypeError, ArithmeticError, IndexError):
+        return None
+
+
+_JSON_DEFAULTS = (bool, int, float, str)
+
+
+def _debezium_default(column: ColumnInfo, convert: TextConverter) -> Any:
+    """The column's constant default as Debezium's `connect.default`, where it is a JSON scalar (else None)."""
+    if column.default is None:
+        return None
+    try:
+        value = convert(column.default)
+    except (ValueError, TypeError, ArithmeticError, IndexError):
+        return None
+    if not isinstance(value, _JSON_DEFAULTS) or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return value
+
+
+def _with_default(avro: AvroType, default: Any) -> dict[str, Any]:
+    base = {"type": avro} if isinstance(avro, str) else dict(avro)
+    return {**base, CONNECT_DEFAULT: default}
+
+
 def _union(*branches: AvroType) -> list[AvroType]:
     out: list[AvroType] = []
     for branch in branches:
@@ -554,29 +885,49 @@ def _nullable_converter(convert: TextConverter) -> Callable[[str | None], Any]:
     return from_text
 
 
+def _never_lossy() -> None:
+    pass
+
+
 def column_codec(
     table: TableInfo,
     column: ColumnInfo,
     *,
     decimal_handling: DecimalHandling,
     key: bool | None = None,
+    schema_style: SchemaStyle = SchemaStyle.AVRO_NATIVE,
+    lossy: Lossy | None = None,
 ) -> ColumnCodec:
     """Choose the Avro type and text converter of `column`.
 
     `key` says whether the column is part of the event key (default: its primary-key / replica-identity
-    position). A field is non-nullable only for NOT NULL key columns: a delete under REPLICA IDENTITY
-    DEFAULT sends only the key, so every other column must be able to be absent from `before`, and
-    unchanged TOAST values of non-string types are null.
+    position). `avro_native`: a field is non-nullable only for NOT NULL key columns: a delete under REPLICA
+    IDENTITY DEFAULT sends only the key, so every other column must be able to be absent from `before`, and
+    unchanged TOAST values of non-string types are null. `debezium`: as Debezium, every NOT NULL column is
+    required (a key-only `before` gets the column's default or its type's zero, as Debezium's); TOAST-able
+    non-string columns stay nullable. `lossy` is called for each value the style writes as null
+    (default: `lossy_reporter` of the column).
     """
     is_key = column.key_position is not None if key is None else key
+    debezium = schema_style == SchemaStyle.DEBEZIUM
+    if debezium and lossy is None:
+        lossy = lossy_reporter(f"{table.schema}.{table.name}", column.name)
+    report = lossy or _never_lossy
+
+    def scalar_of(pg: PgType) -> _Scalar | None:
+        if debezium:
+            return _debezium_scalar(pg, column.typmod, decimal_handling, report)
+        return _scalar(pg, column.typmod, decimal_handling)
+
     resolved = column.resolved
     if resolved.kind == KIND_ARRAY:
         element = resolved.element
-        scalar = _scalar(element, column.typmod, decimal_handling) if element is not None else None
+        scalar = scalar_of(element) if element is not None else None
         if scalar is None or element is None:
             raise _unsupported(table, column)
         convert_element = scalar.convert
         delimiter = ";" if element.typname == "box" else ","
+        # Debezium registers an enum array's elements as non-null, so it cannot carry a NULL element; ours can.
         value_type: AvroType = {"type": "array", "items": _union("null", scalar.avro)}
 
         def convert_array(text: str) -> Any:
@@ -585,14 +936,14 @@ def column_codec(
         convert: TextConverter = convert_array
         passthrough = False
     else:
-        found = _scalar(resolved, column.typmod, decimal_handling)
+        found = scalar_of(resolved)
         if found is None:
             raise _unsupported(table, column)
         value_type = found.avro
         convert = found.convert
         passthrough = found.passthrough
 
-    nullable = not (is_key and column.not_null)
+    nullable = not column.not_null if debezium else not (is_key and column.not_null)
     if _is_string(value_type):
         placeholder: Any = UNAVAILABLE_VALUE
     elif value_type == "bytes":
@@ -601,8 +952,23 @@ def column_codec(
         placeholder = None
         if column.toastable:
             nullable = True
-    avro = _union("null", value_type) if nullable else value_type
+    default = _debezium_default(column, convert) if debezium else None
+    if default is not None:
+        value_type = _with_default(value_type, default)
+    # Connect's Avro converter puts the default's branch first (Avro requires it).
+    optional = [value_type, "null"] if default is not None else _union("null", value_type)
+    avro = optional if nullable else value_type
     from_text: Callable[[str | None], Any] = _identity if passthrough else _nullable_converter(convert)  # type: ignore[assignment]
+    text_converter = None if passthrough else convert
+    if debezium and not nullable:
+        fallback = _fallback(column, convert) if default is None else default
+        required = convert
+
+        def from_required(text: str | None) -> Any:
+            value = None if text is None else required(text)
+            return fallback if value is None else value
+
+        from_text, text_converter = from_required, None
     return ColumnCodec(
         column=column,
         avro=avro,
@@ -611,5 +977,7 @@ def column_codec(
         nullable=nullable,
         field_name=avro_name(column.name),
         placeholder=placeholder,
-        text_converter=None if passthrough else convert,
+        text_converter=text_converter,
+        style=schema_style,
+        default_value=default,
     )

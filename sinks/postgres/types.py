@@ -113,6 +113,8 @@ class ColumnType:
 
 _DATE_INFINITY = 2**31 - 1
 _TS_INFINITY = 2**63 - 1
+# Debezium writes PostgreSQL's timestamp infinities as the JDBC driver's sentinels (in microseconds).
+_DEBEZIUM_INFINITY = {9223372036825200000: "infinity", -9223372036832400000: "-infinity"}
 _MICROS_PER_DAY = 86_400_000_000
 # Python's datetime covers years 1..9999; beyond that (and BC) the converters write PostgreSQL text.
 _PY_MIN_MICROS = -62_135_596_800_000_000
@@ -168,6 +170,8 @@ def _epoch(scale: int, *, zone: bool) -> ValueConverter:
             return "infinity"
         if value == -_TS_INFINITY - 1:
             return "-infinity"
+        if micros in _DEBEZIUM_INFINITY:
+            return _DEBEZIUM_INFINITY[micros]
         days, rest = divmod(micros, _MICROS_PER_DAY)
         text = _civil(days)
         bc = text.endswith(" BC")
@@ -187,7 +191,29 @@ def _clock(scale: int) -> ValueConverter:
 
 
 def _micro_duration(value: Any) -> Any:
+    # Every long of microseconds (Debezium saturates there) is within timedelta's ±999999999 days.
     return timedelta(microseconds=value) if isinstance(value, int) else value
+
+
+def _zoned_timestamp(value: Any) -> Any:
+    """`io.debezium.time.ZonedTimestamp` beyond years 0001..9999 as PostgreSQL reads it: java.time prints year
+    12345 as `+12345` and 44 BC as `-0043` (astronomical), PostgreSQL wants `12345` and `0044 ... BC`."""
+    if not isinstance(value, str) or not value or value[0] not in "+-0" or value.endswith("infinity"):
+        return value
+    if value[0] == "+":
+        return value[1:]
+    if value[0] == "0" and not value.startswith("0000-"):
+        return value
+    year, rest = (value[1:] if value[0] == "-" else value).split("-", 1)
+    bc_year = int(year) + 1 if value[0] == "-" else 1
+    return f"{bc_year:04d}-{rest.replace('T', ' ').removesuffix('Z')}+00 BC"
+
+
+def _point(value: Any) -> Any:
+    """`io.debezium.data.geometry.Point` -> point text."""
+    if isinstance(value, Mapping) and "x" in value and "y" in value:
+        return f"({value['x']!r},{value['y']!r})"
+    return value
 
 
 _EXACT = decimal.Context(prec=decimal.MAX_PREC)
@@ -294,7 +320,7 @@ _CONNECT_NAMES: dict[str, tuple[str, ValueConverter | None]] = {
     "io.debezium.time.Time": ("time without time zone", _clock(1_000)),
     "io.debezium.time.MicroTime": ("time without time zone", _clock(1_000_000)),
     "io.debezium.time.NanoTime": ("time without time zone", _clock(1_000_000_000)),
-    "io.debezium.time.ZonedTimestamp": ("timestamp with time zone", None),
+    "io.debezium.time.ZonedTimestamp": ("timestamp with time zone", _zoned_timestamp),
     "io.debezium.time.ZonedTime": ("time with time zone", None),
     "io.debezium.time.MicroDuration": ("interval", _micro_duration),
     "io.debezium.time.Interval": ("interval", None),
@@ -304,6 +330,8 @@ _CONNECT_NAMES: dict[str, tuple[str, ValueConverter | None]] = {
     "io.debezium.data.Enum": ("text", None),
     "io.debezium.data.EnumSet": ("text", None),
     "io.debezium.data.VariableScaleDecimal": ("numeric", _variable_decimal),
+    "io.debezium.data.Tsvector": ("tsvector", None),
+    "io.debezium.data.geometry.Point": ("point", _point),
     # Kafka Connect's own logical types: Debezium's `time.precision.mode: connect` (millisecond precision).
     "org.apache.kafka.connect.data.Date": ("date", _days),
     "org.apache.kafka.connect.data.Time": ("time without time zone", _clock(1_000)),
@@ -422,9 +450,10 @@ def _from_avro(avro: Any, where: str) -> tuple[DestinationType, ValueConverter |
         return DestinationType("numeric", mods), _connect_decimal(scale)
     if connect_name == DEBEZIUM_BITS:
         length = _int_parameter(parameters, "length")
-        if length is None or not 0 < length <= _MAX_CHARACTER_LENGTH:
+        if length is None or length <= 0:
             raise SchemaError(f"{where}: io.debezium.data.Bits without a `length` parameter")
-        return DestinationType("bit varying"), _bits(length)
+        # `bit varying` without a length: 2147483647, no width to restore (leading zero bits are lost).
+        return DestinationType("bit varying"), _bits(length if length <= _MAX_CHARACTER_LENGTH else 1)
     logical = avro.get("logicalType")
     if logical == "decimal":
         precision, scale = avro.get("precision"), avro.get("scale", 0)
@@ -511,6 +540,8 @@ def column_type(field: Mapping[str, Any], where: str) -> ColumnType:
             declared = str(source)
     if isinstance(declared, str):
         parsed = DestinationType.parse(declared)
+        if parsed is not None and parsed.base in {"bit", "bit varying"} and derived.base == "boolean":
+            convert = _bit_of_boolean  # a bit(1) under `schema_style: debezium`
         if parsed is not None:
             if parsed.base in {"json", "jsonb"}:
                 if not parsed.arrays and convert is None:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from core.settings import Section
-from schemas.types import DecimalHandling
+from schemas.types import DecimalHandling, SchemaStyle
 
 
 class SnapshotMode(StrEnum):
@@ -112,6 +112,12 @@ class PostgresSourceConfig(Section):
     decimal_handling: DecimalHandling = Field(
         DecimalHandling.PRECISE,
         description="numeric values: `precise` (Avro decimal), `string`, or `double`.",
+    )
+    schema_style: SchemaStyle = Field(
+        SchemaStyle.DEBEZIUM,
+        description="Field encodings: `debezium` (Debezium's Avro under its default settings, readable by Kafka "
+        "Connect converters) or `avro_native` (Avro logical types, NaN-preserving numerics; not readable by Connect "
+        "converters). docs/event-format.md, Debezium compatibility.",
     )
     tombstones_on_delete: bool = Field(True, description="Emit a null-value record after each delete.")
     emit_truncate: bool = Field(True, description="Emit TRUNCATE as an `op = t` event.")

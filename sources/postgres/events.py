@@ -24,9 +24,10 @@ from core.errors import SchemaError
 from core.records import NEW_KEY_HEADER, OLD_KEY_HEADER, SNAPSHOT_COMPLETE_HEADER, AvroSchema, Record
 from schemas.catalog import TableInfo, describe_streamed, describe_tables
 from schemas.codegen import Fallback
-from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, source_block
+from schemas.envelope import UNCHANGED_TOAST, TableSchemas, build_table_schemas, envelope_value, source_block
 from schemas.fastpath import FALLBACK_ERRORS, EnvelopeWriter
 from schemas.serde import Encoder
+from schemas.types import SchemaStyle
 from sources.postgres.change_id import ChangeIds
 from sources.postgres.config import PostgresSourceConfig
 from sources.postgres.protocol import Delete, Insert, Relation, Tuple, Update
@@ -85,9 +86,9 @@ class TableEvents:
     """
 
     __slots__ = (
-        "_db", "_full_identity", "_ids", "_index", "_key_schema", "_name", "_schemas", "_source_template",
-        "_tombstones", "_topic", "_value_schema", "_writer", "_writer_ids", "columns", "key_columns", "schema",
-        "table", "table_name", "topic",
+        "_db", "_debezium", "_full_identity", "_ids", "_index", "_key_schema", "_name", "_schemas",
+        "_source_template", "_tombstones", "_topic", "_value_schema", "_writer", "_writer_ids", "columns",
+        "key_columns", "schema", "table", "table_name", "topic",
     )  # fmt: skip
 
     def __init__(
@@ -102,6 +103,7 @@ class TableEvents:
         replica_identity: str = "d",
     ) -> None:
         self._schemas = schemas
+        self._debezium = schemas.style == SchemaStyle.DEBEZIUM
         self._topic = schemas.topic
         self.topic = schemas.topic
         self._writer: EnvelopeWriter | None = None
@@ -118,7 +120,9 @@ class TableEvents:
         self.table_name = f"{self.schema}.{self.table}"
         self.columns = schemas.column_names
         self.key_columns = schemas.key_columns
-        self._source_template = source_block(name=connector_name, db=db, schema=self.schema, table=self.table, ts_ms=0)
+        self._source_template = source_block(
+            name=connector_name, db=db, schema=self.schema, table=self.table, ts_ms=0, style=schemas.style
+        )
         self._index: tuple[int, ...] | None = None
         if relation_columns is not None and tuple(relation_columns) != self.columns:
             position = {name: i for i, name in enumerate(relation_columns)}
@@ -221,20 +225,20 @@ class TableEvents:
         for event in events:
             source = self._source_template.copy()
             source["ts_ms"] = event.ts_ms
-            source["snapshot"] = event.snapshot
             source["txId"] = event.xid
             source["lsn"] = event.lsn
             source["commit_lsn"] = event.commit_lsn
             source["sequence"] = f'["{event.commit_lsn}","{event.lsn}"]'
-            value: dict[str, Any] = {
-                "before": event.before,
-                "after": event.after,
-                "source": source,
-                "op": event.op,
-                "ts_ms": int(time.time() * 1000),
-                "change_id": event.change_id,
-                "unchanged_toast": list(event.unchanged),
-            }
+            if self._debezium:
+                source["snapshot"] = "false" if event.snapshot is None else event.snapshot
+                source["ts_us"] = event.ts_ms * 1000
+                source["ts_ns"] = event.ts_ms * 1_000_000
+            else:
+                source["snapshot"] = event.snapshot
+            value = envelope_value(
+                op=event.op, before=event.before, after=event.after, source=source, ts_ms=int(time.time() * 1000),
+                change_id=event.change_id, unchanged_toast=event.unchanged, style=self._schemas.style,
+            )  # fmt: skip
             key = event.key
             key_schema = None if key is None else self._key_schema
             headers = event.headers
@@ -364,6 +368,7 @@ class EventFactory:
             topic=self.topic(table),
             topic_prefix=self._source.topic_prefix,
             decimal_handling=self._source.decimal_handling,
+            schema_style=self._source.schema_style,
             skip_unsupported=options.skip_unsupported_columns,
             columns_include=include,
             columns_exclude=exclude,

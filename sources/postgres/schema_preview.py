@@ -53,6 +53,7 @@ def derive_schemas(conn: psycopg.Connection[Any], source: PostgresSourceConfig) 
                 topic=f"{source.topic_prefix}.{table.schema}.{table.table}",
                 topic_prefix=source.topic_prefix,
                 decimal_handling=source.decimal_handling,
+                schema_style=source.schema_style,
                 skip_unsupported=options.skip_unsupported_columns,
                 columns_include=options.columns_include,
                 columns_exclude=options.columns_exclude,

@@ -32,6 +32,7 @@ def column(
     base_kind: str | None = None,
     attnum: int = 1,
     generated: bool = False,
+    default: str | None = None,
 ) -> ColumnInfo:
     pg = pg_type(resolved) if isinstance(resolved, str) else resolved
     return ColumnInfo(
@@ -46,6 +47,7 @@ def column(
         typmod=typmod,
         toastable=toastable,
         generated=generated,
+        default=default,
     )
 
 

@@ -16,7 +16,7 @@ from core.records import AvroSchema
 from schemas.codegen import compile_reader, compile_writer, zigzag
 from schemas.envelope import build_table_schemas, source_block
 from schemas.serde import Encoder, without_raw_logical_types
-from schemas.types import DecimalHandling
+from schemas.types import DecimalHandling, SchemaStyle
 from tests.unit.schemas.schemas_support import array_of, column, numeric_typmod, pg_type, table
 
 pytestmark = pytest.mark.unit
@@ -37,6 +37,18 @@ def every_type_table() -> Any:
     columns.append(column("n_arr", array_of(pg_type("numeric")), typmod=numeric_typmod(6, 2), toastable=True))
     columns.append(column("nn_int", "int4", not_null=True))
     columns.append(column("mood", pg_type("mood", kind="e", schema="public", labels=("a", "b"))))
+    # Types whose `debezium` encodings differ from the ones above (precision-dependent, records, bits, defaults).
+    columns.append(column("c_time3", "time", typmod=3))
+    columns.append(column("c_ts3", "timestamp", typmod=3))
+    columns.append(column("c_tstz0", "timestamptz", typmod=0))
+    columns.append(column("c_point", "point"))
+    columns.append(column("a_point", array_of(pg_type("point")), toastable=True))
+    columns.append(column("c_bit5", "bit", typmod=5))
+    columns.append(column("c_bit1", "bit", typmod=1))
+    columns.append(column("c_money", "money"))
+    columns.append(column("nn_default", "int2", not_null=True, default="3"))
+    columns.append(column("n_default", "text", default="dflt"))
+    columns.append(column("a_mood", array_of(pg_type("mood", kind="e", schema="public", labels=("a", "b")))))
     return table(*columns, schema="public", name="every")
 
 
@@ -46,11 +58,17 @@ def _random_decimal(rng: random.Random, precision: int, scale: int) -> Decimal:
     return Decimal(unscaled).scaleb(-scale)
 
 
+_NAMED = {"io.debezium.data.VariableScaleDecimal": {"type": "record", "name": "VariableScaleDecimal"},
+          "io.debezium.data.geometry.Point": {"type": "record", "name": "Point", "fields": [
+              {"name": "x", "type": "double"}, {"name": "y", "type": "double"},
+              {"name": "wkb", "type": ["null", "bytes"]}, {"name": "srid", "type": ["null", "int"]}]}}  # fmt: skip
+
+
 def random_value(avro: Any, rng: random.Random) -> Any:
     if isinstance(avro, list):
         return random_value(rng.choice(avro), rng)
-    if isinstance(avro, str) and avro == "io.debezium.data.VariableScaleDecimal":
-        avro = {"type": "record", "name": avro}
+    if isinstance(avro, str) and avro in _NAMED:
+        avro = _NAMED[avro]
     kind = avro.get("type") if isinstance(avro, dict) else avro
     logical = avro.get("logicalType") if isinstance(avro, dict) else None
     if kind == "null":
@@ -74,8 +92,10 @@ def random_value(avro: Any, rng: random.Random) -> Any:
         return rng.randbytes(rng.choice([0, 1, 16, 300]))
     if kind == "array":
         return [random_value(avro["items"], rng) for _ in range(rng.choice([0, 1, 3, 70]))]
-    if kind == "record":  # the VariableScaleDecimal record
+    if kind == "record" and avro["name"] == "VariableScaleDecimal":
         return {"scale": rng.randint(0, 40), "value": rng.randbytes(rng.randint(1, 20))}
+    if kind == "record":
+        return {f["name"]: random_value(f["type"], rng) for f in avro["fields"]}
     raise AssertionError(f"no generator for {avro!r}")
 
 
@@ -94,10 +114,11 @@ def test_zigzag_matches_avro() -> None:
     assert zigzag(2**63 - 1) == b"\xfe" + b"\xff" * 8 + b"\x01"
 
 
+@pytest.mark.parametrize("style", list(SchemaStyle))
 @pytest.mark.parametrize("handling", list(DecimalHandling))
-def test_generated_writer_is_byte_identical_to_fastavro(handling: DecimalHandling) -> None:
+def test_generated_writer_is_byte_identical_to_fastavro(handling: DecimalHandling, style: SchemaStyle) -> None:
     schemas = build_table_schemas(every_type_table(), topic="p.public.every", topic_prefix="p",
-                                  decimal_handling=handling)  # fmt: skip
+                                  decimal_handling=handling, schema_style=style)  # fmt: skip
     writer = compile_writer(schemas.value_schema.definition)
     key_writer = compile_writer(schemas.key_schema.definition)  # type: ignore[union-attr]
     assert writer is not None and key_writer is not None
@@ -111,7 +132,8 @@ def test_generated_writer_is_byte_identical_to_fastavro(handling: DecimalHandlin
             after=rows[1] if round_ % 4 else None,
             source=source_block(name="n", db="d", schema="public", table="every", ts_ms=rng.randint(0, 2**41),
                                 snapshot=rng.choice([None, "true", "last"]), tx_id=rng.choice([None, 7]),
-                                lsn=rng.choice([None, 2**40]), commit_lsn=rng.choice([None, 2**40 + 5])),
+                                lsn=rng.choice([None, 2**40]), commit_lsn=rng.choice([None, 2**40 + 5]),
+                                style=style),
             ts_ms=rng.choice([None, 1700000000000]),
             change_id=str(uuid.uuid4()),
             unchanged_toast=rng.choice([(), ("c_text",), ("c_text", "a_int4")]),
@@ -158,10 +180,11 @@ def fastavro_read(definition: Any, data: bytes) -> tuple[Any, int]:
     return value, stream.tell()
 
 
+@pytest.mark.parametrize("style", list(SchemaStyle))
 @pytest.mark.parametrize("handling", list(DecimalHandling))
-def test_generated_reader_returns_what_fastavro_returns(handling: DecimalHandling) -> None:
+def test_generated_reader_returns_what_fastavro_returns(handling: DecimalHandling, style: SchemaStyle) -> None:
     schemas = build_table_schemas(every_type_table(), topic="p.public.every", topic_prefix="p",
-                                  decimal_handling=handling)  # fmt: skip
+                                  decimal_handling=handling, schema_style=style)  # fmt: skip
     definition = without_raw_logical_types(schemas.value_schema.definition)
     parsed = fastavro.parse_schema(definition)
     reader = compile_reader(definition)
@@ -170,7 +193,8 @@ def test_generated_reader_returns_what_fastavro_returns(handling: DecimalHandlin
     for round_ in range(200):
         rows = [{c.field_name: random_value(c.avro, rng) for c in schemas.codecs} for _ in range(2)]
         event = schemas.envelope(op="u", before=rows[0] if round_ % 2 else None, after=rows[1],
-                                 source=source_block(name="n", db="d", schema="public", table="every", ts_ms=1),
+                                 source=source_block(name="n", db="d", schema="public", table="every", ts_ms=1,
+                                                     style=style),
                                  ts_ms=None, change_id=str(uuid.uuid4()), unchanged_toast=("x",))  # fmt: skip
         data = b"\x00\x00\x00\x00\x01" + fastavro_bytes(schemas.value_schema, event)
         value, end = reader(data, 5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -195,3 +195,35 @@ def test_json_arrays_stay_arrays_of_documents() -> None:
     # Without `pg.type` (e.g. from another producer) such an array stays one jsonb document, as before.
     derived = column_type({"name": "a", "type": field["type"]}, "x")
     assert str(derived.pg_type) == "jsonb"
+
+
+def _convert(avro: object, value: object, pg_type: str | None = None) -> object:
+    field: dict[str, object] = {"name": "c", "type": avro}
+    if pg_type is not None:
+        field["pg.type"] = pg_type
+    convert = column_type(field, "t.c").convert
+    return value if convert is None else convert(value)
+
+
+def test_debezium_style_values_beyond_what_python_and_java_share() -> None:
+    zoned = {"type": "string", "connect.version": 1, "connect.name": "io.debezium.time.ZonedTimestamp"}
+    assert _convert(zoned, "+12345-06-07T01:00:00.000000Z") == "12345-06-07T01:00:00.000000Z"
+    assert _convert(zoned, "-0043-03-15T10:00:00.000000Z") == "0044-03-15 10:00:00.000000+00 BC"
+    assert _convert(zoned, "0000-12-31T23:00:00Z") == "0001-12-31 23:00:00+00 BC"
+    assert _convert(zoned, "2025-01-01T09:00:00.1Z") == "2025-01-01T09:00:00.1Z"
+    assert _convert(zoned, "-infinity") == "-infinity"
+    micro_ts = {"type": "long", "connect.version": 1, "connect.name": "io.debezium.time.MicroTimestamp"}
+    assert _convert(micro_ts, 9223372036825200000) == "infinity"
+    assert _convert(micro_ts, -9223372036832400000) == "-infinity"
+    millis_ts = {"type": "long", "connect.version": 1, "connect.name": "io.debezium.time.Timestamp"}
+    assert _convert(millis_ts, 9223372036825200) == "infinity"
+    duration = {"type": "long", "connect.version": 1, "connect.name": "io.debezium.time.MicroDuration"}
+    assert _convert(duration, -(2**63)) == timedelta(days=-106751992, microseconds=71945224192)
+    point = {"type": "record", "name": "Point", "namespace": "io.debezium.data.geometry",
+             "fields": [{"name": "x", "type": "double"}, {"name": "y", "type": "double"}],
+             "connect.name": "io.debezium.data.geometry.Point"}  # fmt: skip
+    assert _convert(point, {"x": 1.0, "y": -2.5, "wkb": b"", "srid": None}, "point") == "(1.0,-2.5)"
+    assert _convert("boolean", True, "bit(1)") == "1"
+    varbit = {"type": "bytes", "connect.version": 1, "connect.parameters": {"length": "2147483647"},
+              "connect.name": "io.debezium.data.Bits"}  # fmt: skip
+    assert _convert(varbit, b"\x05", "bit varying") == "101"

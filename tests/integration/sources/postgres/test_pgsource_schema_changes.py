@@ -50,7 +50,11 @@ def test_added_column_with_a_default_carries_it_and_its_values(source_env: Sourc
     assert fields["d"]["pg.default"] == "dflt" and fields["n"]["pg.default"] == "42"
     assert "pg.default" not in fields["at"]  # now(): not a constant
     assert "pg.default" not in fields["v"]
-    assert fields["d"]["type"] == ["null", "string"] and fields["d"]["default"] is None
+    # schema_style debezium (the default): the constant default is Debezium's `connect.default` and the field's default.
+    assert fields["d"]["type"] == [{"type": "string", "connect.default": "dflt"}, "null"]
+    assert fields["d"]["default"] == "dflt" and fields["n"]["default"] == 42
+    assert fields["at"]["type"] == ["null", {"type": "string", "connect.version": 1,
+                                             "connect.name": "io.debezium.time.ZonedTimestamp"}]  # fmt: skip
 
 
 def test_a_column_dropped_while_stopped_streams_through_after_a_restart(source_env: SourceEnv) -> None:
