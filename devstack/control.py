@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from connector.config_loader import read_env_file
 from core.errors import StackError
-from devstack import kafka, postgres, processes, registry
+from devstack import kafka, postgres, processes, registry, secure
 from devstack.env_file import ENV_FILE_NAME, Endpoints, write_env_file
 from devstack.ports import Ports, is_free, is_listening, require_free
 from devstack.processes import ProcessRecord
@@ -183,12 +183,16 @@ def _require_recorded_ports_free(record: ProcessRecord, home: Path) -> None:
             )
 
 
-def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _quiet) -> Endpoints:
+def up(
+    home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _quiet, secured: bool = False
+) -> Endpoints:
     """Start whatever is not running, wait until every service answers, write `dev.env` if it changed.
 
     A service recorded in `pids.json` keeps its recorded ports whatever `requested` says (`down` forgets them).
+    `secured` (or a home made secure before) starts the stack of `devstack.secure`.
     """
     records = processes.load_records(home)
+    material = secure.ensure_material(home) if secured or secure.is_secure(home) else None
     foreign = _foreign_stack(home, records)
     if foreign is not None:
         echo(f"a stack that `cdc dev up` did not start answers at the endpoints in {home / ENV_FILE_NAME}: using it")
@@ -197,6 +201,8 @@ def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _qu
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
     ports = _effective_ports(requested, records)
+    if material is not None:
+        secure.use_admin_password(material, ports.postgres)
     for name in SERVICES:
         record = records.get(name)
         if record is not None and (current := _current(record)) != record:
@@ -216,7 +222,7 @@ def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _qu
                 _require_recorded_ports_free(record, home)
                 echo(f"{LABELS[name]}: pid {record.pid} is gone; starting it again on its recorded ports")
             started = time.monotonic()
-            record = _start(name, home, ports, logs, echo)
+            record = _start(name, home, ports, logs, echo, material=material)
             records[name] = record
             processes.save_records(home, records)
             _wait_healthy(record, timeout)
@@ -228,7 +234,12 @@ def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _qu
             # there lacks that database, and the registry starts next.
             postgres.ensure_databases(ports.postgres)
             postgres.probe_databases(ports.postgres)
+            if material is not None:
+                secure.ensure_roles(material, postgres.dsn(ports.postgres, "{database}"))
     endpoints = endpoints_for(ports)
+    if material is not None:
+        entries = secure.env_entries(material, ports.postgres, ports.kafka_secure, endpoints.registry_url)
+        endpoints = replace(endpoints, secure=tuple(sorted(entries.items())))
     env_file = home / ENV_FILE_NAME
     # Left alone when unchanged: a connector may be reading it.
     if not env_file.is_file() or Endpoints.from_env(read_env_file(env_file)) != endpoints:
@@ -236,10 +247,15 @@ def up(home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _qu
     return endpoints
 
 
-def _start(name: str, home: Path, ports: Ports, logs: Path, echo: Echo) -> ProcessRecord:
+def _start(
+    name: str, home: Path, ports: Ports, logs: Path, echo: Echo, *, material: secure.Material | None = None
+) -> ProcessRecord:
     if name == "postgres":
         require_free("postgres", ports.postgres, LABELS[name])
         pg = postgres.prepare(home, ports.postgres)
+        if material is not None:
+            uid, gid = (None, None) if pg.user is None else (pg.user.uid, pg.user.gid)
+            secure.harden_postgres(material, Path(pg.argv[0]).parent, pg.data_dir, uid, gid)
         echo(f"{LABELS[name]}: starting on port {ports.postgres}")
         return processes.start(
             name,
@@ -255,7 +271,21 @@ def _start(name: str, home: Path, ports: Ports, logs: Path, echo: Echo) -> Proce
         require_free("kafka", ports.kafka, LABELS[name])
         require_free("kafka_controller", ports.kafka_controller, LABELS[name] + " controller")
         echo(f"{LABELS[name]}: preparing {kafka.KAFKA_VERSION} (jars via Maven on first use)")
-        kf = kafka.prepare(home, ports.kafka, ports.kafka_controller, logs)
+        kafka_ports = {"kafka": ports.kafka, "kafka_controller": ports.kafka_controller}
+        if material is None:
+            kf = kafka.prepare(home, ports.kafka, ports.kafka_controller, logs)
+        else:
+            require_free("kafka_secure", ports.kafka_secure, LABELS[name] + " SASL_SSL")
+            kafka_ports["kafka_secure"] = ports.kafka_secure
+            extra = secure.kafka_properties(material, ports.kafka, ports.kafka_secure, ports.kafka_controller)
+            kf = kafka.prepare(
+                home,
+                ports.kafka,
+                ports.kafka_controller,
+                logs,
+                extra_properties=extra,
+                format_args=secure.scram_format_args(material),
+            )
         echo(f"{LABELS[name]}: starting on port {ports.kafka} (controller {ports.kafka_controller})")
         return processes.start(
             name,
@@ -263,12 +293,14 @@ def _start(name: str, home: Path, ports: Ports, logs: Path, echo: Echo) -> Proce
             log=kf.log,
             output=logs / "kafka.out",
             cwd=kf.cwd,
-            ports={"kafka": ports.kafka, "kafka_controller": ports.kafka_controller},
+            ports=kafka_ports,
             info={"version": kafka.KAFKA_VERSION, "stdout": str(logs / "kafka.out")},
         )
     require_free("registry", ports.registry, LABELS[name])
     require_free("registry_management", ports.registry_management, LABELS[name] + " management")
     reg = registry.prepare(home, ports.registry, ports.registry_management, ports.postgres)
+    jdbc = postgres.jdbc_url(ports.postgres, postgres.REGISTRY_DATABASE)
+    secure.write_registry_config(reg.cwd, None if material is None else secure.registry_properties(material, jdbc))
     echo(f"{LABELS[name]}: starting {reg.version} on Java {reg.java.major} on port {ports.registry}")
     return processes.start(
         name,
@@ -305,7 +337,8 @@ def down(home: Path, *, clean: bool = False, echo: Echo = _quiet) -> list[str]:
         (home / processes.PIDS_FILE_NAME).unlink()
         (home / ENV_FILE_NAME).unlink(missing_ok=True)
     if clean:
-        for path in (home / "postgres", home / "kafka" / "data", home / "kafka" / "cluster.id"):
+        kafka_data = (home / "kafka" / "data", home / "kafka" / "cluster.id")
+        for path in (home / "postgres", *kafka_data, home / secure.SECURE_DIR):
             if path.is_dir():
                 shutil.rmtree(path)
             else:
@@ -322,6 +355,8 @@ def foreign_stack(home: Path) -> Endpoints | None:
 def status(home: Path) -> list[ServiceStatus]:
     """What runs where, and whether it answers now."""
     records = processes.load_records(home)
+    if secure.is_secure(home) and "postgres" in records:
+        secure.use_admin_password(secure.ensure_material(home), records["postgres"].ports["postgres"])
     result: list[ServiceStatus] = []
     for name in SERVICES:
         record = records.get(name)

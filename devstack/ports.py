@@ -23,6 +23,7 @@ class Ports:
     kafka_controller: int = 19093
     registry: int = 18081
     registry_management: int = 19001
+    kafka_secure: int = 19094  # the SASL_SSL listener, used by `cdc dev up --secure` only
 
     def resolved(self) -> Ports:
         """This set with each 0 replaced by a free port."""
@@ -42,6 +43,7 @@ PORT_OPTIONS: dict[str, tuple[str, str]] = {
     "kafka_controller": ("--kafka-controller-port", "CDC_DEV_KAFKA_CONTROLLER_PORT"),
     "registry": ("--registry-port", "CDC_DEV_REGISTRY_PORT"),
     "registry_management": ("--registry-management-port", "CDC_DEV_REGISTRY_MANAGEMENT_PORT"),
+    "kafka_secure": ("--kafka-secure-port", "CDC_DEV_KAFKA_SECURE_PORT"),
 }
 
 
