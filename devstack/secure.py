@@ -6,7 +6,7 @@ Everything lives under `<home>/secure`: a throwaway CA and a server certificate 
 - PostgreSQL: TLS on, `scram-sha-256` passwords for every TCP connection (`hostssl` only; plain TCP is rejected),
   the superuser's password set in single-user mode before the server starts. Roles: `cdc_replicator` (LOGIN
   REPLICATION, SELECT on schema `app` of database `source`, owner of schema `cdc` there, no superuser) and
-  `cdc_sink` (owner of schemas `app` and `cdc` of database `target`, nothing else). The publication
+  `cdc_sink` (owner of schemas `app` and `cdc` of database `target`, TEMPORARY there for its staging tables). The publication
   `cdc_app FOR TABLES IN SCHEMA app` is made by the superuser, so the source runs with `publication.mode: existing`.
 - Kafka: a SASL_SSL listener (SCRAM-SHA-512, user `cdc`) beside the plaintext one; controller and inter-broker
   traffic stay plaintext on 127.0.0.1. Users are created by `kafka-storage format --add-scram`.
@@ -212,6 +212,8 @@ def ensure_roles(material: Material, admin_dsn: str) -> None:
         for database, role in (("source", replicator), ("target", sink)):
             conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)))
             conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), role))
+        # The sink stages each batch in a temporary table (ON COMMIT DELETE ROWS).
+        conn.execute(sql.SQL("GRANT TEMPORARY ON DATABASE target TO {}").format(sink))
     with psycopg.connect(admin_dsn.format(database="source"), autocommit=True, connect_timeout=5) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, replicator))
@@ -292,14 +294,15 @@ def registry_basic_auth(material: Material) -> str:
 
 def env_entries(material: Material, pg_port: int, kafka_secure_port: int, registry_url: str) -> dict[str, str]:
     """The secure endpoints and credentials, under names distinct from the plaintext stack's."""
-    tls = f"sslmode=verify-full&sslrootcert={material.ca}"
+    # libpq keyword form: a config appends ` password=${...}` (any characters, no URL escaping).
+    server = f"host={HOST} port={pg_port} sslmode=verify-full sslrootcert={material.ca}"
     return {
         "CDC_SECURE_CA_FILE": str(material.ca),
-        "CDC_SECURE_SOURCE_DSN": f"postgresql://{REPLICATION_ROLE}@{HOST}:{pg_port}/source?{tls}",
+        "CDC_SECURE_SOURCE_DSN": f"{server} dbname=source user={REPLICATION_ROLE}",
         "CDC_SECURE_SOURCE_PASSWORD": material.passwords["replicator"],
-        "CDC_SECURE_TARGET_DSN": f"postgresql://{SINK_ROLE}@{HOST}:{pg_port}/target?{tls}",
+        "CDC_SECURE_TARGET_DSN": f"{server} dbname=target user={SINK_ROLE}",
         "CDC_SECURE_TARGET_PASSWORD": material.passwords["sink"],
-        "CDC_SECURE_ADMIN_DSN": f"postgresql://postgres@{HOST}:{pg_port}/source?{tls}",
+        "CDC_SECURE_ADMIN_DSN": f"{server} dbname=source user=postgres",
         "CDC_SECURE_ADMIN_PASSWORD": material.passwords["admin"],
         "CDC_SECURE_PUBLICATION": PUBLICATION,
         "CDC_SECURE_SCHEMA": CAPTURE_SCHEMA,
