@@ -6,8 +6,9 @@ Everything lives under `<home>/secure`: a throwaway CA and a server certificate 
 - PostgreSQL: TLS on, `scram-sha-256` passwords for every TCP connection (`hostssl` only; plain TCP is rejected),
   the superuser's password set in single-user mode before the server starts. Roles: `cdc_replicator` (LOGIN
   REPLICATION, SELECT on schema `app` of database `source`, owner of schema `cdc` there, no superuser) and
-  `cdc_sink` (owner of schemas `app` and `cdc` of database `target`, TEMPORARY there for its staging tables). The publication
-  `cdc_app FOR TABLES IN SCHEMA app` is made by the superuser, so the source runs with `publication.mode: existing`.
+  `cdc_sink` (owner of schemas `app` and `cdc` of database `target`, TEMPORARY there for its staging tables).
+  The publication `cdc_app FOR TABLES IN SCHEMA app` is made by the superuser, so the source runs with
+  `publication.mode: existing`.
 - Kafka: a SASL_SSL listener (SCRAM-SHA-512, user `cdc`) beside the plaintext one; controller and inter-broker
   traffic stay plaintext on 127.0.0.1. Users are created by `kafka-storage format --add-scram`.
 - Apicurio: HTTP basic auth from Quarkus' embedded user realm, every `/apis/*` path needing an authenticated user.
