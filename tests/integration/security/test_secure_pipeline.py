@@ -1,7 +1,8 @@
 """The connector on the secured stack (`cdc dev up --secure`): TLS + SCRAM everywhere, least-privilege roles.
 
-The whole pipeline runs with configs/secure.yaml; each security mistake stops `cdc run` at once with one line
-naming the setting to fix (exit 1, nothing written, no secret in the output), instead of retrying forever.
+The whole pipeline runs with configs/secure.yaml; each security mistake (and a role lacking REPLICATION or
+SELECT) stops `cdc run` at once with one line naming the setting or grant to fix (exit 1, nothing written, no
+secret in the output), instead of retrying forever.
 """
 
 from __future__ import annotations
@@ -221,3 +222,39 @@ def test_security_mistake_stops_at_once_naming_the_fix(
     with admin(secure_env, "target") as conn:
         written = conn.execute("SELECT to_regclass(%s)", (f"{captured['schema']}.{captured['table']}",)).fetchone()
     assert written == (None,), "the sink wrote the table"
+
+
+@pytest.mark.parametrize("lacking", ["REPLICATION", "SELECT"])
+def test_a_role_lacking_a_privilege_is_told_the_grant(
+    secure_env: dict[str, str], captured: dict[str, str], tmp_path: Path, lacking: str
+) -> None:
+    qualified = f"{captured['schema']}.{captured['table']}"
+    t = sql.Identifier(captured["schema"], captured["table"])
+    role, password = f"{captured['name']}_norepl", "role-Pa55-7"
+    with admin(secure_env, "source") as conn:
+        if lacking == "REPLICATION":
+            create = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}")
+            conn.execute(create.format(sql.Identifier(role), sql.Literal(password)))
+            for grant in ("GRANT CONNECT ON DATABASE source TO {}", "GRANT USAGE ON SCHEMA app TO {}"):
+                conn.execute(sql.SQL(grant).format(sql.Identifier(role)))
+            conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(t, sql.Identifier(role)))
+            dsn = secure_env["CDC_SECURE_SOURCE_DSN"].replace("user=cdc_replicator", f"user={role}")
+            change = _set("source.dsn", f"{dsn} password={password}")
+            fix = f"ALTER ROLE {role} REPLICATION"
+        else:
+            conn.execute(sql.SQL("REVOKE SELECT ON {} FROM cdc_replicator").format(t))
+            change, fix = (lambda config: None), f"GRANT SELECT ON {qualified}"
+    config_path = tmp_path / "secure.yaml"
+    write_config(config_path, captured, free_port(), change)
+    process = cdc(secure_env, "run", str(config_path))
+    try:
+        output = process.communicate(timeout=90)[0].decode(errors="replace")
+    finally:
+        stop_connector(process)
+        if lacking == "REPLICATION":
+            with admin(secure_env, "source") as conn:
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    assert process.returncode == 1, output
+    assert fix in output, output
+    assert password not in output
