@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from core.errors import DeliveryError, RetriableError
+from core.errors import DeliveryError, RetriableError, kafka_security_error
 from core.logs import KAFKA_LOGGER
 from core.records import AvroSchema, Record
 
@@ -184,9 +184,17 @@ class KafkaDelivery:
         self._lock = threading.Lock()
 
     def _on_error(self, err: KafkaError) -> None:
-        if err.fatal():
+        if err.fatal() or kafka_security_error(err) is not None:
             self._fatal = err
         log.warning("kafka: %s", err.str())
+
+    def _raise_fatal(self) -> None:
+        if self._fatal is None:
+            return
+        security = kafka_security_error(self._fatal)
+        if security is not None:
+            raise security
+        raise DeliveryError(f"Kafka producer failed: {self._fatal.str()}", hint="check the brokers and restart")
 
     def ensure_topics(self, topics: Iterable[str]) -> None:
         """Create missing topics with the configured partitions and replication factor."""
@@ -195,13 +203,20 @@ class KafkaDelivery:
             return
         if self._admin is None:
             self._admin = AdminClient(self._admin_conf, logger=logging.getLogger(KAFKA_LOGGER))
-        create_missing_topics(
-            self._admin,
-            wanted,
-            partitions=self._partitions,
-            replication=self._replication,
-            timeout_s=self._request_timeout_s,
-        )
+        try:
+            create_missing_topics(
+                self._admin,
+                wanted,
+                partitions=self._partitions,
+                replication=self._replication,
+                timeout_s=self._request_timeout_s,
+            )
+        except RetriableError:
+            # The admin client says only "transport failure"; the producer's error callback says why (credentials,
+            # TLS), and such a cause is not worth retrying.
+            self._producer.poll(0)
+            self._raise_fatal()
+            raise
         self._topics.update(wanted)
 
     @property
@@ -223,8 +238,7 @@ class KafkaDelivery:
 
     def produce(self, record: Record, slot: TxSlot, *, partition: int | None = None) -> None:
         """Encode and produce one record (to `partition`, else the key's); its acknowledgement counts towards `slot`."""
-        if self._fatal is not None:
-            raise DeliveryError(f"Kafka producer failed: {self._fatal.str()}", hint="check the brokers and restart")
+        self._raise_fatal()
         topic = record.topic
         key = None if record.key is None or record.key_schema is None else self._serializer(
             topic, record.key_schema, record.key, True

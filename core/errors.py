@@ -94,6 +94,20 @@ _TRANSIENT_STARTUP_FATALS = (
     "remaining connection slots are reserved",
 )
 
+# libpq's own TLS failures at connect time (no SQLSTATE, no FATAL from a server): a wrong or missing CA file,
+# a server without TLS, a certificate for another host. Retrying cannot fix the client's settings.
+_POSTGRES_TLS_FAILURES = (
+    "root certificate file",
+    "certificate verify failed",
+    "server does not support SSL",
+    "does not match host name",
+    "certificate present, but not private key",
+    "private key file",
+    "could not load private key",
+    "could not read certificate",
+    "invalid sslmode value",
+)
+
 # librdkafka errors that mean "no broker answered": retried within the retry budget.
 _KAFKA_UNREACHABLE = {
     KafkaError._TRANSPORT,
@@ -102,6 +116,14 @@ _KAFKA_UNREACHABLE = {
     KafkaError._RESOLVE,
     KafkaError._MSG_TIMED_OUT,
 }
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    """Whether `exc` is libpq failing TLS with the server because of the client's TLS settings."""
+    if not isinstance(exc, psycopg.OperationalError) or getattr(exc, "sqlstate", None):
+        return False
+    text = str(exc)
+    return any(failure in text for failure in _POSTGRES_TLS_FAILURES)
 
 
 def _startup_refusal(exc: BaseException) -> bool:
@@ -118,6 +140,36 @@ def _kafka_error(exc: BaseException) -> KafkaError | None:
     return None
 
 
+def kafka_security_error(err: KafkaError) -> FatalError | None:
+    """A librdkafka error caused by the client's security settings (credentials, CA, protocol), as the fatal error
+    naming the setting to fix; None for any other error. Retrying such an error only repeats it."""
+    text = one_line(err.str())
+    code = err.code()
+    if code == KafkaError._AUTHENTICATION:
+        return FatalError(
+            f"Kafka refused the client's credentials: {text}",
+            hint="check `kafka.sasl_username`, `kafka.sasl_password` and `kafka.sasl_mechanism`",
+        )
+    if code == KafkaError._INVALID_ARG and "ssl." in text:
+        return ConfigError(
+            f"Kafka client settings are invalid: {text}",
+            hint="check that the files named by `kafka.ssl_ca_location` (and `ssl_certificate_location`, "
+            "`ssl_key_location`) exist and hold PEM",
+        )
+    if code == KafkaError._SSL or "SSL handshake failed" in text:
+        if "PLAINTEXT broker listener" in text:
+            hint = (
+                "that port is a plaintext listener: use the brokers' TLS port, or set "
+                "`kafka.security_protocol: PLAINTEXT`"
+            )
+        elif "certificate verify failed" in text:
+            hint = "set `kafka.ssl_ca_location` to the PEM file of the CA that signed the brokers' certificates"
+        else:
+            hint = "check `kafka.security_protocol` and the `kafka.ssl_*` settings against the brokers' listener"
+        return FatalError(f"TLS with Kafka failed: {text}", hint=hint)
+    return None
+
+
 def is_retriable(exc: BaseException) -> bool:
     """Decide once whether an error from any library we use is worth retrying."""
     if isinstance(exc, ConnectorError):
@@ -126,10 +178,13 @@ def is_retriable(exc: BaseException) -> bool:
     if isinstance(sqlstate, str) and sqlstate:
         return sqlstate in _RETRIABLE_SQLSTATES or sqlstate.startswith(_RETRIABLE_SQLSTATE_PREFIXES)
     if isinstance(exc, psycopg.OperationalError):
-        # No SQLSTATE: the connection itself failed (refused, reset, server gone), unless the server refused us.
-        return not _startup_refusal(exc)
+        # No SQLSTATE: the connection itself failed (refused, reset, server gone), unless the server refused us
+        # or our TLS settings cannot work.
+        return not (_startup_refusal(exc) or _tls_failure(exc))
     err = _kafka_error(exc)
     if err is not None:
+        if kafka_security_error(err) is not None:
+            return False
         return not err.fatal() and (bool(err.retriable()) or err.code() in _KAFKA_UNREACHABLE)
     if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
         return True
@@ -181,6 +236,12 @@ def _postgres(exc: psycopg.Error, where: Endpoints) -> ConnectorError:
     if sqlstate:
         text = f"{text} (SQLSTATE {sqlstate})"
     setting = where.dsn_setting
+    if _tls_failure(exc):
+        return FatalError(
+            f"TLS with {where.database} failed: {text}",
+            hint=f"check sslmode, sslrootcert (the CA that signed the server's certificate), sslcert and sslkey in "
+            f"`{setting}` (see docs/security.md)",
+        )
     if _startup_refusal(exc) or (sqlstate or "").startswith(("28", "3D")):
         if "password" in text or "authentication" in text or "pg_hba" in text:
             hint = f"check the user and password in `{setting}` (and the server's pg_hba.conf)"
@@ -212,11 +273,14 @@ def classify(exc: BaseException, where: Endpoints | None = None) -> ConnectorErr
     if isinstance(exc, ConnectorError):
         return exc
     where = where or Endpoints()
+    error: ConnectorError
     if isinstance(exc, psycopg.Error):
         error = _postgres(exc, where)
     elif (kafka_error := _kafka_error(exc)) is not None:
         text = one_line(kafka_error.str())
-        if kafka_error.code() in _KAFKA_UNREACHABLE and not kafka_error.fatal():
+        if (security := kafka_security_error(kafka_error)) is not None:
+            error = security
+        elif kafka_error.code() in _KAFKA_UNREACHABLE and not kafka_error.fatal():
             error = UnreachableError(
                 f"cannot reach {where.kafka}: {text}",
                 hint="check `kafka.bootstrap_servers` and that the brokers run (`cdc dev status` for the local stack)",

@@ -9,7 +9,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from connector.cli_common import guarded
-from connector.config import load_config
+from connector.config import is_secret_key, load_config
 from connector.config_loader import environment_with
 from core import logs
 from devstack import control
@@ -84,7 +84,18 @@ def up(
             "--registry-b-management-port", "CDC_DEV_REGISTRY_B_MANAGEMENT_PORT", "Region B's registry management"
         ),
     ] = _DEFAULTS.registry_b_management,
+    kafka_secure_port: Annotated[
+        int, _port_option("--kafka-secure-port", "CDC_DEV_KAFKA_SECURE_PORT", "Kafka SASL_SSL (with --secure)")
+    ] = _DEFAULTS.kafka_secure,
     free_ports: Annotated[bool, typer.Option("--free-ports", help="Pick free ports for every service.")] = False,
+    secured: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="TLS and passwords: PostgreSQL scram-sha-256 over TLS with least-privilege roles, a Kafka SASL_SSL "
+            "listener (SCRAM-SHA-512), registry basic auth; certificates from a throwaway CA (docs/security.md).",
+        ),
+    ] = False,
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for each service.")] = 180.0,
 ) -> None:
     """Start PostgreSQL, Kafka and the Schema Registry (if not running), wait until they answer, write dev.env.
@@ -96,7 +107,7 @@ def up(
     A service that ran from this directory (not stopped by `cdc dev down`) keeps its ports when started again.
     """
     requested = (
-        Ports(0, 0, 0, 0, 0, 0, 0, 0, 0)
+        Ports(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
         if free_ports
         else Ports(
             pg_port,
@@ -108,13 +119,17 @@ def up(
             kafka_b_controller_port,
             registry_b_port,
             registry_b_management_port,
+            kafka_secure_port,
         )
     )
     root = control.resolve_home(home)
-    endpoints = _run(lambda: control.up(root, requested, timeout=timeout, echo=typer.echo, regions=regions))
+    endpoints = _run(
+        lambda: control.up(root, requested, timeout=timeout, echo=typer.echo, regions=regions, secured=secured)
+    )
     typer.echo(f"\nstack is up; endpoints in {root / 'dev.env'}:")
     for key, value in endpoints.as_env().items():
-        typer.echo(f"  {key}={value}")
+        shown = "**********" if is_secret_key(key) or key.endswith("USER_INFO") else value
+        typer.echo(f"  {key}={shown}")
     typer.echo(f"use them with: set -a; . {root / 'dev.env'}; set +a")
 
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from connector.config_loader import read_env_file
 from core.errors import StackError
-from devstack import kafka, mirror, postgres, processes, registry
+from devstack import kafka, mirror, postgres, processes, registry, secure
 from devstack.env_file import ENV_FILE_NAME, Endpoints, write_env_file
 from devstack.ports import Ports, is_free, is_listening, require_free
 from devstack.processes import ProcessRecord
@@ -219,18 +219,26 @@ def recorded_regions(home: Path) -> int:
 
 
 def up(
-    home: Path, requested: Ports, *, timeout: float = 180.0, echo: Echo = _quiet, regions: int = 1
+    home: Path,
+    requested: Ports,
+    *,
+    timeout: float = 180.0,
+    echo: Echo = _quiet,
+    regions: int = 1,
+    secured: bool = False,
 ) -> Endpoints:
     """Start whatever is not running, wait until every service answers, write `dev.env` if it changed.
 
     A service recorded in `pids.json` keeps its recorded ports whatever `requested` says (`down` forgets them).
     `regions=2` adds region B (a second Kafka cluster and registry) and MirrorMaker 2 between the clusters; a
     home where region B was started keeps it on a plain `up`.
+    `secured` (or a home made secure before) starts the stack of `devstack.secure`.
     """
     if regions not in (1, 2):
         raise StackError(f"the local stack runs one or two regions, not {regions}")
     records = processes.load_records(home)
     regions = max(regions, 2 if any(name in REGION_B_SERVICES for name in records) else 1)
+    material = secure.ensure_material(home) if secured or secure.is_secure(home) else None
     foreign = _foreign_stack(home, records)
     if foreign is not None:
         echo(f"a stack that `cdc dev up` did not start answers at the endpoints in {home / ENV_FILE_NAME}: using it")
@@ -239,6 +247,8 @@ def up(
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
     ports = _effective_ports(requested, records)
+    if material is not None:
+        secure.use_admin_password(material, ports.postgres)
     for name in SERVICES + (REGION_B_SERVICES if regions == 2 else ()):
         record = records.get(name)
         if record is not None and (current := _current(record)) != record:
@@ -258,7 +268,7 @@ def up(
                 _require_recorded_ports_free(record, home)
                 echo(f"{LABELS[name]}: pid {record.pid} is gone; starting it again on its recorded ports")
             started = time.monotonic()
-            record = _start(name, home, ports, logs, echo)
+            record = _start(name, home, ports, logs, echo, material=material)
             records[name] = record
             processes.save_records(home, records)
             _wait_healthy(record, timeout)
@@ -270,7 +280,12 @@ def up(
             # there lacks that database, and the registry starts next.
             postgres.ensure_databases(ports.postgres)
             postgres.probe_databases(ports.postgres)
+            if material is not None:
+                secure.ensure_roles(material, postgres.dsn(ports.postgres, "{database}"))
     endpoints = endpoints_for(ports, regions)
+    if material is not None:
+        entries = secure.env_entries(material, ports.postgres, ports.kafka_secure, endpoints.registry_url)
+        endpoints = replace(endpoints, secure=tuple(sorted(entries.items())))
     env_file = home / ENV_FILE_NAME
     # Left alone when unchanged: a connector may be reading it.
     if not env_file.is_file() or Endpoints.from_env(read_env_file(env_file)) != endpoints:
@@ -278,10 +293,15 @@ def up(
     return endpoints
 
 
-def _start(name: str, home: Path, ports: Ports, logs: Path, echo: Echo) -> ProcessRecord:
+def _start(
+    name: str, home: Path, ports: Ports, logs: Path, echo: Echo, *, material: secure.Material | None = None
+) -> ProcessRecord:
     if name == "postgres":
         require_free("postgres", ports.postgres, LABELS[name])
         pg = postgres.prepare(home, ports.postgres)
+        if material is not None:
+            uid, gid = (None, None) if pg.user is None else (pg.user.uid, pg.user.gid)
+            secure.harden_postgres(material, Path(pg.argv[0]).parent, pg.data_dir, uid, gid)
         echo(f"{LABELS[name]}: starting on port {ports.postgres}")
         return processes.start(
             name,
@@ -297,7 +317,21 @@ def _start(name: str, home: Path, ports: Ports, logs: Path, echo: Echo) -> Proce
         require_free("kafka", ports.kafka, LABELS[name])
         require_free("kafka_controller", ports.kafka_controller, LABELS[name] + " controller")
         echo(f"{LABELS[name]}: preparing {kafka.KAFKA_VERSION} (jars via Maven on first use)")
-        kf = kafka.prepare(home, ports.kafka, ports.kafka_controller, logs)
+        kafka_ports = {"kafka": ports.kafka, "kafka_controller": ports.kafka_controller}
+        if material is None:
+            kf = kafka.prepare(home, ports.kafka, ports.kafka_controller, logs)
+        else:
+            require_free("kafka_secure", ports.kafka_secure, LABELS[name] + " SASL_SSL")
+            kafka_ports["kafka_secure"] = ports.kafka_secure
+            extra = secure.kafka_properties(material, ports.kafka, ports.kafka_secure, ports.kafka_controller)
+            kf = kafka.prepare(
+                home,
+                ports.kafka,
+                ports.kafka_controller,
+                logs,
+                extra_properties=extra,
+                format_args=secure.scram_format_args(material),
+            )
         echo(f"{LABELS[name]}: starting on port {ports.kafka} (controller {ports.kafka_controller})")
         return processes.start(
             name,
@@ -305,7 +339,7 @@ def _start(name: str, home: Path, ports: Ports, logs: Path, echo: Echo) -> Proce
             log=kf.log,
             output=logs / "kafka.out",
             cwd=kf.cwd,
-            ports={"kafka": ports.kafka, "kafka_controller": ports.kafka_controller},
+            ports=kafka_ports,
             info={"version": kafka.KAFKA_VERSION, "stdout": str(logs / "kafka.out")},
         )
     if name == "kafka_b":
@@ -317,6 +351,8 @@ def _start(name: str, home: Path, ports: Ports, logs: Path, echo: Echo) -> Proce
     require_free(f"{name}_management", management, LABELS[name] + " management")
     # Region B's registry is a second instance over the same storage: both hand out and resolve the same ids.
     reg = registry.prepare(home, port, management, ports.postgres)
+    jdbc = postgres.jdbc_url(ports.postgres, postgres.REGISTRY_DATABASE)
+    secure.write_registry_config(reg.cwd, None if material is None else secure.registry_properties(material, jdbc))
     echo(f"{LABELS[name]}: starting {reg.version} on Java {reg.java.major} on port {port}")
     return processes.start(
         name,
@@ -400,6 +436,7 @@ def down(home: Path, *, clean: bool = False, echo: Echo = _quiet) -> list[str]:
             region_b / "data",
             region_b / "cluster.id",
             home / "mirror" / "mm2.properties",
+            home / secure.SECURE_DIR,
         ):
             if path.is_dir():
                 shutil.rmtree(path)
@@ -417,6 +454,8 @@ def foreign_stack(home: Path) -> Endpoints | None:
 def status(home: Path) -> list[ServiceStatus]:
     """What runs where, and whether it answers now."""
     records = processes.load_records(home)
+    if secure.is_secure(home) and "postgres" in records:
+        secure.use_admin_password(secure.ensure_material(home), records["postgres"].ports["postgres"])
     result: list[ServiceStatus] = []
     names = ALL_SERVICES if any(name in REGION_B_SERVICES for name in records) else SERVICES
     for name in names:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import subprocess
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -65,7 +66,9 @@ def _cluster_id() -> str:
             return text
 
 
-def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+def server_properties(
+    data_dir: Path, port: int, controller_port: int, extra: Mapping[str, str] | None = None
+) -> str:
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -86,15 +89,26 @@ def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "true",
+        **(extra or {}),
     }
     return "# written by `cdc dev up`\n" + "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
-def prepare(home: Path, port: int, controller_port: int, logs: Path, *, base: Path | None = None) -> Launch:
+def prepare(
+    home: Path,
+    port: int,
+    controller_port: int,
+    logs: Path,
+    *,
+    base: Path | None = None,
+    extra_properties: Mapping[str, str] | None = None,
+    format_args: Sequence[str] = (),
+) -> Launch:
     """Fetch the jars, write the configs, format the storage on first use; say how to start the broker.
 
     `base` holds the node's config, cluster id and data (default `<home>/kafka`); a second cluster (region B of a
-    two-region stack) has its own and shares the jars of `<home>/kafka/libs`.
+    two-region stack) has its own and shares the jars of `<home>/kafka/libs`. `extra_properties` override the
+    broker's settings; `format_args` go to the first storage format (SCRAM users).
     """
     java = jvm.require_java(17, f"Apache Kafka {KAFKA_VERSION}")
     libs = ensure_libs(home)
@@ -102,7 +116,7 @@ def prepare(home: Path, port: int, controller_port: int, logs: Path, *, base: Pa
     base.mkdir(parents=True, exist_ok=True)
     data_dir = base / "data"
     config = base / "server.properties"
-    config.write_text(server_properties(data_dir, port, controller_port), encoding="utf-8")
+    config.write_text(server_properties(data_dir, port, controller_port, extra_properties), encoding="utf-8")
     log_config = base / "log4j2.properties"
     log_config.write_text(_packaged(_LOG_CONFIG), encoding="utf-8")
     jvm_args = [
@@ -115,17 +129,22 @@ def prepare(home: Path, port: int, controller_port: int, logs: Path, *, base: Pa
         f"{libs}/*",
     ]
     if not (data_dir / "meta.properties").exists():
-        _format_storage(jvm_args, base, config, logs)
+        _format_storage(jvm_args, base, config, logs, format_args)
     return Launch([*jvm_args, "kafka.Kafka", str(config)], base, logs / "kafka-server.log")
 
 
-def _format_storage(jvm_args: list[str], base: Path, config: Path, logs: Path) -> None:
+def _format_storage(
+    jvm_args: list[str], base: Path, config: Path, logs: Path, format_args: Sequence[str] = ()
+) -> None:
     id_file = base / "cluster.id"
     if not id_file.is_file():
         id_file.write_text(_cluster_id() + "\n", encoding="utf-8")
     cluster_id = id_file.read_text(encoding="utf-8").strip()
     result = subprocess.run(
-        [*jvm_args, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), "--ignore-formatted"],
+        [
+            *jvm_args, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), "--ignore-formatted",
+            *format_args,
+        ],
         capture_output=True,
         text=True,
         cwd=base,

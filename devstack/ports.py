@@ -28,6 +28,7 @@ class Ports:
     kafka_b_controller: int = 29093
     registry_b: int = 28081
     registry_b_management: int = 29002
+    kafka_secure: int = 19094  # the SASL_SSL listener, used by `cdc dev up --secure` only
 
     def resolved(self) -> Ports:
         """This set with each 0 replaced by a free port."""
@@ -51,6 +52,7 @@ PORT_OPTIONS: dict[str, tuple[str, str]] = {
     "kafka_b_controller": ("--kafka-b-controller-port", "CDC_DEV_KAFKA_B_CONTROLLER_PORT"),
     "registry_b": ("--registry-b-port", "CDC_DEV_REGISTRY_B_PORT"),
     "registry_b_management": ("--registry-b-management-port", "CDC_DEV_REGISTRY_B_MANAGEMENT_PORT"),
+    "kafka_secure": ("--kafka-secure-port", "CDC_DEV_KAFKA_SECURE_PORT"),
 }
 
 

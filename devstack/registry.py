@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tarfile
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,12 @@ def prepare(home: Path, port: int, management_port: int, postgres_port: int) -> 
 
 def probe(port: int, *, timeout: float = 5.0) -> None:
     """Raise unless `GET /subjects` answers with a JSON list."""
-    with urllib.request.urlopen(url(port) + "/subjects", timeout=timeout) as response:  # noqa: S310 - our own http URL
-        body = json.loads(response.read())
+    try:
+        with urllib.request.urlopen(url(port) + "/subjects", timeout=timeout) as response:  # noqa: S310 - our own URL
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:  # a registry behind basic auth (`cdc dev up --secure`) answers, and wants credentials
+            return
+        raise
     if not isinstance(body, list):
         raise StackError("the registry answered /subjects without a list")

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from core.errors import ConfigError, ConnectorError, RetriableError, SchemaError
 from core.records import AvroSchema
@@ -42,7 +42,24 @@ class Compatibility(StrEnum):
 
 class SchemaRegistryConfig(Section):
     url: str = Field(description="Confluent-compatible registry URL (Apicurio: `.../apis/ccompat/v7`).")
-    basic_auth_user_info: SecretStr | None = Field(None, description="`user:password` for basic auth.")
+    basic_auth_user_info: SecretStr | None = Field(
+        None, description="`user:password` for HTTP basic auth (from `${VAR}`; redacted wherever the config is shown)."
+    )
+    bearer_auth_token: SecretStr | None = Field(
+        None,
+        description="A static bearer token sent as `Authorization: Bearer ...` (OIDC-protected registries); not "
+        "together with `basic_auth_user_info`. Redacted wherever the config is shown.",
+    )
+    bearer_auth_logical_cluster: str = Field(
+        "",
+        description="Confluent Cloud's logical cluster id, sent with a bearer token (`target-sr-cluster` header); "
+        "empty for other registries.",
+    )
+    ssl_ca_location: str | None = Field(
+        None,
+        description="PEM file of the CA that signed an `https` registry's certificate; unset: the system's trust "
+        "store.",
+    )
     compatibility: Compatibility = Field(
         Compatibility.BACKWARD,
         description="Compatibility level set on every subject the connector registers (set explicitly "
@@ -60,7 +77,19 @@ class SchemaRegistryConfig(Section):
         settings: dict[str, Any] = {"url": self.url, "timeout": self.request_timeout_s, "max.retries": 2}
         if self.basic_auth_user_info is not None:
             settings["basic.auth.user.info"] = self.basic_auth_user_info.get_secret_value()
+        if self.bearer_auth_token is not None:
+            settings["bearer.auth.credentials.source"] = "STATIC_TOKEN"
+            settings["bearer.auth.token"] = self.bearer_auth_token.get_secret_value()
+            settings["bearer.auth.logical.cluster"] = self.bearer_auth_logical_cluster
+        if self.ssl_ca_location is not None:
+            settings["ssl.ca.location"] = self.ssl_ca_location
         return settings
+
+    @model_validator(mode="after")
+    def _one_kind_of_auth(self) -> SchemaRegistryConfig:
+        if self.basic_auth_user_info is not None and self.bearer_auth_token is not None:
+            raise ValueError("set `basic_auth_user_info` or `bearer_auth_token`, not both")
+        return self
 
 
 def registry_client(config: SchemaRegistryConfig, timeout_s: float | None = None) -> SchemaRegistryClient:
@@ -74,7 +103,8 @@ def registry_client(config: SchemaRegistryConfig, timeout_s: float | None = None
         # The client's messages name settings, never their values.
         raise ConfigError(
             f"schema registry settings for {redact_url(config.url)} are invalid: {exc}",
-            hint="check `schema_registry.url` and `schema_registry.basic_auth_user_info`",
+            hint="check `schema_registry.url`, `schema_registry.basic_auth_user_info` / `bearer_auth_token` and "
+            "`ssl_ca_location`",
         ) from None
 
 # Confluent error codes (Apicurio's ccompat API uses the same).
@@ -159,6 +189,11 @@ class SchemaRegistry:
         except ConnectorError:
             raise
         except Exception as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
+                raise SchemaError(
+                    f"TLS with the schema registry at {self.url} failed: its certificate could not be verified",
+                    hint="set `schema_registry.ssl_ca_location` to the PEM file of the CA that signed it",
+                ) from exc
             # httpx transport errors, timeouts, DNS: the registry is not reachable right now.
             raise RetriableError(
                 f"schema registry at {self.url} is unreachable ({what}: {type(exc).__name__})",
@@ -170,7 +205,8 @@ class SchemaRegistry:
         if status in (401, 403):
             return SchemaError(
                 f"schema registry at {self.url} refused {what} (HTTP {status})",
-                hint="check `schema_registry.basic_auth_user_info` and the account's permissions",
+                hint="check `schema_registry.basic_auth_user_info` (or `bearer_auth_token`) and the account's "
+                "permissions",
             )
         if status == 404 and exc.error_code is None and not exc.error_message:
             # A registry's own 404s carry an error code (40401 subject not found...); a bare one means no API here.

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from core.errors import Endpoints, FatalError, RetryBudget, classify
+from core.errors import Endpoints, FatalError, RetryBudget, classify, kafka_security_error
 from core.kafka import KafkaConfig, kafka_settings
 from sinks.postgres.config import PostgresSinkConfig
 from sinks.postgres.messages import Partition, coordinates, key_change_tail
@@ -256,7 +256,11 @@ class ChangeConsumer:
 
     def _on_kafka_error(self, error: KafkaError) -> None:
         """librdkafka's client-level errors (called from `consume`, on the consuming thread). The consumer
-        reconnects by itself; whether Kafka is really gone is for `_check_kafka` to find out."""
+        reconnects by itself; whether Kafka is really gone is for `_check_kafka` to find out. Refused credentials
+        or a failed TLS handshake are not worth waiting for: they end the sink."""
+        security = kafka_security_error(error)
+        if security is not None:
+            raise security
         if error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE):
             self._kafka_suspect = True
 

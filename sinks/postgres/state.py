@@ -58,11 +58,19 @@ _MIGRATE = (
 )
 
 
+def _schema_exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name,)).fetchone() is not None
+
+
 def ensure_state(conn: psycopg.Connection[Any]) -> None:
     """Create schema `cdc` and its tables if missing (serialized: several sinks may start at once)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('cdc-sink-state', 0))")
         for statement in _SETUP:
+            # CREATE SCHEMA needs CREATE on the database even when the schema exists: a role that owns a schema
+            # `cdc` an admin made needs no more.
+            if statement.startswith("CREATE SCHEMA") and _schema_exists(conn, "cdc"):
+                continue
             conn.execute(statement)
         scoped = conn.execute(
             """SELECT 1 FROM pg_attribute

@@ -17,7 +17,7 @@ import psycopg
 from core.checks import Problem
 from core.delivery import AckTracker, KafkaDelivery
 from core.errors import PrerequisiteError
-from core.kafka import KafkaConfig
+from core.kafka import KafkaConfig, kafka_settings
 from core.positions import Lsn
 from core.records import RecordChain
 from core.timeouts import libpq_options
@@ -236,7 +236,7 @@ class PostgresRunParts:
         serializer = RegistrySerializer(self._registry)
         self._delivery = KafkaDelivery(
             kafka.bootstrap_servers,
-            dict(kafka.properties),
+            kafka_settings(kafka),
             serializer=serializer,
             topic_partitions=kafka.topic_partitions,
             topic_replication_factor=kafka.topic_replication_factor,

@@ -180,8 +180,11 @@ class StateStore:
             return
         try:
             with self._conn.transaction():
+                schema = self._conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'cdc'").fetchone()
                 for statement in _STATE_DDL.split(";"):
-                    if statement.strip():
+                    # CREATE SCHEMA needs CREATE on the database even when the schema exists: a role owning a
+                    # schema `cdc` an admin made needs no more.
+                    if statement.strip() and not (schema and statement.strip().startswith("CREATE SCHEMA")):
                         self._conn.execute(sql.SQL(statement.strip()))
         except psycopg.errors.InsufficientPrivilege as exc:
             raise PrerequisiteError(
