@@ -139,7 +139,7 @@ class FakeReplication:
         self.started: tuple[str, list[str]] | None = None
         self.statuses: list[tuple[Lsn, Lsn | None, bool]] = []
 
-    def start(self, slot: str, publications: list[str], *, timeout: float) -> None:
+    def start(self, slot: str, publications: list[str], *, timeout: float, messages: bool = False) -> None:
         self.started = (slot, publications)
 
     def read_buffered(self) -> XLogData | Keepalive | None:
