@@ -88,6 +88,12 @@ class SnapshotConfig(Section):
         "`cdc.snapshot.complete` to every partition of its topic, so sinks can remove rows the snapshot did not "
         "write (rows deleted while an interrupted snapshot was redone). See docs/event-format.md.",
     )
+    new_tables: Literal["copy", "incremental"] = Field(
+        "copy",
+        description="How the existing rows of a table that newly matches `tables.include` are read: `copy` in one go "
+        "in a snapshot of its own (the stream waits), or `incremental`: an incremental snapshot, in chunks while "
+        "the stream goes on (docs/source.md, \"Incremental snapshots\").",
+    )
 
 
 class IncrementalSnapshotConfig(Section):

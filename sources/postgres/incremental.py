@@ -454,6 +454,12 @@ class IncrementalSnapshots:
     def close(self) -> None:
         self._reader.close()
 
+    def request_table(self, table: TableRef) -> None:
+        """Queue an incremental snapshot of `table` (a table newly added to the publication)."""
+        self._state.request(str(table), None)
+        log.info("incremental snapshot of %s queued (new table)", table)
+        self._save()
+
     # --- signals -------------------------------------------------------------------------------------------
 
     def apply(self, signal: Signal) -> None:

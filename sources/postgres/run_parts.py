@@ -285,16 +285,18 @@ class PostgresRunParts:
         heartbeat = None
         if config.heartbeat.enabled and config.heartbeat.emit_message:
             heartbeat = Heartbeat(config.dsn.get_secret_value(), connect_timeout_s=config.connect_timeout_s)
-        watch = TableWatch(
-            config, conn=self._db.conn, store=self._db.store, factory=self._factory, delivery=self._delivery,
-            output=self._output, status=self._status, stop=stop,
-        )  # fmt: skip
         incremental = None
-        if config.signal.table is not None:
+        if config.signal.table is not None or config.snapshot.new_tables == "incremental":
             incremental = IncrementalSnapshots(
                 config, conn=self._db.conn, store=self._db.store, factory=self._factory, output=self._output,
                 tracker=self._delivery.tracker, status=self._status,
             )  # fmt: skip
+        watch = TableWatch(
+            config, conn=self._db.conn, store=self._db.store, factory=self._factory, delivery=self._delivery,
+            output=self._output, status=self._status, stop=stop,
+            backfill=incremental.request_table if incremental is not None and config.snapshot.new_tables ==
+            "incremental" else None,
+        )  # fmt: skip
         streamer = Streamer(
             config,
             conn=self._db.conn,

@@ -244,3 +244,57 @@ def test_kill_mid_backfill_resumes_from_last_chunk(stack: Any, unique_name: Any,
     finally:
         stop_connector(process)
         _cleanup(stack, name, table)
+
+
+def test_table_added_to_include_while_running_arrives_complete(stack: Any, unique_name: Any, tmp_path: Path) -> None:
+    name, base = unique_name("incnew"), unique_name("grow")
+    first, added = f"{base}_a", f"{base}_b"
+    rows = 3_000
+    create = "CREATE TABLE {} (id int PRIMARY KEY, v text NOT NULL)"
+    with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL(create).format(sql.Identifier(first)))
+    port = free_port()
+    path = tmp_path / "connector.yaml"
+    write_config(path, name, first, port)
+    config = json.loads(path.read_text())
+    config["source"]["tables"] = {"include": [f"public.{base}_*"], "discovery_interval_s": 1}
+    config["source"]["snapshot"]["new_tables"] = "incremental"
+    config["source"]["incremental_snapshot"] = {"chunk_size": 100}
+    path.write_text(json.dumps(config))
+    log_path = tmp_path / "cdc.log"
+    process = start_connector(path, stack, log_path)
+    writer = Writer(stack.source_dsn, added, rows)
+    try:
+        wait_until(lambda: _streaming(port), 90, "the source to stream", process)
+        with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL(create).format(sql.Identifier(added)))
+            conn.execute(
+                sql.SQL("INSERT INTO {} SELECT g, 'row ' || g FROM generate_series(1, %s) g").format(
+                    sql.Identifier(added)
+                ),
+                (rows,),
+            )
+        writer.start()
+        wait_until(lambda: _table_progress(stack.source_dsn, name).get("done") is True, 180,
+                   "the new table's incremental snapshot to finish", process)  # fmt: skip
+        writer.stop.set()
+        writer.join(30)
+        assert writer.error is None, writer.error
+        assert _table_progress(stack.source_dsn, name)["table"] == f"public.{added}"
+        written = _wal_now(stack.source_dsn)
+        wait_until(lambda: _source_past(stack.source_dsn, name, written), 120, "the source to stream every write",
+                   process)  # fmt: skip
+        topic = f"{name}.public.{added}"
+        wait_until(lambda: _sink_caught_up(stack, f"cdc-{name}", log_end(stack.kafka_bootstrap, [topic])), 120,
+                   "the sink to catch up", process)  # fmt: skip
+        _assert_target_equals_source(stack, added)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log_path.read_text(errors="replace")[-3000:]
+    finally:
+        writer.stop.set()
+        stop_connector(process)
+        drop_replication_state(stack.source_dsn, name, name)
+        drop_tables(stack.source_dsn, sql.Identifier(first), sql.Identifier(added))
+        drop_tables(stack.target_dsn, sql.Identifier("public", first), sql.Identifier("public", added))
+        with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (name,))

@@ -299,3 +299,10 @@ def test_running_xids_are_32_bit() -> None:
     assert running_xids("10:20:") == frozenset()
     assert running_xids("10:20:12,15") == {12, 15}
     assert running_xids(f"{(1 << 32) + 5}:{(1 << 32) + 9}:{(1 << 32) + 7}") == {7}
+
+
+def test_a_new_table_is_queued_without_a_signal() -> None:
+    h = Harness({1: "a"})
+    h.snapshots.request_table(TableRef("public", "t"))
+    assert [t["table"] for t in h.store.state["tables"]] == ["public.t"]
+    assert h.snapshots.tick() and h.reader.reads == [None]
