@@ -150,8 +150,8 @@ def _source_section(found: dict[str, Any] | None, error: str | None, config: Con
                 }
                 for name, table in sorted((snapshot.get("tables") or {}).items())
             ],
+            "incremental": _incremental(snapshot),
         },
-        "incremental_snapshots": _incremental(snapshot),
     }
 
 
@@ -287,7 +287,7 @@ def render(report: dict[str, Any], console: Console) -> None:
                         right=1,
                     )
                 )
-            incremental = source.get("incremental_snapshots")
+            incremental = None if snapshot is None else snapshot.get("incremental")
             if incremental is not None and incremental["tables"]:
                 console.print(
                     _Section(

@@ -107,7 +107,8 @@ def test_unreadable_parts_are_named_and_the_rest_still_shows() -> None:
 
 def test_incremental_snapshots_show_per_table_progress() -> None:
     report = _report()
-    report["source"] = {**report["source"], "incremental_snapshots": {"paused": True, "tables": [
+    snapshot = report["source"]["snapshot"]
+    report["source"]["snapshot"] = {**snapshot, "incremental": {"paused": True, "tables": [
         {"table": "public.orders", "where": "id > 5", "rows": 2048, "estimated_rows": 10000, "chunks": 2,
          "last_key": ["2053"], "done": False},
     ]}}  # fmt: skip
