@@ -58,6 +58,7 @@ SNAPSHOT_MARKER = "incremental"
 """`source.snapshot` of a row read by an incremental snapshot (as Debezium writes it)."""
 
 _XID_MOD = 1 << 32
+_ACK_WAIT_S = 1.0
 
 
 def table_ref(name: str) -> TableRef:
@@ -239,9 +240,9 @@ class ChunkReader:
             self._conn = conn
         return self._conn
 
-    def watermark(self, content: str) -> None:
+    def watermark(self, content: str, *, transactional: bool = False) -> None:
         self._connection().execute(
-            "SELECT pg_logical_emit_message(false, %s, %s)", (WATERMARK_PREFIX, content)
+            "SELECT pg_logical_emit_message(%s, %s, %s)", (transactional, WATERMARK_PREFIX, content)
         )
 
     def estimate(self, table: TableRef) -> int | None:
@@ -350,8 +351,11 @@ class IncrementalSnapshots:
         status: SourceStatus,
         reader: ChunkReader | None = None,
         published: Callable[[], Iterable[TableRef]] | None = None,
+        poll: Callable[[float], None] | None = None,
     ) -> None:
-        """`published`: the tables the publication streams (default: read from `conn` when a signal asks)."""
+        """`published`: the tables the publication streams (default: read from `conn` when a signal asks);
+        `poll`: serve Kafka's acknowledgements for up to that many seconds (`KafkaDelivery.poll`), used to go on
+        with the next chunk at once instead of at the streaming loop's next look."""
         self._config = config
         self._slot_name = config.slot.name
         self._store = store
@@ -359,6 +363,7 @@ class IncrementalSnapshots:
         self._output = output
         self._tracker = tracker
         self._status = status
+        self._poll = poll
         self._published = published or (lambda: publication_tables(conn, config.publication.name))
         self._reader = reader or ChunkReader(config.dsn.get_secret_value(), connect_timeout_s=config.connect_timeout_s)
         self._run = uuid.uuid4().hex[:12]
@@ -419,7 +424,9 @@ class IncrementalSnapshots:
             window.rows.clear()
 
     def committed(self, xid: int) -> None:
-        if self.active and (self._window is None or self._window.low_lsn is None):
+        # Every transaction since the last low watermark: one streamed between the previous chunk's watermarks may
+        # still be invisible to the next chunk's read (see `_at_low`).
+        if self.active:
             self._recent.add(xid)
 
     def message(self, message: LogicalMessage, lsn: int) -> None:
@@ -525,7 +532,9 @@ class IncrementalSnapshots:
             ref, events.columns, events.key_columns, after=backfill.last_key, filters=filters,
             limit=self._config.incremental_snapshot.chunk_size,
         )  # fmt: skip
-        reader.watermark(f"{self._slot_name}/{window_id}/high")
+        # Transactional: its commit flushes the WAL, so the stream gets both marks now rather than at the WAL writer's
+        # next round; in the stream it sits at its commit, after the chunk's read either way.
+        reader.watermark(f"{self._slot_name}/{window_id}/high", transactional=True)
         rows: dict[str, Sequence[str | None]] = {}
         for texts in chunk.rows:
             rows[key_json(events.snapshot_row(texts, 0, 0, SNAPSHOT_MARKER).key)] = texts
@@ -564,13 +573,20 @@ class IncrementalSnapshots:
             self._output.produce_everywhere(events.snapshot_complete(backfill.first_point), slot)
         self._tracker.close(slot, 0)
         self._pending = ChunkSlot(slot, backfill, window.last_key, len(window.rows), finished)
+        if self._poll is not None:
+            # Kafka usually acknowledges within milliseconds: waiting briefly here, between two transactions of the
+            # stream, chains the chunks instead of leaving one per turn of the streaming loop.
+            deadline = time.monotonic() + _ACK_WAIT_S
+            while slot.pending and self._tracker.error is None and time.monotonic() < deadline:
+                self._poll(0.005)
+            self.tick()
         log.debug("chunk %s of %s: %d rows read, %d changed in the window, %d produced at %d", window.id,
                   backfill.table, window.read, window.dropped, len(window.rows), point)  # fmt: skip
 
     def _acknowledged(self, chunk: ChunkSlot) -> None:
         """Kafka holds the chunk: its progress becomes the table's (persisted before the next chunk is read)."""
         backfill = chunk.backfill
-        if backfill not in self._state.tables:
+        if not any(t is backfill for t in self._state.tables):
             return  # stopped or requested anew meanwhile
         backfill.last_key = chunk.last_key
         backfill.rows += chunk.rows

@@ -289,7 +289,7 @@ class PostgresRunParts:
         if config.signal.table is not None or config.snapshot.new_tables == "incremental":
             incremental = IncrementalSnapshots(
                 config, conn=self._db.conn, store=self._db.store, factory=self._factory, output=self._output,
-                tracker=self._delivery.tracker, status=self._status,
+                tracker=self._delivery.tracker, status=self._status, poll=self._delivery.poll,
             )  # fmt: skip
         watch = TableWatch(
             config, conn=self._db.conn, store=self._db.store, factory=self._factory, delivery=self._delivery,

@@ -3,7 +3,7 @@ acknowledged a chunk, the race check, and the signals."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -96,7 +96,9 @@ class Reader:
         self.reads: list[Sequence[str | None] | None] = []
         self.invisible: frozenset[int] = frozenset()
 
-    def watermark(self, content: str) -> None:
+    def watermark(self, content: str, *, transactional: bool = False) -> None:
+        # The high watermark is transactional (its commit flushes the WAL), the low one is not.
+        assert transactional == content.endswith("/high")
         self.watermarks.append(content)
 
     def estimate(self, table: TableRef) -> int | None:
@@ -121,7 +123,10 @@ def config(**source: Any) -> PostgresSourceConfig:
 
 
 class Harness:
-    def __init__(self, rows: dict[int, str], store: Store | None = None, **source: Any) -> None:
+    def __init__(
+        self, rows: dict[int, str], store: Store | None = None, poll: Callable[[float], None] | None = None,
+        **source: Any,
+    ) -> None:  # fmt: skip
         self.reader = Reader(rows)
         self.output = Output()
         self.store = store or Store()
@@ -129,7 +134,7 @@ class Harness:
         self.snapshots = IncrementalSnapshots(
             config(**source), conn=None, store=self.store, factory=Factory(), output=self.output,  # type: ignore[arg-type]
             tracker=self.tracker, status=SourceStatus(RetryBudget(None)), reader=self.reader,  # type: ignore[arg-type]
-            published=lambda: [TableRef("public", "t")],
+            published=lambda: [TableRef("public", "t")], poll=poll,
         )  # fmt: skip
 
     def request(self, **data: Any) -> None:
@@ -306,3 +311,28 @@ def test_a_new_table_is_queued_without_a_signal() -> None:
     h.snapshots.request_table(TableRef("public", "t"))
     assert [t["table"] for t in h.store.state["tables"]] == ["public.t"]
     assert h.snapshots.tick() and h.reader.reads == [None]
+
+
+def test_the_race_check_covers_transactions_streamed_inside_the_previous_window() -> None:
+    h = Harness({1: "a", 2: "b", 3: "c", 4: "d"})
+    h.request()
+    h.snapshots.tick()
+    h.mark("low", 1000)
+    h.snapshots.committed(55)  # between the first chunk's watermarks
+    h.mark("high", 2000)
+    h.output.ack()
+    h.reader.invisible = frozenset({55})  # ... and still running for the second chunk's read
+    assert h.snapshots.tick()
+    h.mark("low", 3000)
+    assert h.snapshots.watching is None  # the second chunk is read again
+
+
+def test_with_kafka_polled_the_next_chunk_follows_at_once() -> None:
+    outputs: list[Output] = []
+    h = Harness({1: "a", 2: "b", 3: "c", 4: "d"}, poll=lambda timeout: outputs[0].ack())
+    outputs.append(h.output)
+    h.request()
+    h.snapshots.tick()
+    h.mark("low", 1000)
+    h.mark("high", 2000)
+    assert h.reader.reads == [None, ["3"]] and h.store.state["tables"][0]["rows"] == 3
