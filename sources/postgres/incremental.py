@@ -47,7 +47,7 @@ from sources.postgres.protocol import Insert, LogicalMessage, Relation
 from sources.postgres.replication import session_options
 from sources.postgres.selection import TableRef, options_for, publication_tables
 from sources.postgres.slots import StateStore
-from sources.postgres.snapshot import estimate_rows
+from sources.postgres.snapshot import ProgressReporter, TableProgress, estimate_rows
 from sources.postgres.status import SourceStatus
 
 log = logging.getLogger(__name__)
@@ -364,6 +364,7 @@ class IncrementalSnapshots:
         self._tracker = tracker
         self._status = status
         self._poll = poll
+        self._reporter: ProgressReporter | None = None
         self._published = published or (lambda: publication_tables(conn, config.publication.name))
         self._reader = reader or ChunkReader(config.dsn.get_secret_value(), connect_timeout_s=config.connect_timeout_s)
         self._run = uuid.uuid4().hex[:12]
@@ -459,6 +460,8 @@ class IncrementalSnapshots:
         return True
 
     def close(self) -> None:
+        if self._reporter is not None:
+            self._reporter.close()
         self._reader.close()
 
     def request_table(self, table: TableRef) -> None:
@@ -592,6 +595,11 @@ class IncrementalSnapshots:
         backfill.rows += chunk.rows
         backfill.chunks += 1
         SNAPSHOT_ROWS.labels(table=backfill.table).inc(chunk.rows)
+        if self._reporter is None:
+            self._reporter = ProgressReporter()
+        progress = TableProgress(f"{backfill.table} (incremental)", backfill.estimated_rows, backfill.rows,
+                                 chunk.finished)  # fmt: skip
+        self._reporter.tick(progress, force=chunk.finished)
         if chunk.finished:
             backfill.done = True
             log.info("incremental snapshot of %s complete: %d rows in %d chunks", backfill.table, backfill.rows,

@@ -336,3 +336,16 @@ def test_with_kafka_polled_the_next_chunk_follows_at_once() -> None:
     h.mark("low", 1000)
     h.mark("high", 2000)
     assert h.reader.reads == [None, ["3"]] and h.store.state["tables"][0]["rows"] == 3
+
+
+def test_progress_is_reported_against_the_estimate(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness({1: "a", 2: "b"})
+    h.request()
+    h.snapshots.tick()
+    h.mark("low", 1000)
+    h.mark("high", 2000)
+    h.output.ack()
+    with caplog.at_level("INFO"):
+        h.snapshots.tick()
+    assert "snapshot public.t (incremental): 2 of ~2 rows (100%)" in caplog.text
+    h.snapshots.close()
