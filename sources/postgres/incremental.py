@@ -29,7 +29,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -316,8 +316,8 @@ class Window:
     id: str
     backfill: Backfill
     events: TableEvents
-    rows: dict[str, Sequence[str | None]]
-    """The chunk's rows by key (`key_json`), in key order; a row changed in the window is removed."""
+    rows: dict[str, tuple[ChangeEvent, list[str | None]]]
+    """The chunk's rows (event, key texts) by key (`key_json`), in key order; a row changed in the window is removed."""
     read: int
     last_key: list[str | None] | None
     invisible: frozenset[int]
@@ -538,11 +538,13 @@ class IncrementalSnapshots:
         # Transactional: its commit flushes the WAL, so the stream gets both marks now rather than at the WAL writer's
         # next round; in the stream it sits at its commit, after the chunk's read either way.
         reader.watermark(f"{self._slot_name}/{window_id}/high", transactional=True)
-        rows: dict[str, Sequence[str | None]] = {}
-        for texts in chunk.rows:
-            rows[key_json(events.snapshot_row(texts, 0, 0, SNAPSHOT_MARKER).key)] = texts
-        last = chunk.rows[-1] if chunk.rows else None
+        # Converted once, at the read: the high watermark only gives each row its position and id.
         index = [events.columns.index(c) for c in events.key_columns]
+        rows: dict[str, tuple[ChangeEvent, list[str | None]]] = {}
+        for texts in chunk.rows:
+            event = events.snapshot_row(texts, 0, 0, SNAPSHOT_MARKER)
+            rows[key_json(event.key)] = (event, [texts[i] for i in index])
+        last = chunk.rows[-1] if chunk.rows else None
         last_key = [last[i] for i in index] if last is not None else backfill.last_key
         self._window = Window(window_id, backfill, events, rows, len(chunk.rows), last_key, chunk.invisible)
 
@@ -570,8 +572,11 @@ class IncrementalSnapshots:
         ts_ms = int(time.time() * 1000)
         slot = self._tracker.open()
         produce_all = self._output.produce_all
-        for texts in window.rows.values():
-            produce_all(events.records((events.snapshot_row(texts, point, ts_ms, SNAPSHOT_MARKER),)), slot)
+        ids = self._factory.ids
+        for event, key_texts in window.rows.values():
+            change_id = ids.snapshot(point, events.schema, events.table, key_texts)
+            placed = replace(event, change_id=change_id, lsn=point, commit_lsn=point, ts_ms=ts_ms)
+            produce_all(events.records((placed,)), slot)
         if finished and backfill.where is None and self._config.snapshot.complete_markers:
             self._output.produce_everywhere(events.snapshot_complete(backfill.first_point), slot)
         self._tracker.close(slot, 0)

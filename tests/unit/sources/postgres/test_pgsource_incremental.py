@@ -62,6 +62,8 @@ class Store:
 
 
 class Factory:
+    ids = IDS
+
     def for_table(self, table: TableRef) -> TableEvents:
         assert str(table) == "public.t"
         return table_events()
