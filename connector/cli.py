@@ -23,6 +23,9 @@ from connector.status import gather, render
 from core import logs
 from sinks.base import Sink
 from sources.base import Source
+from sources.postgres.incremental import configured_signal_table, send_signal, snapshot_signal_data, table_ref
+from sources.postgres.run_parts import connect
+from sources.postgres.selection import publication_tables
 
 app = typer.Typer(
     name="cdc",
@@ -147,6 +150,43 @@ def status(
         render(report, Console(highlight=False))
     if not report["ok"]:
         raise typer.Exit(1)
+
+
+@app.command("snapshot")
+def snapshot(
+    config: ConfigPath,
+    table: Annotated[
+        list[str], typer.Option("--table", help="`schema.table` to snapshot (repeatable).", show_default=False)
+    ],
+    where: Annotated[
+        str | None,
+        typer.Option("--where", help="Only rows matching this SQL condition (e.g. \"id > 1000\").", show_default=False),
+    ] = None,
+) -> None:
+    """Start an incremental snapshot of captured tables on the running source, without pausing its stream.
+
+    Inserts an `execute-snapshot` signal into the signal table (`source.signal.table`); the source reads it from
+    the WAL, so the request holds even when the source is stopped now (it starts when the source streams past it).
+    Progress: `cdc status` (`incremental` under the snapshot). See docs/source.md, "Incremental snapshots".
+    """
+
+    def body() -> str:
+        loaded = load(config)
+        if loaded.source is None:
+            fail("the config has no source")
+        assert loaded.source is not None
+        source = loaded.source
+        signals = configured_signal_table(source)
+        names = [str(table_ref(t)) for t in table]
+        with connect(source, "cdc-connector-cli") as conn:
+            captured = {str(t) for t in publication_tables(conn, source.publication.name)}
+            missing = [n for n in names if n not in captured]
+            if missing:
+                fail(f"not captured (not in publication {source.publication.name}): {', '.join(missing)}")
+            return send_signal(conn, signals, "execute-snapshot", snapshot_signal_data(names, where))
+
+    signal_id = guarded(body)
+    typer.echo(f"incremental snapshot of {', '.join(table)} requested (signal {signal_id})")
 
 
 def _mount_command_groups() -> None:

@@ -150,7 +150,30 @@ def _source_section(found: dict[str, Any] | None, error: str | None, config: Con
                 }
                 for name, table in sorted((snapshot.get("tables") or {}).items())
             ],
+            "incremental": _incremental(snapshot),
         },
+    }
+
+
+def _incremental(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The source's incremental snapshots (requested tables and how far each got), if any was ever requested."""
+    state = (snapshot or {}).get("incremental")
+    if not state:
+        return None
+    return {
+        "paused": bool(state.get("paused")),
+        "tables": [
+            {
+                "table": t.get("table"),
+                "where": t.get("where"),
+                "rows": t.get("rows"),
+                "estimated_rows": t.get("estimated_rows"),
+                "chunks": t.get("chunks"),
+                "last_key": t.get("last_key"),
+                "done": bool(t.get("done")),
+            }
+            for t in state.get("tables") or []
+        ],
     }
 
 
@@ -260,6 +283,26 @@ def render(report: dict[str, Any], console: Console) -> None:
                                 "yes" if t["done"] else "no",
                             )
                             for t in snapshot["tables"]
+                        ],
+                        right=1,
+                    )
+                )
+            incremental = None if snapshot is None else snapshot.get("incremental")
+            if incremental is not None and incremental["tables"]:
+                console.print(
+                    _Section(
+                        "Incremental snapshots" + (" (paused)" if incremental["paused"] else ""),
+                        ("table", "rows", "estimated", "chunks", "last key", "done"),
+                        [
+                            (
+                                t["table"] + (f" where {t['where']}" if t["where"] else ""),
+                                _n(t["rows"]),
+                                "unknown" if t["estimated_rows"] is None else _n(t["estimated_rows"]),
+                                _n(t["chunks"]),
+                                ", ".join(str(k) for k in t["last_key"] or []) or "-",
+                                "yes" if t["done"] else "no",
+                            )
+                            for t in incremental["tables"]
                         ],
                         right=1,
                     )

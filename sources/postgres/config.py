@@ -88,6 +88,32 @@ class SnapshotConfig(Section):
         "`cdc.snapshot.complete` to every partition of its topic, so sinks can remove rows the snapshot did not "
         "write (rows deleted while an interrupted snapshot was redone). See docs/event-format.md.",
     )
+    new_tables: Literal["copy", "incremental"] = Field(
+        "copy",
+        description="How the existing rows of a table that newly matches `tables.include` are read: `copy` in one go "
+        "in a snapshot of its own (the stream waits), or `incremental`: an incremental snapshot, in chunks while "
+        "the stream goes on (docs/source.md, \"Incremental snapshots\").",
+    )
+
+
+class IncrementalSnapshotConfig(Section):
+    chunk_size: int = Field(
+        1024,
+        ge=1,
+        description="Rows read per chunk of an incremental snapshot (keyset pagination by the table's key); one "
+        "chunk is read between a low and a high watermark while the stream goes on (docs/source.md).",
+    )
+
+
+class SignalConfig(Section):
+    table: str | None = Field(
+        None,
+        description="`schema.table` of the signal table (Debezium's `signal.data.collection`): rows inserted into it "
+        "(`id`, `type`, `data`) reach the source through the WAL and start, stop, pause or resume incremental "
+        "snapshots. Created when missing and added to the publication (`publication.mode: create`). Unset: no "
+        "signals, and `cdc snapshot` is refused.",
+        pattern=r"^[^.]+\.[^.]+$",
+    )
 
 
 class HeartbeatConfig(Section):
@@ -109,6 +135,10 @@ class PostgresSourceConfig(Section):
     )
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig, description="Initial snapshot.")
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig, description="Heartbeats.")
+    incremental_snapshot: IncrementalSnapshotConfig = Field(
+        default_factory=IncrementalSnapshotConfig, description="Incremental (watermark) snapshots."
+    )
+    signal: SignalConfig = Field(default_factory=SignalConfig, description="The signal table.")
     decimal_handling: DecimalHandling = Field(
         DecimalHandling.PRECISE,
         description="numeric values: `precise` (Avro decimal), `string`, or `double`.",

@@ -73,7 +73,10 @@ class TableWatch:
         status: SourceStatus,
         stop: threading.Event,
         clock: Callable[[], float] = time.monotonic,
+        backfill: Callable[[TableRef], None] | None = None,
     ) -> None:
+        """`backfill`: queue an incremental snapshot of a table (`snapshot.new_tables: incremental`) instead of
+        copying its rows here."""
         self._config = config
         self._conn = conn
         self._store = store
@@ -83,6 +86,7 @@ class TableWatch:
         self._status = status
         self._stop = stop
         self._clock = clock
+        self._backfill = backfill
         self._next = 0.0
         self._started = False
         self._known: set[TableRef] = set()
@@ -110,7 +114,12 @@ class TableWatch:
             return False
         for table in publication_tables(self._conn, name):
             if str(table) in pending and not self._stop.is_set():
-                self._copy(table, keepalive)
+                if self._backfill is not None:
+                    # Queued (and persisted) first: a crash before the record is cleared queues it again.
+                    self._backfill(table)
+                    self._store.copy_done(self._config.slot.name, str(table))
+                else:
+                    self._copy(table, keepalive)
         return True
 
     def _discover(self) -> None:

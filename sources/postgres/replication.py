@@ -88,16 +88,25 @@ class ReplicationConnection:
         return CreatedSlot(str(row[0]), Lsn.parse(row[1]), row[2] if export_snapshot else None)
 
     def start(
-        self, slot: str, publications: Sequence[str], start_lsn: Lsn = Lsn.INVALID, *, timeout: float = 60.0
+        self,
+        slot: str,
+        publications: Sequence[str],
+        start_lsn: Lsn = Lsn.INVALID,
+        *,
+        timeout: float = 60.0,
+        messages: bool = False,
     ) -> None:
         """START_REPLICATION from the slot's confirmed position (`start_lsn` 0/0) with pgoutput proto_version 1.
 
-        A server that does not answer within `timeout` seconds means the connection is lost (RetriableError).
+        `messages`: also send `pg_logical_emit_message` messages (PostgreSQL 14+; the incremental snapshot's
+        watermarks). A server that does not answer within `timeout` seconds means the connection is lost
+        (RetriableError).
         """
         names = ",".join(publications)
-        query = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {})").format(
-            sql.Identifier(slot), sql.SQL(str(start_lsn)), sql.Literal(names)
-        )
+        query = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}{})").format(
+            sql.Identifier(slot), sql.SQL(str(start_lsn)), sql.Literal(names),
+            sql.SQL(", messages 'true'" if messages else ""),
+        )  # fmt: skip
         pgconn = self._pgconn
         pgconn.send_query(query.as_bytes(self._conn))
         _await_result(pgconn, time.monotonic() + timeout, timeout)

@@ -29,6 +29,7 @@ from sources.postgres.config import PostgresSourceConfig, SnapshotMode
 from sources.postgres.discovery import TableWatch
 from sources.postgres.events import EventFactory
 from sources.postgres.heartbeat import Heartbeat
+from sources.postgres.incremental import IncrementalSnapshots, ensure_signal_table, signal_table
 from sources.postgres.lag import LagMonitor
 from sources.postgres.output import RecordOutput
 from sources.postgres.parallel import WorkerPool
@@ -156,7 +157,13 @@ class PgSourceDatabase:
         added = tables_to_copy(tables, self._published(), copy=config.snapshot.mode is not SnapshotMode.NEVER)
         if added:
             self.store.add_copies(self._slot_name, [str(t) for t in added])
-        return sync_publication(self.conn, config, tables)
+        signals = signal_table(config)
+        if signals is None or config.publication.mode != "create":
+            return sync_publication(self.conn, config, tables)
+        # The signal table's inserts reach the source through the stream: it is published, never captured.
+        ensure_signal_table(self.conn, signals)
+        published = sync_publication(self.conn, config, sorted({*tables, signals}))
+        return [t for t in published if t != signals]
 
     def _published(self) -> list[TableRef] | None:
         """The tables of our own publication (mode `create`) as it is; None when there is none."""
@@ -278,9 +285,17 @@ class PostgresRunParts:
         heartbeat = None
         if config.heartbeat.enabled and config.heartbeat.emit_message:
             heartbeat = Heartbeat(config.dsn.get_secret_value(), connect_timeout_s=config.connect_timeout_s)
+        incremental = None
+        if config.signal.table is not None or config.snapshot.new_tables == "incremental":
+            incremental = IncrementalSnapshots(
+                config, conn=self._db.conn, store=self._db.store, factory=self._factory, output=self._output,
+                tracker=self._delivery.tracker, status=self._status, poll=self._delivery.poll,
+            )  # fmt: skip
         watch = TableWatch(
             config, conn=self._db.conn, store=self._db.store, factory=self._factory, delivery=self._delivery,
             output=self._output, status=self._status, stop=stop,
+            backfill=incremental.request_table if incremental is not None and config.snapshot.new_tables ==
+            "incremental" else None,
         )  # fmt: skip
         streamer = Streamer(
             config,
@@ -296,10 +311,13 @@ class PostgresRunParts:
             stop=stop,
             pool=pool,
             tables=watch,
+            incremental=incremental,
         )
         try:
             streamer.stream()
         finally:
+            if incremental is not None:
+                incremental.close()
             if heartbeat is not None:
                 heartbeat.close()
             if pool is not None:

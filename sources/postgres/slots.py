@@ -254,3 +254,19 @@ class StateStore:
             "updated_at = now() WHERE slot_name = %s",
             (json.dumps(tables), slot),
         )
+
+    # --- incremental snapshots (progress -> 'incremental') ---------------------------------------------------
+
+    def incremental(self, slot: str) -> dict[str, Any]:
+        """The requested incremental snapshots and how far each got (see incremental.py)."""
+        row = self._conn.execute(
+            "SELECT progress -> 'incremental' FROM cdc.source_state WHERE slot_name = %s", (slot,)
+        ).fetchone()
+        return dict(row[0]) if row is not None and row[0] else {}
+
+    def set_incremental(self, slot: str, state: dict[str, Any]) -> None:
+        self._conn.execute(
+            "UPDATE cdc.source_state SET progress = progress || jsonb_build_object('incremental', %s::jsonb), "
+            "updated_at = now() WHERE slot_name = %s",
+            (json.dumps(state), slot),
+        )

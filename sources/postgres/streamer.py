@@ -26,6 +26,7 @@ from sources.postgres.config import PostgresSourceConfig
 from sources.postgres.discovery import TableWatch
 from sources.postgres.events import ChangeEncoder, ChangeEvent, EventFactory, TableEvents
 from sources.postgres.heartbeat import Heartbeat
+from sources.postgres.incremental import IncrementalSnapshots
 from sources.postgres.lag import LagMonitor
 from sources.postgres.output import RecordOutput
 from sources.postgres.parallel import WorkerPool
@@ -35,6 +36,7 @@ from sources.postgres.protocol import (
     Delete,
     Insert,
     Keepalive,
+    LogicalMessage,
     Message,
     Relation,
     Truncate,
@@ -128,6 +130,7 @@ class Streamer:
         stop: threading.Event,
         pool: WorkerPool | None = None,
         tables: TableWatch | None = None,
+        incremental: IncrementalSnapshots | None = None,
     ) -> None:
         self._config = config
         self._slot_name = config.slot.name
@@ -143,6 +146,7 @@ class Streamer:
         self._stop = stop
         self._pool = pool
         self._tables = tables
+        self._incremental = incremental
         self._relations: dict[int, TableEvents] = {}
         # Without transforms, streamed changes are encoded here to wire-format bytes; with them, the chain gets records.
         schema_ids = delivery.schema_ids
@@ -159,7 +163,10 @@ class Streamer:
             )
         self.position = StreamPosition(info.confirmed_flush)
         self._receive_timeout = self._read_receive_timeout()
-        self._repl.start(self._slot_name, [self._config.publication.name], timeout=self._receive_timeout)
+        self._repl.start(
+            self._slot_name, [self._config.publication.name], timeout=self._receive_timeout,
+            messages=self._incremental is not None,
+        )  # fmt: skip
         log.info("streaming slot %s from %s", self._slot_name, self.position.confirmed)
         SOURCE_CONFIRMED_LSN.set(int(self.position.confirmed))
         self._status.streaming(slot=self._slot_name, confirmed_flush_lsn=str(self.position.confirmed))
@@ -222,6 +229,7 @@ class Streamer:
         handle = self._handle
         pool = self._pool
         watch = self._tables
+        incremental = self._incremental
 
         def keepalive() -> None:
             self._confirm(force=True)
@@ -274,11 +282,15 @@ class Streamer:
                 if watch is not None and watch.tick(now, keepalive):
                     # The stream was not read while new tables were copied: its silence tells nothing.
                     last_heard = time.monotonic()
+                if incremental is not None:
+                    incremental.tick()
                 if frame is None:
                     continue
             if type(frame) is XLogData:
                 payload = frame.payload
-                if pool is not None and payload[0] in _POOLED:
+                if pool is not None and payload[0] in _POOLED and not (
+                    incremental is not None and self._pooled_seen(payload, frame.data_start)
+                ):
                     # Fast path: the worker decodes the change; here only its coordinates are kept. A TRUNCATE
                     # takes one ordinal per table (its relation count is the Int32 after the type byte).
                     lsn = frame.data_start
@@ -300,10 +312,18 @@ class Streamer:
             case Insert() | Update() | Delete():
                 tx = self._tx
                 assert tx is not None
+                incremental = self._incremental
+                if incremental is not None and message.relation_id == incremental.signal_relation:
+                    if type(message) is Insert:
+                        incremental.signal(message)
+                    tx.ordinal += 1
+                    return
                 events = self._relations[message.relation_id]
                 changes = events.changes(
                     message, lsn=lsn, commit_lsn=tx.commit_lsn, ordinal=tx.ordinal, xid=tx.xid, commit_ms=tx.commit_ms
                 )
+                if incremental is not None and incremental.watching == events.table_name:
+                    incremental.changed(changes)
                 self._emit(events, changes, tx)
                 tx.ordinal += 1
                 counts = self._counts
@@ -317,7 +337,11 @@ class Streamer:
                 assert tx is not None
                 self._delivery.tracker.close(tx.ack, end_lsn)
                 self._tx = None
+                if self._incremental is not None:
+                    self._incremental.committed(tx.xid)
                 self.position = self.position.received_up_to(max(tx.last_lsn, end_lsn))
+            case Relation() if self._incremental is not None and self._incremental.take_relation(message):
+                pass  # the signal table's: its rows are signals, never events
             case Relation():
                 # Typed here from the message itself, renames found here once; worker processes get the aliases.
                 events = self._factory.for_relation(message)
@@ -329,12 +353,18 @@ class Streamer:
                     if schema_ids is not None:
                         events.register(schema_ids)
                     self._pool.relation(message, events.aliases)
-                else:
-                    self._relations[message.relation_id] = events
+                # With workers too: an incremental snapshot's window looks up the table of a pooled change here.
+                self._relations[message.relation_id] = events
             case Truncate(relation_ids=relation_ids):
                 tx = self._tx
                 assert tx is not None
+                incremental = self._incremental
                 for relation_id in relation_ids:
+                    if incremental is not None:
+                        if relation_id == incremental.signal_relation:
+                            tx.ordinal += 1
+                            continue
+                        incremental.truncated(self._relations[relation_id].table_name)
                     if self._config.emit_truncate:
                         events = self._relations[relation_id]
                         truncate = events.truncate(
@@ -343,8 +373,39 @@ class Streamer:
                         )  # fmt: skip
                         self._emit(events, (truncate,), tx)
                     tx.ordinal += 1
+            case LogicalMessage() if self._incremental is not None:
+                self._incremental.message(message, lsn)
             case _:
                 pass  # Origin, Type and logical messages (our heartbeats among them) carry nothing to produce.
+
+    def _pooled_seen(self, payload: bytes | memoryview, lsn: int) -> bool:
+        """With workers, a change the incremental snapshot must see: a signal (to be read here: True) or a change of
+        the table between a chunk's watermarks (its keys leave the chunk; it still goes to the workers, False)."""
+        incremental = self._incremental
+        assert incremental is not None
+        watching = incremental.watching
+        if payload[0] == _TRUNCATE:
+            if watching is not None:
+                truncate = decode_message(payload)
+                assert isinstance(truncate, Truncate)
+                for relation_id in truncate.relation_ids:
+                    if relation_id in self._relations:
+                        incremental.truncated(self._relations[relation_id].table_name)
+            return False
+        relation_id = int.from_bytes(payload[1:5], "big")
+        if relation_id == incremental.signal_relation:
+            return True  # read here, not by a worker (which does not know the signal table)
+        if watching is not None:
+            events = self._relations.get(relation_id)
+            if events is not None and events.table_name == watching:
+                tx = self._tx
+                assert tx is not None
+                message = decode_message(payload)
+                assert isinstance(message, Insert | Update | Delete)
+                incremental.changed(events.changes(
+                    message, lsn=lsn, commit_lsn=tx.commit_lsn, ordinal=tx.ordinal, xid=tx.xid, commit_ms=tx.commit_ms
+                ))  # fmt: skip
+        return False
 
     def _emit(self, events: TableEvents, changes: Sequence[ChangeEvent], tx: Transaction) -> None:
         """The one place streamed changes leave for Kafka: encoded here, or as records through the transforms."""

@@ -103,3 +103,17 @@ def test_unreadable_parts_are_named_and_the_rest_still_shows() -> None:
     assert "could not read: kafka" in text
     assert any("app.public.orders" in line and "1,150" in line and "?" in line for line in text.splitlines())
     assert "None" not in text
+
+
+def test_incremental_snapshots_show_per_table_progress() -> None:
+    report = _report()
+    snapshot = report["source"]["snapshot"]
+    report["source"]["snapshot"] = {**snapshot, "incremental": {"paused": True, "tables": [
+        {"table": "public.orders", "where": "id > 5", "rows": 2048, "estimated_rows": 10000, "chunks": 2,
+         "last_key": ["2053"], "done": False},
+    ]}}  # fmt: skip
+    text = _render(report)
+    assert "Incremental snapshots (paused)" in text
+    assert any("public.orders where id > 5" in line and "2,048" in line and "10,000" in line and "2053" in line
+               and "no" in line for line in text.splitlines())  # fmt: skip
+    assert "None" not in text

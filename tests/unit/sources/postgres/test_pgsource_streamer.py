@@ -139,8 +139,9 @@ class FakeReplication:
         self.started: tuple[str, list[str]] | None = None
         self.statuses: list[tuple[Lsn, Lsn | None, bool]] = []
 
-    def start(self, slot: str, publications: list[str], *, timeout: float) -> None:
+    def start(self, slot: str, publications: list[str], *, timeout: float, messages: bool = False) -> None:
         self.started = (slot, publications)
+        self.messages = messages
 
     def read_buffered(self) -> XLogData | Keepalive | None:
         if self._frames:
@@ -190,7 +191,7 @@ def xlog(lsn: int, payload: bytes) -> XLogData:
 
 
 def run_stream(
-    frames: list[XLogData | Keepalive], delivery: FakeDelivery, **changes: Any
+    frames: list[XLogData | Keepalive], delivery: FakeDelivery, incremental: Any = None, **changes: Any
 ) -> tuple[Streamer, FakeReplication, SourceStatus]:
     stop = threading.Event()
     repl = FakeReplication(frames, stop)
@@ -207,6 +208,7 @@ def run_stream(
         heartbeat=None,
         counts={},
         stop=stop,
+        incremental=incremental,
     )
     streamer.stream()
     return streamer, repl, status
@@ -283,3 +285,60 @@ def test_truncate_takes_one_ordinal_per_table_and_is_produced_only_when_configur
     quiet = FakeDelivery()
     run_stream(frames, quiet, emit_truncate=False)
     assert [r.key for r, _ in quiet.produced] == ["1"] and quiet.produced[0][0].value["ordinal"] == 2
+
+
+class FakeIncremental:
+    """`IncrementalSnapshots` as the streamer sees it: relation 9 is the signal table, `public.t` is watched."""
+
+    watching = "public.t"
+
+    def __init__(self) -> None:
+        self.signal_relation: int | None = None
+        self.calls: list[tuple[str, Any]] = []
+
+    def take_relation(self, relation: Relation) -> bool:
+        if relation.relation_id != 9:
+            return False
+        self.signal_relation = 9
+        return True
+
+    def signal(self, message: Any) -> None:
+        self.calls.append(("signal", message.new))
+
+    def changed(self, changes: Any) -> None:
+        self.calls.append(("changed", [c.key for c in changes]))
+
+    def truncated(self, table_name: str) -> None:
+        self.calls.append(("truncated", table_name))
+
+    def committed(self, xid: int) -> None:
+        self.calls.append(("committed", xid))
+
+    def message(self, message: Any, lsn: int) -> None:
+        self.calls.append(("message", (message.prefix, message.content)))
+
+    def tick(self) -> bool:
+        return False
+
+
+def logical_message(lsn: int, prefix: str, content: bytes) -> bytes:
+    return b"M" + struct.pack("!BQ", 0, lsn) + cstr(prefix) + struct.pack("!I", len(content)) + content
+
+
+def test_signals_watched_changes_commits_and_watermarks_reach_the_incremental_snapshot() -> None:
+    delivery = FakeDelivery()
+    incremental = FakeIncremental()
+    frames = [
+        xlog(0x150, relation(5)), xlog(0x151, relation(9)),
+        xlog(0x160, begin(0x1A0, 77)), xlog(0x170, insert(9, "s-1")), xlog(0x180, insert(5, "1")),
+        xlog(0x190, truncate(5)), xlog(0x1A0, commit(0x1A0, 0x1B0)),
+        xlog(0x1C0, logical_message(0x1C0, "cdc-incremental-snapshot", b"slot/w/low")),
+    ]  # fmt: skip
+    _, repl, _ = run_stream(frames, delivery, incremental)
+    assert repl.messages  # logical messages are asked for
+    assert incremental.calls == [
+        ("signal", ("s-1",)), ("changed", ["1"]), ("truncated", "public.t"), ("committed", 77),
+        ("message", ("cdc-incremental-snapshot", b"slot/w/low")),
+    ]
+    # The signal is no event, yet takes its ordinal like any change of the transaction.
+    assert [(r.key, r.value.get("ordinal")) for r, _ in delivery.produced] == [("1", 1), (None, None)]

@@ -1,0 +1,126 @@
+"""Incremental snapshot throughput, and the stream's confirmation latency while it runs.
+
+`python bench/incremental_bench.py --rows N [--chunk N]` fills a 5-column table (never copied: `snapshot.mode: never`),
+runs `cdc run --only source`, requests an incremental snapshot with `cdc snapshot`, and measures until the persisted
+progress says done. Meanwhile, every 0.2 s it updates one row and measures how long until the slot's confirmed LSN
+passes that write (the stream's latency during the backfill). Endpoints come from `.cdc/dev.env` (or CDC_* variables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "cdc_incbench"
+TABLE = sql.Identifier(f"{NAME}_t")
+SIGNALS = sql.Identifier(f"{NAME}_signals")
+
+
+def endpoints() -> dict[str, str]:
+    env = dict(os.environ)
+    dev = ROOT / ".cdc" / "dev.env"
+    if dev.is_file():
+        for line in dev.read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                key, value = line.split("=", 1)
+                env.setdefault(key.strip(), value.strip())
+    return env
+
+
+def cdc(*args: str) -> list[str]:
+    return [sys.executable, "-m", "connector.cli", "--env-file", os.devnull, *args]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--chunk", type=int, default=1024)
+    args = parser.parse_args()
+    env = endpoints()
+    dsn = env["CDC_SOURCE_DSN"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(TABLE, SIGNALS))
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, a int, b text, c timestamptz, d numeric(10,2))")
+                     .format(TABLE))  # fmt: skip
+        conn.execute(
+            sql.SQL("INSERT INTO {} SELECT g, g, 'row ' || g, now(), g / 3.0 FROM generate_series(1, %s) g")
+            .format(TABLE),
+            (args.rows,),
+        )  # fmt: skip
+        conn.execute(sql.SQL("ANALYZE {}").format(TABLE))
+    config = {
+        "name": NAME,
+        "kafka": {"bootstrap_servers": "${CDC_KAFKA_BOOTSTRAP}"},
+        "schema_registry": {"url": "${CDC_SCHEMA_REGISTRY_URL}"},
+        "source": {
+            "dsn": "${CDC_SOURCE_DSN}", "topic_prefix": NAME, "slot": {"name": NAME}, "publication": {"name": NAME},
+            "tables": {"include": [f"public.{NAME}_t"]}, "snapshot": {"mode": "never"},
+            "signal": {"table": f"public.{NAME}_signals"}, "incremental_snapshot": {"chunk_size": args.chunk},
+        },
+        "server": {"enabled": False},
+    }  # fmt: skip
+    workdir = Path(tempfile.mkdtemp(prefix="incbench"))
+    config_path = workdir / "connector.yaml"
+    config_path.write_text(json.dumps(config))
+    with (workdir / "cdc.log").open("wb") as log:
+        process = subprocess.Popen(
+            cdc("run", str(config_path), "--only", "source"), stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (NAME,)).fetchone() != (
+                True,
+            ):
+                time.sleep(0.2)
+            subprocess.run(cdc("snapshot", str(config_path), "--table", f"public.{NAME}_t"), env=env,
+                           check=True)  # fmt: skip
+            started = time.monotonic()
+            latencies: list[float] = []
+            while True:
+                row = conn.execute(
+                    "SELECT progress -> 'incremental' -> 'tables' -> 0 ->> 'done' FROM cdc.source_state "
+                    "WHERE slot_name = %s",
+                    (NAME,),
+                ).fetchone()
+                if row == ("true",):
+                    break
+                conn.execute(sql.SQL("UPDATE {} SET a = a + 1 WHERE id = 1").format(TABLE))
+                lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+                written = time.monotonic()
+                confirmed = "SELECT confirmed_flush_lsn >= %s FROM pg_replication_slots WHERE slot_name = %s"
+                while conn.execute(confirmed, (lsn[0] if lsn else None, NAME)).fetchone() != (True,):
+                    time.sleep(0.01)
+                latencies.append(time.monotonic() - written)
+                time.sleep(0.2)
+        elapsed = time.monotonic() - started
+        latencies.sort()
+        p50 = latencies[len(latencies) // 2] * 1000 if latencies else 0.0
+        worst = latencies[-1] * 1000 if latencies else 0.0
+        print(
+            f"{args.rows:,} rows, chunk {args.chunk}: {elapsed:.1f} s, {args.rows / elapsed:,.0f} rows/s; stream "
+            f"confirmation latency during the backfill p50 {p50:.0f} ms, max {worst:.0f} ms ({len(latencies)} probes)"
+        )
+    finally:
+        process.terminate()
+        process.wait(60)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (NAME,)).fetchone():
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (NAME,))
+            conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(NAME)))
+            conn.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (NAME,))
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(TABLE, SIGNALS))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

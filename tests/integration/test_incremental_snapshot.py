@@ -1,0 +1,300 @@
+"""Incremental snapshots through the whole pipeline (source -> Kafka -> our sink), on tables whose rows were never
+copied (`snapshot.mode: never`): started by a signal row inserted with SQL, or by `cdc snapshot`; under concurrent
+inserts, updates and deletes the destination ends equal to the source; a kill -9 mid-backfill goes on from the last
+acknowledged chunk."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.integration.pipeline_support import (
+    drop_replication_state,
+    drop_tables,
+    free_port,
+    start_connector,
+    stop_connector,
+    table_digest,
+    wait_until,
+    write_config,
+)
+from tests.integration.sinks.conftest import caught_up, log_end
+from tests.support.helpers import http_get
+
+pytestmark = pytest.mark.integration
+
+
+def _progress(dsn: str, slot: str) -> dict[str, Any]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT progress -> 'incremental' FROM cdc.source_state WHERE slot_name = %s", (slot,)
+        ).fetchone()
+    return dict(row[0]) if row is not None and row[0] else {}
+
+
+def _table_progress(dsn: str, slot: str) -> dict[str, Any]:
+    tables = _progress(dsn, slot).get("tables") or [{}]
+    return dict(tables[0])
+
+
+def _streaming(port: int) -> bool:
+    code, body = http_get(port, "/status")
+    return code == 200 and (json.loads(body).get("source") or {}).get("state") == "streaming"
+
+
+def _config(tmp_path: Path, name: str, table: str, port: int, chunk: int) -> Path:
+    path = tmp_path / "connector.yaml"
+    write_config(path, name, table, port)
+    config = json.loads(path.read_text())
+    config["source"]["snapshot"]["mode"] = "never"
+    config["source"]["signal"] = {"table": f"public.{name}_signals"}
+    config["source"]["incremental_snapshot"] = {"chunk_size": chunk}
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _assert_target_equals_source(stack: Any, table: str) -> None:
+    expected = table_digest(stack.source_dsn, "public", table, ["id", "v"])
+    actual = table_digest(stack.target_dsn, "public", table, ["id", "v"])
+    if actual != expected:
+        query = sql.SQL("SELECT id, v FROM {}").format(sql.Identifier("public", table))
+        with psycopg.connect(stack.source_dsn) as source, psycopg.connect(stack.target_dsn) as target:
+            left, right = set(source.execute(query).fetchall()), set(target.execute(query).fetchall())
+        raise AssertionError(f"only in the source: {sorted(left - right)[:20]}, only in the destination: "
+                             f"{sorted(right - left)[:20]}")  # fmt: skip
+
+
+def _wal_now(dsn: str) -> str:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _source_past(dsn: str, slot: str, lsn: str) -> bool:
+    """The slot confirmed `lsn`: every change before it is in Kafka."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s", (lsn, slot)
+        ).fetchone()
+    return row == (True,)
+
+
+def _sink_caught_up(stack: Any, group: str, ends: dict[tuple[str, int], int]) -> bool:
+    with psycopg.connect(stack.target_dsn, autocommit=True) as conn:
+        return caught_up(conn, group, ends)
+
+
+def _cleanup(stack: Any, name: str, table: str) -> None:
+    drop_replication_state(stack.source_dsn, name, name)
+    drop_tables(stack.source_dsn, sql.Identifier(table), sql.Identifier(f"{name}_signals"))
+    drop_tables(stack.target_dsn, sql.Identifier("public", table))
+    with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (name,))
+
+
+class Writer(threading.Thread):
+    """Inserts, updates and deletes at random over the whole key range (inside and outside the current chunk)."""
+
+    def __init__(self, dsn: str, table: str, rows: int) -> None:
+        super().__init__(daemon=True)
+        self._dsn = dsn
+        self._table = sql.Identifier(table)
+        self._next = rows + 1
+        self._top = rows
+        self.stop = threading.Event()
+        self.done = {"c": 0, "u": 0, "d": 0}
+        self.deleted: list[int] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        rng = random.Random(15)
+        t = self._table
+        try:
+            with psycopg.connect(self._dsn, autocommit=True) as conn:
+                while not self.stop.is_set():
+                    with conn.transaction():
+                        for _ in range(rng.randint(1, 5)):
+                            op = rng.choice("cuudd")
+                            key = rng.randint(1, self._top)
+                            if op == "c":
+                                conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, 'new')").format(t), (self._next,))
+                                self._top = self._next
+                                self._next += 1
+                            elif op == "u":
+                                conn.execute(
+                                    sql.SQL("UPDATE {} SET v = v || '+' WHERE id = %s").format(t), (key,)
+                                )
+                            else:
+                                conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(t), (key,))
+                            self.done[op] += 1
+                            if op == "d":
+                                self.deleted.append(key)
+                    self.stop.wait(0.005)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+def test_signal_from_sql_snapshots_under_concurrent_writes(stack: Any, unique_name: Any, tmp_path: Path) -> None:
+    name, table = unique_name("incsnap"), unique_name("items")
+    rows = 6_000
+    with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text NOT NULL)").format(sql.Identifier(table)))
+        conn.execute(
+            sql.SQL("INSERT INTO {} SELECT g, 'row ' || g FROM generate_series(1, %s) g").format(sql.Identifier(table)),
+            (rows,),
+        )
+    port = free_port()
+    config_path = _config(tmp_path, name, table, port, chunk=100)
+    log_path = tmp_path / "cdc.log"
+    process = start_connector(config_path, stack, log_path)
+    writer = Writer(stack.source_dsn, table, rows)
+    try:
+        wait_until(lambda: _streaming(port), 90, "the source to stream", process)
+        writer.start()
+        with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("INSERT INTO {} (id, type, data) VALUES ('s-1', 'execute-snapshot', %s)").format(
+                    sql.Identifier(f"{name}_signals")
+                ),
+                (json.dumps({"data-collections": [f"public.{table}"], "type": "incremental"}),),
+            )
+        wait_until(lambda: _table_progress(stack.source_dsn, name).get("done") is True, 180,
+                   "the incremental snapshot to finish", process)  # fmt: skip
+        writer.stop.set()
+        writer.join(30)
+        assert writer.error is None, writer.error
+        assert min(writer.done.values()) > 0, writer.done
+        written = _wal_now(stack.source_dsn)
+        wait_until(lambda: _source_past(stack.source_dsn, name, written), 120, "the source to stream every write",
+                   process)  # fmt: skip
+        topic = f"{name}.public.{table}"
+        wait_until(lambda: _sink_caught_up(stack, f"cdc-{name}", log_end(stack.kafka_bootstrap, [topic])), 120,
+                   "the sink to catch up", process)  # fmt: skip
+        _assert_target_equals_source(stack, table)
+        progress = _table_progress(stack.source_dsn, name)
+        assert progress["chunks"] >= rows // 100
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log_path.read_text(errors="replace")[-3000:]
+    finally:
+        writer.stop.set()
+        stop_connector(process)
+        _cleanup(stack, name, table)
+
+
+def test_kill_mid_backfill_resumes_from_last_chunk(stack: Any, unique_name: Any, tmp_path: Path) -> None:
+    name, table = unique_name("incsnap"), unique_name("items")
+    rows, chunk = 30_000, 200
+    with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text NOT NULL)").format(sql.Identifier(table)))
+        conn.execute(
+            sql.SQL("INSERT INTO {} SELECT g, 'row ' || g FROM generate_series(1, %s) g").format(sql.Identifier(table)),
+            (rows,),
+        )
+    port = free_port()
+    config_path = _config(tmp_path, name, table, port, chunk=chunk)
+    log_path = tmp_path / "cdc.log"
+    process = start_connector(config_path, stack, log_path)
+    topic = f"{name}.public.{table}"
+    try:
+        wait_until(lambda: _streaming(port), 90, "the source to stream", process)
+        env = dict(os.environ, CDC_SOURCE_DSN=stack.source_dsn, CDC_TARGET_DSN=stack.target_dsn,
+                   CDC_KAFKA_BOOTSTRAP=stack.kafka_bootstrap, CDC_SCHEMA_REGISTRY_URL=stack.registry_url)  # fmt: skip
+        requested = subprocess.run(
+            [sys.executable, "-m", "connector.cli", "--env-file", os.devnull, "snapshot", str(config_path),
+             "--table", f"public.{table}"],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert requested.returncode == 0, requested.stderr
+        assert "requested" in requested.stdout
+        wait_until(lambda: _table_progress(stack.source_dsn, name).get("chunks", 0) >= 20, 120,
+                   "the backfill to be under way", process)  # fmt: skip
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+        at_kill = _table_progress(stack.source_dsn, name)
+        assert not at_kill["done"], "the backfill finished before the kill: make the table bigger"
+        assert at_kill["last_key"] == [str(at_kill["rows"])]  # no writes: the key of the last row acknowledged
+        assert at_kill["rows"] == at_kill["chunks"] * chunk
+
+        process = start_connector(config_path, stack, log_path)
+        wait_until(lambda: _table_progress(stack.source_dsn, name).get("done") is True, 180,
+                   "the resumed backfill to finish", process)  # fmt: skip
+        after = _table_progress(stack.source_dsn, name)
+        assert after["rows"] == rows
+        ends = log_end(stack.kafka_bootstrap, [topic])
+        wait_until(lambda: _sink_caught_up(stack, f"cdc-{name}", ends), 120, "the sink to catch up", process)
+        _assert_target_equals_source(stack, table)
+        # The topic holds each row once, plus whatever was produced after the last persisted chunk before the kill
+        # (at most one chunk), plus the snapshot-complete marker.
+        produced = sum(ends.values())
+        assert rows + 1 <= produced <= rows + chunk + 1, produced
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log_path.read_text(errors="replace")[-3000:]
+    finally:
+        stop_connector(process)
+        _cleanup(stack, name, table)
+
+
+def test_table_added_to_include_while_running_arrives_complete(stack: Any, unique_name: Any, tmp_path: Path) -> None:
+    name, base = unique_name("incnew"), unique_name("grow")
+    first, added = f"{base}_a", f"{base}_b"
+    rows = 3_000
+    create = "CREATE TABLE {} (id int PRIMARY KEY, v text NOT NULL)"
+    with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL(create).format(sql.Identifier(first)))
+    port = free_port()
+    path = tmp_path / "connector.yaml"
+    write_config(path, name, first, port)
+    config = json.loads(path.read_text())
+    config["source"]["tables"] = {"include": [f"public.{base}_*"], "discovery_interval_s": 1}
+    config["source"]["snapshot"]["new_tables"] = "incremental"
+    config["source"]["incremental_snapshot"] = {"chunk_size": 100}
+    path.write_text(json.dumps(config))
+    log_path = tmp_path / "cdc.log"
+    process = start_connector(path, stack, log_path)
+    writer = Writer(stack.source_dsn, added, rows)
+    try:
+        wait_until(lambda: _streaming(port), 90, "the source to stream", process)
+        with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL(create).format(sql.Identifier(added)))
+            conn.execute(
+                sql.SQL("INSERT INTO {} SELECT g, 'row ' || g FROM generate_series(1, %s) g").format(
+                    sql.Identifier(added)
+                ),
+                (rows,),
+            )
+        writer.start()
+        wait_until(lambda: _table_progress(stack.source_dsn, name).get("done") is True, 180,
+                   "the new table's incremental snapshot to finish", process)  # fmt: skip
+        writer.stop.set()
+        writer.join(30)
+        assert writer.error is None, writer.error
+        assert _table_progress(stack.source_dsn, name)["table"] == f"public.{added}"
+        written = _wal_now(stack.source_dsn)
+        wait_until(lambda: _source_past(stack.source_dsn, name, written), 120, "the source to stream every write",
+                   process)  # fmt: skip
+        topic = f"{name}.public.{added}"
+        wait_until(lambda: _sink_caught_up(stack, f"cdc-{name}", log_end(stack.kafka_bootstrap, [topic])), 120,
+                   "the sink to catch up", process)  # fmt: skip
+        _assert_target_equals_source(stack, added)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log_path.read_text(errors="replace")[-3000:]
+    finally:
+        writer.stop.set()
+        stop_connector(process)
+        drop_replication_state(stack.source_dsn, name, name)
+        drop_tables(stack.source_dsn, sql.Identifier(first), sql.Identifier(added))
+        drop_tables(stack.target_dsn, sql.Identifier("public", first), sql.Identifier("public", added))
+        with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (name,))
