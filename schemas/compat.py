@@ -66,6 +66,40 @@ def _nullable(avro: Any) -> bool:
     return isinstance(avro, list) and "null" in avro
 
 
+_NATIVE_LOGICAL_TYPES = frozenset({"date", "time-micros", "timestamp-micros", "local-timestamp-micros", "uuid"})
+
+
+def encoding_style(schema: AvroSchema) -> str | None:
+    """Which `schema_style` wrote `schema` ("debezium" or "avro_native"), when its shape says so, else None.
+
+    An envelope says it by its `source` block (Debezium 3.6's has `ts_us`); any record by its field types (Avro
+    logical types for dates, times and uuids are `avro_native`'s; Connect's `connect.type: int16` is Debezium's).
+    Used to explain an incompatibility that is a change of style rather than of the table.
+    """
+    found: set[str] = set()
+
+    def walk(avro: Any) -> None:
+        if isinstance(avro, list):
+            for branch in avro:
+                walk(branch)
+        elif isinstance(avro, Mapping):
+            if avro.get("logicalType") in _NATIVE_LOGICAL_TYPES:
+                found.add("avro_native")
+            if avro.get("connect.type") == "int16":
+                found.add("debezium")
+            for item in avro.get("fields", ()):
+                if item.get("name") == "source" and isinstance(item.get("type"), Mapping):
+                    names = {f.get("name") for f in item["type"].get("fields", ())}
+                    found.add("debezium" if "ts_us" in names else "avro_native")
+                else:
+                    walk(item.get("type"))
+            if avro.get("type") == "array":
+                walk(avro.get("items"))
+
+    walk(schema.definition)
+    return found.pop() if len(found) == 1 else None
+
+
 def describe_changes(old: AvroSchema, new: AvroSchema) -> list[str]:
     """Column-level differences from `old` to `new`, in a user's words (empty when the columns are the same)."""
     old_record, new_record = _row_record(old.definition), _row_record(new.definition)

@@ -23,7 +23,7 @@ from pydantic import Field, SecretStr, model_validator
 from core.errors import ConfigError, ConnectorError, RetriableError, SchemaError
 from core.records import AvroSchema
 from core.settings import Section
-from schemas.compat import describe_changes
+from schemas.compat import describe_changes, encoding_style
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +262,17 @@ class SchemaRegistry:
         latest = self.latest(subject)
         changes = describe_changes(latest[1], schema) if latest is not None else []
         what = "; ".join(changes) if changes else "the registry's compatibility rules reject it"
+        registered_style = encoding_style(latest[1]) if latest is not None else None
+        new_style = encoding_style(schema)
+        if latest is not None and registered_style is not None and new_style not in (None, registered_style):
+            return SchemaError(
+                f"schema for subject {subject} is not {self.compatibility}-compatible with version {latest[0]}: "
+                f"the subject holds `schema_style: {registered_style}` records and this connector writes "
+                f"`{new_style}` ({what})",
+                hint=f"set `source.schema_style: {registered_style}` to keep writing these topics as before, or "
+                "move to new topics (another `topic_prefix`) and re-snapshot; docs/event-format.md, "
+                "\"Debezium compatibility\"",
+            )
         return SchemaError(
             f"schema for subject {subject} is not {self.compatibility}-compatible with version "
             f"{latest[0] if latest else '?'}: {what}",

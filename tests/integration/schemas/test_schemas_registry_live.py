@@ -16,6 +16,7 @@ from core.records import AvroSchema
 from schemas.compat import describe_changes
 from schemas.envelope import build_table_schemas
 from schemas.registry import SchemaNotFoundError, SchemaRegistry
+from schemas.types import SchemaStyle
 from tests.support.stack import Stack
 from tests.unit.schemas.schemas_support import column, table
 
@@ -78,6 +79,27 @@ def test_incompatible_registration_names_subject_change_and_fix(
     with new:
         fresh = new.check(f"{prefix}.other-value", retyped)
     assert (fresh.exists, fresh.compatible) == (False, True)
+
+
+def test_a_change_of_schema_style_is_named_with_the_setting_that_keeps_the_topics(
+    stack: Stack, unique_name: Callable[[str], str]
+) -> None:
+    """A connector whose topics hold `avro_native` records, upgraded to the `debezium` default, is told why."""
+    prefix = unique_name("reg")
+    subject = f"{prefix}.public.t-value"
+    columns = table(column("id", "int8", not_null=True, key_position=1), column("at", "timestamptz"))
+
+    def schema(style: SchemaStyle) -> AvroSchema:
+        return build_table_schemas(
+            columns, topic=f"{prefix}.public.t", topic_prefix=prefix, schema_style=style
+        ).value_schema
+
+    with SchemaRegistry(SchemaRegistryConfig(url=stack.registry_url)) as registry:
+        registry.register(subject, schema(SchemaStyle.AVRO_NATIVE))
+        with pytest.raises(SchemaError) as caught:
+            registry.register(subject, schema(SchemaStyle.DEBEZIUM))
+    assert "holds `schema_style: avro_native` records and this connector writes `debezium`" in str(caught.value)
+    assert "set `source.schema_style: avro_native`" in (caught.value.hint or "")
 
 
 def test_unknown_schema_id(stack: Stack) -> None:

@@ -10,10 +10,11 @@ import pytest
 
 from core.errors import PoisonMessageError, RetriableError
 from core.records import AvroSchema
-from schemas.compat import describe_changes, incompatibilities, problems_for
+from schemas.compat import describe_changes, encoding_style, incompatibilities, problems_for
 from schemas.envelope import build_table_schemas, source_block
 from schemas.registry import SchemaNotFoundError, redact_url
 from schemas.serde import Decoder, Encoder
+from schemas.types import SchemaStyle
 from tests.unit.schemas.schemas_support import column, table
 
 pytestmark = pytest.mark.unit
@@ -145,3 +146,17 @@ def test_encoder_caches_per_schema_text() -> None:
     other = AvroSchema.of(copy.deepcopy(schema.definition))
     encoder = Encoder()
     assert encoder.encode(1, schema, event) == encoder.encode(1, other, event)
+
+
+@pytest.mark.parametrize("style", list(SchemaStyle))
+@pytest.mark.parametrize("type_name", ["int4", "date", "int2"])
+def test_encoding_style_is_read_off_envelopes_and_typed_keys(style: SchemaStyle, type_name: str) -> None:
+    built = build_table_schemas(
+        table(column("id", type_name, not_null=True, key_position=1), column("name", "text")),
+        topic="p.public.t", topic_prefix="p", schema_style=style,
+    )  # fmt: skip
+    assert encoding_style(built.value_schema) == style.value
+    # A key says it only through a type that only one style marks: avro_native's logical date, Debezium's int16.
+    telling = {"date": SchemaStyle.AVRO_NATIVE, "int2": SchemaStyle.DEBEZIUM}.get(type_name)
+    expected_key = style.value if telling == style else None
+    assert encoding_style(built.key_schema) == expected_key
