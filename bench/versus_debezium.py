@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -39,7 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,14 @@ from devstack.connect import (  # noqa: E402
 )
 
 NARROW = "id bigint PRIMARY KEY, name text, amount numeric(12,2), created timestamptz, flag boolean"
-NARROW_ROW = "g, 'name ' || g, g * 1.5, now(), g % 2 = 0"
+NARROW_ROW = "g, 'name ' || g, g * 1.5, now(), mod(g, 2) = 0"
 TUNED_JDBC = {
     "dialect.postgres.unnest.insert.enabled": "true",
     "batch.size": "5000",
     "consumer.override.max.poll.records": "5000",
+    # Unnest upserts fail when a batch holds one key twice ("ON CONFLICT DO UPDATE command cannot affect row a
+    # second time"); the reduction buffer keeps each key's last change per batch.
+    "use.reduction.buffer": "true",
 }
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -114,6 +118,8 @@ class Figure:
     seconds: float
     cpu_s: float
     peak_rss_mib: float
+    delivered: dict[str, int] = field(default_factory=dict)
+    """What the side delivered, counted after it finished: records on its topic, or destination rows."""
 
     @property
     def rate(self) -> float:
@@ -130,16 +136,21 @@ def measure(
     interval: float,
     what: str,
 ) -> Figure:
-    """Poll `progress` (events delivered so far) until `total`; rate and CPU between the first and last sample seen."""
+    """Poll `progress` (events delivered so far) until `total`; rate and CPU between the first and last sample seen.
+
+    Called right after the side was started.
+    """
+    started = time.monotonic()
     first: tuple[float, int, float] | None = None
-    deadline = time.monotonic() + timeout
+    deadline = started + timeout
     while True:
         done = progress()
         now = time.monotonic()
         current = pid()
         cpu = cpu_seconds(current) if current else 0.0
         if first is None and done > 0:
-            first = (now, done, cpu)
+            # A side that delivered everything before the first look (tiny workloads) is timed from its start.
+            first = (now, done, cpu) if done < total else (started, 0, 0.0)
         if first is not None and done >= total:
             # The events seen in the first sample were delivered before the clock started.
             events = max(total - first[1], 1)
@@ -357,7 +368,9 @@ class Workload:
             for low in range(1, self.inserts + 1, self.tx_size):
                 high = min(self.inserts, low + self.tx_size - 1)
                 conn.execute(
-                    sql.SQL(f"INSERT INTO {{}} SELECT {NARROW_ROW} FROM generate_series(%s, %s) g").format(ident),
+                    sql.SQL(
+                        f"INSERT INTO {{}} SELECT {NARROW_ROW} FROM generate_series(%s::bigint, %s::bigint) g"
+                    ).format(ident),
                     (low, high),
                 )
             for low in range(1, self.updates + 1, self.tx_size):
@@ -399,6 +412,7 @@ class Repeat:
             "tables": {"include": [f"public.{self.table}"]},
             "snapshot": {"mode": "never"},
             "status_interval_s": 1,
+            "decimal_handling": self.args.decimal_handling,
         }
 
     def _sink(self, dsn: str, topics: list[str]) -> dict[str, Any]:
@@ -446,7 +460,7 @@ class Repeat:
                 tables=[f"public.{self.table}"],
                 slot=self.dbz_prefix,
                 publication=self.dbz_prefix,
-                **{"snapshot.mode": "no_data"},
+                **{"snapshot.mode": "no_data", "decimal.handling.mode": self.args.decimal_handling},
             ),
         )
         for prefix in (self.ours_prefix, self.dbz_prefix, self.e2e_prefix):
@@ -486,7 +500,7 @@ class Repeat:
                 base = self.offsets(topic)
                 side.start()
                 try:
-                    return measure(
+                    figure = measure(
                         lambda: side.pid,
                         lambda: self.offsets(topic) - base,
                         self.workload.events,
@@ -497,6 +511,8 @@ class Repeat:
                     )
                 finally:
                     side.stop()
+                figure.delivered = {"records": self.offsets(topic) - base}
+                return figure
 
             return run
 
@@ -524,7 +540,7 @@ class Repeat:
                         )
                     finally:
                         side.stop()
-                    self._check(dsn, name)
+                    figure.delivered = self._check(dsn, name)
                     return figure
 
             return run
@@ -557,7 +573,7 @@ class Repeat:
                 )
             finally:
                 e2e.stop()
-            self._check(e2e_db, "cdc run")
+            figure.delivered = self._check(e2e_db, "cdc run")
             return figure
 
         log(f"repeat {self.index + 1}: end to end, cdc run draining the backlog")
@@ -581,11 +597,13 @@ class Repeat:
             )
         return out
 
-    def _check(self, dsn: str, name: str) -> None:
+    def _check(self, dsn: str, name: str) -> dict[str, int]:
+        """The destination's row counts, which must be the source's (the primed row, every insert and update)."""
         counts = destination_counts(dsn, self.table)
         expected = {"rows": self.workload.inserts + 1, "updated": self.workload.updates}
         if counts != expected:
             raise BenchError(f"{name}: the destination holds {counts}, expected {expected}")
+        return counts
 
     def _latency(self, stack: contextlib.ExitStack) -> dict[str, Any]:
         """`cdc run` (source and sink) on a fresh table while a writer commits `--rate` rows/s on schedule."""
@@ -683,15 +701,16 @@ def _figure(figure: Figure) -> dict[str, Any]:
         "seconds": round(figure.seconds, 2),
         "cpu_s": round(figure.cpu_s, 2),
         "peak_rss_mib": round(figure.peak_rss_mib),
+        "delivered": figure.delivered,
     }
 
 
 def offered_writer(dsn: str, table: str, rate: float, seconds: float, tx_rows: int, late: list[float]) -> int:
     """Commit `rate` rows/s in transactions of `tx_rows` on a fixed schedule; a late writer is counted, not hidden."""
     interval = tx_rows / rate
-    statement = sql.SQL("INSERT INTO {} (id, payload) SELECT g, 'row ' || g FROM generate_series(%s, %s) g").format(
-        sql.Identifier(table)
-    )
+    statement = sql.SQL(
+        "INSERT INTO {} (id, payload) SELECT g, 'row ' || g FROM generate_series(%s::bigint, %s::bigint) g"
+    ).format(sql.Identifier(table))
     sent = 0
     with psycopg.connect(dsn, autocommit=True) as conn:
         start = time.monotonic()
@@ -740,7 +759,11 @@ def machine() -> dict[str, Any]:
 def medians(repeats: list[dict[str, Any]], stage: str) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for side in repeats[0].get(stage, {}):
-        out[side] = {key: statistics.median(r[stage][side][key] for r in repeats) for key in repeats[0][stage][side]}
+        out[side] = {
+            key: statistics.median(r[stage][side][key] for r in repeats)
+            for key, value in repeats[0][stage][side].items()
+            if isinstance(value, int | float)
+        }
     return out
 
 
@@ -760,7 +783,7 @@ def table(summary: dict[str, Any]) -> str:
     sink = summary["sink"]
     for variant, label in (
         ("jdbc_default", "JDBC sink, defaults"),
-        ("jdbc_tuned", "JDBC sink, unnest inserts + batch 5,000"),
+        ("jdbc_tuned", "JDBC sink, unnest inserts, batch 5,000, reduction buffer"),
     ):
         if variant in sink:
             lines.append(
@@ -797,6 +820,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=10_000, help="rows/s offered in the latency run (0: skip)")
     parser.add_argument("--e2e-seconds", type=float, default=30, help="length of the latency run (0: skip)")
     parser.add_argument("--e2e-tx-rows", type=int, default=10, help="rows per transaction in the latency run")
+    parser.add_argument(
+        "--decimal-handling",
+        choices=["precise", "string", "double"],
+        default="string",
+        help="numeric encoding of both sources (Debezium's JDBC sink cannot map our precise decimals' NaN union)",
+    )
     parser.add_argument("--no-jdbc-default", action="store_true", help="only the tuned JDBC sink")
     parser.add_argument("--timeout", type=float, default=900, help="seconds a side may take")
     parser.add_argument(
@@ -834,6 +863,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             repeat = Repeat(args, env, workdir, index)
             stack.callback(repeat.close)
             repeats.append(repeat.run(stack))
+        # Kept only when the repeat failed: its logs say why.
+        shutil.rmtree(repeat.workdir, ignore_errors=True)
     summary = {stage: medians(repeats, stage) for stage in ("source", "sink", "e2e")}
     latencies = [r["latency"] for r in repeats if "latency" in r]
     if latencies:
