@@ -290,10 +290,10 @@ def slot_exists(dsn: str, slot: str) -> bool:
         return conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone() is not None
 
 
-def table_progress(dsn: str, table: str, inserts: int, updates: int) -> Callable[[], int]:
+@contextlib.contextmanager
+def table_progress(dsn: str, table: str, inserts: int, updates: int) -> Iterator[Callable[[], int]]:
     """Events applied so far, read cheaply: inserts by `max(id)` (primary key), then whether the last update shows."""
     ident = sql.Identifier(table)
-    conn = psycopg.connect(dsn, autocommit=True)
 
     def progress() -> int:
         try:
@@ -308,7 +308,8 @@ def table_progress(dsn: str, table: str, inserts: int, updates: int) -> Callable
         last = conn.execute(sql.SQL("SELECT name FROM {} WHERE id = %s").format(ident), (updates,)).fetchone()
         return inserts + updates if last and last[0].startswith("updated") else inserts
 
-    return progress
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        yield progress
 
 
 def destination_counts(dsn: str, table: str) -> dict[str, int]:
@@ -529,15 +530,16 @@ class Repeat:
                     side = make(dsn)
                     side.start()
                     try:
-                        figure = measure(
-                            lambda: side.pid,
-                            table_progress(dsn, self.table, self.workload.inserts, self.workload.updates),
-                            self.workload.events,
-                            side.failure,
-                            timeout=timeout,
-                            interval=0.2,
-                            what=name,
-                        )
+                        with table_progress(dsn, self.table, self.workload.inserts, self.workload.updates) as progress:
+                            figure = measure(
+                                lambda: side.pid,
+                                progress,
+                                self.workload.events,
+                                side.failure,
+                                timeout=timeout,
+                                interval=0.2,
+                                what=name,
+                            )
                     finally:
                         side.stop()
                     figure.delivered = self._check(dsn, name)
@@ -562,15 +564,16 @@ class Repeat:
         def e2e_run() -> Figure:
             e2e.start()
             try:
-                figure = measure(
-                    lambda: e2e.pid,
-                    table_progress(e2e_db, self.table, self.workload.inserts, self.workload.updates),
-                    self.workload.events,
-                    e2e.failure,
-                    timeout=timeout,
-                    interval=0.2,
-                    what="cdc run",
-                )
+                with table_progress(e2e_db, self.table, self.workload.inserts, self.workload.updates) as progress:
+                    figure = measure(
+                        lambda: e2e.pid,
+                        progress,
+                        self.workload.events,
+                        e2e.failure,
+                        timeout=timeout,
+                        interval=0.2,
+                        what="cdc run",
+                    )
             finally:
                 e2e.stop()
             figure.delivered = self._check(e2e_db, "cdc run")
