@@ -822,7 +822,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="interleaved repeats; the table shows medians")
     parser.add_argument("--rate", type=float, default=10_000, help="rows/s offered in the latency run (0: skip)")
     parser.add_argument("--e2e-seconds", type=float, default=30, help="length of the latency run (0: skip)")
-    parser.add_argument("--e2e-tx-rows", type=int, default=10, help="rows per transaction in the latency run")
+    parser.add_argument("--e2e-tx-rows", type=int, default=50, help="rows per transaction in the latency run")
     parser.add_argument(
         "--decimal-handling",
         choices=["precise", "string", "double"],
