@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CDC_HOME ?= .cdc
 export CDC_HOME
 
-.PHONY: quickstart test venv lint typecheck pytest helm manifests dev-up dev-down dev-status
+.PHONY: quickstart test venv lint typecheck pytest helm manifests dev-up dev-down dev-status bench
 
 venv: $(VENV)/.installed
 
@@ -54,3 +54,11 @@ dev-down: venv
 
 dev-status: venv
 	$(BIN)/cdc dev status
+
+# Us and Debezium side by side on the local stack (`cdc dev up` first): source, sink, end to end; a markdown
+# table on stdout, JSON under bench/results/ (docs/benchmarks.md). BENCH_ARGS="--quick" for the small size,
+# "--repeat 3" for medians of three interleaved runs.
+BENCH_ARGS ?=
+
+bench: venv
+	$(BIN)/python bench/versus_debezium.py $(BENCH_ARGS)

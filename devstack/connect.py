@@ -256,6 +256,43 @@ def _without_password(params: Mapping[str, Any]) -> str:
     return " ".join(f"{key}={value}" for key, value in params.items() if key != "password")
 
 
+def postgres_source_settings(
+    dsn: str,
+    registry_url: str,
+    *,
+    topic_prefix: str,
+    tables: Sequence[str],
+    slot: str,
+    publication: str,
+    **extra: str,
+) -> dict[str, str]:
+    """Debezium's PostgreSQL connector on `dsn` over pgoutput, Avro keys and values; `extra` adds or overrides."""
+    params: dict[str, Any] = conninfo_to_dict(dsn)
+    if not params.get("dbname"):
+        raise StackError(f"the DSN names no database: {_without_password(params)}")
+    settings = {
+        "connector.class": POSTGRES_CONNECTOR_CLASS,
+        "tasks.max": "1",
+        "database.hostname": str(params.get("host") or HOST),
+        "database.port": str(params.get("port") or 5432),
+        "database.user": str(params.get("user") or "postgres"),
+        "database.dbname": str(params["dbname"]),
+        "plugin.name": "pgoutput",
+        "slot.name": slot,
+        "publication.name": publication,
+        "publication.autocreate.mode": "filtered",
+        "table.include.list": ",".join(tables),
+        "topic.prefix": topic_prefix,
+        "snapshot.mode": "initial",
+        "schema.name.adjustment.mode": "avro",
+        **avro_converter_settings("key.converter", registry_url),
+        **avro_converter_settings("value.converter", registry_url),
+    }
+    if params.get("password"):
+        settings["database.password"] = str(params["password"])
+    return {**settings, **extra}
+
+
 def jdbc_sink_settings(dsn: str, registry_url: str, *, topics: Sequence[str], **extra: str) -> dict[str, str]:
     """Debezium's JDBC sink applying `topics` to the database of `dsn`, as a Debezium user would configure it.
 
@@ -323,6 +360,11 @@ class ConnectWorker:
     @property
     def rest_url(self) -> str:
         return f"http://{HOST}:{self.rest_port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's JVM process while it runs (a benchmark reads its CPU time and memory)."""
+        return self._record.pid if self._record is not None else None
 
     def start(self, *, timeout: float = 180.0) -> None:
         """Start the worker and wait until each connector and all its tasks are RUNNING."""

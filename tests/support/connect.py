@@ -7,12 +7,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
-from devstack.connect import POSTGRES_CONNECTOR_CLASS, avro_converter_settings
 from tests.support.examples import REPO_ROOT
 from tests.support.helpers import pg_connect
 
@@ -20,41 +18,6 @@ from tests.support.helpers import pg_connect
 def connect_home() -> Path:
     """Where the Connect jars are cached between sessions: `$CDC_HOME`, else `.cdc` at the repository root."""
     return Path(os.environ.get("CDC_HOME") or REPO_ROOT / ".cdc").expanduser().absolute()
-
-
-def postgres_source_settings(
-    dsn: str,
-    registry_url: str,
-    *,
-    topic_prefix: str,
-    tables: list[str],
-    slot: str,
-    publication: str,
-    **extra: str,
-) -> dict[str, str]:
-    """Debezium's PostgreSQL connector on `dsn` over pgoutput, Avro keys and values; `extra` overrides."""
-    params: dict[str, Any] = conninfo_to_dict(dsn)
-    settings = {
-        "connector.class": POSTGRES_CONNECTOR_CLASS,
-        "tasks.max": "1",
-        "database.hostname": str(params.get("host", "127.0.0.1")),
-        "database.port": str(params.get("port", 5432)),
-        "database.user": str(params.get("user", "postgres")),
-        "database.dbname": str(params["dbname"]),
-        "plugin.name": "pgoutput",
-        "slot.name": slot,
-        "publication.name": publication,
-        "publication.autocreate.mode": "filtered",
-        "table.include.list": ",".join(tables),
-        "topic.prefix": topic_prefix,
-        "snapshot.mode": "initial",
-        "schema.name.adjustment.mode": "avro",
-        **avro_converter_settings("key.converter", registry_url),
-        **avro_converter_settings("value.converter", registry_url),
-    }
-    if params.get("password"):
-        settings["database.password"] = str(params["password"])
-    return {**settings, **extra}
 
 
 def drop_slot_and_publication(dsn: str, slot: str, publication: str, *, timeout: float = 30.0) -> None:

@@ -32,7 +32,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from devstack.connect import ConnectInstall, ConnectWorker, jdbc_sink_settings, start_jdbc_sink, wait_for_rows
+from devstack.connect import (
+    ConnectInstall,
+    ConnectWorker,
+    jdbc_sink_settings,
+    postgres_source_settings,
+    start_jdbc_sink,
+    wait_for_rows,
+)
 from schemas.types import SESSION_SETTINGS, output_text
 from tests.integration.debezium.conftest import StartWorker
 from tests.integration.pipeline_support import (
@@ -43,7 +50,7 @@ from tests.integration.pipeline_support import (
     stop_connector,
     wait_until,
 )
-from tests.support.connect import drop_slot_and_publication, postgres_source_settings, scratch_database
+from tests.support.connect import drop_slot_and_publication, scratch_database
 from tests.support.helpers import http_get, pg_connect
 from tests.support.stack import Stack
 
