@@ -23,7 +23,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from schemas.accel import AVAILABLE, cdc_accel, compile_reader
+from schemas.accel import AVAILABLE, ENABLED, cdc_accel, compile_reader
 from schemas.envelope import build_table_schemas, source_block
 from schemas.serde import without_raw_logical_types
 from tests.unit.schemas.test_schemas_codegen import every_type_table
@@ -49,10 +49,14 @@ VARIABLE_SCALE_DECIMAL = {
 def test_the_accelerator_is_built_where_required() -> None:
     if os.environ.get("CDC_ACCEL_REQUIRED") == "1":
         assert AVAILABLE, "cdc_accel is not installed: run `make accel`"
-    reader = compile_reader({"type": "record", "name": "r", "fields": [{"name": "a", "type": "long"}]})
+    definition = {"type": "record", "name": "r", "fields": [{"name": "a", "type": "long"}]}
+    reader = compile_reader(definition, accelerated=True)
     assert reader is not None
     assert isinstance(reader, cdc_accel.Reader) if AVAILABLE else callable(reader)
     assert reader(WIRE + b"\x03", 5) == ({"a": -2}, 6)
+    default = compile_reader(definition)
+    compiled = AVAILABLE and isinstance(default, cdc_accel.Reader)
+    assert compiled == ENABLED == (AVAILABLE and os.environ.get("CDC_ACCEL") != "0")
 
 
 def test_schemas_the_pure_generator_does_not_compile_are_left_to_fastavro() -> None:
