@@ -326,15 +326,6 @@ impl Reader {
         }
         self.fallback.bind(py).call1((buf, pos))
     }
-
-    /// Reads each message of `messages` from `pos`: a list of `(value, end)`, as many calls would return.
-    fn read_many<'py>(&self, py: Python<'py>, messages: &Bound<'py, PyAny>, pos: usize) -> PyResult<Bound<'py, PyList>> {
-        let out = PyList::empty(py);
-        for message in messages.try_iter()? {
-            out.append(self.__call__(py, &message?, pos)?)?;
-        }
-        Ok(out)
-    }
 }
 
 #[pymodule]
