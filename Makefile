@@ -5,15 +5,27 @@ BIN := $(VENV)/bin
 CDC_HOME ?= .cdc
 export CDC_HOME
 
-.PHONY: quickstart test venv lint typecheck pytest helm manifests dev-up dev-down dev-status bench
+.PHONY: quickstart test venv accel lint typecheck pytest helm manifests dev-up dev-down dev-status bench
 
-venv: $(VENV)/.installed
+# The optional compiled Avro reader (accel/, Rust + PyO3) is built where cargo exists; without it every
+# path runs the pure-Python reader, which gives the same results.
+CARGO ?= $(shell command -v cargo 2>/dev/null)
+
+venv: $(VENV)/.installed $(if $(CARGO),$(VENV)/.accel)
 
 # Reinstalled when pyproject.toml changes (new dependencies); the package itself is editable.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,accel]'
+	touch $@
+
+# `make accel`: (re)builds the compiled reader into the venv, release mode (about 1.5 min with an empty cargo
+# cache on 2 busy cores, under 20 s after an edit). `CDC_ACCEL=0` disables it at run time.
+accel: $(VENV)/.accel
+
+$(VENV)/.accel: $(VENV)/.installed accel/Cargo.toml accel/Cargo.lock accel/pyproject.toml $(wildcard accel/src/*.rs)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --release --quiet --manifest-path accel/Cargo.toml
 	touch $@
 
 # The main job on the local stack: source and sink of configs/quickstart.yaml in one process, while a
@@ -34,8 +46,11 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# The whole suite with the compiled reader (required where cargo exists), then the decoding paths again in
+# pure mode: the sink's unit tests and the schema tests with `CDC_ACCEL=0`.
 pytest: venv helm
-	$(BIN)/pytest
+	CDC_ACCEL_REQUIRED=$(if $(CARGO),1,0) $(BIN)/pytest
+	CDC_ACCEL=0 $(BIN)/pytest -q tests/unit/schemas tests/unit/sinks
 
 # helm, built once from its Go module into a cache directory (minutes the first time; tests/deploy renders
 # the chart with it). HELM=/path/to/helm uses an installed one instead.

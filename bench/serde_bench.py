@@ -14,9 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from core.records import AvroSchema
+from schemas.accel import ENABLED as ACCEL_ENABLED
+from schemas.accel import compile_reader
 from schemas.catalog import ColumnInfo, PgType, TableInfo
 from schemas.envelope import build_table_schemas, source_block
-from schemas.serde import Decoder, Encoder
+from schemas.serde import Decoder, Encoder, without_raw_logical_types
 
 
 def _type(typname: str, name: str, category: str) -> PgType:
@@ -75,7 +77,10 @@ def main(n: int) -> None:
     data = encoder.encode(1, schemas.value_schema, event)
     decoder = Decoder(_OneSchemaRegistry(schemas.value_schema))  # type: ignore[arg-type]
     plain_decoder = Decoder(_OneSchemaRegistry(schemas.value_schema), specialised=False)  # type: ignore[arg-type]
-    assert decoder.decode(data)[0] == plain_decoder.decode(data)[0]
+    pure_decoder = Decoder(_OneSchemaRegistry(schemas.value_schema), accelerated=False)  # type: ignore[arg-type]
+    assert decoder.decode(data)[0] == plain_decoder.decode(data)[0] == pure_decoder.decode(data)[0]
+    reader = compile_reader(without_raw_logical_types(schemas.value_schema.definition))
+    pure_reader = compile_reader(without_raw_logical_types(schemas.value_schema.definition), accelerated=False)
     print(f"envelope: {len(data)} bytes on the wire")
 
     def convert() -> None:
@@ -106,12 +111,26 @@ def main(n: int) -> None:
         for _ in range(n):
             plain_decoder.decode(data)
 
+    def decode_pure() -> None:
+        for _ in range(n):
+            pure_decoder.decode(data)
+
+    def read(reader: Any) -> Callable[[], None]:
+        def body() -> None:
+            for _ in range(n):
+                reader(data, 5)
+
+        return body
+
     _rate("text -> row (5 columns)", n, convert)
     _rate("encode envelope (fastavro)", n, encode_fastavro)
     _rate("encode envelope (generated)", n, encode)
     _rate("row + envelope + key encode", n, full)
     _rate("decode envelope (fastavro)", n, decode_fastavro)
-    _rate("decode envelope (generated)", n, decode)
+    _rate("decode envelope (generated)", n, decode_pure)
+    _rate(f"decode envelope (default: {'compiled' if ACCEL_ENABLED else 'generated'})", n, decode)
+    _rate("reader alone (generated)", n, read(pure_reader))
+    _rate(f"reader alone (default: {'compiled' if ACCEL_ENABLED else 'generated'})", n, read(reader))
 
 
 if __name__ == "__main__":

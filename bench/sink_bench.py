@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from core.records import AvroSchema, Record
+from schemas.accel import ENABLED as ACCELERATED
 from sinks.postgres.apply import Applier
 from sinks.postgres.changes import Change, to_changes
 from sinks.postgres.config import PostgresSinkConfig
@@ -291,6 +292,7 @@ def bench_e2e(n: int, batch: int, wide: bool) -> dict[str, Any]:
     assert first is not None and last is not None
     rate = (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
     return {"case": f"e2e kafka->pg {'wide(31)' if wide else 'narrow(5)'} insert-heavy",
+            "reader": "compiled" if ACCELERATED else "pure",  # CDC_ACCEL=0: the pure-Python Avro reader
             "rows_per_s": round(rate), "rss_mib": round(rss_mib())}
 
 

@@ -1,7 +1,8 @@
 """Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro binary body (no container).
 
 `Encoder` and `Decoder` use a writer/reader generated per schema (schemas/codegen.py, same results as
-fastavro, about twice as fast for our union-heavy envelopes) and fastavro for anything else. `Decoder`
+fastavro, about twice as fast for our union-heavy envelopes) and fastavro for anything else; `Decoder`
+reads with the compiled reader of schemas/accel.py where that is installed (same values). `Decoder`
 resolves ids through the registry (cached) and turns every way a message can be malformed into a
 `PoisonMessageError` that says which way.
 
@@ -22,7 +23,9 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from core.errors import ConnectorError, PoisonMessageError
 from core.records import AvroSchema
-from schemas.codegen import Fallback, compile_reader, compile_writer
+from schemas.accel import ENABLED as ACCELERATED
+from schemas.accel import compile_reader
+from schemas.codegen import Fallback, compile_writer
 from schemas.registry import SchemaRegistry, SchemaRegistryConfig
 
 MAGIC = 0
@@ -121,11 +124,16 @@ class RegistrySerializer:
 
 
 class Decoder:
-    """Decodes Confluent wire-format messages; thread-safe (no shared buffers, caches under a lock)."""
+    """Decodes Confluent wire-format messages; thread-safe (no shared buffers, caches under a lock).
 
-    def __init__(self, registry: SchemaRegistry, *, specialised: bool = True) -> None:
+    `accelerated` uses the compiled reader (schemas/accel.py) where it is installed and not disabled by
+    `CDC_ACCEL=0`; it returns what the pure reader returns.
+    """
+
+    def __init__(self, registry: SchemaRegistry, *, specialised: bool = True, accelerated: bool = ACCELERATED) -> None:
         self._registry = registry
         self._specialised = specialised
+        self._accelerated = accelerated
         self._lock = threading.Lock()
         self._by_id: dict[int, tuple[AvroSchema, Any, Any]] = {}
 
@@ -140,7 +148,7 @@ class Decoder:
                 raise
             raise PoisonMessageError(f"unknown schema id {schema_id}: {exc.message}", hint=exc.hint) from None
         definition = without_raw_logical_types(schema.definition)
-        reader = compile_reader(definition) if self._specialised else None
+        reader = compile_reader(definition, accelerated=self._accelerated) if self._specialised else None
         found = (schema, parse_schema(definition), reader)
         with self._lock:
             self._by_id[schema_id] = found

@@ -90,10 +90,15 @@ def sample() -> tuple[AvroSchema, dict[str, Any]]:
     return schemas.value_schema, event
 
 
-def test_decoder_round_trip_returns_raw_temporal_values() -> None:
+# Every decoder test runs with the compiled reader (where installed) and with the pure one.
+ACCELERATED = pytest.mark.parametrize("accelerated", [True, False], ids=["compiled", "pure"])
+
+
+@ACCELERATED
+def test_decoder_round_trip_returns_raw_temporal_values(accelerated: bool) -> None:
     schema, event = sample()
     registry = FakeRegistry({7: schema})
-    decoder = Decoder(registry)  # type: ignore[arg-type]
+    decoder = Decoder(registry, accelerated=accelerated)  # type: ignore[arg-type]
     data = Encoder().encode(7, schema, event)
     assert data[:5] == b"\x00\x00\x00\x00\x07"
     value, writer_schema, schema_id = decoder.decode(data)
@@ -113,15 +118,17 @@ def test_decoder_round_trip_returns_raw_temporal_values() -> None:
         (b"\x00\x00\x00\x00\x63\x00", "unknown schema id 99"),
     ],
 )
-def test_decoder_names_the_reason(data: bytes, reason: str) -> None:
+@ACCELERATED
+def test_decoder_names_the_reason(data: bytes, reason: str, accelerated: bool) -> None:
     schema, _ = sample()
     with pytest.raises(PoisonMessageError, match=reason):
-        Decoder(FakeRegistry({7: schema})).decode(data)  # type: ignore[arg-type]
+        Decoder(FakeRegistry({7: schema}), accelerated=accelerated).decode(data)  # type: ignore[arg-type]
 
 
-def test_decoder_truncated_corrupt_and_trailing_bytes() -> None:
+@ACCELERATED
+def test_decoder_truncated_corrupt_and_trailing_bytes(accelerated: bool) -> None:
     schema, event = sample()
-    decoder = Decoder(FakeRegistry({7: schema}))  # type: ignore[arg-type]
+    decoder = Decoder(FakeRegistry({7: schema}), accelerated=accelerated)  # type: ignore[arg-type]
     data = Encoder().encode(7, schema, event)
     with pytest.raises(PoisonMessageError, match="truncated Avro body"):
         decoder.decode(data[:-4])

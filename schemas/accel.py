@@ -1,0 +1,100 @@
+"""The optional compiled Avro reader (the `cdc_accel` package built from accel/), beside the pure one.
+
+`compile_reader` returns a reader with the pure reader's signature and results: the compiled `cdc_accel.Reader`
+when the package is installed, not disabled by `CDC_ACCEL=0`, and able to read the whole schema; otherwise
+the generated pure-Python reader (schemas/codegen.py), which stays the reference. The compiled reader hands
+any message it does not mirror exactly (malformed input, varints beyond 64 bits, `float` NaNs, decimals
+fastavro would round) to the pure reader, so results and errors never differ
+(tests/unit/schemas/test_schemas_accel.py compares both on random schemas and values).
+
+Here the schema is lowered to the small tuple program the compiled reader takes, resolving names by the
+pure generator's rules, so that both read the same schema the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fastavro.read import LOGICAL_READERS
+
+from schemas.avro import PRIMITIVES, defined_name, lookup, namespace_of
+from schemas.codegen import compile_reader as compile_pure_reader
+
+try:
+    import cdc_accel
+except ImportError:  # no Rust toolchain where this was installed: the pure reader does the work
+    cdc_accel = None
+
+Reader = Callable[[bytes, int], tuple[Any, int]]
+
+AVAILABLE = cdc_accel is not None
+ENABLED = AVAILABLE and os.environ.get("CDC_ACCEL", "1") != "0"
+
+_READ_DECIMAL = LOGICAL_READERS["bytes-decimal"]
+_SIMPLE = frozenset({"null", "boolean", "float", "double", "string", "bytes"})
+
+
+class _Unsupported(Exception):
+    pass
+
+
+class _Lowering:
+    """The schema as `cdc_accel.Reader` takes it: `root` node and each record's `[(field, node), ...]`."""
+
+    def __init__(self, definition: Any) -> None:
+        self.named: dict[str, Mapping[str, Any]] = {}
+        self.indexes: dict[str, int] = {}
+        self.records: list[list[tuple[str, tuple[Any, ...]]]] = []
+        self.root = self.node(definition, None)
+
+    def node(self, avro: Any, namespace: str | None) -> tuple[Any, ...]:
+        if isinstance(avro, str) and avro not in PRIMITIVES:
+            found = lookup(avro, namespace, self.named)
+            if found is None:
+                raise _Unsupported(avro)
+            avro = found
+        if isinstance(avro, list):
+            return ("union", [self.node(branch, namespace) for branch in avro])
+        spec: Mapping[str, Any] = avro if isinstance(avro, Mapping) else {"type": avro}
+        kind = spec["type"]
+        if isinstance(kind, (Mapping, list)):
+            return self.node(kind, namespace)
+        logical = spec.get("logicalType")
+        if logical is not None and not (kind == "bytes" and logical == "decimal"):
+            raise _Unsupported(logical)
+        if kind == "record":
+            full = defined_name(spec, namespace)
+            if full in self.indexes:  # first definition wins, as in the pure generator
+                return ("record", self.indexes[full])
+            self.named[full] = spec
+            index = self.indexes[full] = len(self.records)
+            self.records.append([])
+            self.records[index] = [(f["name"], self.node(f["type"], namespace_of(full))) for f in spec["fields"]]
+            return ("record", index)
+        if kind in ("int", "long"):
+            return ("long",)
+        if kind == "bytes" and logical == "decimal":
+            precision, scale = spec.get("precision"), spec.get("scale", 0)
+            fast = type(precision) is int and precision >= 1 and type(scale) is int and 0 <= scale <= 10_000
+            return ("decimal", precision if fast else None, scale if fast else None, dict(spec), _READ_DECIMAL)
+        if kind == "array":
+            return ("array", self.node(spec["items"], namespace))
+        if kind in _SIMPLE:
+            return (kind,)
+        raise _Unsupported(str(kind))
+
+
+def compile_reader(definition: Any, *, accelerated: bool = ENABLED) -> Reader | None:
+    """`(buf, pos) -> (value, end)` for `definition`, compiled where possible; None if neither reader supports
+    it (fastavro reads it then)."""
+    pure = compile_pure_reader(definition)
+    if pure is None or not accelerated or cdc_accel is None:
+        return pure
+    try:
+        lowered = _Lowering(definition)
+        reader: Reader = cdc_accel.Reader(lowered.root, lowered.records, pure)
+    except (_Unsupported, cdc_accel.Unsupported):
+        return pure
+    return reader
