@@ -331,10 +331,8 @@ _INTERVAL_UNIT = re.compile(r"([+-]?\d+) (year|years|mon|mons|day|days)\b")
 _INTERVAL_TIME = re.compile(r"([+-])?(\d+):(\d\d):(\d\d)(?:\.(\d{1,6}))?$")
 
 
-def _parse_interval(text: str) -> str:
-    """PostgreSQL's `postgres` IntervalStyle output -> ISO 8601 duration, as IntervalStyle iso_8601 prints it."""
-    if text.startswith("P"):
-        return text
+def _interval_parts(text: str) -> tuple[int, int, int, re.Match[str] | None]:
+    """Years, months, days and the time part (a match of `_INTERVAL_TIME`) of an interval in IntervalStyle postgres."""
     years = months = days = 0
     for amount, unit in _INTERVAL_UNIT.findall(text):
         value = int(amount)
@@ -344,15 +342,23 @@ def _parse_interval(text: str) -> str:
             months = value
         else:
             days = value
+    match = _INTERVAL_TIME.search(text)
+    if match is None and not _INTERVAL_UNIT.search(text):
+        raise ValueError(f"not an interval in IntervalStyle postgres: {text!r}")
+    return years, months, days, match
+
+
+def _parse_interval(text: str) -> str:
+    """PostgreSQL's `postgres` IntervalStyle output -> ISO 8601 duration, as IntervalStyle iso_8601 prints it."""
+    if text.startswith("P"):
+        return text
+    years, months, days, match = _interval_parts(text)
     hours = minutes = seconds = micros = 0
     negative_time = False
-    match = _INTERVAL_TIME.search(text)
     if match:
         negative_time = match.group(1) == "-"
         hours, minutes, seconds = int(match.group(2)), int(match.group(3)), int(match.group(4))
         micros = int((match.group(5) or "0").ljust(6, "0"))
-    elif not _INTERVAL_UNIT.search(text):
-        raise ValueError(f"not an interval in IntervalStyle postgres: {text!r}")
     out = ["P"]
     if years:
         out.append(f"{years}Y")
@@ -507,24 +513,13 @@ def _debezium_timestamp_millis(text: str) -> int:
 
 def _micro_duration(text: str) -> int:
     """`io.debezium.time.MicroDuration`: Debezium's arithmetic, in doubles (a month is 365.25 / 12 days)."""
-    years = months = days = 0
-    for amount, unit in _INTERVAL_UNIT.findall(text):
-        value = int(amount)
-        if unit.startswith("y"):
-            years = value
-        elif unit.startswith("m"):
-            months = value
-        else:
-            days = value
+    years, months, days, match = _interval_parts(text)
     hours = minutes = 0
     seconds = 0.0
-    match = _INTERVAL_TIME.search(text)
     if match:
         sign = -1 if match.group(1) == "-" else 1
         hours, minutes = sign * int(match.group(2)), sign * int(match.group(3))
         seconds = sign * (int(match.group(4)) + int((match.group(5) or "0").ljust(6, "0")) / 1e6)
-    elif not _INTERVAL_UNIT.search(text):
-        raise ValueError(f"not an interval in IntervalStyle postgres: {text!r}")
     number_of_days = DEBEZIUM_DAYS_PER_MONTH * (years * 12 + months) + days
     number_of_seconds = ((number_of_days * 24 + hours) * 60 + minutes) * 60 + seconds
     # Java's (long) cast: truncation toward zero, saturating at the long's bounds.
