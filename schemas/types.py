@@ -471,12 +471,23 @@ def _clock(micros: int, fraction: int | None) -> str:
 def _zoned_timestamp(precision: int) -> TextConverter:
     """`io.debezium.time.ZonedTimestamp`: the instant in UTC, ISO 8601, the column's precision in fraction digits."""
 
+    # The last text and its result: rows written together often share a timestamp (a `DEFAULT now()` column
+    # holds one value per transaction), and this conversion is the dearest of a narrow row. One tuple, replaced
+    # whole, so threads sharing the converter never see a text with another text's result.
+    last: tuple[str | None, str] = (None, "")
+
     def convert(text: str) -> str:
+        nonlocal last
+        seen = last
+        if text == seen[0]:
+            return seen[1]
         if text in ("infinity", "-infinity"):
             return text
         days, micros = divmod(_parse_timestamptz(text), _MICROS_PER_DAY)
         year, month, day = civil_from_days(days)
-        return f"{_iso_year(year)}-{month:02d}-{day:02d}T{_clock(micros, precision)}Z"
+        result = f"{_iso_year(year)}-{month:02d}-{day:02d}T{_clock(micros, precision)}Z"
+        last = (text, result)
+        return result
 
     return convert
 
