@@ -1,6 +1,6 @@
 """Throughput of the PostgreSQL source: events/s from WAL to Kafka-acknowledged, and peak RSS.
 
-    python bench/source_bench.py --shape narrow --rows 200000 [--tx-size 1000] [--profile]
+    python bench/source_bench.py --shape narrow --rows 200000 [--tx-size 1000] [--style debezium] [--profile]
     python bench/source_bench.py --shape wide --rows 50000
     python bench/source_bench.py --shape narrow --rows 1000000 --tx-size 1000000   # one huge transaction
 
@@ -72,6 +72,7 @@ def main() -> int:
     parser.add_argument("--tx-size", type=int, default=1000, help="rows per source transaction")
     parser.add_argument("--profile", action="store_true", help="print the top functions by own time")
     parser.add_argument("--workers", type=int, default=0, help="source.encode_workers")
+    parser.add_argument("--style", choices=["debezium", "avro_native"], default="debezium", help="source.schema_style")
     args = parser.parse_args()
     env = endpoints()
     name = f"bench_{uuid.uuid4().hex[:8]}"
@@ -88,6 +89,7 @@ def main() -> int:
                 "snapshot": {"mode": "never"},
                 "status_interval_s": 0.5,
                 "encode_workers": args.workers,
+                "schema_style": args.style,
                 "heartbeat": {"interval_s": 0.5, "emit_message": False},
             },
             "kafka": {"bootstrap_servers": env["CDC_KAFKA_BOOTSTRAP"]},
@@ -139,18 +141,24 @@ def main() -> int:
         stop.set()
         thread.join()
         print(
-            f"{args.shape}: {args.rows} events in {elapsed:.2f}s = {args.rows / elapsed:,.0f} events/s "
+            f"{args.shape} ({args.style}): {args.rows} events in {elapsed:.2f}s = {args.rows / elapsed:,.0f} events/s "
             f"(WAL -> Kafka acknowledged -> slot confirmed); tx size {args.tx_size}; workers {args.workers}; "
             f"peak RSS {rss_kb() / 1024:.0f} MiB (before streaming {rss_before / 1024:.0f} MiB); "
-            f"connector CPU {cpu:.2f}s = {cpu / elapsed:.0%} of one core, {1e6 * cpu / args.rows:.1f} us/event"
+            f"connector CPU {cpu:.2f}s = {cpu / elapsed:.0%} of one core, {1e6 * cpu / args.rows:.1f} us/event; "
+            f"load average {os.getloadavg()[0]:.2f}"
         )
         if profiler is not None:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
     finally:
-        admin.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-            (f"{name}_slot",),
-        )
+        for _ in range(100):  # the walsender of the stopped source may take a moment to release the slot
+            try:
+                admin.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+                    (f"{name}_slot",),
+                )
+                break
+            except psycopg.errors.ObjectInUse:
+                time.sleep(0.2)
         admin.execute(f"DROP PUBLICATION IF EXISTS {name}_pub")
         admin.execute(f"DROP TABLE IF EXISTS {name}")
         admin.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (f"{name}_slot",))

@@ -38,13 +38,16 @@ def _string(text: str) -> bytes:
 
 _OPS = {op: _string(op) for op in "cud"}
 _FALSE = _string("false")
+_Tx = tuple[int, int, int, bytes, bytes, str, bytes, dict[str, bytes]]
+"""(commit_lsn, xid, commit_ms, source head, source middle, sequence prefix, source tail, source tail + op by op)."""
 
 
 class EnvelopeWriter:
     """Wire-format key and value bytes of one table's streamed events (`source.snapshot` = null)."""
 
     __slots__ = (
-        "_debezium", "_key_header", "_key_writer", "_prefix", "_row_writer", "_table_part", "_tx", "_value_header",
+        "_debezium", "_key_header", "_key_writer", "_prefix", "_row_writer", "_table_part", "_ts", "_tx",
+        "_value_header",
     )
 
     def __init__(
@@ -66,7 +69,8 @@ class EnvelopeWriter:
         # source: version, connector, name | ts_ms, snapshot (null), db | sequence | schema, table, txId | ...
         self._prefix = _string(__version__) + _string("postgresql") + _string(connector_name)
         self._table_part = (_string(db), _string(schemas.table.schema) + _string(schemas.table.name))
-        self._tx: tuple[int, int, int, bytes, bytes, str, bytes] | None = None
+        self._tx: _Tx | None = None
+        self._ts: tuple[int, bytes] = (-1, b"")
 
     @classmethod
     def build(
@@ -93,7 +97,7 @@ class EnvelopeWriter:
             value_schema_id=value_schema_id, row_writer=row_writer, key_writer=key_writer,
         )  # fmt: skip
 
-    def _transaction(self, commit_lsn: int, xid: int, commit_ms: int) -> tuple[int, int, int, bytes, bytes, str, bytes]:
+    def _transaction(self, commit_lsn: int, xid: int, commit_ms: int) -> _Tx:
         tx = self._tx
         if tx is None or tx[0] != commit_lsn or tx[1] != xid or tx[2] != commit_ms:
             db, schema_table = self._table_part
@@ -108,9 +112,22 @@ class EnvelopeWriter:
                 head = self._prefix + zigzag(commit_ms) + _NULL + db + _SOME
                 middle = schema_table + _SOME + zigzag(xid) + _SOME
                 tail = _NULL + _SOME + zigzag(commit_lsn)  # xmin null, commit_lsn
-            tx = (commit_lsn, xid, commit_ms, head, middle, f'["{commit_lsn}","', tail)
+            # The source's tail and the op that follows it, fused once per transaction for each op.
+            tails = {op: tail + op_bytes for op, op_bytes in _OPS.items()}
+            tx = (commit_lsn, xid, commit_ms, head, middle, f'["{commit_lsn}","', tail, tails)
             self._tx = tx
         return tx
+
+    def _clock(self, ts_ms: int) -> bytes:
+        """The envelope's `ts_ms` (and, in debezium style, `ts_us`, `ts_ns`), written once per millisecond."""
+        clock = self._ts
+        if clock[0] == ts_ms:
+            return clock[1]
+        data = _SOME + zigzag(ts_ms)
+        if self._debezium:
+            data += _SOME + zigzag(ts_ms * 1000) + _SOME + zigzag(ts_ms * 1_000_000)
+        self._ts = (ts_ms, data)
+        return data
 
     def key(self, key: Mapping[str, Any] | None) -> bytes | None:
         if key is None or self._key_writer is None or self._key_header is None:
@@ -133,7 +150,9 @@ class EnvelopeWriter:
     ) -> bytes:
         """The envelope `{before, after, source, op, ts_ms, change_id, unchanged_toast}` of a streamed change
         (`debezium` style: with `transaction`, `ts_us`, `ts_ns`)."""
-        _, _, _, head, middle, sequence, tail = self._transaction(commit_lsn, xid, commit_ms)
+        tx = self._tx
+        if tx is None or tx[0] != commit_lsn or tx[1] != xid or tx[2] != commit_ms:
+            tx = self._transaction(commit_lsn, xid, commit_ms)
         out = bytearray(self._value_header)
         if before is None:
             out += _NULL
@@ -145,21 +164,16 @@ class EnvelopeWriter:
         else:
             out += _SOME
             self._row_writer(out, after)
-        sequence_bytes = f'{sequence}{lsn}"]'.encode()
-        out += head
+        sequence_bytes = f'{tx[5]}{lsn}"]'.encode()
+        out += tx[3]
         out += _SMALL[len(sequence_bytes) + _R]  # two decimal longs: far below the small-number table's limit
         out += sequence_bytes
-        out += middle
+        out += tx[4]
         out += zigzag(lsn)
-        out += tail
-        out += _OPS[op] if op in _OPS else _string(op)
-        out += _SOME
-        out += zigzag(ts_ms)
-        if self._debezium:
-            out += _SOME
-            out += zigzag(ts_ms * 1000)
-            out += _SOME
-            out += zigzag(ts_ms * 1_000_000)
+        tail = tx[7].get(op)
+        out += tail if tail is not None else tx[6] + _string(op)
+        clock = self._ts
+        out += clock[1] if clock[0] == ts_ms else self._clock(ts_ms)
         cid = change_id.encode()
         out += _UUID_LEN if len(cid) == 36 else zigzag(len(cid))
         out += cid

@@ -484,6 +484,7 @@ def _zoned_timestamp(precision: int) -> TextConverter:
         year, month, day = civil_from_days(days)
         return f"{_iso_year(year)}-{month:02d}-{day:02d}T{_clock(micros, precision)}Z"
 
+    convert.remember_last = True  # type: ignore[attr-defined]
     return convert
 
 
@@ -709,6 +710,34 @@ def _numeric(typmod: int, handling: DecimalHandling) -> _Scalar:
     avro_precision = max(precision - min(scale, 0), avro_scale, 1)
     decimal = {"type": "bytes", "logicalType": "decimal", "precision": avro_precision, "scale": avro_scale}
     return _Scalar([decimal, "string"], _parse_numeric_precise)
+
+
+_REMEMBERED: frozenset[Callable[[str], Any]] = frozenset(
+    {_parse_timestamp, _parse_timestamptz, _debezium_timestamp_micros, _debezium_timestamp_millis}
+)
+"""Conversions worth remembering the last text of (see `_remember_last`); a converter made per column says so with
+an attribute `remember_last`."""
+
+
+def _remember_last(convert: TextConverter) -> TextConverter:
+    """`convert` keeping its last text and result (one per column).
+
+    Rows written together often share a timestamp (a `DEFAULT now()` column holds one value per transaction), and
+    parsing and formatting timestamps is the dearest conversion of a narrow row. The pair is one tuple replaced
+    whole, so threads sharing a table's converters never see one text with another text's result.
+    """
+    last: tuple[str | None, Any] = (None, None)
+
+    def remembering(text: str) -> Any:
+        nonlocal last
+        seen = last
+        if text == seen[0]:
+            return seen[1]
+        value = convert(text)
+        last = (text, value)
+        return value
+
+    return remembering
 
 
 def _scalar(pg: PgType, typmod: int, handling: DecimalHandling) -> _Scalar | None:
@@ -937,6 +966,8 @@ def column_codec(
         value_type = found.avro
         convert = found.convert
         passthrough = found.passthrough
+        if convert in _REMEMBERED or getattr(convert, "remember_last", False):
+            convert = _remember_last(convert)
 
     nullable = not column.not_null if debezium else not (is_key and column.not_null)
     if _is_string(value_type):

@@ -15,8 +15,8 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -51,12 +51,13 @@ def _key_json(key: dict[str, Any] | None) -> bytes:
     return json.dumps(key, default=str, ensure_ascii=False).encode()
 
 
-@dataclass(frozen=True, slots=True)
-class ChangeEvent:
+class ChangeEvent(NamedTuple):
     """One change of one table, before it takes any form: the envelope, key and headers of its records.
 
     `ts_ms` is the source block's time (commit time, or the snapshot's start); `snapshot` the source block's
     marker (None when streamed). The envelope's own `ts_ms` is the wall clock when the event is written.
+    A NamedTuple, not a frozen dataclass: one is built per change, and a frozen dataclass's `__init__` (one
+    `object.__setattr__` per field) costs several times as much. Immutable all the same; `_replace` copies.
     """
 
     op: str
@@ -283,25 +284,25 @@ class ChangeEncoder:
 
     def encode(self, table: TableEvents, events: Iterable[ChangeEvent]) -> list[Encoded]:
         out: list[Encoded] = []
+        writer = table.envelope_writer(self._schema_ids) if self._envelope_writers else None
+        ts_ms = int(time.time() * 1000)
         for event in events:
-            if self._envelope_writers and event.snapshot is None and event.op in _WRITER_OPS:
-                writer = table.envelope_writer(self._schema_ids)
-                if writer is not None:
-                    try:
-                        key = writer.key(event.key)
-                        value = writer.value(
-                            event.op, before=event.before, after=event.after, lsn=event.lsn,
-                            commit_lsn=event.commit_lsn, xid=event.xid, commit_ms=event.ts_ms,  # type: ignore[arg-type]
-                            ts_ms=int(time.time() * 1000), change_id=event.change_id, unchanged=event.unchanged,
-                        )  # fmt: skip
-                    except _FALLBACK:
-                        pass  # a value the generated writer does not take: the general encoder writes it
-                    else:
-                        headers = event.headers
-                        out.append((key, value, headers))
-                        if table.tombstone_after(event):
-                            out.append((key, None, headers))
-                        continue
+            if writer is not None and event.snapshot is None and event.op in _WRITER_OPS:
+                try:
+                    key = writer.key(event.key)
+                    value = writer.value(
+                        event.op, before=event.before, after=event.after, lsn=event.lsn,
+                        commit_lsn=event.commit_lsn, xid=event.xid, commit_ms=event.ts_ms,  # type: ignore[arg-type]
+                        ts_ms=ts_ms, change_id=event.change_id, unchanged=event.unchanged,
+                    )  # fmt: skip
+                except _FALLBACK:
+                    pass  # a value the generated writer does not take: the general encoder writes it
+                else:
+                    headers = event.headers
+                    out.append((key, value, headers))
+                    if event.op == "d" and table.tombstone_after(event):
+                        out.append((key, None, headers))
+                    continue
             out += [self._general(record) for record in table.records((event,))]
         return out
 

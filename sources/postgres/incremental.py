@@ -29,7 +29,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -575,7 +575,7 @@ class IncrementalSnapshots:
         ids = self._factory.ids
         for event, key_texts in window.rows.values():
             change_id = ids.snapshot(point, events.schema, events.table, key_texts)
-            placed = replace(event, change_id=change_id, lsn=point, commit_lsn=point, ts_ms=ts_ms)
+            placed = event._replace(change_id=change_id, lsn=point, commit_lsn=point, ts_ms=ts_ms)
             produce_all(events.records((placed,)), slot)
         if finished and backfill.where is None and self._config.snapshot.complete_markers:
             self._output.produce_everywhere(events.snapshot_complete(backfill.first_point), slot)
