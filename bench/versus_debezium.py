@@ -58,6 +58,7 @@ from devstack.connect import (  # noqa: E402
     CONNECT_VERSION,
     DEBEZIUM_VERSION,
     ConnectWorker,
+    drop_slot_and_publication,
     ensure_install,
     jdbc_sink_settings,
     postgres_source_settings,
@@ -335,18 +336,9 @@ def scratch_database(dsn: str, name: str) -> Iterator[str]:
 
 
 def drop_slot(dsn: str, slot: str, publication: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for _ in range(150):
-            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
-            if row is None:
-                break
-            if not row[0]:
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-                break
-            time.sleep(0.2)
-        conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
-        with contextlib.suppress(psycopg.errors.UndefinedTable):
-            conn.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (slot,))
+    drop_slot_and_publication(dsn, slot, publication)
+    with psycopg.connect(dsn, autocommit=True) as conn, contextlib.suppress(psycopg.errors.UndefinedTable):
+        conn.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (slot,))
 
 
 # --- one repeat ---------------------------------------------------------------------------------------------------

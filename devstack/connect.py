@@ -293,6 +293,24 @@ def postgres_source_settings(
     return {**settings, **extra}
 
 
+def drop_slot_and_publication(dsn: str, slot: str, publication: str, *, timeout: float = 30.0) -> None:
+    """Remove what Debezium's PostgreSQL connector leaves in the source: its slot stays behind when it stops (dropped
+    once the walsender let go of it) and so does the publication it created."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + timeout
+        while True:
+            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+            if row is None:
+                break
+            if not row[0]:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                break
+            if time.monotonic() >= deadline:
+                raise StackError(f"slot {slot} still active {timeout:.0f}s after its connector stopped")
+            time.sleep(0.2)
+        conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
+
+
 def jdbc_sink_settings(dsn: str, registry_url: str, *, topics: Sequence[str], **extra: str) -> dict[str, str]:
     """Debezium's JDBC sink applying `topics` to the database of `dsn`, as a Debezium user would configure it.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,23 +17,6 @@ from tests.support.helpers import pg_connect
 def connect_home() -> Path:
     """Where the Connect jars are cached between sessions: `$CDC_HOME`, else `.cdc` at the repository root."""
     return Path(os.environ.get("CDC_HOME") or REPO_ROOT / ".cdc").expanduser().absolute()
-
-
-def drop_slot_and_publication(dsn: str, slot: str, publication: str, *, timeout: float = 30.0) -> None:
-    """Remove what Debezium's connector leaves in the source (its slot stays behind when it stops)."""
-    with pg_connect(dsn) as conn:
-        deadline = time.monotonic() + timeout
-        while True:
-            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
-            if row is None:
-                break
-            if not row[0]:
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-                break
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"slot {slot} still active {timeout:.0f}s after its worker stopped")
-            time.sleep(0.2)
-        conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
 
 
 @contextmanager

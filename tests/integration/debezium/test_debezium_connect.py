@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 from psycopg import sql
 
-from devstack.connect import ConnectWorker, postgres_source_settings
+from devstack.connect import ConnectWorker, drop_slot_and_publication, postgres_source_settings
 from schemas.registry import SchemaRegistry, SchemaRegistryConfig
 from schemas.serde import Decoder
 from tests.integration.debezium.conftest import StartWorker
-from tests.support.connect import drop_slot_and_publication
 from tests.support.helpers import consume_all, pg_connect, scratch_schema
 from tests.support.stack import Stack
 

@@ -35,6 +35,7 @@ from psycopg import sql
 from devstack.connect import (
     ConnectInstall,
     ConnectWorker,
+    drop_slot_and_publication,
     jdbc_sink_settings,
     postgres_source_settings,
     start_jdbc_sink,
@@ -50,7 +51,7 @@ from tests.integration.pipeline_support import (
     stop_connector,
     wait_until,
 )
-from tests.support.connect import drop_slot_and_publication, scratch_database
+from tests.support.connect import scratch_database
 from tests.support.helpers import http_get, pg_connect
 from tests.support.stack import Stack
 

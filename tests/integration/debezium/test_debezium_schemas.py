@@ -28,13 +28,12 @@ from typing import Any
 import pytest
 from psycopg import sql
 
-from devstack.connect import postgres_source_settings
+from devstack.connect import drop_slot_and_publication, postgres_source_settings
 from schemas.registry import SchemaRegistry, SchemaRegistryConfig
 from schemas.serde import Decoder
 from tests.integration.debezium.conftest import StartWorker
 from tests.integration.pipeline_support import drop_replication_state, free_port, stop_connector, wait_until
 from tests.support import debezium_schemas as dbz
-from tests.support.connect import drop_slot_and_publication
 from tests.support.helpers import consume_all, http_get, pg_connect, scratch_schema
 from tests.support.stack import Stack
 

@@ -16,13 +16,12 @@ from typing import Any
 import pytest
 from psycopg import sql
 
-from devstack.connect import postgres_source_settings
+from devstack.connect import drop_slot_and_publication, postgres_source_settings
 from schemas.registry import SchemaRegistry, SchemaRegistryConfig
 from schemas.serde import Decoder
 from sinks.postgres import debezium
 from tests.integration.debezium.conftest import StartWorker
 from tests.integration.sinks.conftest import Env, ledger_count, run_until_caught_up, table_texts
-from tests.support.connect import drop_slot_and_publication
 from tests.support.debezium_types import ENUM_DDL, TABLES, TIME_ZONE, DebeziumColumn
 from tests.support.helpers import consume_all, pg_connect, scratch_schema
 
