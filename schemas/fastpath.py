@@ -36,12 +36,14 @@ def _string(text: str) -> bytes:
     return zigzag(len(data)) + data
 
 
-_OPS = {op: _string(op) for op in "cud"}
+_OPS = {op: _string(op) for op in "cudr"}
 _FALSE = _string("false")
+_Tx = tuple[int, int | None, int, str | None, bytes, bytes, str, bytes]
 
 
 class EnvelopeWriter:
-    """Wire-format key and value bytes of one table's streamed events (`source.snapshot` = null)."""
+    """Wire-format key and value bytes of one table's streamed events (`source.snapshot` = null) and snapshot
+    reads (`op = r`, `source.snapshot` = their marker, no transaction id)."""
 
     __slots__ = (
         "_debezium", "_key_header", "_key_writer", "_prefix", "_row_writer", "_table_part", "_tx", "_value_header",
@@ -66,7 +68,7 @@ class EnvelopeWriter:
         # source: version, connector, name | ts_ms, snapshot (null), db | sequence | schema, table, txId | ...
         self._prefix = _string(__version__) + _string("postgresql") + _string(connector_name)
         self._table_part = (_string(db), _string(schemas.table.schema) + _string(schemas.table.name))
-        self._tx: tuple[int, int, int, bytes, bytes, str, bytes] | None = None
+        self._tx: _Tx | None = None
 
     @classmethod
     def build(
@@ -93,22 +95,26 @@ class EnvelopeWriter:
             value_schema_id=value_schema_id, row_writer=row_writer, key_writer=key_writer,
         )  # fmt: skip
 
-    def _transaction(self, commit_lsn: int, xid: int, commit_ms: int) -> tuple[int, int, int, bytes, bytes, str, bytes]:
+    def _transaction(self, commit_lsn: int, xid: int | None, commit_ms: int, snapshot: str | None) -> _Tx:
         tx = self._tx
-        if tx is None or tx[0] != commit_lsn or tx[1] != xid or tx[2] != commit_ms:
+        if tx is None or tx[0] != commit_lsn or tx[1] != xid or tx[2] != commit_ms or tx[3] != snapshot:
             db, schema_table = self._table_part
+            tx_id = _NULL if xid is None else _SOME + zigzag(xid)
             if self._debezium:
-                # source: ..., snapshot "false" (branch 0), db | sequence | ts_us, ts_ns, schema, table, txId | lsn |
-                # xmin, origin, origin_lsn null, commit_lsn; then the envelope's transaction (null)
-                head = self._prefix + zigzag(commit_ms) + _NULL + _FALSE + db + _SOME
+                # source: ..., snapshot (a string, branch 0; "false" when streamed), db | sequence | ts_us, ts_ns,
+                # schema, table, txId | lsn | xmin, origin, origin_lsn null, commit_lsn; then the envelope's
+                # transaction (null)
+                marker = _FALSE if snapshot is None else _string(snapshot)
+                head = self._prefix + zigzag(commit_ms) + _NULL + marker + db + _SOME
                 times = _SOME + zigzag(commit_ms * 1000) + _SOME + zigzag(commit_ms * 1_000_000)
-                middle = times + schema_table + _SOME + zigzag(xid) + _SOME
+                middle = times + schema_table + tx_id + _SOME
                 tail = _NULL * 3 + _SOME + zigzag(commit_lsn) + _NULL
             else:
-                head = self._prefix + zigzag(commit_ms) + _NULL + db + _SOME
-                middle = schema_table + _SOME + zigzag(xid) + _SOME
+                marker = _NULL if snapshot is None else _SOME + _string(snapshot)
+                head = self._prefix + zigzag(commit_ms) + marker + db + _SOME
+                middle = schema_table + tx_id + _SOME
                 tail = _NULL + _SOME + zigzag(commit_lsn)  # xmin null, commit_lsn
-            tx = (commit_lsn, xid, commit_ms, head, middle, f'["{commit_lsn}","', tail)
+            tx = (commit_lsn, xid, commit_ms, snapshot, head, middle, f'["{commit_lsn}","', tail)
             self._tx = tx
         return tx
 
@@ -125,15 +131,16 @@ class EnvelopeWriter:
         after: Mapping[str, Any] | None,
         lsn: int,
         commit_lsn: int,
-        xid: int,
+        xid: int | None,
         commit_ms: int,
         ts_ms: int,
         change_id: str,
         unchanged: Sequence[str] = (),
+        snapshot: str | None = None,
     ) -> bytes:
-        """The envelope `{before, after, source, op, ts_ms, change_id, unchanged_toast}` of a streamed change
-        (`debezium` style: with `transaction`, `ts_us`, `ts_ns`)."""
-        _, _, _, head, middle, sequence, tail = self._transaction(commit_lsn, xid, commit_ms)
+        """The envelope `{before, after, source, op, ts_ms, change_id, unchanged_toast}` of a streamed change, or
+        of a snapshot read with its `snapshot` marker (`debezium` style: with `transaction`, `ts_us`, `ts_ns`)."""
+        _, _, _, _, head, middle, sequence, tail = self._transaction(commit_lsn, xid, commit_ms, snapshot)
         out = bytearray(self._value_header)
         if before is None:
             out += _NULL

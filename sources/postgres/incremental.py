@@ -571,12 +571,13 @@ class IncrementalSnapshots:
             backfill.first_point = point
         ts_ms = int(time.time() * 1000)
         slot = self._tracker.open()
-        produce_all = self._output.produce_all
         ids = self._factory.ids
-        for event, key_texts in window.rows.values():
-            change_id = ids.snapshot(point, events.schema, events.table, key_texts)
-            placed = replace(event, change_id=change_id, lsn=point, commit_lsn=point, ts_ms=ts_ms)
-            produce_all(events.records((placed,)), slot)
+        placed = [
+            replace(event, change_id=ids.snapshot(point, events.schema, events.table, key_texts), lsn=point,
+                    commit_lsn=point, ts_ms=ts_ms)
+            for event, key_texts in window.rows.values()
+        ]  # fmt: skip
+        self._output.produce_events(events, placed, slot)
         if finished and backfill.where is None and self._config.snapshot.complete_markers:
             self._output.produce_everywhere(events.snapshot_complete(backfill.first_point), slot)
         self._tracker.close(slot, 0)

@@ -136,13 +136,13 @@ def produce_table_rows(
     Records go out in acknowledgement slots of `chunk` rows that confirm no position; `between_chunks` runs after
     each full slot and returns True to stop, in which case the table is unfinished and False is returned.
     """
-    produce_all = output.produce_all
+    produce = output.produce_events
     ack = tracker.open()
     in_slot = 0
     previous: Any = None
     for row in rows:
         if previous is not None:
-            produce_all(events.records((events.snapshot_row(previous, point, ts_ms, "true"),)), ack)
+            produce(events, (events.snapshot_row(previous, point, ts_ms, "true"),), ack)
             in_slot += 1
             progress.rows += 1
             if in_slot >= chunk:
@@ -154,7 +154,7 @@ def produce_table_rows(
                     return False
         previous = row
     if previous is not None:
-        produce_all(events.records((events.snapshot_row(previous, point, ts_ms, final_marker),)), ack)
+        produce(events, (events.snapshot_row(previous, point, ts_ms, final_marker),), ack)
         progress.rows += 1
     if complete_markers:
         output.produce_everywhere(events.snapshot_complete(point), ack)

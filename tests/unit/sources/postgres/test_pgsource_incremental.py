@@ -15,7 +15,7 @@ from schemas.catalog import ColumnInfo, PgType, TableInfo
 from schemas.envelope import build_table_schemas
 from sources.postgres.change_id import ChangeIds, namespace_for
 from sources.postgres.config import PostgresSourceConfig
-from sources.postgres.events import TableEvents
+from sources.postgres.events import ChangeEvent, TableEvents
 from sources.postgres.incremental import (
     WATERMARK_PREFIX,
     Chunk,
@@ -80,6 +80,9 @@ class Output:
         self.records += records
         slot.pending += len(records)
         self.slots.append(slot)
+
+    def produce_events(self, table: TableEvents, events: Sequence[ChangeEvent], slot: TxSlot) -> None:
+        self.produce_all(table.records(events), slot)
 
     def produce_everywhere(self, record: Record, slot: TxSlot) -> None:
         self.produce_all([record], slot)
