@@ -103,6 +103,14 @@ class IncrementalSnapshotConfig(Section):
         description="Rows read per chunk of an incremental snapshot (keyset pagination by the table's key); one "
         "chunk is read between a low and a high watermark while the stream goes on (docs/source.md).",
     )
+    parallelism: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Chunks read at once, each on a connection of its own, between one low and one high watermark: "
+        "of several requested tables, and of key ranges of a large table (split by its primary key at its first "
+        "chunk). Memory holds up to `parallelism * chunk_size` rows.",
+    )
 
 
 class SignalConfig(Section):

@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -164,6 +165,33 @@ def estimate_rows(reltuples: float, relpages: int, size_bytes: int, block_size: 
     if reltuples < 0 or relpages <= 0:
         return None
     return round(reltuples / relpages * pages_now)
+
+
+class RowRate:
+    """Rows per second over the last minute or so of progress, and the time left at that pace."""
+
+    def __init__(self, rows: int = 0, *, span_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._span = span_s
+        self._samples: deque[tuple[float, int]] = deque([(clock(), rows)])
+
+    def add(self, rows: int) -> None:
+        now = self._clock()
+        samples = self._samples
+        samples.append((now, rows))
+        while len(samples) > 2 and now - samples[1][0] >= self._span:
+            samples.popleft()
+
+    def per_second(self) -> float | None:
+        (t0, r0), (t1, r1) = self._samples[0], self._samples[-1]
+        return None if t1 <= t0 else round((r1 - r0) / (t1 - t0), 1)
+
+    def eta(self, rows: int, estimated: int | None) -> float | None:
+        """Seconds until `estimated` rows at the current pace (None when either is unknown)."""
+        rate = self.per_second()
+        if not rate or estimated is None:
+            return None
+        return round(max(0, estimated - rows) / rate, 1)
 
 
 class _Rate(ProgressColumn):

@@ -53,13 +53,13 @@ def _streaming(port: int) -> bool:
     return code == 200 and (json.loads(body).get("source") or {}).get("state") == "streaming"
 
 
-def _config(tmp_path: Path, name: str, table: str, port: int, chunk: int) -> Path:
+def _config(tmp_path: Path, name: str, table: str, port: int, chunk: int, parallelism: int = 1) -> Path:
     path = tmp_path / "connector.yaml"
     write_config(path, name, table, port)
     config = json.loads(path.read_text())
     config["source"]["snapshot"]["mode"] = "never"
     config["source"]["signal"] = {"table": f"public.{name}_signals"}
-    config["source"]["incremental_snapshot"] = {"chunk_size": chunk}
+    config["source"]["incremental_snapshot"] = {"chunk_size": chunk, "parallelism": parallelism}
     path.write_text(json.dumps(config))
     return path
 
@@ -146,7 +146,11 @@ class Writer(threading.Thread):
             self.error = exc
 
 
-def test_signal_from_sql_snapshots_under_concurrent_writes(stack: Any, unique_name: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_signal_from_sql_snapshots_under_concurrent_writes(
+    stack: Any, unique_name: Any, tmp_path: Path, parallelism: int
+) -> None:
+    """With `parallelism: 3` the table is split into key ranges read at once, three chunks between two watermarks."""
     name, table = unique_name("incsnap"), unique_name("items")
     rows = 6_000
     with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
@@ -156,7 +160,9 @@ def test_signal_from_sql_snapshots_under_concurrent_writes(stack: Any, unique_na
             (rows,),
         )
     port = free_port()
-    config_path = _config(tmp_path, name, table, port, chunk=100)
+    with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))  # the estimate the key ranges come from
+    config_path = _config(tmp_path, name, table, port, chunk=100, parallelism=parallelism)
     log_path = tmp_path / "cdc.log"
     process = start_connector(config_path, stack, log_path)
     writer = Writer(stack.source_dsn, table, rows)
@@ -185,6 +191,7 @@ def test_signal_from_sql_snapshots_under_concurrent_writes(stack: Any, unique_na
         _assert_target_equals_source(stack, table)
         progress = _table_progress(stack.source_dsn, name)
         assert progress["chunks"] >= rows // 100
+        assert len(progress["ranges"]) == parallelism
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0, log_path.read_text(errors="replace")[-3000:]
     finally:
