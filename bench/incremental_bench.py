@@ -3,7 +3,8 @@
 `python bench/incremental_bench.py --rows N [--chunk N] [--parallelism N] [--name NAME]` fills a 5-column table
 (never copied: `snapshot.mode: never`), runs `cdc run --only source`, requests an incremental snapshot with
 `cdc snapshot`, and measures until the persisted progress says done. Meanwhile, every 0.2 s it updates one row and
-measures how long until the slot's confirmed LSN passes that write (the stream's latency during the backfill).
+measures how long until the slot's confirmed LSN passes that write (the stream's latency during the backfill),
+and the source process's CPU time per row.
 Endpoints come from `.cdc/dev.env` (or CDC_* variables).
 `--name` names the slot, tables and topics (a fresh name each run keeps the registry's subjects of an earlier run,
 perhaps of another schema style, out of the way).
@@ -35,6 +36,12 @@ def endpoints() -> dict[str, str]:
                 key, value = line.split("=", 1)
                 env.setdefault(key.strip(), value.strip())
     return env
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux `/proc`): the source's own cost, whatever else runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cdc(*args: str) -> list[str]:
@@ -91,6 +98,7 @@ def main() -> int:
             subprocess.run(cdc("snapshot", str(config_path), "--table", f"public.{name}_t"), env=env,
                            check=True)  # fmt: skip
             started = time.monotonic()
+            cpu_started = cpu_seconds(process.pid)
             latencies: list[float] = []
             while True:
                 row = conn.execute(
@@ -111,12 +119,13 @@ def main() -> int:
                 latencies.append(time.monotonic() - written)
                 time.sleep(0.2)
         elapsed = time.monotonic() - started
+        cpu = cpu_seconds(process.pid) - cpu_started
         latencies.sort()
         p50 = latencies[len(latencies) // 2] * 1000 if latencies else 0.0
         worst = latencies[-1] * 1000 if latencies else 0.0
         print(
             f"{args.rows:,} rows, chunk {args.chunk}, parallelism {args.parallelism}: {elapsed:.1f} s, "
-            f"{args.rows / elapsed:,.0f} rows/s; stream "
+            f"{args.rows / elapsed:,.0f} rows/s, source CPU {cpu * 1e6 / args.rows:.0f} us/row; stream "
             f"confirmation latency during the backfill p50 {p50:.0f} ms, max {worst:.0f} ms ({len(latencies)} probes)"
         )
     finally:

@@ -40,7 +40,7 @@ from psycopg.types.string import TextLoader
 
 from core.delivery import AckTracker, TxSlot
 from core.errors import ConfigError
-from core.metrics import SNAPSHOT_ROWS
+from core.metrics import SNAPSHOT_ESTIMATED_ROWS, SNAPSHOT_ROWS
 from core.timeouts import libpq_options
 from sources.postgres.config import PostgresSourceConfig
 from sources.postgres.events import ChangeEvent, EventFactory, TableEvents
@@ -190,6 +190,8 @@ class Backfill:
     done: bool = False
     split: bool = False
     """The key ranges were chosen (at the first chunk): kept for the whole snapshot, across restarts."""
+    signal: str | None = None
+    """The id of the signal that requested it (`cdc snapshot --follow` finds its tables by it)."""
 
     @property
     def last_key(self) -> list[str | None] | None:
@@ -202,6 +204,7 @@ class Backfill:
             "table": self.table, "where": self.where, "last_key": self.last_key, "rows": self.rows,
             "chunks": self.chunks, "estimated_rows": self.estimated_rows, "first_point": self.first_point,
             "done": self.done, "split": self.split, "ranges": [r.as_dict() for r in self.ranges],
+            "signal": self.signal,
         }  # fmt: skip
 
     @classmethod
@@ -212,6 +215,7 @@ class Backfill:
         return cls(
             str(data["table"]), data.get("where"), ranges, int(data.get("rows", 0)), int(data.get("chunks", 0)),
             data.get("estimated_rows"), data.get("first_point"), bool(data.get("done")), bool(data.get("split")),
+            data.get("signal"),
         )  # fmt: skip
 
 
@@ -233,10 +237,10 @@ class Backfills:
     def unfinished(self) -> list[Backfill]:
         return [t for t in self.tables if not t.done]
 
-    def request(self, table: str, where: str | None) -> None:
+    def request(self, table: str, where: str | None, signal: str | None = None) -> None:
         """Queue `table` (again): a finished or running snapshot of it is replaced by a new one from the start."""
         self.tables = [t for t in self.tables if t.table != table]
-        self.tables.append(Backfill(table, where))
+        self.tables.append(Backfill(table, where, signal=signal))
 
     def stop(self, tables: Sequence[str]) -> list[str]:
         """Drop the unfinished snapshots of `tables` (all when empty); the ones dropped."""
@@ -598,7 +602,7 @@ class IncrementalSnapshots:
                         )  # fmt: skip
                         continue
                     self._drop_window_of(table)
-                    state.request(table, where)
+                    state.request(table, where, signal.id)
                     log.info("incremental snapshot of %s requested (signal %s)%s", table, signal.id,
                              f" where {where}" if where else "")  # fmt: skip
             case "stop-snapshot":
@@ -657,6 +661,8 @@ class IncrementalSnapshots:
         if backfill.estimated_rows is None:
             backfill.estimated_rows = reader.estimate(ref)
         estimate = backfill.estimated_rows
+        if estimate is not None:
+            SNAPSHOT_ESTIMATED_ROWS.labels(table=backfill.table).set(estimate)
         parts = min(settings.parallelism, (estimate or 0) // settings.chunk_size)
         if backfill.chunks == 0 and parts > 1 and estimate:
             points = reader.split_points(ref, events.key_columns, rows=estimate, parts=parts)
@@ -801,17 +807,56 @@ class IncrementalSnapshots:
 
     def _save(self) -> None:
         self.active = self._state.current() is not None and not self._state.paused
-        self._store.set_incremental(self._slot_name, self._state.as_dict())
-        self._publish()
+        state = self._state_dict()
+        self._store.set_incremental(self._slot_name, state)
+        self._status.publish(incremental_snapshot=state)
 
     def _publish(self) -> None:
+        self._status.publish(incremental_snapshot=self._state_dict())
+
+    def _state_dict(self) -> dict[str, Any]:
+        """The persisted state, with each running table's recent pace and time left (for `cdc status`; not read
+        back)."""
         state = self._state.as_dict()
         for table in state["tables"]:
             rate = self._rates.get(table["table"])
             if rate is not None and not table["done"]:
                 table["rows_per_s"] = rate.per_second()
-                table["eta_s"] = rate.eta(table["rows"], table["estimated_rows"])
-        self._status.publish(incremental_snapshot=state)
+                estimated = table["estimated_rows"]
+                table["eta_s"] = rate.eta(table["rows"], None if estimated is None else max(estimated, table["rows"]))
+        return state
+
+
+def follow(
+    read_state: Callable[[], dict[str, Any]],
+    signal_id: str,
+    tables: Sequence[str],
+    *,
+    reporter: ProgressReporter,
+    every_s: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+    until: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Show the progress of the snapshots `signal_id` requested (from the persisted state `read_state` returns) until
+    each of `tables` is done (True), or `until` says to stop (False). Tables the source has not taken up yet (it reads
+    the signal from the WAL) show nothing."""
+    wanted = set(tables)
+    shown: set[str] = set()
+    while not until():
+        state = Backfills.from_dict(read_state())
+        mine = [t for t in state.tables if t.signal == signal_id and t.table in wanted]
+        for backfill in mine:
+            if backfill.table in shown:
+                continue
+            progress = TableProgress(f"{backfill.table} (incremental)", backfill.estimated_rows, backfill.rows,
+                                     backfill.done)  # fmt: skip
+            reporter.tick(progress, force=backfill.done)
+            if backfill.done:
+                shown.add(backfill.table)
+        if len(mine) == len(wanted) and all(t.done for t in mine):
+            return True
+        sleep(every_s)
+    return False
 
 
 def configured_signal_table(config: PostgresSourceConfig) -> TableRef:

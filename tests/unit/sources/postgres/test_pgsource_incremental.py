@@ -3,6 +3,8 @@ acknowledged a chunk, the race check, and the signals."""
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +23,7 @@ from sources.postgres.incremental import (
     Chunk,
     IncrementalSnapshots,
     Signal,
+    follow,
     parse_signal,
     requested_tables,
     running_xids,
@@ -28,6 +31,7 @@ from sources.postgres.incremental import (
 )
 from sources.postgres.protocol import Delete, Insert, LogicalMessage, Relation, RelationColumn, Update
 from sources.postgres.selection import TableRef
+from sources.postgres.snapshot import ProgressReporter
 from sources.postgres.status import SourceStatus
 
 pytestmark = pytest.mark.unit
@@ -429,3 +433,25 @@ def test_a_restart_goes_on_with_the_persisted_key_ranges() -> None:
     h = Harness({k: "x" for k in range(1, 11)}, store, incremental_snapshot={"chunk_size": 3, "parallelism": 2})
     assert h.snapshots.tick()
     assert sorted(h.reader.ranges, key=str) == [("public.t", ["3"], ["6"]), ("public.t", ["9"], None)]
+
+
+def test_follow_shows_the_tables_of_its_signal_until_they_are_done(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sources.postgres.snapshot")
+    states = [
+        {"tables": [{"table": "public.t", "rows": 10, "done": True, "signal": "older"}]},  # an earlier snapshot
+        {"tables": [{"table": "public.t", "rows": 0, "estimated_rows": 20, "signal": "s-9"}]},
+        {"tables": [{"table": "public.t", "rows": 20, "estimated_rows": 20, "done": True, "signal": "s-9"}]},
+    ]
+    reads = iter(states)
+    sleeps: list[float] = []
+    reporter = ProgressReporter(stream=io.StringIO())
+    assert follow(lambda: next(reads), "s-9", ["public.t"], reporter=reporter, sleep=sleeps.append)
+    assert len(sleeps) == 2  # polled until the third state
+    assert caplog.records[-1].getMessage().startswith("snapshot public.t (incremental): 20 of ~20 rows (100%)")
+    assert not follow(lambda: states[1], "s-9", ["public.t"], reporter=reporter, until=lambda: True)
+
+
+def test_the_signal_id_is_kept_with_the_requested_table() -> None:
+    h = Harness({1: "a"})
+    h.snapshots.apply(Signal("s-7", "execute-snapshot", {"data-collections": ["public.t"]}))
+    assert h.store.state["tables"][0]["signal"] == "s-7"
