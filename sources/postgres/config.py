@@ -94,6 +94,13 @@ class SnapshotConfig(Section):
         "in a snapshot of its own (the stream waits), or `incremental`: an incremental snapshot, in chunks while "
         "the stream goes on (docs/source.md, \"Incremental snapshots\").",
     )
+    initial: Literal["copy", "incremental"] = Field(
+        "copy",
+        description="How the initial snapshot (modes `initial`, `when_needed`) reads the captured tables: `copy` in "
+        "one transaction of an exported snapshot before streaming, or `incremental`: every table queued as an "
+        "incremental snapshot, read in chunks while the stream goes on (no long transaction; resumed after a "
+        "crash from the last acknowledged chunk; docs/source.md).",
+    )
 
 
 class IncrementalSnapshotConfig(Section):

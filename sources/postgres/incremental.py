@@ -41,6 +41,7 @@ from psycopg.types.string import TextLoader
 from core.delivery import AckTracker, TxSlot
 from core.errors import ConfigError
 from core.metrics import SNAPSHOT_ESTIMATED_ROWS, SNAPSHOT_ROWS
+from core.positions import Lsn
 from core.timeouts import libpq_options
 from sources.postgres.config import PostgresSourceConfig
 from sources.postgres.events import ChangeEvent, EventFactory, TableEvents
@@ -825,6 +826,21 @@ class IncrementalSnapshots:
                 estimated = table["estimated_rows"]
                 table["eta_s"] = rate.eta(table["rows"], None if estimated is None else max(estimated, table["rows"]))
         return state
+
+
+INITIAL_SIGNAL = "initial"
+"""The `signal` of the tables an initial snapshot (`snapshot.initial: incremental`) queued."""
+
+
+def queue_initial(store: StateStore, slot: str, consistent_point: Lsn, tables: Sequence[TableRef]) -> None:
+    """The initial snapshot taken incrementally: every captured table queued, and the slot's snapshot `done`, in one
+    statement. Until then the slot's state stays `running`, so a crash before it drops the slot and starts again."""
+    state = Backfills()
+    for table in tables:
+        state.request(str(table), None, INITIAL_SIGNAL)
+    store.put(slot, consistent_point, "done", {"incremental": state.as_dict()})
+    log.info("initial snapshot: %d tables queued for incremental snapshots (snapshot.initial: incremental)",
+             len(tables))  # fmt: skip
 
 
 def follow(

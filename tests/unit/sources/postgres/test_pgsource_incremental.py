@@ -12,6 +12,7 @@ import pytest
 
 from core.delivery import AckTracker, TxSlot
 from core.errors import RetryBudget
+from core.positions import Lsn
 from core.records import SNAPSHOT_COMPLETE_HEADER, Record
 from schemas.catalog import ColumnInfo, PgType, TableInfo
 from schemas.envelope import build_table_schemas
@@ -25,6 +26,7 @@ from sources.postgres.incremental import (
     Signal,
     follow,
     parse_signal,
+    queue_initial,
     requested_tables,
     running_xids,
     snapshot_signal_data,
@@ -455,3 +457,27 @@ def test_the_signal_id_is_kept_with_the_requested_table() -> None:
     h = Harness({1: "a"})
     h.snapshots.apply(Signal("s-7", "execute-snapshot", {"data-collections": ["public.t"]}))
     assert h.store.state["tables"][0]["signal"] == "s-7"
+
+
+class PutStore(Store):
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts: list[tuple[str, Any, str, dict[str, Any] | None]] = []
+
+    def put(self, slot: str, consistent_point: Any, state: str, progress: dict[str, Any] | None = None) -> None:
+        self.puts.append((slot, consistent_point, state, progress))
+        self.state = (progress or {}).get("incremental", {})
+
+
+def test_an_initial_snapshot_in_chunks_queues_every_table_and_marks_the_slot_done_at_once() -> None:
+    store = PutStore()
+    queue_initial(store, "s", Lsn(1234), [TableRef("public", "t"), TableRef("public", "u")])  # type: ignore[arg-type]
+    ((slot, point, state, progress),) = store.puts  # one statement: the queue and `done` together
+    assert (slot, point, state) == ("s", Lsn(1234), "done")
+    assert progress is not None
+    assert [(t["table"], t["signal"], t["done"]) for t in progress["incremental"]["tables"]] == [
+        ("public.t", "initial", False), ("public.u", "initial", False)]  # fmt: skip
+    # The running source takes them up from the persisted state.
+    h = Harness({1: "a", 2: "b"}, store, incremental_snapshot={"chunk_size": 3, "parallelism": 2})
+    assert h.snapshots.active and h.snapshots.tick()
+    assert sorted(t for t, _, _ in h.reader.ranges) == ["public.t", "public.u"]
