@@ -1,4 +1,4 @@
-"""Streamed change envelopes written straight to Confluent wire-format bytes, without the envelope dict.
+"""Change envelopes (streamed, and snapshot reads) written straight to Confluent wire-format bytes, without the dict.
 
 `EnvelopeWriter` produces exactly the bytes `serde.Encoder` produces for `TableSchemas.envelope(...)`
 values of one table: the schema-id header and the constant leading strings of the `source` block are
