@@ -174,8 +174,8 @@ def snapshot(
 
     Inserts an `execute-snapshot` signal into the signal table (`source.signal.table`); the source reads it from
     the WAL, so the request holds even when the source is stopped now (it starts when the source streams past it).
-    Progress: `cdc status` (`incremental` under the snapshot), or `--follow`. See docs/source.md, "Incremental
-    snapshots".
+    Progress: `cdc status` (`incremental` under the snapshot), or `--follow`.
+    See docs/source.md, "Incremental snapshots".
     """
 
     def body() -> str:
