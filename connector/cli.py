@@ -24,8 +24,11 @@ from core import logs
 from sinks.base import Sink
 from sources.base import Source
 from sources.postgres.incremental import configured_signal_table, send_signal, snapshot_signal_data, table_ref
+from sources.postgres.incremental import follow as follow_snapshot
 from sources.postgres.run_parts import connect
 from sources.postgres.selection import publication_tables
+from sources.postgres.slots import StateStore
+from sources.postgres.snapshot import ProgressReporter
 
 app = typer.Typer(
     name="cdc",
@@ -162,12 +165,17 @@ def snapshot(
         str | None,
         typer.Option("--where", help="Only rows matching this SQL condition (e.g. \"id > 1000\").", show_default=False),
     ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", help="Stay and show the progress (a live bar on a terminal) until all are done."),
+    ] = False,
 ) -> None:
     """Start an incremental snapshot of captured tables on the running source, without pausing its stream.
 
     Inserts an `execute-snapshot` signal into the signal table (`source.signal.table`); the source reads it from
     the WAL, so the request holds even when the source is stopped now (it starts when the source streams past it).
-    Progress: `cdc status` (`incremental` under the snapshot). See docs/source.md, "Incremental snapshots".
+    Progress: `cdc status` (`incremental` under the snapshot), or `--follow`.
+    See docs/source.md, "Incremental snapshots".
     """
 
     def body() -> str:
@@ -187,6 +195,21 @@ def snapshot(
 
     signal_id = guarded(body)
     typer.echo(f"incremental snapshot of {', '.join(table)} requested (signal {signal_id})")
+    if follow:
+        guarded(lambda: _follow(config, signal_id, [str(table_ref(t)) for t in table]))
+
+
+def _follow(config: Path, signal_id: str, tables: list[str]) -> None:
+    source = load(config).source
+    assert source is not None
+    reporter = ProgressReporter(every_s=2.0)
+    try:
+        with connect(source, "cdc-connector-cli") as conn:
+            store = StateStore(conn)
+            follow_snapshot(lambda: store.incremental(source.slot.name), signal_id, tables, reporter=reporter)
+    finally:
+        reporter.close()
+    typer.echo(f"incremental snapshot of {', '.join(tables)} complete")
 
 
 def _mount_command_groups() -> None:

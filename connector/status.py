@@ -170,6 +170,9 @@ def _incremental(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
                 "estimated_rows": t.get("estimated_rows"),
                 "chunks": t.get("chunks"),
                 "last_key": t.get("last_key"),
+                "ranges": t.get("ranges") or [],
+                "rows_per_s": t.get("rows_per_s"),
+                "eta_s": t.get("eta_s"),
                 "done": bool(t.get("done")),
             }
             for t in state.get("tables") or []
@@ -216,6 +219,20 @@ def _bytes(n: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def _position(table: dict[str, Any]) -> str:
+    """The last key read, or how many of a split table's key ranges are done."""
+    ranges = table.get("ranges") or []
+    if len(ranges) > 1:
+        return f"{sum(1 for r in ranges if r.get('done'))}/{len(ranges)} key ranges done"
+    return ", ".join(str(k) for k in table["last_key"] or []) or "-"
+
+
+def _eta(seconds: float) -> str:
+    whole = round(seconds)
+    return f"{whole}s" if whole < 60 else f"{whole // 60}m{whole % 60:02d}s" if whole < 3600 else \
+        f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def _n(value: Any) -> str:
@@ -292,14 +309,16 @@ def render(report: dict[str, Any], console: Console) -> None:
                 console.print(
                     _Section(
                         "Incremental snapshots" + (" (paused)" if incremental["paused"] else ""),
-                        ("table", "rows", "estimated", "chunks", "last key", "done"),
+                        ("table", "rows", "estimated", "chunks", "rows/s", "ETA", "last key", "done"),
                         [
                             (
                                 t["table"] + (f" where {t['where']}" if t["where"] else ""),
                                 _n(t["rows"]),
                                 "unknown" if t["estimated_rows"] is None else _n(t["estimated_rows"]),
                                 _n(t["chunks"]),
-                                ", ".join(str(k) for k in t["last_key"] or []) or "-",
+                                "-" if t["done"] or not t.get("rows_per_s") else _n(round(t["rows_per_s"])),
+                                "-" if t["done"] or t.get("eta_s") is None else _eta(t["eta_s"]),
+                                _position(t),
                                 "yes" if t["done"] else "no",
                             )
                             for t in incremental["tables"]

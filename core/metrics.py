@@ -15,7 +15,17 @@ SOURCE_CONFIRMED_LSN = Gauge(
 SOURCE_SLOT_LAG_BYTES = Gauge(
     "cdc_source_slot_lag_bytes", "WAL bytes between the server's position and the slot.", registry=REGISTRY
 )
-SNAPSHOT_ROWS = Counter("cdc_snapshot_rows", "Rows read by the snapshot.", ["table"], registry=REGISTRY)
+SNAPSHOT_ROWS = Counter(
+    "cdc_snapshot_rows", "Rows read by the snapshot (initial or incremental), acknowledged by Kafka.", ["table"],
+    registry=REGISTRY,
+)
+SNAPSHOT_ESTIMATED_ROWS = Gauge(
+    "cdc_snapshot_estimated_rows",
+    "The planner's row estimate of a table being snapshotted (pg_class.reltuples scaled to its size); absent when "
+    "the server cannot tell.",
+    ["table"],
+    registry=REGISTRY,
+)
 SINK_APPLIED = Counter(
     "cdc_sink_applied", "Changes applied to the destination.", ["table", "op"], registry=REGISTRY
 )

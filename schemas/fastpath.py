@@ -1,4 +1,4 @@
-"""Streamed change envelopes written straight to Confluent wire-format bytes, without the envelope dict.
+"""Change envelopes (streamed, and snapshot reads) written straight to Confluent wire-format bytes, without the dict.
 
 `EnvelopeWriter` produces exactly the bytes `serde.Encoder` produces for `TableSchemas.envelope(...)`
 values of one table: the schema-id header and the constant leading strings of the `source` block are
@@ -36,14 +36,16 @@ def _string(text: str) -> bytes:
     return zigzag(len(data)) + data
 
 
-_OPS = {op: _string(op) for op in "cud"}
+_OPS = {op: _string(op) for op in "cudr"}
 _FALSE = _string("false")
-_Tx = tuple[int, int, int, bytes, bytes, str, bytes, dict[str, bytes]]
-"""(commit_lsn, xid, commit_ms, source head, source middle, sequence prefix, source tail, source tail + op by op)."""
+_Tx = tuple[int, int | None, int, str | None, bytes, bytes, str, bytes, dict[str, bytes]]
+"""(commit_lsn, xid, commit_ms, snapshot marker, source head, source middle, sequence prefix, source tail, source tail +
+op by op)."""
 
 
 class EnvelopeWriter:
-    """Wire-format key and value bytes of one table's streamed events (`source.snapshot` = null)."""
+    """Wire-format key and value bytes of one table's streamed events (`source.snapshot` = null) and snapshot
+    reads (`op = r`, `source.snapshot` = their marker, no transaction id)."""
 
     __slots__ = (
         "_debezium", "_key_header", "_key_writer", "_prefix", "_row_writer", "_table_part", "_ts", "_tx",
@@ -97,24 +99,28 @@ class EnvelopeWriter:
             value_schema_id=value_schema_id, row_writer=row_writer, key_writer=key_writer,
         )  # fmt: skip
 
-    def _transaction(self, commit_lsn: int, xid: int, commit_ms: int) -> _Tx:
+    def _transaction(self, commit_lsn: int, xid: int | None, commit_ms: int, snapshot: str | None) -> _Tx:
         tx = self._tx
-        if tx is None or tx[0] != commit_lsn or tx[1] != xid or tx[2] != commit_ms:
+        if tx is None or tx[0] != commit_lsn or tx[1] != xid or tx[2] != commit_ms or tx[3] != snapshot:
             db, schema_table = self._table_part
+            tx_id = _NULL if xid is None else _SOME + zigzag(xid)
             if self._debezium:
-                # source: ..., snapshot "false" (branch 0), db | sequence | ts_us, ts_ns, schema, table, txId | lsn |
-                # xmin, origin, origin_lsn null, commit_lsn; then the envelope's transaction (null)
-                head = self._prefix + zigzag(commit_ms) + _NULL + _FALSE + db + _SOME
+                # source: ..., snapshot (a string, branch 0; "false" when streamed), db | sequence | ts_us, ts_ns,
+                # schema, table, txId | lsn | xmin, origin, origin_lsn null, commit_lsn; then the envelope's
+                # transaction (null)
+                marker = _FALSE if snapshot is None else _string(snapshot)
+                head = self._prefix + zigzag(commit_ms) + _NULL + marker + db + _SOME
                 times = _SOME + zigzag(commit_ms * 1000) + _SOME + zigzag(commit_ms * 1_000_000)
-                middle = times + schema_table + _SOME + zigzag(xid) + _SOME
+                middle = times + schema_table + tx_id + _SOME
                 tail = _NULL * 3 + _SOME + zigzag(commit_lsn) + _NULL
             else:
-                head = self._prefix + zigzag(commit_ms) + _NULL + db + _SOME
-                middle = schema_table + _SOME + zigzag(xid) + _SOME
+                marker = _NULL if snapshot is None else _SOME + _string(snapshot)
+                head = self._prefix + zigzag(commit_ms) + marker + db + _SOME
+                middle = schema_table + tx_id + _SOME
                 tail = _NULL + _SOME + zigzag(commit_lsn)  # xmin null, commit_lsn
             # The source's tail and the op that follows it, fused once per transaction for each op.
             tails = {op: tail + op_bytes for op, op_bytes in _OPS.items()}
-            tx = (commit_lsn, xid, commit_ms, head, middle, f'["{commit_lsn}","', tail, tails)
+            tx = (commit_lsn, xid, commit_ms, snapshot, head, middle, f'["{commit_lsn}","', tail, tails)
             self._tx = tx
         return tx
 
@@ -142,17 +148,18 @@ class EnvelopeWriter:
         after: Mapping[str, Any] | None,
         lsn: int,
         commit_lsn: int,
-        xid: int,
+        xid: int | None,
         commit_ms: int,
         ts_ms: int,
         change_id: str,
         unchanged: Sequence[str] = (),
+        snapshot: str | None = None,
     ) -> bytes:
-        """The envelope `{before, after, source, op, ts_ms, change_id, unchanged_toast}` of a streamed change
-        (`debezium` style: with `transaction`, `ts_us`, `ts_ns`)."""
+        """The envelope `{before, after, source, op, ts_ms, change_id, unchanged_toast}` of a streamed change, or
+        of a snapshot read with its `snapshot` marker (`debezium` style: with `transaction`, `ts_us`, `ts_ns`)."""
         tx = self._tx
-        if tx is None or tx[0] != commit_lsn or tx[1] != xid or tx[2] != commit_ms:
-            tx = self._transaction(commit_lsn, xid, commit_ms)
+        if tx is None or tx[0] != commit_lsn or tx[1] != xid or tx[2] != commit_ms or tx[3] != snapshot:
+            tx = self._transaction(commit_lsn, xid, commit_ms, snapshot)
         out = bytearray(self._value_header)
         if before is None:
             out += _NULL
@@ -164,14 +171,14 @@ class EnvelopeWriter:
         else:
             out += _SOME
             self._row_writer(out, after)
-        sequence_bytes = f'{tx[5]}{lsn}"]'.encode()
-        out += tx[3]
+        sequence_bytes = f'{tx[6]}{lsn}"]'.encode()
+        out += tx[4]
         out += _SMALL[len(sequence_bytes) + _R]  # two decimal longs: far below the small-number table's limit
         out += sequence_bytes
-        out += tx[4]
+        out += tx[5]
         out += zigzag(lsn)
-        tail = tx[7].get(op)
-        out += tail if tail is not None else tx[6] + _string(op)
+        tail = tx[8].get(op)
+        out += tail if tail is not None else tx[7] + _string(op)
         clock = self._ts
         out += clock[1] if clock[0] == ts_ms else self._clock(ts_ms)
         cid = change_id.encode()

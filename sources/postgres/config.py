@@ -94,6 +94,13 @@ class SnapshotConfig(Section):
         "in a snapshot of its own (the stream waits), or `incremental`: an incremental snapshot, in chunks while "
         "the stream goes on (docs/source.md, \"Incremental snapshots\").",
     )
+    initial: Literal["copy", "incremental"] = Field(
+        "copy",
+        description="How the initial snapshot (modes `initial`, `when_needed`) reads the captured tables: `copy` in "
+        "one transaction of an exported snapshot before streaming, or `incremental`: every table queued as an "
+        "incremental snapshot, read in chunks while the stream goes on (no long transaction; resumed after a "
+        "crash from the last acknowledged chunk; docs/source.md).",
+    )
 
 
 class IncrementalSnapshotConfig(Section):
@@ -102,6 +109,14 @@ class IncrementalSnapshotConfig(Section):
         ge=1,
         description="Rows read per chunk of an incremental snapshot (keyset pagination by the table's key); one "
         "chunk is read between a low and a high watermark while the stream goes on (docs/source.md).",
+    )
+    parallelism: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Chunks read at once, each on a connection of its own, between one low and one high watermark: "
+        "of several requested tables, and of key ranges of a large table (split by its primary key at its first "
+        "chunk). Memory holds up to `parallelism * chunk_size` rows.",
     )
 
 

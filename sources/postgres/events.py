@@ -43,7 +43,7 @@ LatestSchema = Callable[[str], AvroSchema | None]
 Encoded = tuple[bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]
 """(key, value, headers) of one record in Confluent wire format, for `KafkaDelivery.produce_raw`."""
 _FALLBACK = (Fallback, *FALLBACK_ERRORS)
-_WRITER_OPS = frozenset("cud")
+_WRITER_OPS = frozenset("cudr")
 
 
 def _key_json(key: dict[str, Any] | None) -> bytes:
@@ -271,8 +271,8 @@ class TableEvents:
 class ChangeEncoder:
     """The one place events become wire-format bytes, in the reading process or in a worker process.
 
-    A streamed change goes through its table's generated envelope writer (schemas/fastpath.py); other events,
-    tables and values the writer does not take go through the general encoder (`serde.Encoder`, as
+    A streamed change or a snapshot read goes through its table's generated envelope writer (schemas/fastpath.py);
+    other events, tables and values the writer does not take go through the general encoder (`serde.Encoder`, as
     `serde.RegistrySerializer` frames them). Both give the same bytes: tests/unit/sources/postgres/
     test_change_encoder.py compares them on random rows of every mapped type.
     """
@@ -287,20 +287,20 @@ class ChangeEncoder:
         writer = table.envelope_writer(self._schema_ids) if self._envelope_writers else None
         ts_ms = int(time.time() * 1000)
         for event in events:
-            if writer is not None and event.snapshot is None and event.op in _WRITER_OPS:
+            if writer is not None and event.op in _WRITER_OPS:
                 try:
                     key = writer.key(event.key)
                     value = writer.value(
                         event.op, before=event.before, after=event.after, lsn=event.lsn,
-                        commit_lsn=event.commit_lsn, xid=event.xid, commit_ms=event.ts_ms,  # type: ignore[arg-type]
-                        ts_ms=ts_ms, change_id=event.change_id, unchanged=event.unchanged,
+                        commit_lsn=event.commit_lsn, xid=event.xid, commit_ms=event.ts_ms,
+                        ts_ms=ts_ms, change_id=event.change_id, unchanged=event.unchanged, snapshot=event.snapshot,
                     )  # fmt: skip
                 except _FALLBACK:
                     pass  # a value the generated writer does not take: the general encoder writes it
                 else:
                     headers = event.headers
                     out.append((key, value, headers))
-                    if event.op == "d" and table.tombstone_after(event):
+                    if table.tombstone_after(event):
                         out.append((key, None, headers))
                     continue
             out += [self._general(record) for record in table.records((event,))]

@@ -29,7 +29,9 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import psycopg
@@ -38,7 +40,8 @@ from psycopg.types.string import TextLoader
 
 from core.delivery import AckTracker, TxSlot
 from core.errors import ConfigError
-from core.metrics import SNAPSHOT_ROWS
+from core.metrics import SNAPSHOT_ESTIMATED_ROWS, SNAPSHOT_ROWS
+from core.positions import Lsn
 from core.timeouts import libpq_options
 from sources.postgres.config import PostgresSourceConfig
 from sources.postgres.events import ChangeEvent, EventFactory, TableEvents
@@ -47,7 +50,7 @@ from sources.postgres.protocol import Insert, LogicalMessage, Relation
 from sources.postgres.replication import session_options
 from sources.postgres.selection import TableRef, options_for, publication_tables
 from sources.postgres.slots import StateStore
-from sources.postgres.snapshot import ProgressReporter, TableProgress, estimate_rows
+from sources.postgres.snapshot import ProgressReporter, RowRate, TableProgress, estimate_rows
 from sources.postgres.status import SourceStatus
 
 log = logging.getLogger(__name__)
@@ -155,32 +158,65 @@ def signal_table(config: PostgresSourceConfig) -> TableRef | None:
 
 
 @dataclass(slots=True)
+class KeyRange:
+    """One part of a table's key space, read chunk by chunk on its own (several at once with `parallelism`)."""
+
+    upper: list[str | None] | None = None
+    """Text values of the key columns of the range's last key (inclusive); None: to the end of the table."""
+    last_key: list[str | None] | None = None
+    """The last key of the range's last acknowledged chunk (None: from the start of the range)."""
+    done: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"upper": self.upper, "last_key": self.last_key, "done": self.done}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KeyRange:
+        return cls(data.get("upper"), data.get("last_key"), bool(data.get("done")))
+
+
+@dataclass(slots=True)
 class Backfill:
     """One requested table: where it stands (persisted as JSON in `cdc.source_state`)."""
 
     table: str
     where: str | None = None
-    last_key: list[str | None] | None = None
-    """Text values of the key columns of the last row of the last acknowledged chunk (None: from the start)."""
+    ranges: list[KeyRange] = field(default_factory=lambda: [KeyRange()])
+    """The table's key ranges, in key order: one, unless it was split to be read by several readers at once."""
     rows: int = 0
     chunks: int = 0
     estimated_rows: int | None = None
     first_point: int | None = None
     """The low watermark of the first chunk: the position of the snapshot-complete marker."""
     done: bool = False
+    split: bool = False
+    """The key ranges were chosen (at the first chunk): kept for the whole snapshot, across restarts."""
+    signal: str | None = None
+    """The id of the signal that requested it (`cdc snapshot --follow` finds its tables by it)."""
+
+    @property
+    def last_key(self) -> list[str | None] | None:
+        """The last key read of the first unfinished range (of the last one when all are done)."""
+        ranges = self.ranges
+        return next((r.last_key for r in ranges if not r.done), ranges[-1].last_key if ranges else None)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "table": self.table, "where": self.where, "last_key": self.last_key, "rows": self.rows,
             "chunks": self.chunks, "estimated_rows": self.estimated_rows, "first_point": self.first_point,
-            "done": self.done,
+            "done": self.done, "split": self.split, "ranges": [r.as_dict() for r in self.ranges],
+            "signal": self.signal,
         }  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Backfill:
+        ranges = [KeyRange.from_dict(r) for r in data.get("ranges") or []] or [
+            KeyRange(None, data.get("last_key"), bool(data.get("done")))
+        ]
         return cls(
-            str(data["table"]), data.get("where"), data.get("last_key"), int(data.get("rows", 0)),
-            int(data.get("chunks", 0)), data.get("estimated_rows"), data.get("first_point"), bool(data.get("done")),
+            str(data["table"]), data.get("where"), ranges, int(data.get("rows", 0)), int(data.get("chunks", 0)),
+            data.get("estimated_rows"), data.get("first_point"), bool(data.get("done")), bool(data.get("split")),
+            data.get("signal"),
         )  # fmt: skip
 
 
@@ -199,10 +235,13 @@ class Backfills:
     def current(self) -> Backfill | None:
         return next((t for t in self.tables if not t.done), None)
 
-    def request(self, table: str, where: str | None) -> None:
+    def unfinished(self) -> list[Backfill]:
+        return [t for t in self.tables if not t.done]
+
+    def request(self, table: str, where: str | None, signal: str | None = None) -> None:
         """Queue `table` (again): a finished or running snapshot of it is replaced by a new one from the start."""
         self.tables = [t for t in self.tables if t.table != table]
-        self.tables.append(Backfill(table, where))
+        self.tables.append(Backfill(table, where, signal=signal))
 
     def stop(self, tables: Sequence[str]) -> list[str]:
         """Drop the unfinished snapshots of `tables` (all when empty); the ones dropped."""
@@ -256,6 +295,21 @@ class ChunkReader:
             return None
         return estimate_rows(float(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
+    def _key_bounds(self, conn: psycopg.Connection, table: TableRef, key_columns: Sequence[str]) -> sql.Composable:
+        """`(CAST(%s AS type), ...)` for a key's text values: keyset order is the columns' types', not text's."""
+        types: dict[str, str] = dict(
+            conn.execute(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+                (table.identifier.as_string(conn),),
+            ).fetchall()
+        )
+        return sql.SQL("({})").format(
+            sql.SQL(", ").join(
+                [sql.SQL("CAST({} AS {})").format(sql.Placeholder(), sql.SQL(types[c])) for c in key_columns]
+            )
+        )
+
     def read(
         self,
         table: TableRef,
@@ -265,26 +319,22 @@ class ChunkReader:
         after: Sequence[str | None] | None,
         filters: Sequence[str],
         limit: int,
+        upto: Sequence[str | None] | None = None,
     ) -> Chunk:
-        """Up to `limit` rows with a key greater than `after`, in key order, and what the read could not see."""
+        """Up to `limit` rows with a key greater than `after` (and at most `upto`), in key order, and what the read
+        could not see."""
         conn = self._connection()
         key = sql.SQL(", ").join(map(sql.Identifier, key_columns))
         conditions: list[sql.Composable] = [sql.SQL("({})").format(sql.SQL(f)) for f in filters]
         params: list[Any] = []
-        if after is not None:
-            types: dict[str, str] = dict(
-                conn.execute(
-                    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-                    "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
-                    (table.identifier.as_string(conn),),
-                ).fetchall()
-            )
-            # Each bound value cast to its column's type: keyset order is the column's, not text's.
-            bounds = sql.SQL(", ").join(
-                [sql.SQL("CAST({} AS {})").format(sql.Placeholder(), sql.SQL(types[c])) for c in key_columns]
-            )
-            conditions.insert(0, sql.SQL("({}) > ({})").format(key, bounds))
-            params.extend(after)
+        if after is not None or upto is not None:
+            bounds = self._key_bounds(conn, table, key_columns)
+            if upto is not None:
+                conditions.insert(0, sql.SQL("({}) <= {}").format(key, bounds))
+                params[:0] = upto
+            if after is not None:
+                conditions.insert(0, sql.SQL("({}) > {}").format(key, bounds))
+                params[:0] = after
         query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(map(sql.Identifier, columns)), table.identifier)
         if conditions:
             query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(conditions))
@@ -295,6 +345,23 @@ class ChunkReader:
             rows = conn.execute(query, params).fetchall()
         assert snapshot is not None
         return Chunk(rows, running_xids(str(snapshot[0])))
+
+    def split_points(
+        self, table: TableRef, key_columns: Sequence[str], *, rows: int, parts: int
+    ) -> list[list[str | None]]:
+        """Up to `parts - 1` keys splitting the table's `rows` (about) evenly, in key order (an index-only walk
+        each, once per snapshot)."""
+        conn = self._connection()
+        key = sql.SQL(", ").join(map(sql.Identifier, key_columns))
+        query = sql.SQL("SELECT {} FROM {} ORDER BY {} OFFSET %s LIMIT 1").format(key, table.identifier, key)
+        points: list[list[str | None]] = []
+        for part in range(1, parts):
+            row = conn.execute(query, (rows * part // parts,)).fetchone()
+            if row is None:
+                break
+            if not points or points[-1] != list(row):
+                points.append(list(row))
+        return points
 
     def close(self) -> None:
         if self._conn is not None:
@@ -312,32 +379,61 @@ def running_xids(snapshot: str) -> frozenset[int]:
 
 
 @dataclass(slots=True)
-class Window:
-    id: str
+class Part:
+    """One chunk of a window: the next rows of one key range of one table."""
+
     backfill: Backfill
+    range: KeyRange
     events: TableEvents
     rows: dict[str, tuple[ChangeEvent, list[str | None]]]
     """The chunk's rows (event, key texts) by key (`key_json`), in key order; a row changed in the window is removed."""
     read: int
     last_key: list[str | None] | None
-    invisible: frozenset[int]
-    low_lsn: int | None = None
     dropped: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkSlot:
-    """The acknowledgement slot of a produced chunk and the progress it makes once Kafka holds it."""
+@dataclass(slots=True)
+class Window:
+    """The chunks read between one low and one high watermark (up to `parallelism`, read at once): each is a chunk
+    of the algorithm on its own, so sharing the watermarks changes nothing of its reasoning."""
 
-    slot: TxSlot
+    id: str
+    parts: list[Part]
+    invisible: frozenset[int]
+    """What the reads could not see: the running transactions of every part's snapshot."""
+    tables: frozenset[str]
+    low_lsn: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkProgress:
+    """The progress a produced chunk makes once Kafka holds it."""
+
     backfill: Backfill
+    range: KeyRange
     last_key: list[str | None] | None
     rows: int
     finished: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkSlot:
+    """The acknowledgement slot of a produced window and the progress of each of its chunks."""
+
+    slot: TxSlot
+    chunks: tuple[ChunkProgress, ...]
+
+
+@dataclass(slots=True)
+class _Planned:
+    backfill: Backfill
+    range: KeyRange
+    events: TableEvents
+    filters: list[str]
+
+
 class IncrementalSnapshots:
-    """Runs the requested incremental snapshots from the streaming loop (one chunk window at a time)."""
+    """Runs the requested incremental snapshots from the streaming loop (one window of chunks at a time)."""
 
     def __init__(
         self,
@@ -349,13 +445,16 @@ class IncrementalSnapshots:
         output: RecordOutput,
         tracker: AckTracker,
         status: SourceStatus,
-        reader: ChunkReader | None = None,
+        readers: Callable[[], ChunkReader] | None = None,
         published: Callable[[], Iterable[TableRef]] | None = None,
         poll: Callable[[float], None] | None = None,
+        progress: ProgressReporter | None = None,
     ) -> None:
-        """`published`: the tables the publication streams (default: read from `conn` when a signal asks);
+        """`readers`: makes a chunk reader (a connection of its own; one per parallel read);
+        `published`: the tables the publication streams (default: read from `conn` when a signal asks);
         `poll`: serve Kafka's acknowledgements for up to that many seconds (`KafkaDelivery.poll`), used to go on
-        with the next chunk at once instead of at the streaming loop's next look."""
+        with the next chunk at once instead of at the streaming loop's next look;
+        `progress`: where progress goes (default: a `ProgressReporter` on stderr, made at the first chunk)."""
         self._config = config
         self._slot_name = config.slot.name
         self._store = store
@@ -364,9 +463,13 @@ class IncrementalSnapshots:
         self._tracker = tracker
         self._status = status
         self._poll = poll
-        self._reporter: ProgressReporter | None = None
+        self._reporter: ProgressReporter | None = progress
+        self._rates: dict[str, RowRate] = {}
         self._published = published or (lambda: publication_tables(conn, config.publication.name))
-        self._reader = reader or ChunkReader(config.dsn.get_secret_value(), connect_timeout_s=config.connect_timeout_s)
+        dsn = config.dsn.get_secret_value()
+        self._new_reader = readers or (lambda: ChunkReader(dsn, connect_timeout_s=config.connect_timeout_s))
+        self._readers: list[ChunkReader] = []
+        self._executor: ThreadPoolExecutor | None = None
         self._run = uuid.uuid4().hex[:12]
         self._sequence = 0
         self.signal_table = signal_table(config)
@@ -379,15 +482,11 @@ class IncrementalSnapshots:
         self._pending: ChunkSlot | None = None
         self._recent: set[int] = set()
         """Transactions streamed since the last low watermark while a snapshot is active (see `_at_low`)."""
+        self.watching: frozenset[str] = frozenset()
+        """The tables whose streamed changes remove rows from the open window (between its watermarks)."""
         self._publish()
 
     # --- what the streamer calls ---------------------------------------------------------------------------
-
-    @property
-    def watching(self) -> str | None:
-        """The table whose streamed changes remove rows from the open chunk (between its watermarks), if any."""
-        window = self._window
-        return window.events.table_name if window is not None and window.low_lsn is not None else None
 
     def take_relation(self, relation: Relation) -> bool:
         """True when `relation` is the signal table's: its changes are signals, never events."""
@@ -409,20 +508,26 @@ class IncrementalSnapshots:
             return
         self.apply(signal)
 
-    def changed(self, changes: Sequence[ChangeEvent]) -> None:
-        """Streamed changes of the watched table: their keys leave the open chunk."""
+    def changed(self, table_name: str, changes: Sequence[ChangeEvent]) -> None:
+        """Streamed changes of a watched table: their keys leave the open window's chunks."""
         window = self._window
         assert window is not None
-        rows = window.rows
-        for change in changes:
-            if rows.pop(key_json(change.key), None) is not None:
-                window.dropped += 1
+        for part in window.parts:
+            if part.events.table_name != table_name:
+                continue
+            rows = part.rows
+            for change in changes:
+                if rows.pop(key_json(change.key), None) is not None:
+                    part.dropped += 1
 
     def truncated(self, table_name: str) -> None:
         window = self._window
-        if window is not None and window.low_lsn is not None and window.events.table_name == table_name:
-            window.dropped += len(window.rows)
-            window.rows.clear()
+        if window is None or window.low_lsn is None:
+            return
+        for part in window.parts:
+            if part.events.table_name == table_name:
+                part.dropped += len(part.rows)
+                part.rows.clear()
 
     def committed(self, xid: int) -> None:
         # Every transaction since the last low watermark: one streamed between the previous chunk's watermarks may
@@ -444,25 +549,34 @@ class IncrementalSnapshots:
             self._at_high(window)
 
     def tick(self) -> bool:
-        """Start the next chunk when none is open and the previous one is acknowledged; True when it read one."""
+        """Start the next window when none is open and the previous one is acknowledged; True when it read one."""
         if self._window is not None:
             return False
         pending = self._pending
         if pending is not None:
             if not (pending.slot.closed and pending.slot.pending == 0) or self._tracker.error is not None:
                 return False
-            self._acknowledged(pending)
+            for chunk in pending.chunks:
+                self._acknowledged(chunk)
             self._pending = None
-        backfill = self._state.current()
-        if backfill is None or self._state.paused:
+            self._save()
+        if self._state.paused:
             return False
-        self._read_chunk(backfill)
+        planned = self._plan()
+        if not planned:
+            return False
+        self._read_window(planned)
         return True
 
     def close(self) -> None:
         if self._reporter is not None:
             self._reporter.close()
-        self._reader.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        for reader in self._readers:
+            reader.close()
+        self._readers = []
 
     def request_table(self, table: TableRef) -> None:
         """Queue an incremental snapshot of `table` (a table newly added to the publication)."""
@@ -488,19 +602,15 @@ class IncrementalSnapshots:
                             table, self._config.publication.name,
                         )  # fmt: skip
                         continue
-                    if self._window is not None and self._window.backfill.table == table:
-                        self._window = None
-                    state.request(table, where)
+                    self._drop_window_of(table)
+                    state.request(table, where, signal.id)
                     log.info("incremental snapshot of %s requested (signal %s)%s", table, signal.id,
                              f" where {where}" if where else "")  # fmt: skip
             case "stop-snapshot":
                 names = [str(table_ref(str(n))) for n in signal.data.get("data-collections") or []]
                 for table in state.stop(names):
                     log.info("incremental snapshot of %s stopped (signal %s)", table, signal.id)
-                    if self._window is not None and self._window.backfill.table == table:
-                        self._window = None
-                    if self._pending is not None and self._pending.backfill.table == table:
-                        self._pending = None
+                    self._drop_window_of(table)
             case "pause-snapshot":
                 state.paused = True
                 log.info("incremental snapshots paused (signal %s)", signal.id)
@@ -514,110 +624,255 @@ class IncrementalSnapshots:
                 return
         self._save()
 
-    # --- one chunk -----------------------------------------------------------------------------------------
+    def _drop_window_of(self, table: str) -> None:
+        # Nothing of an open window was produced yet: dropping it loses nothing, its other chunks are read again.
+        # A produced, unacknowledged window of a stopped table is left to finish (its progress is then ignored).
+        if self._window is not None and table in self._window.tables:
+            self._close_window()
 
-    def _read_chunk(self, backfill: Backfill) -> None:
-        ref = table_ref(backfill.table)
-        events = self._factory.for_table(ref)
-        if not events.key_columns:
-            log.warning("incremental snapshot of %s: the table has no key to page by; skipped", ref)
-            backfill.done = True
-            self._save()
-            return
-        if backfill.estimated_rows is None and backfill.chunks == 0:
-            backfill.estimated_rows = self._reader.estimate(ref)
+    # --- one window ----------------------------------------------------------------------------------------
+
+    def _plan(self) -> list[_Planned]:
+        """The next chunks to read: the unfinished key ranges of the requested tables, in order, up to
+        `parallelism`."""
+        settings = self._config.incremental_snapshot
+        planned: list[_Planned] = []
+        for backfill in self._state.unfinished():
+            if len(planned) >= settings.parallelism:
+                break
+            ref = table_ref(backfill.table)
+            events = self._factory.for_table(ref)
+            if not events.key_columns:
+                log.warning("incremental snapshot of %s: the table has no key to page by; skipped", ref)
+                backfill.done = True
+                self._save()
+                continue
+            if not backfill.split:
+                self._split(backfill, ref, events)
+            filters = [f for f in (options_for(self._config, ref).row_filter, backfill.where) if f]
+            for key_range in backfill.ranges:
+                if not key_range.done and len(planned) < settings.parallelism:
+                    planned.append(_Planned(backfill, key_range, events, filters))
+        return planned
+
+    def _split(self, backfill: Backfill, ref: TableRef, events: TableEvents) -> None:
+        """At a table's first chunk: its estimate, and key ranges for several readers when it is large enough."""
+        settings = self._config.incremental_snapshot
+        reader = self._reader(0)
+        if backfill.estimated_rows is None:
+            backfill.estimated_rows = reader.estimate(ref)
+        estimate = backfill.estimated_rows
+        if estimate is not None:
+            SNAPSHOT_ESTIMATED_ROWS.labels(table=backfill.table).set(estimate)
+        parts = min(settings.parallelism, (estimate or 0) // settings.chunk_size)
+        if backfill.chunks == 0 and parts > 1 and estimate:
+            points = reader.split_points(ref, events.key_columns, rows=estimate, parts=parts)
+            # Each range starts after the previous one's last key, as if its reading had got that far.
+            bounds: list[list[str | None] | None] = [None, *points, None]
+            backfill.ranges = [KeyRange(upper, lower) for lower, upper in pairwise(bounds)]
+            log.info("incremental snapshot of %s: %d key ranges read in parallel", ref, len(backfill.ranges))
+        backfill.split = True
+        self._save()
+
+    def _reader(self, index: int) -> ChunkReader:
+        while len(self._readers) <= index:
+            self._readers.append(self._new_reader())
+        return self._readers[index]
+
+    def _read_window(self, planned: list[_Planned]) -> None:
         self._sequence += 1
         window_id = f"{self._run}-{self._sequence}"
-        filters = [f for f in (options_for(self._config, ref).row_filter, backfill.where) if f]
-        reader = self._reader
-        reader.watermark(f"{self._slot_name}/{window_id}/low")
-        chunk = reader.read(
-            ref, events.columns, events.key_columns, after=backfill.last_key, filters=filters,
-            limit=self._config.incremental_snapshot.chunk_size,
-        )  # fmt: skip
+        limit = self._config.incremental_snapshot.chunk_size
+        readers = [self._reader(i) for i in range(len(planned))]
+
+        def read(reader: ChunkReader, plan: _Planned) -> Chunk:
+            return reader.read(
+                table_ref(plan.backfill.table), plan.events.columns, plan.events.key_columns,
+                after=plan.range.last_key, filters=plan.filters, limit=limit, upto=plan.range.upper,
+            )  # fmt: skip
+
+        readers[0].watermark(f"{self._slot_name}/{window_id}/low")
+        if len(planned) == 1:
+            chunks = [read(readers[0], planned[0])]
+        else:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self._config.incremental_snapshot.parallelism, thread_name_prefix="cdc-incremental-read"
+                )
+            # Every read starts after the low watermark and ends before the high one: each is a chunk of its own.
+            chunks = list(self._executor.map(read, readers, planned))
         # Transactional: its commit flushes the WAL, so the stream gets both marks now rather than at the WAL writer's
-        # next round; in the stream it sits at its commit, after the chunk's read either way.
-        reader.watermark(f"{self._slot_name}/{window_id}/high", transactional=True)
-        # Converted once, at the read: the high watermark only gives each row its position and id.
-        index = [events.columns.index(c) for c in events.key_columns]
-        rows: dict[str, tuple[ChangeEvent, list[str | None]]] = {}
-        for texts in chunk.rows:
-            event = events.snapshot_row(texts, 0, 0, SNAPSHOT_MARKER)
-            rows[key_json(event.key)] = (event, [texts[i] for i in index])
-        last = chunk.rows[-1] if chunk.rows else None
-        last_key = [last[i] for i in index] if last is not None else backfill.last_key
-        self._window = Window(window_id, backfill, events, rows, len(chunk.rows), last_key, chunk.invisible)
+        # next round; in the stream it sits at its commit, after the chunks' reads either way.
+        readers[0].watermark(f"{self._slot_name}/{window_id}/high", transactional=True)
+        parts = []
+        invisible: set[int] = set()
+        for plan, chunk in zip(planned, chunks, strict=True):
+            events = plan.events
+            # Converted once, at the read: the high watermark only gives each row its position and id.
+            index = [events.columns.index(c) for c in events.key_columns]
+            rows: dict[str, tuple[ChangeEvent, list[str | None]]] = {}
+            for texts in chunk.rows:
+                event = events.snapshot_row(texts, 0, 0, SNAPSHOT_MARKER)
+                rows[key_json(event.key)] = (event, [texts[i] for i in index])
+            last = chunk.rows[-1] if chunk.rows else None
+            last_key = [last[i] for i in index] if last is not None else plan.range.last_key
+            parts.append(Part(plan.backfill, plan.range, events, rows, len(chunk.rows), last_key))
+            invisible |= chunk.invisible
+        tables = frozenset(p.backfill.table for p in parts)
+        self._window = Window(window_id, parts, frozenset(invisible), tables)
+
+    def _close_window(self) -> None:
+        self._window = None
+        self.watching = frozenset()
 
     def _at_low(self, window: Window, lsn: int) -> None:
         racy = self._recent & window.invisible
         self._recent = set()
         if racy:
-            # Streamed before the low watermark, yet unseen by the chunk's read: the chunk may hold an older row
-            # than the stream already sent. Read it again.
-            log.debug("chunk %s raced transactions %s: reading it again", window.id, sorted(racy))
-            self._window = None
+            # Streamed before the low watermark, yet unseen by a chunk's read: the chunk may hold an older row
+            # than the stream already sent. Read the window again.
+            log.debug("window %s raced transactions %s: reading it again", window.id, sorted(racy))
+            self._close_window()
             return
         window.low_lsn = lsn
+        self.watching = window.tables
 
     def _at_high(self, window: Window) -> None:
         assert window.low_lsn is not None
-        self._window = None
+        self._close_window()
         point = window.low_lsn
-        events = window.events
-        backfill = window.backfill
         limit = self._config.incremental_snapshot.chunk_size
-        finished = window.read < limit
-        if backfill.first_point is None:
-            backfill.first_point = point
+        finishing = [p.range for p in window.parts if p.read < limit]
         ts_ms = int(time.time() * 1000)
         slot = self._tracker.open()
-        produce_all = self._output.produce_all
         ids = self._factory.ids
-        for event, key_texts in window.rows.values():
-            change_id = ids.snapshot(point, events.schema, events.table, key_texts)
-            placed = event._replace(change_id=change_id, lsn=point, commit_lsn=point, ts_ms=ts_ms)
-            produce_all(events.records((placed,)), slot)
-        if finished and backfill.where is None and self._config.snapshot.complete_markers:
-            self._output.produce_everywhere(events.snapshot_complete(backfill.first_point), slot)
+        progress = []
+        completed: dict[int, Part] = {}
+        for part in window.parts:
+            backfill = part.backfill
+            events = part.events
+            if backfill.first_point is None:
+                backfill.first_point = point
+            # Built anew rather than `dataclasses.replace`d: a third of the cost per row.
+            placed = [
+                ChangeEvent(event.op, event.key, None, event.after, ids.snapshot(point, events.schema, events.table,
+                            key_texts), point, point, None, ts_ms, event.snapshot)
+                for event, key_texts in part.rows.values()
+            ]  # fmt: skip
+            self._output.produce_events(events, placed, slot)
+            finished = part.read < limit
+            progress.append(ChunkProgress(backfill, part.range, part.last_key, len(part.rows), finished))
+            if all(r.done or any(r is f for f in finishing) for r in backfill.ranges):
+                completed[id(backfill)] = part
+            log.debug("chunk of %s in window %s: %d rows read, %d changed in the window, %d produced at %d",
+                      backfill.table, window.id, part.read, part.dropped, len(part.rows), point)  # fmt: skip
+        for part in completed.values():
+            # After every row of the table (those of earlier windows are acknowledged already).
+            if part.backfill.where is None and self._config.snapshot.complete_markers:
+                assert part.backfill.first_point is not None
+                self._output.produce_everywhere(part.events.snapshot_complete(part.backfill.first_point), slot)
         self._tracker.close(slot, 0)
-        self._pending = ChunkSlot(slot, backfill, window.last_key, len(window.rows), finished)
+        self._pending = ChunkSlot(slot, tuple(progress))
         if self._poll is not None:
             # Kafka usually acknowledges within milliseconds: waiting briefly here, between two transactions of the
-            # stream, chains the chunks instead of leaving one per turn of the streaming loop.
+            # stream, chains the windows instead of leaving one per turn of the streaming loop.
             deadline = time.monotonic() + _ACK_WAIT_S
             while slot.pending and self._tracker.error is None and time.monotonic() < deadline:
                 self._poll(0.005)
             self.tick()
-        log.debug("chunk %s of %s: %d rows read, %d changed in the window, %d produced at %d", window.id,
-                  backfill.table, window.read, window.dropped, len(window.rows), point)  # fmt: skip
 
-    def _acknowledged(self, chunk: ChunkSlot) -> None:
-        """Kafka holds the chunk: its progress becomes the table's (persisted before the next chunk is read)."""
+    def _acknowledged(self, chunk: ChunkProgress) -> None:
+        """Kafka holds the chunk: its progress becomes its range's (persisted before the next window is read)."""
         backfill = chunk.backfill
         if not any(t is backfill for t in self._state.tables):
             return  # stopped or requested anew meanwhile
-        backfill.last_key = chunk.last_key
+        chunk.range.last_key = chunk.last_key
+        chunk.range.done = chunk.finished
         backfill.rows += chunk.rows
         backfill.chunks += 1
         SNAPSHOT_ROWS.labels(table=backfill.table).inc(chunk.rows)
+        rate = self._rates.setdefault(backfill.table, RowRate(backfill.rows - chunk.rows))
+        rate.add(backfill.rows)
+        finished = all(r.done for r in backfill.ranges)
         if self._reporter is None:
             self._reporter = ProgressReporter()
-        progress = TableProgress(f"{backfill.table} (incremental)", backfill.estimated_rows, backfill.rows,
-                                 chunk.finished)  # fmt: skip
-        self._reporter.tick(progress, force=chunk.finished)
-        if chunk.finished:
+        self._reporter.tick(
+            TableProgress(f"{backfill.table} (incremental)", backfill.estimated_rows, backfill.rows, finished),
+            force=finished,
+        )
+        if finished:
             backfill.done = True
+            self._rates.pop(backfill.table, None)
             log.info("incremental snapshot of %s complete: %d rows in %d chunks", backfill.table, backfill.rows,
                      backfill.chunks)  # fmt: skip
-        self._save()
 
     def _save(self) -> None:
         self.active = self._state.current() is not None and not self._state.paused
-        self._store.set_incremental(self._slot_name, self._state.as_dict())
-        self._publish()
+        state = self._state_dict()
+        self._store.set_incremental(self._slot_name, state)
+        self._status.publish(incremental_snapshot=state)
 
     def _publish(self) -> None:
-        self._status.publish(incremental_snapshot=self._state.as_dict())
+        self._status.publish(incremental_snapshot=self._state_dict())
+
+    def _state_dict(self) -> dict[str, Any]:
+        """The persisted state, with each running table's recent pace and time left (for `cdc status`; not read
+        back)."""
+        state = self._state.as_dict()
+        for table in state["tables"]:
+            rate = self._rates.get(table["table"])
+            if rate is not None and not table["done"]:
+                table["rows_per_s"] = rate.per_second()
+                estimated = table["estimated_rows"]
+                table["eta_s"] = rate.eta(table["rows"], None if estimated is None else max(estimated, table["rows"]))
+        return state
+
+
+INITIAL_SIGNAL = "initial"
+"""The `signal` of the tables an initial snapshot (`snapshot.initial: incremental`) queued."""
+
+
+def queue_initial(store: StateStore, slot: str, consistent_point: Lsn, tables: Sequence[TableRef]) -> None:
+    """The initial snapshot taken incrementally: every captured table queued, and the slot's snapshot `done`, in one
+    statement. Until then the slot's state stays `running`, so a crash before it drops the slot and starts again."""
+    state = Backfills()
+    for table in tables:
+        state.request(str(table), None, INITIAL_SIGNAL)
+    store.put(slot, consistent_point, "done", {"incremental": state.as_dict()})
+    log.info("initial snapshot: %d tables queued for incremental snapshots (snapshot.initial: incremental)",
+             len(tables))  # fmt: skip
+
+
+def follow(
+    read_state: Callable[[], dict[str, Any]],
+    signal_id: str,
+    tables: Sequence[str],
+    *,
+    reporter: ProgressReporter,
+    every_s: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+    until: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Show the progress of the snapshots `signal_id` requested (from the persisted state `read_state` returns) until
+    each of `tables` is done (True), or `until` says to stop (False). Tables the source has not taken up yet (it reads
+    the signal from the WAL) show nothing."""
+    wanted = set(tables)
+    shown: set[str] = set()
+    while not until():
+        state = Backfills.from_dict(read_state())
+        mine = [t for t in state.tables if t.signal == signal_id and t.table in wanted]
+        for backfill in mine:
+            if backfill.table in shown:
+                continue
+            progress = TableProgress(f"{backfill.table} (incremental)", backfill.estimated_rows, backfill.rows,
+                                     backfill.done)  # fmt: skip
+            reporter.tick(progress, force=backfill.done)
+            if backfill.done:
+                shown.add(backfill.table)
+        if len(mine) == len(wanted) and all(t.done for t in mine):
+            return True
+        sleep(every_s)
+    return False
 
 
 def configured_signal_table(config: PostgresSourceConfig) -> TableRef:

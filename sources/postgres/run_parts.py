@@ -29,7 +29,7 @@ from sources.postgres.config import PostgresSourceConfig, SnapshotMode
 from sources.postgres.discovery import TableWatch
 from sources.postgres.events import EventFactory
 from sources.postgres.heartbeat import Heartbeat
-from sources.postgres.incremental import IncrementalSnapshots, ensure_signal_table, signal_table
+from sources.postgres.incremental import IncrementalSnapshots, ensure_signal_table, queue_initial, signal_table
 from sources.postgres.lag import LagMonitor
 from sources.postgres.output import RecordOutput
 from sources.postgres.parallel import WorkerPool
@@ -266,11 +266,16 @@ class PostgresRunParts:
 
     def create_slot(self, *, snapshot: bool) -> CreatedSlot:
         assert self._repl is not None and self._db is not None
-        return create_slot(self._repl, self._db.store, self._config.slot.name, snapshot=snapshot)
+        config = self._config
+        return create_slot(self._repl, self._db.store, config.slot.name, snapshot=snapshot,
+                           export=config.snapshot.initial == "copy")  # fmt: skip
 
     def snapshot(self, created: CreatedSlot, tables: list[TableRef], stop: threading.Event) -> None:
         assert self._db is not None and self._factory is not None
         assert self._delivery is not None and self._output is not None
+        if self._config.snapshot.initial == "incremental":
+            queue_initial(self._db.store, self._config.slot.name, created.consistent_point, tables)
+            return
         Snapshotter(
             self._config, store=self._db.store, factory=self._factory, delivery=self._delivery, output=self._output,
             status=self._status, stop=stop,
@@ -286,7 +291,11 @@ class PostgresRunParts:
         if config.heartbeat.enabled and config.heartbeat.emit_message:
             heartbeat = Heartbeat(config.dsn.get_secret_value(), connect_timeout_s=config.connect_timeout_s)
         incremental = None
-        if config.signal.table is not None or config.snapshot.new_tables == "incremental":
+        if (
+            config.signal.table is not None
+            or config.snapshot.new_tables == "incremental"
+            or config.snapshot.initial == "incremental"
+        ):
             incremental = IncrementalSnapshots(
                 config, conn=self._db.conn, store=self._db.store, factory=self._factory, output=self._output,
                 tracker=self._delivery.tracker, status=self._status, poll=self._delivery.poll,

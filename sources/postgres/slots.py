@@ -137,21 +137,24 @@ def drop_slot(conn: psycopg.Connection, name: str) -> None:
     conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
 
 
-def create_slot(repl: ReplicationConnection, store: StateStore, name: str, *, snapshot: bool) -> CreatedSlot:
-    """Create the slot (with an exported snapshot when `snapshot`) and record it in `cdc.source_state`."""
+def create_slot(
+    repl: ReplicationConnection, store: StateStore, name: str, *, snapshot: bool, export: bool = True
+) -> CreatedSlot:
+    """Create the slot (with an exported snapshot when `snapshot`, unless not `export`: the snapshot is then taken
+    incrementally) and record it in `cdc.source_state`."""
     if snapshot:
         # Recorded before the slot exists: a crash right after CREATE_REPLICATION_SLOT must not leave a slot
         # that the next start would adopt as if its snapshot were done.
         store.put(name, Lsn.INVALID, "running")
     try:
-        created = repl.create_slot(name, export_snapshot=snapshot)
+        created = repl.create_slot(name, export_snapshot=snapshot and export)
     except psycopg.errors.DuplicateObject as exc:
         raise SlotInUseError(
             f"replication slot {name!r} was created by another process just now",
             hint="only one connector may stream a slot",
         ) from exc
     store.put(name, created.consistent_point, "running" if snapshot else "skipped")
-    suffix = " with an exported snapshot" if snapshot else ""
+    suffix = " with an exported snapshot" if snapshot and export else ""
     log.info("created slot %s at %s%s", name, created.consistent_point, suffix)
     return created
 

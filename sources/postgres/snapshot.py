@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -166,6 +167,33 @@ def estimate_rows(reltuples: float, relpages: int, size_bytes: int, block_size: 
     return round(reltuples / relpages * pages_now)
 
 
+class RowRate:
+    """Rows per second over the last minute or so of progress, and the time left at that pace."""
+
+    def __init__(self, rows: int = 0, *, span_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._span = span_s
+        self._samples: deque[tuple[float, int]] = deque([(clock(), rows)])
+
+    def add(self, rows: int) -> None:
+        now = self._clock()
+        samples = self._samples
+        samples.append((now, rows))
+        while len(samples) > 2 and now - samples[1][0] >= self._span:
+            samples.popleft()
+
+    def per_second(self) -> float | None:
+        (t0, r0), (t1, r1) = self._samples[0], self._samples[-1]
+        return None if t1 <= t0 else round((r1 - r0) / (t1 - t0), 1)
+
+    def eta(self, rows: int, estimated: int | None) -> float | None:
+        """Seconds until `estimated` rows at the current pace (None when either is unknown)."""
+        rate = self.per_second()
+        if not rate or estimated is None:
+            return None
+        return round(max(0, estimated - rows) / rate, 1)
+
+
 class _Rate(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
@@ -176,10 +204,14 @@ class ProgressReporter:
     """Snapshot progress per table: a live bar each (rows, rate, ETA) on a terminal, else a log line every
     few seconds. `close()` ends the bars; it may run more than once."""
 
-    def __init__(self, *, every_s: float = 5.0, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, *, every_s: float = 5.0, stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self._every = every_s
+        self._clock = clock
         self._last = 0.0
+        self._rates: dict[str, RowRate] = {}
         self._bars: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
         if self._stream.isatty():
@@ -202,24 +234,56 @@ class ProgressReporter:
                 task = self._tasks[table.table] = self._bars.add_task(table.table, total=table.estimated_rows)
             total = table.rows if table.done else _total(table)
             self._bars.update(task, completed=table.rows, total=total)
-        now = time.monotonic()
+        rate = self._rates.get(table.table)
+        if rate is None:
+            rate = self._rates[table.table] = RowRate(table.rows, clock=self._clock)
+        else:
+            rate.add(table.rows)
+        now = self._clock()
         if not force and now - self._last < (0.2 if self._bars is not None else self._every):
             return
         self._last = now
         if self._bars is not None:
             self._bars.refresh()
             return
-        if table.estimated_rows is None:
-            log.info("snapshot %s: %d rows (total unknown: the table was never analysed)", table.table, table.rows)
-        else:
-            share = min(100, round(100 * table.rows / table.estimated_rows)) if table.estimated_rows else 100
-            log.info("snapshot %s: %d of ~%d rows (%d%%)", table.table, table.rows, table.estimated_rows, share)
+        log.info("%s", progress_line(table, rate))
 
     def close(self) -> None:
         if self._bars is not None:
             self._bars.refresh()
             self._bars.stop()
             self._bars = None
+
+
+def progress_line(table: TableProgress, rate: RowRate | None = None) -> str:
+    """`snapshot T: 2048 of ~10000 rows (20%), 4,100 rows/s, ETA 2s`; a total the server cannot tell is "unknown"
+    (never "~0"): a table never analysed, or estimated empty yet holding rows."""
+    estimated = table.estimated_rows
+    if estimated is None:
+        line = f"snapshot {table.table}: {table.rows} rows (total unknown: the table was never analysed)"
+    elif estimated == 0 and table.rows > 0:
+        line = f"snapshot {table.table}: {table.rows} rows (total unknown: the statistics said empty)"
+        estimated = None
+    else:
+        share = min(100, round(100 * table.rows / estimated)) if estimated else 100
+        line = f"snapshot {table.table}: {table.rows} of ~{estimated} rows ({share}%)"
+    per_second = None if rate is None or table.done else rate.per_second()
+    if per_second:
+        line += f", {per_second:,.0f} rows/s"
+        assert rate is not None
+        eta = rate.eta(table.rows, estimated if estimated is None else max(estimated, table.rows))
+        if eta is not None:
+            line += f", ETA {_duration(eta)}"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def _total(table: TableProgress) -> int | None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from core.delivery import AckTracker, KafkaDelivery
-from core.metrics import SNAPSHOT_ROWS
+from core.metrics import SNAPSHOT_ESTIMATED_ROWS, SNAPSHOT_ROWS
 from sources.postgres.config import PostgresSourceConfig
 from sources.postgres.events import EventFactory, TableEvents
 from sources.postgres.output import RecordOutput
@@ -72,7 +72,10 @@ class Snapshotter:
                 order_by = events.key_columns
                 row_filter = options_for(config, table).row_filter
                 plans.append((events, SnapshotTable(table, events.columns, order_by, row_filter)))
-                progress.tables[str(table)] = TableProgress(str(table), reader.estimate(table))
+                estimate = reader.estimate(table)
+                progress.tables[str(table)] = TableProgress(str(table), estimate)
+                if estimate is not None:
+                    SNAPSHOT_ESTIMATED_ROWS.labels(table=str(table)).set(estimate)
             store.update_progress(slot_name, progress.as_dict())
             self._status.publish(state="snapshot", snapshot=progress.as_dict())
             ts_ms = int(time.time() * 1000)
@@ -80,8 +83,15 @@ class Snapshotter:
             for index, (events, plan) in enumerate(plans):
                 last_table = index == len(plans) - 1
                 table_progress = progress.tables[str(plan.ref)]
-                def between_chunks(table_progress: TableProgress = table_progress) -> bool:
+                counted = [0]
+
+                def between_chunks(
+                    table_progress: TableProgress = table_progress, counted: list[int] = counted
+                ) -> bool:
                     delivery.poll(0)
+                    # Rows produced so far (acknowledged by Kafka a moment later; the snapshot restarts if not).
+                    SNAPSHOT_ROWS.labels(table=table_progress.table).inc(table_progress.rows - counted[0])
+                    counted[0] = table_progress.rows
                     reporter.tick(table_progress)
                     self._status.publish(snapshot=progress.as_dict())
                     if self._stop.is_set():
@@ -98,7 +108,7 @@ class Snapshotter:
                 if not finished:
                     return
                 table_progress.done = True
-                SNAPSHOT_ROWS.labels(table=str(plan.ref)).inc(table_progress.rows)
+                SNAPSHOT_ROWS.labels(table=str(plan.ref)).inc(table_progress.rows - counted[0])
                 reporter.tick(table_progress, force=True)
                 store.update_progress(slot_name, progress.as_dict())
             delivery.flush()
@@ -136,13 +146,13 @@ def produce_table_rows(
     Records go out in acknowledgement slots of `chunk` rows that confirm no position; `between_chunks` runs after
     each full slot and returns True to stop, in which case the table is unfinished and False is returned.
     """
-    produce_all = output.produce_all
+    produce = output.produce_events
     ack = tracker.open()
     in_slot = 0
     previous: Any = None
     for row in rows:
         if previous is not None:
-            produce_all(events.records((events.snapshot_row(previous, point, ts_ms, "true"),)), ack)
+            produce(events, (events.snapshot_row(previous, point, ts_ms, "true"),), ack)
             in_slot += 1
             progress.rows += 1
             if in_slot >= chunk:
@@ -154,7 +164,7 @@ def produce_table_rows(
                     return False
         previous = row
     if previous is not None:
-        produce_all(events.records((events.snapshot_row(previous, point, ts_ms, final_marker),)), ack)
+        produce(events, (events.snapshot_row(previous, point, ts_ms, final_marker),), ack)
         progress.rows += 1
     if complete_markers:
         output.produce_everywhere(events.snapshot_complete(point), ack)

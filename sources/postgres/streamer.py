@@ -322,8 +322,8 @@ class Streamer:
                 changes = events.changes(
                     message, lsn=lsn, commit_lsn=tx.commit_lsn, ordinal=tx.ordinal, xid=tx.xid, commit_ms=tx.commit_ms
                 )
-                if incremental is not None and incremental.watching == events.table_name:
-                    incremental.changed(changes)
+                if incremental is not None and events.table_name in incremental.watching:
+                    incremental.changed(events.table_name, changes)
                 self._emit(events, changes, tx)
                 tx.ordinal += 1
                 counts = self._counts
@@ -385,7 +385,7 @@ class Streamer:
         assert incremental is not None
         watching = incremental.watching
         if payload[0] == _TRUNCATE:
-            if watching is not None:
+            if watching:
                 truncate = decode_message(payload)
                 assert isinstance(truncate, Truncate)
                 for relation_id in truncate.relation_ids:
@@ -395,14 +395,14 @@ class Streamer:
         relation_id = int.from_bytes(payload[1:5], "big")
         if relation_id == incremental.signal_relation:
             return True  # read here, not by a worker (which does not know the signal table)
-        if watching is not None:
+        if watching:
             events = self._relations.get(relation_id)
-            if events is not None and events.table_name == watching:
+            if events is not None and events.table_name in watching:
                 tx = self._tx
                 assert tx is not None
                 message = decode_message(payload)
                 assert isinstance(message, Insert | Update | Delete)
-                incremental.changed(events.changes(
+                incremental.changed(events.table_name, events.changes(
                     message, lsn=lsn, commit_lsn=tx.commit_lsn, ordinal=tx.ordinal, xid=tx.xid, commit_ms=tx.commit_ms
                 ))  # fmt: skip
         return False

@@ -53,13 +53,13 @@ def _streaming(port: int) -> bool:
     return code == 200 and (json.loads(body).get("source") or {}).get("state") == "streaming"
 
 
-def _config(tmp_path: Path, name: str, table: str, port: int, chunk: int) -> Path:
+def _config(tmp_path: Path, name: str, table: str, port: int, chunk: int, parallelism: int = 1) -> Path:
     path = tmp_path / "connector.yaml"
     write_config(path, name, table, port)
     config = json.loads(path.read_text())
     config["source"]["snapshot"]["mode"] = "never"
     config["source"]["signal"] = {"table": f"public.{name}_signals"}
-    config["source"]["incremental_snapshot"] = {"chunk_size": chunk}
+    config["source"]["incremental_snapshot"] = {"chunk_size": chunk, "parallelism": parallelism}
     path.write_text(json.dumps(config))
     return path
 
@@ -146,7 +146,11 @@ class Writer(threading.Thread):
             self.error = exc
 
 
-def test_signal_from_sql_snapshots_under_concurrent_writes(stack: Any, unique_name: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_signal_from_sql_snapshots_under_concurrent_writes(
+    stack: Any, unique_name: Any, tmp_path: Path, parallelism: int
+) -> None:
+    """With `parallelism: 3` the table is split into key ranges read at once, three chunks between two watermarks."""
     name, table = unique_name("incsnap"), unique_name("items")
     rows = 6_000
     with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
@@ -156,7 +160,9 @@ def test_signal_from_sql_snapshots_under_concurrent_writes(stack: Any, unique_na
             (rows,),
         )
     port = free_port()
-    config_path = _config(tmp_path, name, table, port, chunk=100)
+    with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))  # the estimate the key ranges come from
+    config_path = _config(tmp_path, name, table, port, chunk=100, parallelism=parallelism)
     log_path = tmp_path / "cdc.log"
     process = start_connector(config_path, stack, log_path)
     writer = Writer(stack.source_dsn, table, rows)
@@ -185,6 +191,7 @@ def test_signal_from_sql_snapshots_under_concurrent_writes(stack: Any, unique_na
         _assert_target_equals_source(stack, table)
         progress = _table_progress(stack.source_dsn, name)
         assert progress["chunks"] >= rows // 100
+        assert len(progress["ranges"]) == parallelism
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0, log_path.read_text(errors="replace")[-3000:]
     finally:
@@ -298,3 +305,65 @@ def test_table_added_to_include_while_running_arrives_complete(stack: Any, uniqu
         drop_tables(stack.target_dsn, sql.Identifier("public", first), sql.Identifier("public", added))
         with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
             conn.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (name,))
+
+
+def _snapshot_state(dsn: str, slot: str) -> str | None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT snapshot_state FROM cdc.source_state WHERE slot_name = %s", (slot,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def test_initial_snapshot_in_chunks_survives_a_kill_and_ends_equal_under_writes(
+    stack: Any, unique_name: Any, tmp_path: Path
+) -> None:
+    """`snapshot.initial: incremental`: no exported snapshot, every table queued at the slot's creation; a kill -9
+    mid-load goes on from the last acknowledged chunk; concurrent writes throughout."""
+    name, table = unique_name("incinit"), unique_name("items")
+    rows, chunk = 20_000, 200
+    with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text NOT NULL)").format(sql.Identifier(table)))
+        conn.execute(
+            sql.SQL("INSERT INTO {} SELECT g, 'row ' || g FROM generate_series(1, %s) g").format(sql.Identifier(table)),
+            (rows,),
+        )
+    port = free_port()
+    path = tmp_path / "connector.yaml"
+    write_config(path, name, table, port)
+    config = json.loads(path.read_text())
+    config["source"]["snapshot"] = {"mode": "initial", "initial": "incremental"}
+    config["source"]["incremental_snapshot"] = {"chunk_size": chunk}
+    path.write_text(json.dumps(config))
+    log_path = tmp_path / "cdc.log"
+    process = start_connector(path, stack, log_path)
+    writer = Writer(stack.source_dsn, table, rows)
+    try:
+        wait_until(lambda: _table_progress(stack.source_dsn, name).get("chunks", 0) >= 10, 120,
+                   "the initial load to be under way", process)  # fmt: skip
+        assert _snapshot_state(stack.source_dsn, name) == "done"  # the slot streams; the load goes on in chunks
+        assert _table_progress(stack.source_dsn, name)["signal"] == "initial"
+        writer.start()
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+        at_kill = _table_progress(stack.source_dsn, name)
+        assert not at_kill["done"], "the load finished before the kill: make the table bigger"
+        process = start_connector(path, stack, log_path)
+        wait_until(lambda: _table_progress(stack.source_dsn, name).get("done") is True, 180,
+                   "the resumed initial load to finish", process)  # fmt: skip
+        after = _table_progress(stack.source_dsn, name)
+        assert after["chunks"] > at_kill["chunks"] and after["rows"] > at_kill["rows"]
+        writer.stop.set()
+        writer.join(30)
+        assert writer.error is None, writer.error
+        written = _wal_now(stack.source_dsn)
+        wait_until(lambda: _source_past(stack.source_dsn, name, written), 120, "the source to stream every write",
+                   process)  # fmt: skip
+        topic = f"{name}.public.{table}"
+        wait_until(lambda: _sink_caught_up(stack, f"cdc-{name}", log_end(stack.kafka_bootstrap, [topic])), 120,
+                   "the sink to catch up", process)  # fmt: skip
+        _assert_target_equals_source(stack, table)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log_path.read_text(errors="replace")[-3000:]
+    finally:
+        writer.stop.set()
+        stop_connector(process)
+        _cleanup(stack, name, table)

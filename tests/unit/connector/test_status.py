@@ -110,10 +110,15 @@ def test_incremental_snapshots_show_per_table_progress() -> None:
     snapshot = report["source"]["snapshot"]
     report["source"]["snapshot"] = {**snapshot, "incremental": {"paused": True, "tables": [
         {"table": "public.orders", "where": "id > 5", "rows": 2048, "estimated_rows": 10000, "chunks": 2,
-         "last_key": ["2053"], "done": False},
+         "last_key": ["2053"], "done": False, "rows_per_s": 4096.4, "eta_s": 1.95},
+        {"table": "public.big", "where": None, "rows": 5000, "estimated_rows": None, "chunks": 5, "last_key": None,
+         "done": False, "ranges": [{"upper": ["9"], "last_key": ["9"], "done": True},
+                                   {"upper": None, "last_key": ["12"], "done": False}]},
     ]}}  # fmt: skip
     text = _render(report)
     assert "Incremental snapshots (paused)" in text
     assert any("public.orders where id > 5" in line and "2,048" in line and "10,000" in line and "2053" in line
-               and "no" in line for line in text.splitlines())  # fmt: skip
+               and "4,096" in line and "2s" in line and "no" in line for line in text.splitlines())  # fmt: skip
+    assert any("public.big" in line and "unknown" in line and "1/2 key ranges done" in line
+               for line in text.splitlines())  # fmt: skip
     assert "None" not in text

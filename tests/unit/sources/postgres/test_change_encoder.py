@@ -13,6 +13,7 @@ import json
 import random
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -328,6 +329,41 @@ def test_truncates_and_snapshot_rows_encode_as_their_records(monkeypatch: pytest
     texts = [column_text(n, rng) for n in events.columns]
     snapshot = (events.snapshot_row(texts, 500, 1234, "last"),)
     assert encoder.encode(events, snapshot) == from_records(events, ids, snapshot)
+
+
+@pytest.mark.parametrize("style", list(SchemaStyle))
+@pytest.mark.parametrize("handling", list(DecimalHandling))
+def test_snapshot_reads_through_the_writer_are_byte_identical_to_their_records(
+    handling: DecimalHandling, style: SchemaStyle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Initial snapshot rows and incremental chunk rows (re-positioned at their low watermark) take the writer."""
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_123.456)
+    written = WriterCalls(monkeypatch)
+    rng = random.Random(f"snapshot-{handling.value}-{style.value}")
+    slow_events = make_events(handling, style=style)
+    fast_events = make_events(handling, style=style)
+    slow_ids, fast_ids = Ids(), Ids()
+    encoder = ChangeEncoder(fast_ids)
+    taken = 0
+    for n in range(200):
+        texts = [column_text(c, rng) for c in fast_events.columns]
+        point = rng.choice([2**40 + n // 7, 5_000 + n // 7])
+        marker = rng.choice(["true", "last", "incremental"])
+        try:
+            expected_event = slow_events.snapshot_row(texts, point, 1_700_000_000_000 + n // 3, marker)
+        except Exception as exc:
+            with pytest.raises(type(exc)):
+                fast_events.snapshot_row(texts, point, 1_700_000_000_000 + n // 3, marker)
+            continue
+        event = fast_events.snapshot_row(texts, point, 1_700_000_000_000 + n // 3, marker)
+        if marker == "incremental":  # placed as a chunk's rows are at its high watermark
+            moved = point + rng.randint(1, 10_000)
+            expected_event = replace(expected_event, change_id=str(uuid.uuid4()), lsn=moved, commit_lsn=moved)
+            event = replace(event, change_id=expected_event.change_id, lsn=moved, commit_lsn=moved)
+        before = written.count
+        assert encoder.encode(fast_events, (event,)) == from_records(slow_events, slow_ids, (expected_event,))
+        taken += written.count - before
+    assert taken > 100  # most rows went through the generated writer
 
 
 def test_tombstones_follow_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:

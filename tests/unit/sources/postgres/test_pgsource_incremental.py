@@ -3,6 +3,8 @@ acknowledged a chunk, the race check, and the signals."""
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,24 +12,28 @@ import pytest
 
 from core.delivery import AckTracker, TxSlot
 from core.errors import RetryBudget
+from core.positions import Lsn
 from core.records import SNAPSHOT_COMPLETE_HEADER, Record
 from schemas.catalog import ColumnInfo, PgType, TableInfo
 from schemas.envelope import build_table_schemas
 from sources.postgres.change_id import ChangeIds, namespace_for
 from sources.postgres.config import PostgresSourceConfig
-from sources.postgres.events import TableEvents
+from sources.postgres.events import ChangeEvent, TableEvents
 from sources.postgres.incremental import (
     WATERMARK_PREFIX,
     Chunk,
     IncrementalSnapshots,
     Signal,
+    follow,
     parse_signal,
+    queue_initial,
     requested_tables,
     running_xids,
     snapshot_signal_data,
 )
 from sources.postgres.protocol import Delete, Insert, LogicalMessage, Relation, RelationColumn, Update
 from sources.postgres.selection import TableRef
+from sources.postgres.snapshot import ProgressReporter
 from sources.postgres.status import SourceStatus
 
 pytestmark = pytest.mark.unit
@@ -37,15 +43,15 @@ TEXT = PgType(25, "text", "text", "pg_catalog", "b", "S")
 IDS = ChangeIds(namespace_for("1", "db"))
 
 
-def table_events() -> TableEvents:
+def table_events(name: str = "t") -> TableEvents:
     table = TableInfo(
-        "public", "t", 1, "d",
+        "public", name, 1, "d",
         (ColumnInfo("id", 1, 23, "integer", True, 1, "b", INT4),
          ColumnInfo("v", 2, 25, "text", False, None, "b", TEXT)),
         True,
     )  # fmt: skip
-    return TableEvents(build_table_schemas(table, topic="p.public.t", topic_prefix="p"), connector_name="c", db="db",
-                       ids=IDS, tombstones=True)  # fmt: skip
+    schemas = build_table_schemas(table, topic=f"p.public.{name}", topic_prefix="p")
+    return TableEvents(schemas, connector_name="c", db="db", ids=IDS, tombstones=True)
 
 
 class Store:
@@ -65,8 +71,8 @@ class Factory:
     ids = IDS
 
     def for_table(self, table: TableRef) -> TableEvents:
-        assert str(table) == "public.t"
-        return table_events()
+        assert table.table in ("t", "u")
+        return table_events(table.table)
 
 
 class Output:
@@ -80,6 +86,9 @@ class Output:
         self.records += records
         slot.pending += len(records)
         self.slots.append(slot)
+
+    def produce_events(self, table: TableEvents, events: Sequence[ChangeEvent], slot: TxSlot) -> None:
+        self.produce_all(table.records(events), slot)
 
     def produce_everywhere(self, record: Record, slot: TxSlot) -> None:
         self.produce_all([record], slot)
@@ -96,6 +105,8 @@ class Reader:
         self.rows = rows
         self.watermarks: list[str] = []
         self.reads: list[Sequence[str | None] | None] = []
+        self.ranges: list[tuple[str, Sequence[str | None] | None, Sequence[str | None] | None]] = []
+        """(table, after, upto) of each read."""
         self.invisible: frozenset[int] = frozenset()
 
     def watermark(self, content: str, *, transactional: bool = False) -> None:
@@ -107,11 +118,19 @@ class Reader:
         return len(self.rows)
 
     def read(self, table: TableRef, columns: Sequence[str], key_columns: Sequence[str], *,
-             after: Sequence[str | None] | None, filters: Sequence[str], limit: int) -> Chunk:  # fmt: skip
+             after: Sequence[str | None] | None, filters: Sequence[str], limit: int,
+             upto: Sequence[str | None] | None = None) -> Chunk:  # fmt: skip
         self.reads.append(after)
+        self.ranges.append((str(table), after, upto))
         start = int(after[0] or 0) if after else 0
-        keys = sorted(k for k in self.rows if k > start)[:limit]
+        end = int(upto[0] or 0) if upto else None
+        keys = sorted(k for k in self.rows if k > start and (end is None or k <= end))[:limit]
         return Chunk([(str(k), self.rows[k]) for k in keys], self.invisible)
+
+    def split_points(self, table: TableRef, key_columns: Sequence[str], *, rows: int,
+                     parts: int) -> list[list[str | None]]:  # fmt: skip
+        keys = sorted(self.rows)
+        return [[str(keys[rows * part // parts])] for part in range(1, parts)]
 
     def close(self) -> None:
         pass
@@ -135,8 +154,9 @@ class Harness:
         self.tracker = AckTracker()
         self.snapshots = IncrementalSnapshots(
             config(**source), conn=None, store=self.store, factory=Factory(), output=self.output,  # type: ignore[arg-type]
-            tracker=self.tracker, status=SourceStatus(RetryBudget(None)), reader=self.reader,  # type: ignore[arg-type]
-            published=lambda: [TableRef("public", "t")], poll=poll,
+            tracker=self.tracker, status=SourceStatus(RetryBudget(None)),
+            readers=lambda: self.reader,  # type: ignore[arg-type,return-value]
+            published=lambda: [TableRef("public", "t"), TableRef("public", "u")], poll=poll,
         )  # fmt: skip
 
     def request(self, **data: Any) -> None:
@@ -153,8 +173,9 @@ class Harness:
                 for r in self.output.records if r.value is not None]  # fmt: skip
 
 
-def stream_change(snapshots: IncrementalSnapshots, message: Insert | Update | Delete) -> None:
-    snapshots.changed(table_events().changes(message, lsn=1500, commit_lsn=1600, ordinal=0, xid=9, commit_ms=0))
+def stream_change(snapshots: IncrementalSnapshots, message: Insert | Update | Delete, table: str = "t") -> None:
+    changes = table_events(table).changes(message, lsn=1500, commit_lsn=1600, ordinal=0, xid=9, commit_ms=0)
+    snapshots.changed(f"public.{table}", changes)
 
 
 def test_rows_changed_between_the_watermarks_are_dropped_and_the_rest_go_out_at_the_low_watermark() -> None:
@@ -162,9 +183,9 @@ def test_rows_changed_between_the_watermarks_are_dropped_and_the_rest_go_out_at_
     h.request()
     assert h.snapshots.tick()
     assert [w.rsplit("/", 1)[1] for w in h.reader.watermarks] == ["low", "high"]
-    assert h.snapshots.watching is None  # before the low watermark the stream's changes are older than the chunk
+    assert h.snapshots.watching == frozenset()  # before the low watermark the stream's changes are older than the chunk
     h.mark("low", 1000)
-    assert h.snapshots.watching == "public.t"
+    assert h.snapshots.watching == {"public.t"}
     stream_change(h.snapshots, Update(1, ("2", "b2"), None, False))
     stream_change(h.snapshots, Delete(1, ("3", None), True))
     stream_change(h.snapshots, Insert(1, ("9", "z")))  # outside the chunk: nothing to drop
@@ -216,7 +237,7 @@ def test_a_transaction_streamed_before_the_low_watermark_but_unseen_by_the_read_
     h.snapshots.tick()
     h.snapshots.committed(77)  # committed before the low watermark, yet running for the chunk's snapshot
     h.mark("low", 1000)
-    assert h.snapshots.watching is None
+    assert h.snapshots.watching == frozenset()
     h.mark("high", 2000)
     assert h.output.records == []
     h.reader.invisible = frozenset()
@@ -235,7 +256,7 @@ def test_watermarks_of_another_window_are_ignored() -> None:
     for content in ("s/other-1/low", "other-slot/x/high"):
         h.snapshots.message(LogicalMessage(False, 5, WATERMARK_PREFIX, content.encode()), 5)
     h.snapshots.message(LogicalMessage(False, 5, "cdc-heartbeat", b"s/x/low"), 5)
-    assert h.snapshots.watching is None and h.output.records == []
+    assert h.snapshots.watching == frozenset() and h.output.records == []
 
 
 def test_a_truncate_in_the_window_empties_the_chunk() -> None:
@@ -326,7 +347,7 @@ def test_the_race_check_covers_transactions_streamed_inside_the_previous_window(
     h.reader.invisible = frozenset({55})  # ... and still running for the second chunk's read
     assert h.snapshots.tick()
     h.mark("low", 3000)
-    assert h.snapshots.watching is None  # the second chunk is read again
+    assert h.snapshots.watching == frozenset()  # the second chunk is read again
 
 
 def test_with_kafka_polled_the_next_chunk_follows_at_once() -> None:
@@ -351,3 +372,112 @@ def test_progress_is_reported_against_the_estimate(caplog: pytest.LogCaptureFixt
         h.snapshots.tick()
     assert "snapshot public.t (incremental): 2 of ~2 rows (100%)" in caplog.text
     h.snapshots.close()
+
+
+def test_a_large_table_is_split_into_key_ranges_read_between_the_same_watermarks() -> None:
+    rows = {k: chr(96 + k) for k in range(1, 11)}
+    h = Harness(rows, incremental_snapshot={"chunk_size": 3, "parallelism": 2})
+    h.request()
+    assert h.snapshots.tick()
+    # One low and one high watermark around both chunks: 1-3 of the first range, 7-9 of the second (split at 6).
+    assert [w.rsplit("/", 1)[1] for w in h.reader.watermarks] == ["low", "high"]
+    assert sorted(h.reader.ranges, key=str) == [("public.t", None, ["6"]), ("public.t", ["6"], None)]
+    h.mark("low", 1000)
+    stream_change(h.snapshots, Update(1, ("2", "b2"), None, False))  # in the first chunk
+    stream_change(h.snapshots, Delete(1, ("8", None), True))  # in the second
+    h.mark("high", 2000)
+    assert sorted(r[1] for r in h.produced()) == [1, 3, 7, 9]
+    assert {r[2] for r in h.produced()} == {1000}
+    h.output.ack()
+    assert h.snapshots.tick()
+    (table,) = h.store.state["tables"]
+    assert [(r["upper"], r["last_key"], r["done"]) for r in table["ranges"]] == [(["6"], ["3"], False),
+                                                                                (None, ["9"], False)]  # fmt: skip
+    assert (table["rows"], table["chunks"], table["done"]) == (4, 2, False)
+    h.mark("low", 3000)
+    h.mark("high", 4000)
+    h.output.ack()
+    assert h.snapshots.tick()  # 4-6 of the first range (a full chunk: maybe more), 10 ends the second
+    assert h.reader.ranges[-1] == ("public.t", ["6"], ["6"])  # only the first range is left
+    h.mark("low", 5000)
+    h.mark("high", 6000)
+    h.output.ack()
+    assert not h.snapshots.tick()
+    (table,) = h.store.state["tables"]
+    assert table["done"] and all(r["done"] for r in table["ranges"])
+    assert sorted(r[1] for r in h.produced()) == [1, 3, 4, 5, 6, 7, 9, 10]
+    markers = [r for r in h.output.records if r.value is None and SNAPSHOT_COMPLETE_HEADER in dict(r.headers)]
+    assert len(markers) == 1 and h.output.records[-1] is markers[0]
+    assert dict(markers[0].headers)["source_lsn"] == b"1000:1000"
+
+
+def test_several_tables_are_read_in_one_window_and_changes_leave_only_their_own_table() -> None:
+    h = Harness({1: "a", 2: "b"}, incremental_snapshot={"chunk_size": 3, "parallelism": 2})
+    h.snapshots.apply(Signal("s-1", "execute-snapshot", {"data-collections": ["public.t", "public.u"]}))
+    assert h.snapshots.tick()
+    assert sorted(t for t, _, _ in h.reader.ranges) == ["public.t", "public.u"]
+    h.mark("low", 1000)
+    assert h.snapshots.watching == {"public.t", "public.u"}
+    stream_change(h.snapshots, Update(1, ("1", "a2"), None, False), table="u")
+    h.mark("high", 2000)
+    topics = sorted((r.topic, r.value["after"]["id"]) for r in h.output.records if r.value is not None)
+    assert topics == [("p.public.t", 1), ("p.public.t", 2), ("p.public.u", 2)]
+    h.output.ack()
+    h.snapshots.tick()
+    assert [(t["table"], t["rows"], t["done"]) for t in h.store.state["tables"]] == [("public.t", 2, True),
+                                                                                     ("public.u", 1, True)]  # fmt: skip
+
+
+def test_a_restart_goes_on_with_the_persisted_key_ranges() -> None:
+    ranges = [{"upper": ["6"], "last_key": ["3"], "done": False}, {"upper": None, "last_key": ["9"], "done": False}]
+    store = Store({"paused": False, "tables": [{"table": "public.t", "rows": 6, "chunks": 2, "split": True,
+                                                 "ranges": ranges}]})  # fmt: skip
+    h = Harness({k: "x" for k in range(1, 11)}, store, incremental_snapshot={"chunk_size": 3, "parallelism": 2})
+    assert h.snapshots.tick()
+    assert sorted(h.reader.ranges, key=str) == [("public.t", ["3"], ["6"]), ("public.t", ["9"], None)]
+
+
+def test_follow_shows_the_tables_of_its_signal_until_they_are_done(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sources.postgres.snapshot")
+    states = [
+        {"tables": [{"table": "public.t", "rows": 10, "done": True, "signal": "older"}]},  # an earlier snapshot
+        {"tables": [{"table": "public.t", "rows": 0, "estimated_rows": 20, "signal": "s-9"}]},
+        {"tables": [{"table": "public.t", "rows": 20, "estimated_rows": 20, "done": True, "signal": "s-9"}]},
+    ]
+    reads = iter(states)
+    sleeps: list[float] = []
+    reporter = ProgressReporter(stream=io.StringIO())
+    assert follow(lambda: next(reads), "s-9", ["public.t"], reporter=reporter, sleep=sleeps.append)
+    assert len(sleeps) == 2  # polled until the third state
+    assert caplog.records[-1].getMessage().startswith("snapshot public.t (incremental): 20 of ~20 rows (100%)")
+    assert not follow(lambda: states[1], "s-9", ["public.t"], reporter=reporter, until=lambda: True)
+
+
+def test_the_signal_id_is_kept_with_the_requested_table() -> None:
+    h = Harness({1: "a"})
+    h.snapshots.apply(Signal("s-7", "execute-snapshot", {"data-collections": ["public.t"]}))
+    assert h.store.state["tables"][0]["signal"] == "s-7"
+
+
+class PutStore(Store):
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts: list[tuple[str, Any, str, dict[str, Any] | None]] = []
+
+    def put(self, slot: str, consistent_point: Any, state: str, progress: dict[str, Any] | None = None) -> None:
+        self.puts.append((slot, consistent_point, state, progress))
+        self.state = (progress or {}).get("incremental", {})
+
+
+def test_an_initial_snapshot_in_chunks_queues_every_table_and_marks_the_slot_done_at_once() -> None:
+    store = PutStore()
+    queue_initial(store, "s", Lsn(1234), [TableRef("public", "t"), TableRef("public", "u")])  # type: ignore[arg-type]
+    ((slot, point, state, progress),) = store.puts  # one statement: the queue and `done` together
+    assert (slot, point, state) == ("s", Lsn(1234), "done")
+    assert progress is not None
+    assert [(t["table"], t["signal"], t["done"]) for t in progress["incremental"]["tables"]] == [
+        ("public.t", "initial", False), ("public.u", "initial", False)]  # fmt: skip
+    # The running source takes them up from the persisted state.
+    h = Harness({1: "a", 2: "b"}, store, incremental_snapshot={"chunk_size": 3, "parallelism": 2})
+    assert h.snapshots.active and h.snapshots.tick()
+    assert sorted(t for t, _, _ in h.reader.ranges) == ["public.t", "public.u"]

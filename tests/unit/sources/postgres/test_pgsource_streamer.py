@@ -290,7 +290,7 @@ def test_truncate_takes_one_ordinal_per_table_and_is_produced_only_when_configur
 class FakeIncremental:
     """`IncrementalSnapshots` as the streamer sees it: relation 9 is the signal table, `public.t` is watched."""
 
-    watching = "public.t"
+    watching = frozenset({"public.t"})
 
     def __init__(self) -> None:
         self.signal_relation: int | None = None
@@ -305,8 +305,8 @@ class FakeIncremental:
     def signal(self, message: Any) -> None:
         self.calls.append(("signal", message.new))
 
-    def changed(self, changes: Any) -> None:
-        self.calls.append(("changed", [c.key for c in changes]))
+    def changed(self, table_name: str, changes: Any) -> None:
+        self.calls.append(("changed", (table_name, [c.key for c in changes])))
 
     def truncated(self, table_name: str) -> None:
         self.calls.append(("truncated", table_name))
@@ -337,7 +337,7 @@ def test_signals_watched_changes_commits_and_watermarks_reach_the_incremental_sn
     _, repl, _ = run_stream(frames, delivery, incremental)
     assert repl.messages  # logical messages are asked for
     assert incremental.calls == [
-        ("signal", ("s-1",)), ("changed", ["1"]), ("truncated", "public.t"), ("committed", 77),
+        ("signal", ("s-1",)), ("changed", ("public.t", ["1"])), ("truncated", "public.t"), ("committed", 77),
         ("message", ("cdc-incremental-snapshot", b"slot/w/low")),
     ]
     # The signal is no event, yet takes its ordinal like any change of the transaction.
