@@ -13,7 +13,6 @@ import json
 import random
 import time
 import uuid
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -358,8 +357,8 @@ def test_snapshot_reads_through_the_writer_are_byte_identical_to_their_records(
         event = fast_events.snapshot_row(texts, point, 1_700_000_000_000 + n // 3, marker)
         if marker == "incremental":  # placed as a chunk's rows are at its high watermark
             moved = point + rng.randint(1, 10_000)
-            expected_event = replace(expected_event, change_id=str(uuid.uuid4()), lsn=moved, commit_lsn=moved)
-            event = replace(event, change_id=expected_event.change_id, lsn=moved, commit_lsn=moved)
+            expected_event = expected_event._replace(change_id=str(uuid.uuid4()), lsn=moved, commit_lsn=moved)
+            event = event._replace(change_id=expected_event.change_id, lsn=moved, commit_lsn=moved)
         before = written.count
         assert encoder.encode(fast_events, (event,)) == from_records(slow_events, slow_ids, (expected_event,))
         taken += written.count - before
