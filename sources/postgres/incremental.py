@@ -643,7 +643,11 @@ class IncrementalSnapshots:
             ref = table_ref(backfill.table)
             events = self._factory.for_table(ref)
             if not events.key_columns:
-                log.warning("incremental snapshot of %s: the table has no key to page by; skipped", ref)
+                log.warning(
+                    "incremental snapshot of %s: the table has no key to page by; skipped (give it `key_columns` in "
+                    "`table_options`, unique ones, or add a primary key, then request the snapshot again)",
+                    ref,
+                )
                 backfill.done = True
                 self._save()
                 continue
