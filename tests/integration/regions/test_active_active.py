@@ -119,8 +119,25 @@ def load(pipeline: Pipeline, seconds: float, during: Callable[[], None] | None =
     pipeline.writer.stop()
 
 
+def paused(process: Process, until: Callable[[], object], timeout: float) -> None:
+    """SIGSTOP until `until()` holds (at most `timeout` s), then SIGCONT: the process keeps its connections and its
+    place in its group and does nothing meanwhile (a long GC pause, a stalled link to the destination)."""
+    assert process.popen is not None
+    process.popen.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(until, timeout, interval=0.5, what=f"the other region to apply changes while {process.label} stalls")
+    finally:
+        process.popen.send_signal(signal.SIGCONT)
+
+
 def test_both_regions_apply_into_one_destination_exactly_once(pipeline: Pipeline) -> None:
-    load(pipeline, 12)
+    # With both sinks healthy, region B's sink applies a change only when it gets the mirrored copy in before region
+    # A's sink applies the local one, a race A mostly wins (in some runs every time). Region A's sink stalling
+    # mid-load makes region B carry the load meanwhile; A, resumed, must skip what B applied.
+    def stall_a() -> None:
+        paused(pipeline.sink_a, lambda: ledger(pipeline.stack, pipeline.table)[REGION_A], CONVERGE_S)
+
+    load(pipeline, 12, during=stall_a)
     seconds = wait_converged(pipeline.stack, pipeline.table, CONVERGE_S, *pipeline.processes)
     figures = pipeline.check_exactly_once()
     report("two active regions", transactions=pipeline.writer.transactions, converged_s=f"{seconds:.1f}", **figures)
