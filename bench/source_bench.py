@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from connector.config import ConnectorConfig  # noqa: E402
+from connector.config_loader import read_env_file  # noqa: E402
 from connector.pipeline import build_components  # noqa: E402
 
 NARROW = "id bigint PRIMARY KEY, name text, amount numeric(12,2), created timestamptz, flag boolean"
@@ -51,14 +52,9 @@ def wide_columns() -> tuple[str, str]:
 
 
 def endpoints() -> dict[str, str]:
-    env = dict(os.environ)
+    """The environment, completed by the local stack's `.cdc/dev.env` (the environment wins)."""
     dev = ROOT / ".cdc" / "dev.env"
-    if dev.is_file():
-        for line in dev.read_text().splitlines():
-            if "=" in line and not line.startswith("#"):
-                key, value = line.split("=", 1)
-                env.setdefault(key.strip(), value.strip())
-    return env
+    return {**(read_env_file(dev) if dev.is_file() else {}), **os.environ}
 
 
 def rss_kb() -> int:

@@ -25,6 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from connector.config_loader import read_env_file  # noqa: E402
 from core.delivery import AckTracker, KafkaDelivery  # noqa: E402
 from core.records import AvroSchema  # noqa: E402
 from schemas.catalog import ColumnInfo, PgType, TableInfo  # noqa: E402
@@ -87,14 +88,9 @@ class _CountingProducer:
 
 
 def endpoints() -> dict[str, str]:
-    env = dict(os.environ)
+    """The environment, completed by the local stack's `.cdc/dev.env` (the environment wins)."""
     dev = ROOT / ".cdc" / "dev.env"
-    if dev.is_file():
-        for line in dev.read_text().splitlines():
-            if "=" in line and not line.startswith("#"):
-                key, value = line.split("=", 1)
-                env.setdefault(key.strip(), value.strip())
-    return env
+    return {**(read_env_file(dev) if dev.is_file() else {}), **os.environ}
 
 
 def main() -> int:
