@@ -385,6 +385,22 @@ class _ReaderGenerator(_CodeBuilder):
         lines.append(f"{ind}{target} = buf[pos:pos + {size}]" + (".decode()" if text else ""))
         lines.append(f"{ind}pos += {size}")
 
+    def _may_be_empty(self, avro: Any, namespace: str | None, seen: frozenset[str]) -> bool:
+        """Whether a value of this schema can take zero bytes (null, or a record of such fields only)."""
+        if isinstance(avro, str) and avro not in PRIMITIVES:
+            if avro in seen:
+                return False
+            seen, avro = seen | {avro}, self._lookup(avro, namespace)
+        if isinstance(avro, list):
+            return False  # a union writes its branch index
+        spec: Mapping[str, Any] = avro if isinstance(avro, Mapping) else {"type": avro}
+        kind = spec["type"]
+        if isinstance(kind, (Mapping, list)):
+            return self._may_be_empty(kind, namespace, seen)
+        if kind == "record":
+            return all(self._may_be_empty(field["type"], namespace, seen) for field in spec["fields"])
+        return bool(kind == "null")
+
     def _emit(self, avro: Any, target: str, lines: list[str], ind: str, namespace: str | None) -> None:
         if isinstance(avro, str) and avro not in PRIMITIVES:
             avro = self._lookup(avro, namespace)
@@ -438,6 +454,9 @@ class _ReaderGenerator(_CodeBuilder):
             lines.append(f"{ind}    if {count} < 0:")
             lines.append(f"{ind}        {count} = -{count}")
             self._long("_", lines, ind + "        ")  # block size in bytes: not needed
+            if self._may_be_empty(spec["items"], namespace, frozenset()):
+                # Items of zero bytes never run out of input: a corrupt count would fill memory in a tight loop.
+                lines.append(f"{ind}    if {count} > _MAX_EMPTY_ITEMS: raise ValueError('array block too long')")
             lines.append(f"{ind}    for _i in range({count}):")
             self._emit(spec["items"], item, lines, ind + "        ", namespace)
             lines.append(f"{ind}        {target}.append({item})")
@@ -445,7 +464,11 @@ class _ReaderGenerator(_CodeBuilder):
             raise _Unsupported(str(kind))
 
 
+# More zero-byte items than this in one array block is taken for corruption (fastavro would loop on).
+_MAX_EMPTY_ITEMS = 1 << 20
+
 _READER_HELPERS: dict[str, Any] = {
+    "_MAX_EMPTY_ITEMS": _MAX_EMPTY_ITEMS,
     "_varint_tail": _varint_tail,
     "_UNPACK_FLOAT": _UNPACK_FLOAT,
     "_UNPACK_DOUBLE": _UNPACK_DOUBLE,

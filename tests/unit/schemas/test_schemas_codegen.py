@@ -234,3 +234,18 @@ def test_generated_reader_fails_where_fastavro_fails() -> None:
         assert _nan_safe(ours) == _nan_safe(theirs)
         agreed_failures += ours == "failed"
     assert agreed_failures > 50  # the corruption did exercise the failure paths
+
+
+@pytest.mark.parametrize(
+    "items",
+    ["null", {"type": "record", "name": "Nothing", "fields": [{"name": "n", "type": "null"}]}],
+    ids=["nulls", "empty-records"],
+)
+def test_generated_reader_refuses_a_corrupt_count_of_zero_byte_items(items: Any) -> None:
+    """Zero-byte items never exhaust the input: a count of 2^62 must fail at once, not grow a list forever."""
+    reader = compile_reader({"type": "array", "items": items})
+    assert reader is not None
+    assert reader(bytes([4, 0]), 0) == ([None, None] if items == "null" else [{"n": None}] * 2, 2)
+    huge = bytes([0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F, 0])  # zigzag varint of 2^62 - 1
+    with pytest.raises(ValueError, match="array block too long"):
+        reader(huge, 0)
