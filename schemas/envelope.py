@@ -8,6 +8,7 @@ each segment made a valid Avro name.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -47,59 +48,62 @@ UNCHANGED_TOAST: Final = _UnchangedToast()
 
 SOURCE_RECORD_NAME = "io.debezium.connector.postgresql.Source"
 
-SOURCE_SCHEMA: dict[str, Any] = {
-    "type": "record",
-    "name": "Source",
-    "namespace": "io.debezium.connector.postgresql",
-    "fields": [
-        {"name": "version", "type": "string"},
-        {"name": "connector", "type": "string"},
-        {"name": "name", "type": "string"},
-        {"name": "ts_ms", "type": "long"},
-        {"name": "snapshot", "type": ["null", "string"], "default": None},
+def _optional(name: str, kind: str) -> dict[str, Any]:
+    return {"name": name, "type": ["null", kind], "default": None}
+
+
+def _source_schema(fields: list[dict[str, Any]], *, connect_version: bool) -> dict[str, Any]:
+    # Key order as registered so far: the schema's text, not only its meaning, decides whether it is a new version.
+    schema: dict[str, Any] = {
+        "type": "record", "name": "Source", "namespace": "io.debezium.connector.postgresql",
+        "fields": copy.deepcopy(fields),  # the two schemas share field definitions: never one dict
+    }  # fmt: skip
+    if connect_version:
+        schema[CONNECT_VERSION] = 1
+    schema[CONNECT_NAME] = SOURCE_RECORD_NAME
+    return schema
+
+
+_SOURCE_HEAD = [{"name": name, "type": "string"} for name in ("version", "connector", "name")]
+_SOURCE_HEAD.append({"name": "ts_ms", "type": "long"})
+_SOURCE_TABLE = [{"name": "schema", "type": "string"}, {"name": "table", "type": "string"}]
+_SOURCE_TX = [_optional("txId", "long"), _optional("lsn", "long"), _optional("xmin", "long")]
+# Ours (docs/event-format.md): the commit's LSN, the first half of the sink's row-guard position.
+_COMMIT_LSN = _optional("commit_lsn", "long")
+
+SOURCE_SCHEMA: dict[str, Any] = _source_schema(
+    [
+        *_SOURCE_HEAD,
+        _optional("snapshot", "string"),
         {"name": "db", "type": "string"},
-        {"name": "sequence", "type": ["null", "string"], "default": None},
-        {"name": "schema", "type": "string"},
-        {"name": "table", "type": "string"},
-        {"name": "txId", "type": ["null", "long"], "default": None},
-        {"name": "lsn", "type": ["null", "long"], "default": None},
-        {"name": "xmin", "type": ["null", "long"], "default": None},
-        {"name": "commit_lsn", "type": ["null", "long"], "default": None},
+        _optional("sequence", "string"),
+        *_SOURCE_TABLE,
+        *_SOURCE_TX,
+        _COMMIT_LSN,
     ],
-    CONNECT_NAME: SOURCE_RECORD_NAME,
-}
+    connect_version=False,
+)
 
 DEBEZIUM_SNAPSHOT_VALUES = "true,first,first_in_data_collection,last_in_data_collection,last,false,incremental"
 
-DEBEZIUM_SOURCE_SCHEMA: dict[str, Any] = {
-    "type": "record",
-    "name": "Source",
-    "namespace": "io.debezium.connector.postgresql",
-    "fields": [
-        {"name": "version", "type": "string"},
-        {"name": "connector", "type": "string"},
-        {"name": "name", "type": "string"},
-        {"name": "ts_ms", "type": "long"},
+DEBEZIUM_SOURCE_SCHEMA: dict[str, Any] = _source_schema(
+    [
+        *_SOURCE_HEAD,
         {"name": "snapshot", "type": [
             {"type": "string", CONNECT_VERSION: 1, "connect.parameters": {"allowed": DEBEZIUM_SNAPSHOT_VALUES},
              "connect.default": "false", CONNECT_NAME: "io.debezium.data.Enum"}, "null"], "default": "false"},
         {"name": "db", "type": "string"},
-        {"name": "sequence", "type": ["null", "string"], "default": None},
-        {"name": "ts_us", "type": ["null", "long"], "default": None},
-        {"name": "ts_ns", "type": ["null", "long"], "default": None},
-        {"name": "schema", "type": "string"},
-        {"name": "table", "type": "string"},
-        {"name": "txId", "type": ["null", "long"], "default": None},
-        {"name": "lsn", "type": ["null", "long"], "default": None},
-        {"name": "xmin", "type": ["null", "long"], "default": None},
-        {"name": "origin", "type": ["null", "string"], "default": None},
-        {"name": "origin_lsn", "type": ["null", "long"], "default": None},
-        # Ours (docs/event-format.md): the commit's LSN, the first half of the sink's row-guard position.
-        {"name": "commit_lsn", "type": ["null", "long"], "default": None},
+        _optional("sequence", "string"),
+        _optional("ts_us", "long"),
+        _optional("ts_ns", "long"),
+        *_SOURCE_TABLE,
+        *_SOURCE_TX,
+        _optional("origin", "string"),
+        _optional("origin_lsn", "long"),
+        _COMMIT_LSN,
     ],
-    CONNECT_VERSION: 1,
-    CONNECT_NAME: SOURCE_RECORD_NAME,
-}  # fmt: skip
+    connect_version=True,
+)  # fmt: skip
 """Debezium 3.6's `source` block as its PostgreSQL connector registers it, and our `commit_lsn` at the end."""
 
 DEBEZIUM_TRANSACTION_SCHEMA: dict[str, Any] = {
