@@ -73,6 +73,15 @@ class DebeziumField:
 
 KEY = ("id", "k2")
 
+
+def _nullable(avro_type: str, connect_name: str | None = None) -> dict[str, Any]:
+    """An optional field as Debezium registers it: `["null", type]` with default null, the type named for Connect."""
+    named: Any = (
+        avro_type if connect_name is None else {"type": avro_type, "connect.version": 1, "connect.name": connect_name}
+    )
+    return {"type": ["null", named], "default": None}
+
+
 COLUMNS: tuple[DebeziumField, ...] = (
     DebeziumField("id", "integer", "int4", not_null=True, text="1", value=1, field={"type": "int"}),
     DebeziumField("k2", "text", "text", not_null=True, text="a", value="a", field={"type": "string"}),
@@ -94,25 +103,23 @@ COLUMNS: tuple[DebeziumField, ...] = (
         value=8,
         field={"type": {"type": "int", "connect.default": 3, "connect.type": "int16"}, "default": 3},
     ),
-    DebeziumField("c_int4", "integer", "int4", text="42", value=42, field={"type": ["null", "int"], "default": None}),
+    DebeziumField("c_int4", "integer", "int4", text="42", value=42, field=_nullable("int")),
     DebeziumField(
         "c_int8",
         "bigint",
         "int8",
         text="9007199254740993",
         value=9007199254740993,
-        field={"type": ["null", "long"], "default": None},
+        field=_nullable("long"),
     ),
-    DebeziumField(
-        "c_oid", "oid", "oid", text="4000000000", value=4000000000, field={"type": ["null", "long"], "default": None}
-    ),
+    DebeziumField("c_oid", "oid", "oid", text="4000000000", value=4000000000, field=_nullable("long")),
     DebeziumField(
         "c_float4",
         "real",
         "float4",
         text="1.5",
         value=1.5,
-        field={"type": ["null", "float"], "default": None},
+        field=_nullable("float"),
         special=("NaN", NAN, NAN),
     ),
     DebeziumField(
@@ -121,7 +128,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "float8",
         text="2.25",
         value=2.25,
-        field={"type": ["null", "double"], "default": None},
+        field=_nullable("double"),
         special=("-Infinity", -INF, -INF),
     ),
     DebeziumField(
@@ -171,12 +178,8 @@ COLUMNS: tuple[DebeziumField, ...] = (
         },
         special=("Infinity", None, None),
     ),
-    DebeziumField(
-        "c_bool", "boolean", "bool", text="t", value=True, field={"type": ["null", "boolean"], "default": None}
-    ),
-    DebeziumField(
-        "c_text", "text", "text", text="plain", value="plain", field={"type": ["null", "string"], "default": None}
-    ),
+    DebeziumField("c_bool", "boolean", "bool", text="t", value=True, field=_nullable("boolean")),
+    DebeziumField("c_text", "text", "text", text="plain", value="plain", field=_nullable("string")),
     DebeziumField(
         "c_text_nn",
         "text",
@@ -194,7 +197,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         typmod=44,
         text="forty",
         value="forty",
-        field={"type": ["null", "string"], "default": None},
+        field=_nullable("string"),
     ),
     DebeziumField(
         "c_char",
@@ -203,7 +206,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         typmod=7,
         text="ab ",
         value="ab ",
-        field={"type": ["null", "string"], "default": None},
+        field=_nullable("string"),
     ),
     DebeziumField(
         "c_name",
@@ -211,20 +214,18 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "name",
         text="nm",
         value="nm",
-        field={"type": ["null", "string"], "default": None},
+        field=_nullable("string"),
         special=("nm", "nm", None),
         ours="nm",
     ),
-    DebeziumField(
-        "c_qchar", '"char"', "char", text="x", value="x", field={"type": ["null", "string"], "default": None}
-    ),
+    DebeziumField("c_qchar", '"char"', "char", text="x", value="x", field=_nullable("string")),
     DebeziumField(
         "c_bytea",
         "bytea",
         "bytea",
         text="\\x00ff",
         value=b"\x00\xff",
-        field={"type": ["null", "bytes"], "default": None},
+        field=_nullable("bytes"),
     ),
     DebeziumField(
         "c_uuid",
@@ -232,10 +233,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "uuid",
         text="0b1e6f6c-7c4e-4c59-9d6c-2f0c1d7e8a11",
         value="0b1e6f6c-7c4e-4c59-9d6c-2f0c1d7e8a11",
-        field={
-            "type": ["null", {"type": "string", "connect.version": 1, "connect.name": "io.debezium.data.Uuid"}],
-            "default": None,
-        },
+        field=_nullable("string", "io.debezium.data.Uuid"),
     ),
     DebeziumField(
         "c_date",
@@ -243,10 +241,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "date",
         text="2025-01-01",
         value=20089,
-        field={
-            "type": ["null", {"type": "int", "connect.version": 1, "connect.name": "io.debezium.time.Date"}],
-            "default": None,
-        },
+        field=_nullable("int", "io.debezium.time.Date"),
         special=("infinity", -622191234, -2147472692),
         ours=2147483647,
     ),
@@ -256,10 +251,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "time",
         text="12:34:56.123456",
         value=45296123456,
-        field={
-            "type": ["null", {"type": "long", "connect.version": 1, "connect.name": "io.debezium.time.MicroTime"}],
-            "default": None,
-        },
+        field=_nullable("long", "io.debezium.time.MicroTime"),
         special=("24:00:00", 86400000000, 86400000000),
     ),
     DebeziumField(
@@ -269,10 +261,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         typmod=3,
         text="12:34:56.789",
         value=45296789,
-        field={
-            "type": ["null", {"type": "int", "connect.version": 1, "connect.name": "io.debezium.time.Time"}],
-            "default": None,
-        },
+        field=_nullable("int", "io.debezium.time.Time"),
     ),
     DebeziumField(
         "c_timetz",
@@ -280,10 +269,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "timetz",
         text="12:00:00.5+03",
         value="09:00:00.5Z",
-        field={
-            "type": ["null", {"type": "string", "connect.version": 1, "connect.name": "io.debezium.time.ZonedTime"}],
-            "default": None,
-        },
+        field=_nullable("string", "io.debezium.time.ZonedTime"),
         special=("23:30:00-05:30", "05:00:00Z", "05:00:00Z"),
     ),
     DebeziumField(
@@ -292,10 +278,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "timestamp",
         text="2025-01-01 12:00:00.123456",
         value=1735732800123456,
-        field={
-            "type": ["null", {"type": "long", "connect.version": 1, "connect.name": "io.debezium.time.MicroTimestamp"}],
-            "default": None,
-        },
+        field=_nullable("long", "io.debezium.time.MicroTimestamp"),
         special=("-infinity", -9223372036832400000, -9223372036832400000),
     ),
     DebeziumField(
@@ -305,10 +288,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         typmod=3,
         text="2025-01-01 12:00:00.123",
         value=1735732800123,
-        field={
-            "type": ["null", {"type": "long", "connect.version": 1, "connect.name": "io.debezium.time.Timestamp"}],
-            "default": None,
-        },
+        field=_nullable("long", "io.debezium.time.Timestamp"),
         special=("infinity", 9223372036825200, 9223372036825200),
     ),
     DebeziumField(
@@ -348,10 +328,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "interval",
         text="1 year 2 mons 3 days 04:05:06.5",
         value=37091106500000,
-        field={
-            "type": ["null", {"type": "long", "connect.version": 1, "connect.name": "io.debezium.time.MicroDuration"}],
-            "default": None,
-        },
+        field=_nullable("long", "io.debezium.time.MicroDuration"),
         special=("-1 days +02:03:00", -79020000000, -79020000000),
     ),
     DebeziumField(
@@ -360,10 +337,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "json",
         text='{"b": 1}',
         value='{"b": 1}',
-        field={
-            "type": ["null", {"type": "string", "connect.version": 1, "connect.name": "io.debezium.data.Json"}],
-            "default": None,
-        },
+        field=_nullable("string", "io.debezium.data.Json"),
     ),
     DebeziumField(
         "c_jsonb",
@@ -371,10 +345,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "jsonb",
         text='{"a": [1, 2]}',
         value='{"a": [1, 2]}',
-        field={
-            "type": ["null", {"type": "string", "connect.version": 1, "connect.name": "io.debezium.data.Json"}],
-            "default": None,
-        },
+        field=_nullable("string", "io.debezium.data.Json"),
     ),
     DebeziumField(
         "c_xml",
@@ -382,10 +353,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "xml",
         text="<a>1</a>",
         value="<a>1</a>",
-        field={
-            "type": ["null", {"type": "string", "connect.version": 1, "connect.name": "io.debezium.data.Xml"}],
-            "default": None,
-        },
+        field=_nullable("string", "io.debezium.data.Xml"),
     ),
     DebeziumField(
         "c_enum",
@@ -457,7 +425,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "inet",
         text="192.168.0.1",
         value="192.168.0.1",
-        field={"type": ["null", "string"], "default": None},
+        field=_nullable("string"),
     ),
     DebeziumField(
         "c_cidr",
@@ -465,7 +433,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "cidr",
         text="10.0.0.0/8",
         value="10.0.0.0/8",
-        field={"type": ["null", "string"], "default": None},
+        field=_nullable("string"),
     ),
     DebeziumField(
         "c_macaddr",
@@ -473,7 +441,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "macaddr",
         text="08:00:2b:01:02:03",
         value="08:00:2b:01:02:03",
-        field={"type": ["null", "string"], "default": None},
+        field=_nullable("string"),
     ),
     DebeziumField(
         "c_macaddr8",
@@ -481,7 +449,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "macaddr8",
         text="08:00:2b:01:02:03:04:05",
         value="08:00:2b:01:02:03:04:05",
-        field={"type": ["null", "string"], "default": None},
+        field=_nullable("string"),
     ),
     DebeziumField(
         "c_bit5",
@@ -503,9 +471,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
             "default": None,
         },
     ),
-    DebeziumField(
-        "c_bit1", "bit(1)", "bit", typmod=1, text="1", value=True, field={"type": ["null", "boolean"], "default": None}
-    ),
+    DebeziumField("c_bit1", "bit(1)", "bit", typmod=1, text="1", value=True, field=_nullable("boolean")),
     DebeziumField(
         "c_varbit",
         "bit varying",
@@ -531,10 +497,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "tsvector",
         text="'a' 'cat' 'fat'",
         value="'a' 'cat' 'fat'",
-        field={
-            "type": ["null", {"type": "string", "connect.version": 1, "connect.name": "io.debezium.data.Tsvector"}],
-            "default": None,
-        },
+        field=_nullable("string", "io.debezium.data.Tsvector"),
     ),
     DebeziumField("c_tsquery", "tsquery", "tsquery", text="'fat' & 'rat'"),  # not captured by Debezium
     DebeziumField(
@@ -583,7 +546,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "int4range",
         text="[1,5)",
         value="[1,5)",
-        field={"type": ["null", "string"], "default": None},
+        field=_nullable("string"),
     ),
     DebeziumField(
         "c_tstzrange",
@@ -591,7 +554,7 @@ COLUMNS: tuple[DebeziumField, ...] = (
         "tstzrange",
         text='["2025-01-01 00:00:00+00","2025-01-02 00:00:00+00")',
         value='["2025-01-01 00:00:00+00","2025-01-02 00:00:00+00")',
-        field={"type": ["null", "string"], "default": None},
+        field=_nullable("string"),
     ),
     DebeziumField(
         "c_int4multirange", "int4multirange", "int4multirange", text="{[1,3),[5,7)}"
@@ -749,9 +712,21 @@ COLUMNS: tuple[DebeziumField, ...] = (
             "default": None,
         },
         ours_field={
-            "type": ["null", {"type": "array", "items": ["null", {
-                "type": "string", "connect.version": 1, "connect.parameters": {"allowed": "happy,sad"},
-                "connect.name": "io.debezium.data.Enum"}]}],
+            "type": [
+                "null",
+                {
+                    "type": "array",
+                    "items": [
+                        "null",
+                        {
+                            "type": "string",
+                            "connect.version": 1,
+                            "connect.parameters": {"allowed": "happy,sad"},
+                            "connect.name": "io.debezium.data.Enum",
+                        },
+                    ],
+                },
+            ],
             "default": None,
         },  # Debezium's non-null elements cannot carry a NULL element
     ),
