@@ -170,6 +170,17 @@ def kafka_security_error(err: KafkaError) -> FatalError | None:
     return None
 
 
+def kafka_plaintext_to_tls_error(server: str, protocol: str) -> FatalError:
+    """A client speaking `protocol` (PLAINTEXT or SASL_PLAINTEXT) to `server`, which answered a TLS handshake: the
+    brokers dropped every connection, and they will drop every retry (see core/kafka_listener.py)."""
+    secured = "SASL_SSL" if protocol == "SASL_PLAINTEXT" else "SSL` or `SASL_SSL"
+    return FatalError(
+        f"Kafka dropped every connection: {server} is a TLS listener and the client speaks {protocol}",
+        hint=f"set `kafka.security_protocol: {secured}` (with `kafka.ssl_ca_location`), or use the brokers' "
+        "plaintext port in `kafka.bootstrap_servers`",
+    )
+
+
 def is_retriable(exc: BaseException) -> bool:
     """Decide once whether an error from any library we use is worth retrying."""
     if isinstance(exc, ConnectorError):

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from psycopg import sql
 
+from core.kafka_listener import speaks_tls
 from tests.integration.pipeline_support import free_port, stop_connector, table_digest, wait_until
 from tests.support.examples import REPO_ROOT
 from tests.support.helpers import http_get
@@ -54,12 +55,14 @@ def captured(secure_env: dict[str, str], unique_name: Callable[[str], str]) -> I
     t = sql.Identifier(schema, table)
     with admin(secure_env, "source") as conn:
         conn.execute(
-            sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(12,2), note text)")
-            .format(t)
+            sql.SQL(
+                "CREATE TABLE {} (id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(12,2), note text)"
+            ).format(t)
         )
         conn.execute(
-            sql.SQL("INSERT INTO {} SELECT g, 'customer ' || g, g * 1.5, 'note ' || g FROM generate_series(1, 100) g")
-            .format(t)
+            sql.SQL(
+                "INSERT INTO {} SELECT g, 'customer ' || g, g * 1.5, 'note ' || g FROM generate_series(1, 100) g"
+            ).format(t)
         )
         conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), t))
     yield {"name": name, "table": table, "schema": schema}
@@ -174,6 +177,12 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return change
 
 
+def _plaintext_kafka(config: dict[str, Any]) -> None:
+    """The SASL_SSL port kept, the client's TLS and SASL settings dropped: it speaks PLAINTEXT to a TLS listener."""
+    kafka = config["kafka"]
+    config["kafka"] = {k: v for k, v in kafka.items() if not k.startswith(("sasl_", "ssl_", "security_"))}
+
+
 CASES = {
     "source wrong password": (
         _set("source.dsn", "${CDC_SECURE_SOURCE_DSN} password=wrong-password"),
@@ -195,6 +204,11 @@ CASES = {
     "kafka TLS to the plaintext port": (
         _set("kafka.bootstrap_servers", "${CDC_KAFKA_BOOTSTRAP}"),
         "plaintext listener",
+    ),
+    "kafka plaintext to the TLS port": (_plaintext_kafka, "kafka.security_protocol: SSL` or `SASL_SSL"),
+    "kafka SASL without TLS to the TLS port": (
+        lambda config: config["kafka"].update(security_protocol="SASL_PLAINTEXT", ssl_ca_location=None),
+        "kafka.security_protocol: SASL_SSL`",
     ),
     "registry wrong password": (
         _set("schema_registry.basic_auth_user_info", "cdc:wrong-password"),
@@ -258,3 +272,35 @@ def test_a_role_lacking_a_privilege_is_told_the_grant(
     assert process.returncode == 1, output
     assert fix in output, output
     assert password not in output
+
+
+def test_speaks_tls_tells_the_brokers_listeners_apart(secure_env: dict[str, str]) -> None:
+    host, _, port = secure_env["CDC_SECURE_KAFKA_BOOTSTRAP"].rpartition(":")
+    plain_host, _, plain_port = secure_env["CDC_KAFKA_BOOTSTRAP"].rpartition(":")
+    assert speaks_tls(host, int(port))
+    assert not speaks_tls(plain_host, int(plain_port))
+    assert not speaks_tls("127.0.0.1", free_port())  # nothing listens: refused
+
+
+def test_a_plaintext_client_finding_no_broker_keeps_retrying(
+    secure_env: dict[str, str], captured: dict[str, str], tmp_path: Path
+) -> None:
+    """Only a port that answers TLS makes a plaintext client's failure fatal: a broker that is down is retried
+    (here until a short retry budget runs out), as ever."""
+
+    def down(config: dict[str, Any]) -> None:
+        _plaintext_kafka(config)
+        config["kafka"]["bootstrap_servers"] = f"127.0.0.1:{free_port()}"
+        config["retry"] = {"give_up_after_s": 5}
+
+    config_path = tmp_path / "secure.yaml"
+    write_config(config_path, captured, free_port(), down)
+    process = cdc(secure_env, "run", str(config_path))
+    try:
+        output = process.communicate(timeout=120)[0].decode(errors="replace")
+    finally:
+        stop_connector(process)
+    assert process.returncode == 1, output
+    assert "gave up after" in output, output
+    assert "retry.give_up_after_s: 5" in output, output
+    assert "TLS listener" not in output, output
