@@ -198,7 +198,7 @@ class KafkaDelivery:
             raise self._misconfigured
         if self._fatal is None:
             return
-        security = kafka_security_error(self._fatal)
+        security = kafka_security_error(self._fatal, self._admin_conf)
         if security is not None:
             raise security
         raise DeliveryError(f"Kafka producer failed: {self._fatal.str()}", hint="check the brokers and restart")

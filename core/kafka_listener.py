@@ -9,40 +9,16 @@ retrying cannot help; if none does, the brokers are down (or unreachable) and ar
 
 from __future__ import annotations
 
-import socket
-import ssl
 from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError
 
 from core.errors import FatalError, kafka_plaintext_to_tls_error
+from core.tls_probe import speaks_tls
 
 _PROBED_SERVERS = 3
 """Bootstrap servers probed at most: enough to see a misconfigured port, bounded when all are down."""
-
-
-def speaks_tls(host: str, port: int, *, timeout_s: float = 3.0) -> bool:
-    """Whether `host:port` completes a TLS handshake (or answers it with a TLS alert): a TLS listener.
-
-    Who the server is does not matter here (verification off): only whether it speaks TLS at all. A plaintext
-    listener, a refused or dropped connection, a timeout: False.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        with (
-            socket.create_connection((host, port), timeout=timeout_s) as raw,
-            context.wrap_socket(raw, server_hostname=host) as tls,
-        ):
-            return tls.version() is not None
-    except ssl.SSLError as exc:
-        # An alert is a TLS record from the server (e.g. it wants a client certificate); a plaintext peer's bytes
-        # give "wrong version number" or "record layer failure" instead, a dropped connection an EOF.
-        return "ALERT" in (exc.reason or "").upper()
-    except OSError:
-        return False
 
 
 def _servers(bootstrap_servers: str) -> list[tuple[str, int]]:

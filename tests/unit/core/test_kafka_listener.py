@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from confluent_kafka import KafkaError
 
-from core.errors import FatalError, is_retriable
+from core.errors import FatalError, certificate_error, is_retriable
 from core.kafka_listener import PlaintextToTlsCheck
+from core.tls_probe import CertificateProblem
 
 ALL_DOWN = KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down")
 
@@ -64,3 +67,16 @@ def test_other_errors_do_not_probe() -> None:
     assert check(KafkaError(KafkaError._MSG_TIMED_OUT, "timed out")) is None
     assert probe.asked == []
     assert check(ALL_DOWN) is not None
+
+
+def test_a_certificate_problem_names_expiry_or_the_ca_setting() -> None:
+    expired = certificate_error(
+        "Kafka", CertificateProblem("certificate has expired", datetime(2020, 2, 1, tzinfo=UTC)), "x", "ca_key"
+    )
+    assert "expired on 2020-02-01 00:00 UTC (certificate has expired)" in expired.message
+    assert expired.hint is not None and "`ca_key` is not at fault" in expired.hint
+    untrusted = certificate_error(
+        "Kafka", CertificateProblem("self-signed certificate", datetime(2999, 1, 1, tzinfo=UTC)), "x", "ca_key"
+    )
+    assert "self-signed certificate" in untrusted.message
+    assert untrusted.hint is not None and "set `ca_key`" in untrusted.hint
