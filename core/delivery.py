@@ -22,7 +22,8 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from core.errors import DeliveryError, RetriableError, kafka_security_error
+from core.errors import DeliveryError, FatalError, RetriableError, kafka_security_error
+from core.kafka_listener import PlaintextToTlsCheck
 from core.logs import KAFKA_LOGGER
 from core.records import AvroSchema, Record
 
@@ -179,6 +180,8 @@ class KafkaDelivery:
         self._request_timeout_s = request_timeout_s
         self._topics: set[str] = set()
         self._fatal: KafkaError | None = None
+        self._misconfigured: FatalError | None = None
+        self._check_listener = PlaintextToTlsCheck(conf)
         self.tracker = AckTracker()
         self._since_poll = 0
         self._lock = threading.Lock()
@@ -186,12 +189,16 @@ class KafkaDelivery:
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal() or kafka_security_error(err) is not None:
             self._fatal = err
+        elif self._misconfigured is None:
+            self._misconfigured = self._check_listener(err)
         log.warning("kafka: %s", err.str())
 
     def _raise_fatal(self) -> None:
+        if self._misconfigured is not None:
+            raise self._misconfigured
         if self._fatal is None:
             return
-        security = kafka_security_error(self._fatal)
+        security = kafka_security_error(self._fatal, self._admin_conf)
         if security is not None:
             raise security
         raise DeliveryError(f"Kafka producer failed: {self._fatal.str()}", hint="check the brokers and restart")
@@ -240,11 +247,15 @@ class KafkaDelivery:
         """Encode and produce one record (to `partition`, else the key's); its acknowledgement counts towards `slot`."""
         self._raise_fatal()
         topic = record.topic
-        key = None if record.key is None or record.key_schema is None else self._serializer(
-            topic, record.key_schema, record.key, True
+        key = (
+            None
+            if record.key is None or record.key_schema is None
+            else self._serializer(topic, record.key_schema, record.key, True)
         )
-        value = None if record.value is None or record.value_schema is None else self._serializer(
-            topic, record.value_schema, record.value, False
+        value = (
+            None
+            if record.value is None or record.value_schema is None
+            else self._serializer(topic, record.value_schema, record.value, False)
         )
         self.produce_raw(topic, key, value, record.headers, slot, partition=partition)
 

@@ -10,16 +10,20 @@ change's data (poison: skipped or dead-lettered, never retried), and `classify` 
 from __future__ import annotations
 
 import errno
+import os
+import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException
 from pydantic import Field
 
 from core.settings import Section
+from core.tls_probe import CertificateProblem, certificate_problem
 
 
 class ConnectorError(Exception):
@@ -140,9 +144,12 @@ def _kafka_error(exc: BaseException) -> KafkaError | None:
     return None
 
 
-def kafka_security_error(err: KafkaError) -> FatalError | None:
+def kafka_security_error(err: KafkaError, settings: Mapping[str, Any] | None = None) -> FatalError | None:
     """A librdkafka error caused by the client's security settings (credentials, CA, protocol), as the fatal error
-    naming the setting to fix; None for any other error. Retrying such an error only repeats it."""
+    naming the setting to fix; None for any other error. Retrying such an error only repeats it.
+
+    With the client's `settings`, a rejected broker certificate is looked at once more (core/tls_probe.py), so an
+    expired one is named as such rather than blamed on the CA setting."""
     text = one_line(err.str())
     code = err.code()
     if code == KafkaError._AUTHENTICATION:
@@ -156,18 +163,66 @@ def kafka_security_error(err: KafkaError) -> FatalError | None:
             hint="check that the files named by `kafka.ssl_ca_location` (and `ssl_certificate_location`, "
             "`ssl_key_location`) exist and hold PEM",
         )
-    if code == KafkaError._SSL or "SSL handshake failed" in text:
+    # An expired broker certificate comes as a bare "_TRANSPORT: ...certificate verify failed", without the words
+    # "SSL handshake failed" of a wrong CA.
+    if code == KafkaError._SSL or "SSL handshake failed" in text or "certificate verify failed" in text:
         if "PLAINTEXT broker listener" in text:
             hint = (
                 "that port is a plaintext listener: use the brokers' TLS port, or set "
                 "`kafka.security_protocol: PLAINTEXT`"
             )
         elif "certificate verify failed" in text:
+            problem = _kafka_certificate_problem(text, settings) if settings is not None else None
+            if problem is not None:
+                return certificate_error("Kafka", problem, "the brokers' certificates", "kafka.ssl_ca_location")
             hint = "set `kafka.ssl_ca_location` to the PEM file of the CA that signed the brokers' certificates"
         else:
             hint = "check `kafka.security_protocol` and the `kafka.ssl_*` settings against the brokers' listener"
         return FatalError(f"TLS with Kafka failed: {text}", hint=hint)
     return None
+
+
+_KAFKA_BROKER = re.compile(r"\bssl://(?P<host>\[[^\]]+\]|[^:/\s]+):(?P<port>\d+)/")
+
+
+def _kafka_certificate_problem(text: str, settings: Mapping[str, Any]) -> CertificateProblem | None:
+    found = _KAFKA_BROKER.search(text)  # "ssl://host:port/bootstrap: ..." or "sasl_ssl://host:port/1: ..."
+    if found is None:
+        return None
+    host = found["host"].strip("[]")
+    cafile = settings.get("ssl.ca.location")
+    return certificate_problem(host, int(found["port"]), None if cafile in (None, "probe") else str(cafile))
+
+
+def certificate_error(service: str, problem: CertificateProblem, certificates: str, ca_setting: str) -> FatalError:
+    """A server certificate that failed verification, with OpenSSL's reason: an expired one names its expiry
+    and the server as what to fix; any other names the CA setting."""
+    valid_until = f"{problem.not_after:%Y-%m-%d %H:%M} UTC" if problem.not_after is not None else "unknown"
+    if problem.expired:
+        return FatalError(
+            f"TLS with {service} failed: the server's certificate expired on {valid_until} ({problem.reason})",
+            hint=f"renew {certificates} on the server side; the client's `{ca_setting}` is not at fault",
+        )
+    if "not yet valid" in problem.reason:
+        return FatalError(
+            f"TLS with {service} failed: the server's certificate is not valid yet ({problem.reason})",
+            hint="check the clocks of this host and of the server, or reissue the certificate",
+        )
+    return FatalError(
+        f"TLS with {service} failed: certificate verify failed: {problem.reason}",
+        hint=f"set `{ca_setting}` to the PEM file of the CA that signed {certificates}",
+    )
+
+
+def kafka_plaintext_to_tls_error(server: str, protocol: str) -> FatalError:
+    """A client speaking `protocol` (PLAINTEXT or SASL_PLAINTEXT) to `server`, which answered a TLS handshake: the
+    brokers dropped every connection, and they will drop every retry (see core/kafka_listener.py)."""
+    secured = "SASL_SSL" if protocol == "SASL_PLAINTEXT" else "SSL` or `SASL_SSL"
+    return FatalError(
+        f"Kafka dropped every connection: {server} is a TLS listener and the client speaks {protocol}",
+        hint=f"set `kafka.security_protocol: {secured}` (with `kafka.ssl_ca_location`), or use the brokers' "
+        "plaintext port in `kafka.bootstrap_servers`",
+    )
 
 
 def is_retriable(exc: BaseException) -> bool:
@@ -228,6 +283,23 @@ def one_line(text: str) -> str:
     return " ".join(" ".join(kept).split())
 
 
+def _postgres_certificate_problem(exc: psycopg.Error) -> CertificateProblem | None:
+    """Why libpq rejected the server's certificate: one handshake of our own with the host, port and CA file libpq
+    used (read from the failed connection's options; the password among them is not touched)."""
+    pgconn = getattr(exc, "pgconn", None)
+    if pgconn is None:
+        return None
+    options = {o.keyword.decode(): o.val.decode() for o in pgconn.info if o.val is not None and o.keyword in _PROBED}
+    host, port = options.get("hostaddr") or options.get("host"), options.get("port") or "5432"
+    if not host or host.startswith("/") or "," in host or not port.isdigit():
+        return None  # a Unix socket, or several hosts: which one failed is not known
+    rootcert = options.get("sslrootcert") or os.path.expanduser("~/.postgresql/root.crt")
+    return certificate_problem(host, int(port), None if rootcert == "system" else rootcert, postgres=True)
+
+
+_PROBED = {b"host", b"hostaddr", b"port", b"sslrootcert"}
+
+
 def _postgres(exc: psycopg.Error, where: Endpoints) -> ConnectorError:
     text = one_line(str(exc)).removeprefix("connection failed: ")
     sqlstate = getattr(exc, "sqlstate", None)
@@ -236,6 +308,10 @@ def _postgres(exc: psycopg.Error, where: Endpoints) -> ConnectorError:
     if sqlstate:
         text = f"{text} (SQLSTATE {sqlstate})"
     setting = where.dsn_setting
+    if _tls_failure(exc) and "certificate verify failed" in text:
+        problem = _postgres_certificate_problem(exc)
+        if problem is not None and (problem.expired or "not yet valid" in problem.reason):
+            return certificate_error(where.database, problem, "the server's certificate", f"sslrootcert in {setting}")
     if _tls_failure(exc):
         return FatalError(
             f"TLS with {where.database} failed: {text}",

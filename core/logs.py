@@ -22,8 +22,11 @@ _SECRET_PATTERNS = (
     (re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)[^@\s]+(?P<post>@)"), r"\g<pre>**********\g<post>"),
     # key=value credentials in libpq strings and librdkafka properties
     (
-        re.compile(r"(?P<pre>\b(?:password|sslpassword|sasl[._]password|ssl[._]key[._]password|basic[._]auth[._]user[._]info|"
-                   r"bearer[._]auth[._]token)\s*[=:]\s*)(?:'[^']*'|\"[^\"]*\"|\S+)", re.IGNORECASE),
+        re.compile(
+            r"(?P<pre>\b(?:password|sslpassword|sasl[._]password|ssl[._]key[._]password|basic[._]auth[._]user[._]info|"
+            r"bearer[._]auth[._]token)\s*[=:]\s*)(?:'[^']*'|\"[^\"]*\"|\S+)",
+            re.IGNORECASE,
+        ),
         r"\g<pre>**********",
     ),
     # HTTP authorization headers

@@ -49,4 +49,3 @@ class Lsn:
 
 
 Lsn.INVALID = Lsn(0)
-

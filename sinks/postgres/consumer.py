@@ -19,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 
 from core.errors import Endpoints, FatalError, RetryBudget, classify, kafka_security_error
 from core.kafka import KafkaConfig, kafka_settings
+from core.kafka_listener import PlaintextToTlsCheck
 from sinks.postgres.config import PostgresSinkConfig
 from sinks.postgres.messages import Partition, coordinates, key_change_tail
 
@@ -108,9 +109,13 @@ class ChangeConsumer:
         self._log_end_at = 0.0
         self._kafka_suspect = False
         self._next_kafka_check = 0.0
+        self._check_listener = PlaintextToTlsCheck({})  # replaced by the client's in `subscribe`
+        self._settings: dict[str, Any] = {}
 
     def subscribe(self, listener: RebalanceListener) -> None:
         settings = {**consumer_settings(self._config, self._kafka, self._group_id), "error_cb": self._on_kafka_error}
+        self._check_listener = PlaintextToTlsCheck(settings)
+        self._settings = settings
         self._consumer = self._client(settings)
         self._listener = listener
         subscription = subscription_of(self._config)
@@ -258,7 +263,7 @@ class ChangeConsumer:
         """librdkafka's client-level errors (called from `consume`, on the consuming thread). The consumer
         reconnects by itself; whether Kafka is really gone is for `_check_kafka` to find out. Refused credentials
         or a failed TLS handshake are not worth waiting for: they end the sink."""
-        security = kafka_security_error(error)
+        security = kafka_security_error(error, self._settings) or self._check_listener(error)
         if security is not None:
             raise security
         if error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE):

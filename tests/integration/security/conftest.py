@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from psycopg import sql
 
 from connector.config_loader import read_env_file
 from devstack import control
 from devstack.ports import Ports
+from tests.integration.security.support import admin
 
 ENV_FILE_VAR = "CDC_TEST_SECURE_ENV_FILE"
 
@@ -49,3 +51,38 @@ def secure_env() -> Iterator[dict[str, str]]:
             os.environ.pop("PGPASSFILE", None)
         else:
             os.environ["PGPASSFILE"] = saved
+
+
+@pytest.fixture
+def captured(secure_env: dict[str, str], unique_name: Callable[[str], str]) -> Iterator[dict[str, str]]:
+    """A table of schema `app` with 100 rows, its own publication (made by the admin) and slot name."""
+    name, table = unique_name("sec"), unique_name("orders")
+    schema = secure_env["CDC_SECURE_SCHEMA"]
+    t = sql.Identifier(schema, table)
+    with admin(secure_env, "source") as conn:
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(12,2), note text)"
+            ).format(t)
+        )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} SELECT g, 'customer ' || g, g * 1.5, 'note ' || g FROM generate_series(1, 100) g"
+            ).format(t)
+        )
+        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), t))
+    yield {"name": name, "table": table, "schema": schema}
+    with admin(secure_env, "source") as conn:
+        for _ in range(50):
+            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
+            if row is None or not row[0]:
+                break
+            conn.execute("SELECT pg_sleep(0.2)")
+        conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (name,)
+        )
+        conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(t))
+        conn.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (name,))
+    with admin(secure_env, "target") as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(t))

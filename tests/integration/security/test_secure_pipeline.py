@@ -7,104 +7,22 @@ secret in the output), instead of retrying forever.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import yaml
 from psycopg import sql
 
+from core.tls_probe import speaks_tls
 from tests.integration.pipeline_support import free_port, stop_connector, table_digest, wait_until
-from tests.support.examples import REPO_ROOT
+from tests.integration.security.support import admin, cdc, secrets_of, write_config
 from tests.support.helpers import http_get
 
 pytestmark = pytest.mark.integration
 
 COLUMNS = ["id", "customer", "amount", "note"]
-SECRET_KEYS = (
-    "CDC_SECURE_SOURCE_PASSWORD",
-    "CDC_SECURE_TARGET_PASSWORD",
-    "CDC_SECURE_ADMIN_PASSWORD",
-    "CDC_SECURE_KAFKA_PASSWORD",
-    "CDC_SECURE_REGISTRY_USER_INFO",
-)
-
-
-def admin(env: dict[str, str], database: str) -> psycopg.Connection:
-    dsn = env["CDC_SECURE_ADMIN_DSN"].replace("dbname=source", f"dbname={database}")
-    return psycopg.connect(dsn, password=env["CDC_SECURE_ADMIN_PASSWORD"], autocommit=True)
-
-
-def secrets_of(env: dict[str, str]) -> list[str]:
-    values = [env[key] for key in SECRET_KEYS]
-    return [*values, env["CDC_SECURE_REGISTRY_USER_INFO"].partition(":")[2]]
-
-
-@pytest.fixture
-def captured(secure_env: dict[str, str], unique_name: Callable[[str], str]) -> Iterator[dict[str, str]]:
-    """A table of schema `app` with 100 rows, its own publication (made by the admin) and slot name."""
-    name, table = unique_name("sec"), unique_name("orders")
-    schema = secure_env["CDC_SECURE_SCHEMA"]
-    t = sql.Identifier(schema, table)
-    with admin(secure_env, "source") as conn:
-        conn.execute(
-            sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(12,2), note text)")
-            .format(t)
-        )
-        conn.execute(
-            sql.SQL("INSERT INTO {} SELECT g, 'customer ' || g, g * 1.5, 'note ' || g FROM generate_series(1, 100) g")
-            .format(t)
-        )
-        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), t))
-    yield {"name": name, "table": table, "schema": schema}
-    with admin(secure_env, "source") as conn:
-        for _ in range(50):
-            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
-            if row is None or not row[0]:
-                break
-            conn.execute("SELECT pg_sleep(0.2)")
-        conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (name,)
-        )
-        conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(t))
-        conn.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (name,))
-    with admin(secure_env, "target") as conn:
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(t))
-
-
-def write_config(path: Path, captured: dict[str, str], port: int, change: Callable[[dict[str, Any]], None]) -> None:
-    """configs/secure.yaml for this test's table, slot, publication and topics, with `change` applied."""
-    config = yaml.safe_load((REPO_ROOT / "configs" / "secure.yaml").read_text(encoding="utf-8"))
-    name = captured["name"]
-    config["name"] = name
-    config["source"]["topic_prefix"] = name
-    config["source"]["slot"]["name"] = name
-    config["source"]["publication"]["name"] = name
-    config["source"]["heartbeat"] = {"interval_s": 1}
-    config["source"]["status_interval_s"] = 1
-    config["sink"]["topics_regex"] = f"^{name}\\..*"
-    config["sink"]["batch"] = {"max_records": 500, "max_wait_ms": 100}
-    config["server"]["port"] = port
-    config["retry"] = {"give_up_after_s": 600}  # a security mistake must stop it long before this
-    change(config)
-    path.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
-
-
-def cdc(env: dict[str, str], *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
-    child = {k: v for k, v in os.environ.items() if k != "PGPASSFILE"}  # the stack's superuser entry: not ours
-    child.update(env)
-    command = [sys.executable, "-m", "connector.cli", "--env-file", os.devnull, *args]
-    if log is None:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child)
-    with log.open("wb") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=child)
 
 
 def test_pipeline_over_tls_and_scram_with_least_privilege_roles(
@@ -174,6 +92,12 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return change
 
 
+def _plaintext_kafka(config: dict[str, Any]) -> None:
+    """The SASL_SSL port kept, the client's TLS and SASL settings dropped: it speaks PLAINTEXT to a TLS listener."""
+    kafka = config["kafka"]
+    config["kafka"] = {k: v for k, v in kafka.items() if not k.startswith(("sasl_", "ssl_", "security_"))}
+
+
 CASES = {
     "source wrong password": (
         _set("source.dsn", "${CDC_SECURE_SOURCE_DSN} password=wrong-password"),
@@ -195,6 +119,11 @@ CASES = {
     "kafka TLS to the plaintext port": (
         _set("kafka.bootstrap_servers", "${CDC_KAFKA_BOOTSTRAP}"),
         "plaintext listener",
+    ),
+    "kafka plaintext to the TLS port": (_plaintext_kafka, "kafka.security_protocol: SSL` or `SASL_SSL"),
+    "kafka SASL without TLS to the TLS port": (
+        lambda config: config["kafka"].update(security_protocol="SASL_PLAINTEXT", ssl_ca_location=None),
+        "kafka.security_protocol: SASL_SSL`",
     ),
     "registry wrong password": (
         _set("schema_registry.basic_auth_user_info", "cdc:wrong-password"),
@@ -258,3 +187,35 @@ def test_a_role_lacking_a_privilege_is_told_the_grant(
     assert process.returncode == 1, output
     assert fix in output, output
     assert password not in output
+
+
+def test_speaks_tls_tells_the_brokers_listeners_apart(secure_env: dict[str, str]) -> None:
+    host, _, port = secure_env["CDC_SECURE_KAFKA_BOOTSTRAP"].rpartition(":")
+    plain_host, _, plain_port = secure_env["CDC_KAFKA_BOOTSTRAP"].rpartition(":")
+    assert speaks_tls(host, int(port))
+    assert not speaks_tls(plain_host, int(plain_port))
+    assert not speaks_tls("127.0.0.1", free_port())  # nothing listens: refused
+
+
+def test_a_plaintext_client_finding_no_broker_keeps_retrying(
+    secure_env: dict[str, str], captured: dict[str, str], tmp_path: Path
+) -> None:
+    """Only a port that answers TLS makes a plaintext client's failure fatal: a broker that is down is retried
+    (here until a short retry budget runs out), as ever."""
+
+    def down(config: dict[str, Any]) -> None:
+        _plaintext_kafka(config)
+        config["kafka"]["bootstrap_servers"] = f"127.0.0.1:{free_port()}"
+        config["retry"] = {"give_up_after_s": 5}
+
+    config_path = tmp_path / "secure.yaml"
+    write_config(config_path, captured, free_port(), down)
+    process = cdc(secure_env, "run", str(config_path))
+    try:
+        output = process.communicate(timeout=120)[0].decode(errors="replace")
+    finally:
+        stop_connector(process)
+    assert process.returncode == 1, output
+    assert "gave up after" in output, output
+    assert "retry.give_up_after_s: 5" in output, output
+    assert "TLS listener" not in output, output
