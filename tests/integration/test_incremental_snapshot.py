@@ -267,6 +267,34 @@ def test_kill_mid_backfill_resumes_from_last_chunk(stack: Any, unique_name: Any,
         _cleanup(stack, name, table)
 
 
+def test_snapshot_follow_returns_once_the_snapshot_is_done(stack: Any, unique_name: Any, tmp_path: Path) -> None:
+    """`cdc snapshot CONFIG --table T --follow` stays until the snapshot it requested is done, then exits 0."""
+    name, table = unique_name("incfollow"), unique_name("items")
+    rows = 3_000
+    _fill(stack.source_dsn, table, rows)
+    port = free_port()
+    config_path = _config(tmp_path, name, table, port, chunk=100)
+    log_path = tmp_path / "cdc.log"
+    process = start_connector(config_path, stack, log_path)
+    try:
+        wait_until(lambda: _streaming(port), 90, "the source to stream", process)
+        followed = _cdc_snapshot(stack, config_path, "--table", f"public.{table}", "--follow", timeout=300)
+        assert followed.returncode == 0, followed.stdout + followed.stderr
+        requested, complete = followed.stdout.splitlines()[-2:]
+        assert requested.startswith(f"incremental snapshot of public.{table} requested (signal "), followed.stdout
+        assert complete == f"incremental snapshot of public.{table} complete"
+        # It returned once the snapshot it requested was done, not before.
+        progress = _table_progress(stack.source_dsn, name)
+        assert progress["done"] is True and progress["rows"] == rows, progress
+        assert requested.endswith(f"(signal {progress['signal']})")
+        _assert_arrives_equal(stack, name, table, process)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log_path.read_text(errors="replace")[-3000:]
+    finally:
+        stop_connector(process)
+        _cleanup(stack, name, table)
+
+
 class TopicRecord(NamedTuple):
     partition: int
     offset: int
