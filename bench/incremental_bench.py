@@ -1,11 +1,12 @@
 """Incremental snapshot throughput, and the stream's confirmation latency while it runs.
 
-`python bench/incremental_bench.py --rows N [--chunk N] [--parallelism N] [--name NAME]` fills a 5-column table
-(never copied: `snapshot.mode: never`), runs `cdc run --only source`, requests an incremental snapshot with
-`cdc snapshot`, and measures until the persisted progress says done. Meanwhile, every 0.2 s it updates one row and
-measures how long until the slot's confirmed LSN passes that write (the stream's latency during the backfill),
-and the source process's CPU time per row.
-Endpoints come from `.cdc/dev.env` (or CDC_* variables).
+    python bench/incremental_bench.py --rows N [--chunk N] [--parallelism N] [--name NAME] [--env-file PATH]
+
+fills a 5-column table (never copied: `snapshot.mode: never`), runs `cdc run --only source`, requests an
+incremental snapshot with `cdc snapshot`, and measures until the persisted progress says done. Meanwhile, every
+0.2 s it updates one row and measures how long until the slot's confirmed LSN passes that write (the stream's
+latency during the backfill), and the source process's CPU time per row.
+Endpoints come from CDC_* variables, completed by `--env-file` (default `.cdc/dev.env`).
 `--name` names the slot, tables and topics (a fresh name each run keeps the registry's subjects of an earlier run,
 perhaps of another schema style, out of the way).
 """
@@ -25,17 +26,14 @@ import psycopg
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from connector.config_loader import read_env_file  # noqa: E402
 
 
-def endpoints() -> dict[str, str]:
-    env = dict(os.environ)
-    dev = ROOT / ".cdc" / "dev.env"
-    if dev.is_file():
-        for line in dev.read_text().splitlines():
-            if "=" in line and not line.startswith("#"):
-                key, value = line.split("=", 1)
-                env.setdefault(key.strip(), value.strip())
-    return env
+def endpoints(env_file: Path) -> dict[str, str]:
+    """The environment, completed by the stack's env file when there is one (the environment wins)."""
+    return {**(read_env_file(env_file) if env_file.is_file() else {}), **os.environ}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -54,11 +52,12 @@ def main() -> int:
     parser.add_argument("--chunk", type=int, default=1024)
     parser.add_argument("--parallelism", type=int, default=1)
     parser.add_argument("--name", default="cdc_incbench")
+    parser.add_argument("--env-file", type=Path, default=ROOT / ".cdc" / "dev.env", help="the stack's endpoints")
     args = parser.parse_args()
     name = args.name
     table = sql.Identifier(f"{name}_t")
     signals = sql.Identifier(f"{name}_signals")
-    env = endpoints()
+    env = endpoints(args.env_file)
     dsn = env["CDC_SOURCE_DSN"]
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP table IF EXISTS {}, {}").format(table, signals))
