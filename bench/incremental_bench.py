@@ -1,19 +1,22 @@
 """Incremental snapshot throughput, and the stream's confirmation latency while it runs.
 
-`python bench/incremental_bench.py --rows N [--chunk N] [--parallelism N] [--name NAME]` fills a 5-column table
-(never copied: `snapshot.mode: never`), runs `cdc run --only source`, requests an incremental snapshot with
-`cdc snapshot`, and measures until the persisted progress says done. Meanwhile, every 0.2 s it updates one row and
-measures how long until the slot's confirmed LSN passes that write (the stream's latency during the backfill),
-and the source process's CPU time per row.
-Endpoints come from `.cdc/dev.env` (or CDC_* variables).
-`--name` names the slot, tables and topics (a fresh name each run keeps the registry's subjects of an earlier run,
-perhaps of another schema style, out of the way).
+    python bench/incremental_bench.py --rows N [--chunk N] [--parallelism N [N ...]] [--name NAME] [--env-file PATH]
+
+fills a 5-column table once (never copied: `snapshot.mode: never`), then for each `--parallelism` in turn runs
+`cdc run --only source` on a slot of its own, requests an incremental snapshot with `cdc snapshot`, and measures
+until the persisted progress says done. Meanwhile, every 0.2 s it updates one row and measures how long until the
+slot's confirmed LSN passes that write (the stream's latency during the backfill: p50, p99, max), and the source
+process's CPU time per row. Endpoints come from CDC_* variables, completed by `--env-file` (default
+`.cdc/dev.env`). `--name` names the slots, tables and topics (a fresh name each run keeps the registry's subjects
+of an earlier run, perhaps of another schema style, out of the way). Everything it creates is dropped at the end:
+the table, and each run's slot, publication, signal table, progress row and topics.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,20 +25,18 @@ import time
 from pathlib import Path
 
 import psycopg
+from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from connector.config_loader import read_env_file  # noqa: E402
 
 
-def endpoints() -> dict[str, str]:
-    env = dict(os.environ)
-    dev = ROOT / ".cdc" / "dev.env"
-    if dev.is_file():
-        for line in dev.read_text().splitlines():
-            if "=" in line and not line.startswith("#"):
-                key, value = line.split("=", 1)
-                env.setdefault(key.strip(), value.strip())
-    return env
+def endpoints(env_file: Path) -> dict[str, str]:
+    """The environment, completed by the stack's env file when there is one (the environment wins)."""
+    return {**(read_env_file(env_file) if env_file.is_file() else {}), **os.environ}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -48,37 +49,26 @@ def cdc(*args: str) -> list[str]:
     return [sys.executable, "-m", "connector.cli", "--env-file", os.devnull, *args]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--chunk", type=int, default=1024)
-    parser.add_argument("--parallelism", type=int, default=1)
-    parser.add_argument("--name", default="cdc_incbench")
-    args = parser.parse_args()
-    name = args.name
-    table = sql.Identifier(f"{name}_t")
-    signals = sql.Identifier(f"{name}_signals")
-    env = endpoints()
+def percentile(values: list[float], share: float) -> float:
+    """The nearest-rank percentile of sorted `values` (0 when empty)."""
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, max(0, math.ceil(share * len(values)) - 1))]
+
+
+def run(env: dict[str, str], name: str, table: str, rows: int, chunk: int, parallelism: int) -> str:
+    """One incremental snapshot of `table` by a source of its own named `name`; its result line."""
     dsn = env["CDC_SOURCE_DSN"]
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP table IF EXISTS {}, {}").format(table, signals))
-        conn.execute(sql.SQL("CREATE table {} (id int PRIMARY KEY, a int, b text, c timestamptz, d numeric(10,2))")
-                     .format(table))  # fmt: skip
-        conn.execute(
-            sql.SQL("INSERT INTO {} SELECT g, g, 'row ' || g, now(), g / 3.0 FROM generate_series(1, %s) g")
-            .format(table),
-            (args.rows,),
-        )  # fmt: skip
-        conn.execute(sql.SQL("ANALYZE {}").format(table))
+    signals = sql.Identifier(f"{name}_signals")
     config = {
         "name": name,
         "kafka": {"bootstrap_servers": "${CDC_KAFKA_BOOTSTRAP}"},
         "schema_registry": {"url": "${CDC_SCHEMA_REGISTRY_URL}"},
         "source": {
             "dsn": "${CDC_SOURCE_DSN}", "topic_prefix": name, "slot": {"name": name}, "publication": {"name": name},
-            "tables": {"include": [f"public.{name}_t"]}, "snapshot": {"mode": "never"},
+            "tables": {"include": [f"public.{table}"]}, "snapshot": {"mode": "never"},
             "signal": {"table": f"public.{name}_signals"},
-            "incremental_snapshot": {"chunk_size": args.chunk, "parallelism": args.parallelism},
+            "incremental_snapshot": {"chunk_size": chunk, "parallelism": parallelism},
         },
         "server": {"enabled": False},
     }  # fmt: skip
@@ -94,9 +84,11 @@ def main() -> int:
             while conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone() != (
                 True,
             ):
+                if process.poll() is not None:
+                    raise SystemExit(f"the source stopped (exit {process.returncode}): see {workdir / 'cdc.log'}")
                 time.sleep(0.2)
-            subprocess.run(cdc("snapshot", str(config_path), "--table", f"public.{name}_t"), env=env,
-                           check=True)  # fmt: skip
+            subprocess.run(cdc("snapshot", str(config_path), "--table", f"public.{table}"), env=env,
+                           check=True, stdout=subprocess.DEVNULL)  # fmt: skip
             started = time.monotonic()
             cpu_started = cpu_seconds(process.pid)
             latencies: list[float] = []
@@ -110,7 +102,7 @@ def main() -> int:
                     break
                 if process.poll() is not None:
                     raise SystemExit(f"the source stopped (exit {process.returncode}): see {workdir / 'cdc.log'}")
-                conn.execute(sql.SQL("UPDATE {} SET a = a + 1 WHERE id = 1").format(table))
+                conn.execute(sql.SQL("UPDATE {} SET a = a + 1 WHERE id = 1").format(sql.Identifier(table)))
                 lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
                 written = time.monotonic()
                 confirmed = "SELECT confirmed_flush_lsn >= %s FROM pg_replication_slots WHERE slot_name = %s"
@@ -121,12 +113,12 @@ def main() -> int:
         elapsed = time.monotonic() - started
         cpu = cpu_seconds(process.pid) - cpu_started
         latencies.sort()
-        p50 = latencies[len(latencies) // 2] * 1000 if latencies else 0.0
+        p50, p99 = (percentile(latencies, share) * 1000 for share in (0.5, 0.99))
         worst = latencies[-1] * 1000 if latencies else 0.0
-        print(
-            f"{args.rows:,} rows, chunk {args.chunk}, parallelism {args.parallelism}: {elapsed:.1f} s, "
-            f"{args.rows / elapsed:,.0f} rows/s, source CPU {cpu * 1e6 / args.rows:.0f} us/row; stream "
-            f"confirmation latency during the backfill p50 {p50:.0f} ms, max {worst:.0f} ms ({len(latencies)} probes)"
+        return (
+            f"{rows:,} rows, chunk {chunk}, parallelism {parallelism}: {elapsed:.1f} s, {rows / elapsed:,.0f} rows/s, "
+            f"source CPU {cpu * 1e6 / rows:.0f} us/row; stream confirmation latency during the backfill p50 "
+            f"{p50:.0f} ms, p99 {p99:.0f} ms, max {worst:.0f} ms ({len(latencies)} probes)"
         )
     finally:
         process.terminate()
@@ -136,7 +128,47 @@ def main() -> int:
                 conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
             conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
             conn.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (name,))
-            conn.execute(sql.SQL("DROP table IF EXISTS {}, {}").format(table, signals))
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(signals))
+        delete_topics(env["CDC_KAFKA_BOOTSTRAP"], f"{name}.")
+
+
+def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Delete the topics named `prefix...` (a run's records would otherwise stay in the shared Kafka)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topics = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefix)]
+    for future in admin.delete_topics(topics, operation_timeout=60).values() if topics else ():
+        future.result()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--chunk", type=int, default=1024)
+    parser.add_argument("--parallelism", type=int, nargs="+", default=[1], help="one run per value, in turn")
+    parser.add_argument("--name", default="cdc_incbench")
+    parser.add_argument("--env-file", type=Path, default=ROOT / ".cdc" / "dev.env", help="the stack's endpoints")
+    args = parser.parse_args()
+    name = args.name
+    table = f"{name}_t"
+    env = endpoints(args.env_file)
+    dsn = env["CDC_SOURCE_DSN"]
+    ident = sql.Identifier(table)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident))
+            conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, a int, b text, c timestamptz, d numeric(10,2))")
+                         .format(ident))  # fmt: skip
+            conn.execute(
+                sql.SQL("INSERT INTO {} SELECT g, g, 'row ' || g, now(), g / 3.0 FROM generate_series(1, %s) g")
+                .format(ident),
+                (args.rows,),
+            )  # fmt: skip
+            conn.execute(sql.SQL("ANALYZE {}").format(ident))  # the estimate the key ranges are split by
+        for parallelism in args.parallelism:
+            print(run(env, f"{name}_p{parallelism}", table, args.rows, args.chunk, parallelism), flush=True)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident))
     return 0
 
 

@@ -79,11 +79,22 @@ class ChangeEvent(NamedTuple):
         return (("change_id", self.change_id.encode()), ("source_lsn", position), *self.extra_headers)
 
 
+class SnapshotRead(NamedTuple):
+    """A row a snapshot read, before it has a place in the stream (an incremental chunk's rows get theirs at its
+    high watermark): all its event needs but a position."""
+
+    key: dict[str, Any] | None
+    after: dict[str, Any]
+    key_texts: list[str | None]
+    """The key columns' text values in key order (every column's for a keyless table): its change id's name."""
+
+
 class TableEvents:
     """Builds the events of one table version (the one set of rules) and gives them their forms.
 
-    `changes`, `truncate` and `snapshot_row` make `ChangeEvent`s; `records` turns them into `Record`s (what
-    transforms and `KafkaDelivery.produce` take); `ChangeEncoder` turns them into wire-format bytes.
+    `changes`, `truncate` and `snapshot_row` (= `snapshot_read` then `snapshot_event`) make `ChangeEvent`s;
+    `records` turns them into `Record`s (what transforms and `KafkaDelivery.produce` take); `ChangeEncoder` turns
+    them into wire-format bytes.
     """
 
     __slots__ = (
@@ -194,10 +205,19 @@ class TableEvents:
 
     def snapshot_row(self, texts: Sequence[str | None], point: int, ts_ms: int, marker: str) -> ChangeEvent:
         """A snapshot read (`op = r`); `texts` in `columns` order, `lsn`/`commit_lsn` = the consistent point."""
+        return self.snapshot_event(self.snapshot_read(texts), point, ts_ms, marker)
+
+    def snapshot_read(self, texts: Sequence[str | None]) -> SnapshotRead:
+        """A row read by a snapshot (`texts` in `columns` order), converted, not yet placed: no change id, which
+        names the position."""
         after, _ = self._schemas.row(texts)
         key_texts = [texts[self.columns.index(c)] for c in self.key_columns] if self.key_columns else list(texts)
-        change_id = self._ids.snapshot(point, self.schema, self.table, key_texts)
-        return ChangeEvent("r", self._schemas.key(after), None, after, change_id, point, point, None, ts_ms, marker)
+        return SnapshotRead(self._schemas.key(after), after, key_texts)
+
+    def snapshot_event(self, read: SnapshotRead, point: int, ts_ms: int, marker: str) -> ChangeEvent:
+        """`read` placed at `point` (`lsn` = `commit_lsn`): its `op = r` event, its change id named by point and key."""
+        change_id = self._ids.snapshot(point, self.schema, self.table, read.key_texts)
+        return ChangeEvent("r", read.key, None, read.after, change_id, point, point, None, ts_ms, marker)
 
     def snapshot_complete(self, point: int) -> Record:
         """The record that ends this table's snapshot at consistent point `point` (no key, no value).

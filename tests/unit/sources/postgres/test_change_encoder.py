@@ -354,11 +354,11 @@ def test_snapshot_reads_through_the_writer_are_byte_identical_to_their_records(
             with pytest.raises(type(exc)):
                 fast_events.snapshot_row(texts, point, 1_700_000_000_000 + n // 3, marker)
             continue
-        event = fast_events.snapshot_row(texts, point, 1_700_000_000_000 + n // 3, marker)
-        if marker == "incremental":  # placed as a chunk's rows are at its high watermark
-            moved = point + rng.randint(1, 10_000)
-            expected_event = expected_event._replace(change_id=str(uuid.uuid4()), lsn=moved, commit_lsn=moved)
-            event = event._replace(change_id=expected_event.change_id, lsn=moved, commit_lsn=moved)
+        if marker == "incremental":  # read at the chunk's read, placed at its high watermark
+            event = fast_events.snapshot_event(fast_events.snapshot_read(texts), point, 1_700_000_000_000 + n // 3,
+                                               marker)  # fmt: skip
+        else:
+            event = fast_events.snapshot_row(texts, point, 1_700_000_000_000 + n // 3, marker)
         before = written.count
         assert encoder.encode(fast_events, (event,)) == from_records(slow_events, slow_ids, (expected_event,))
         taken += written.count - before
