@@ -53,6 +53,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "steady_max_rate": 32_000,
         "steady_seconds": 15,
         "steady_drain": 30,
+        "steady_warmup": 10,
         "big_tx_rows": 1_000_000,
         "no_jdbc_default": False,
     },
@@ -64,6 +65,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "steady_max_rate": 4_000,
         "steady_seconds": 4,
         "steady_drain": 10,
+        "steady_warmup": 3,
         "big_tx_rows": 100_000,
         "no_jdbc_default": True,
     },
@@ -85,6 +87,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     size.add_argument("--steady-seconds", type=float, help="steady: seconds a step")
     size.add_argument("--steady-tx-rows", type=int, default=50, help="steady: rows a transaction (more above 200 tx/s)")
     size.add_argument("--steady-drain", type=float, help="steady: seconds after a step its rows must be applied in")
+    size.add_argument("--steady-warmup", type=float, help="steady: seconds at the first rate before measuring")
     size.add_argument("--p99-bound", type=float, default=250, help="steady: a rate holds with p99 under this (ms)")
     size.add_argument(
         "--steady-poll-ms", type=int, default=50, help="steady: Debezium's poll.interval.ms (ours: batch wait 50 ms)"

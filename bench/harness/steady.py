@@ -8,10 +8,11 @@ insert ran there minus the source's clock when it was written. Each transaction 
 (the timed ones), updates 0.2 n rows of the previous transaction, and inserts 0.1 n short-lived rows (negative
 ids) that the next transaction deletes.
 
-The step search starts at `--steady-rate` and doubles up to `--steady-max-rate`, `--steady-seconds` a step, and
-stops at the first rate that does not hold. A rate holds when (1) the writer kept its schedule: it achieved at
-least 95% of the offered rate, (2) every timed row was applied within `--steady-drain` seconds of the step's end,
-and (3) their p99 latency stayed under `--p99-bound` ms.
+After `--steady-warmup` seconds at the first rate (not measured), the step search starts at `--steady-rate`
+and doubles up to `--steady-max-rate`, `--steady-seconds` a step, and stops at the first rate that does not hold.
+A rate holds when (1) the writer kept its schedule: it achieved at least 95% of the offered rate, (2) every timed
+row was applied within `--steady-drain` seconds of the step's end, and (3) their p99 latency stayed under
+`--p99-bound` ms.
 """
 
 from __future__ import annotations
@@ -173,6 +174,11 @@ def hold_rule(args: Any) -> str:
 def ladder(bench: Bench, name: str, side: Side, dsn: str, table: str) -> list[dict[str, Any]]:
     args = bench.args
     writer = Writer(bench.source_dsn, table)
+    if args.steady_warmup > 0:
+        # Not measured: a JVM's JIT and both sides' caches warm up here, as they would in a long-running deployment.
+        bench.say(f"steady: {name}: warming up for {args.steady_warmup:.0f}s")
+        warm = writer.step(rates(args)[0], args.steady_warmup, args.steady_tx_rows)
+        applied_latencies(dsn, table, warm["first_id"], warm["last_id"], args.timeout, side)
     out: list[dict[str, Any]] = []
     for rate in rates(args):
         cpu_before = cpu_seconds(side.pid) if side.pid else 0.0
