@@ -26,6 +26,7 @@ def run(bench: Bench) -> dict[str, Any]:
         bench.prime(
             {name: pipe.side},
             {name: pipe.slot},
+            table,
             partial(execute, bench.source_dsn, [insert_rows(table, 0, 0)]),
             {name: row_arrived(pipe.dsn, table)},
         )

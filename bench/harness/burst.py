@@ -68,6 +68,7 @@ def run(bench: Bench) -> dict[str, Any]:
     bench.prime(
         {**sources, "e2e": e2e},
         {"ours": ours_prefix, "debezium": dbz_prefix, "e2e": e2e_prefix},
+        table,
         lambda: execute(bench.source_dsn, [insert_rows(table, 0, 0)]),
         {
             "ours": lambda: bench.offsets(ours_topic) >= 1,

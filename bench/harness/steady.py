@@ -135,6 +135,7 @@ def run(bench: Bench) -> dict[str, Any]:
         bench.prime(
             {name: side},
             {name: pipe.slot},
+            table,
             partial(
                 execute,
                 bench.source_dsn,

@@ -32,6 +32,7 @@ def _harness() -> ModuleType:
     return module
 
 
+@pytest.mark.timeout(1500)  # a loaded 2-core machine; about 4 minutes on a quiet one
 def test_bench_runs_every_workload_and_each_side_delivers_every_change(
     stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
