@@ -70,10 +70,12 @@ dev-down: venv
 dev-status: venv
 	$(BIN)/cdc dev status
 
-# Us and Debezium side by side on the local stack (`cdc dev up` first): source, sink, end to end; a markdown
-# table on stdout, JSON under bench/results/ (docs/benchmarks.md). BENCH_ARGS="--quick" for the small size,
-# "--repeat 3" for medians of three interleaved runs.
+# Us and Debezium side by side on the local stack (`cdc dev up` first): snapshot, streaming burst, steady load,
+# one large transaction; markdown on stdout, JSON + markdown + PNG plots under bench/results/ (docs/benchmarks.md).
+# BENCH_ARGS="--quick" for the small size, "--only steady bigtx" for a subset, "--publish" to refresh
+# bench/reports/latest.md, "--repeat 3" for medians of three interleaved runs. Plots need the `bench` extra.
 BENCH_ARGS ?=
 
 bench: venv
+	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/versus_debezium.py $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""`make bench` on a tiny workload, so the harness cannot rot: every side ran and delivered every change.
+"""`make bench` on tiny sizes, so the harness cannot rot: every workload ran, every side delivered every change.
 
 Counts only (topic records, destination rows and updates, latency rows applied); timings are never asserted.
 """
@@ -19,7 +19,7 @@ from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-INSERTS, UPDATES = 2_000, 200
+INSERTS, UPDATES, SNAPSHOT_ROWS, BIG_TX_ROWS = 2_000, 200, 1_000, 3_000
 
 
 def _harness() -> ModuleType:
@@ -32,7 +32,8 @@ def _harness() -> ModuleType:
     return module
 
 
-def test_bench_runs_every_side_and_each_delivers_every_change(
+@pytest.mark.timeout(1500)  # a loaded 2-core machine; about 4 minutes on a quiet one
+def test_bench_runs_every_workload_and_each_side_delivers_every_change(
     stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for key, value in (
@@ -42,30 +43,58 @@ def test_bench_runs_every_side_and_each_delivers_every_change(
         ("CDC_SCHEMA_REGISTRY_URL", stack.registry_url),
     ):
         monkeypatch.setenv(key, value)
+    # A p99 bound no run misses: the search goes on to its second step unless the writer itself falls behind.
     argv = [
-        f"--inserts={INSERTS}", f"--updates={UPDATES}", "--tx-size=500", "--rate=400", "--e2e-seconds=2",
-        "--e2e-tx-rows=4", "--no-jdbc-default", f"--home={connect_home()}", f"--env-file={tmp_path / 'none'}",
-        f"--out={tmp_path}", "--timeout=180",
+        f"--inserts={INSERTS}", f"--updates={UPDATES}", "--tx-size=500", f"--snapshot-rows={SNAPSHOT_ROWS}",
+        "--steady-rate=200", "--steady-max-rate=400", "--steady-seconds=2", "--steady-tx-rows=10",
+        "--steady-drain=120", "--steady-warmup=1", "--p99-bound=600000", f"--big-tx-rows={BIG_TX_ROWS}",
+        "--no-jdbc-default",
+        f"--home={connect_home()}", f"--env-file={tmp_path / 'none'}", f"--out={tmp_path / 'results'}",
+        f"--publish={tmp_path / 'reports'}", "--timeout=180",
     ]  # fmt: skip
     report = _harness().main(argv)
 
-    (written,) = tmp_path.glob("versus-debezium-*.json")
+    (written,) = (tmp_path / "results").glob("versus-debezium-*.json")
     assert json.loads(written.read_text())["medians"] == report["medians"]
+    published = (tmp_path / "reports" / "latest.md").read_text()
+    assert "## Ratios (ours / Debezium)" in published
     (run,) = report["repeats"]
+    assert list(run) == ["snapshot", "burst", "steady", "bigtx"]
+
+    # Snapshot: each side's topic holds every row of both tables (ours adds its snapshot-complete marker).
+    snapshot = run["snapshot"]["stages"]
+    assert {
+        (shape, side): snapshot[shape][side]["delivered"]["records"] >= SNAPSHOT_ROWS
+        for shape in ("narrow", "wide")
+        for side in ("ours", "debezium")
+    } == {(shape, side): True for shape in ("narrow", "wide") for side in ("ours", "debezium")}
+
+    burst = run["burst"]["stages"]
     events = INSERTS + UPDATES
     # The topics hold every change (a restarted side may send its primed row again, never less).
-    assert {side: run["source"][side]["delivered"]["records"] >= events for side in ("ours", "debezium")} == {
+    assert {side: burst["source"][side]["delivered"]["records"] >= events for side in ("ours", "debezium")} == {
         "ours": True,
         "debezium": True,
     }
     # The primed row, every insert and every update, in each sink's own database and through `cdc run`.
     applied = {"rows": INSERTS + 1, "updated": UPDATES}
-    assert {side: run["sink"][side]["delivered"] for side in ("ours", "jdbc_tuned")} == {
+    assert {side: burst["sink"][side]["delivered"] for side in ("ours", "jdbc_tuned")} == {
         "ours": applied,
         "jdbc_tuned": applied,
     }
-    assert run["e2e"]["ours"]["delivered"] == applied
-    latency = run["latency"]
-    assert latency["rows"] == 800
-    assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert burst["e2e"]["ours"]["delivered"] == applied
+
+    # Steady: the search started at the fixed rate on each side and every timed row was applied (the harness also
+    # compared the destination's rows and updates with the source's after the search).
+    steps = run["steady"]["steps"]
+    assert {side: steps[side][0]["offered_rate"] for side in ("ours", "debezium")} == {"ours": 200, "debezium": 200}
+    assert all(s["rows_applied"] == s["rows_timed"] > 0 for side in steps.values() for s in side)
+    assert all(s["p50_ms"] <= s["p99_ms"] <= s["max_ms"] for side in steps.values() for s in side)
+
+    # The large transaction: every row (and the primed one) in each side's destination.
+    bigtx = run["bigtx"]["stages"]["applied"]
+    assert {side: bigtx[side]["delivered"]["rows"] for side in ("ours", "debezium")} == {
+        "ours": BIG_TX_ROWS + 1,
+        "debezium": BIG_TX_ROWS + 1,
+    }
     assert {"cores", "ram_gib"} <= set(report["machine"])
