@@ -10,14 +10,17 @@ import os
 import pickle
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
 from connector import split
+from connector.cli import app
 from connector.config import ConnectorConfig
 from connector.split import SinkProcess, SinkProcessError, wants_split
 from core.metrics import REGISTRY, Merged
@@ -161,3 +164,18 @@ def test_a_child_killed_is_a_failed_component_naming_it() -> None:
     assert len(outcome) == 1 and isinstance(outcome[0], SinkProcessError)
     assert "killed by SIGKILL" in str(outcome[0])
     assert not outcome[0].retriable
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--processes", "3"], "--processes takes `auto`, `1` or `2`"),
+        (["--processes", "2", "--only", "source"], "--processes 2 runs the sink beside the source"),
+    ],
+)
+def test_cdc_run_rejects_a_processes_flag_it_cannot_honour(tmp_path: Path, args: list[str], message: str) -> None:
+    path = tmp_path / "connector.json"
+    path.write_text(_config().model_dump_json())
+    result = CliRunner().invoke(app, ["--env-file", os.devnull, "run", str(path), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
