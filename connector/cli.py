@@ -17,8 +17,9 @@ from rich.console import Console
 from connector import schema_cli
 from connector.cli_common import DEFAULT_ENV_FILE, ConfigPath, _state, fail, guarded, load
 from connector.config import json_schema, redacted
-from connector.pipeline import Pipeline, build_components
+from connector.pipeline import Pipeline, Side, build_components, build_source
 from connector.preflight import check_kafka, check_registry
+from connector.split import SinkProcess, wants_split
 from connector.status import gather, render
 from core import logs
 from sinks.base import Sink
@@ -89,8 +90,19 @@ def _only(value: str | None) -> Literal["source", "sink"] | None:
     return value  # type: ignore[return-value]
 
 
+Processes = Annotated[
+    str | None,
+    typer.Option(
+        "--processes",
+        help="`1`: source and sink on threads of one process; `2`: the sink in a child process (a core each); "
+        "`auto`: 2 on 2+ CPUs of its own (a container's limit) or 4+ shared. Overrides the config's `processes`.",
+        show_default=False,
+    ),
+]
+
+
 @app.command("run")
-def run(config: ConfigPath, only: Only = None) -> None:
+def run(config: ConfigPath, only: Only = None, processes: Processes = None) -> None:
     """Run the pipeline CONFIG describes (its source and/or sink) until SIGTERM/SIGINT.
 
     Serves /healthz, /readyz, /metrics and /status (see the `server` section). Exits 0 after a clean stop,
@@ -98,10 +110,21 @@ def run(config: ConfigPath, only: Only = None) -> None:
     still retrying (the cause and the fix on one line; see docs/operations.md).
     """
     side = _only(only)
+    if processes not in (None, "auto", "1", "2"):
+        fail(f"--processes takes `auto`, `1` or `2`, not {processes!r}", code=2)
 
     def body() -> int:
         loaded = load(config)
-        logs.configure("DEBUG" if _state["debug"] else loaded.logging.level, loaded.logging.format)
+        level = "DEBUG" if _state["debug"] else loaded.logging.level
+        logs.configure(level, loaded.logging.format)
+        if processes == "2" and (side is not None or loaded.source is None or loaded.sink is None):
+            fail("--processes 2 runs the sink beside the source: it needs a config with both and no --only", code=2)
+        if wants_split(loaded, side, processes):
+            components: dict[Side, Source | Sink] = {
+                "source": build_source(loaded),
+                "sink": SinkProcess(loaded, log_level=level),
+            }
+            return Pipeline(loaded, components=components).run()
         return Pipeline(loaded, side).run()
 
     raise typer.Exit(guarded(body))

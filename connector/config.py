@@ -82,6 +82,14 @@ class ConnectorConfig(Section):
         description="Seconds `cdc run` waits after SIGTERM/SIGINT for in-flight work to finish; then it exits "
         "with code 1 (a second signal exits at once). Keep it below the orchestrator's own grace period.",
     )
+    processes: Literal["auto", 1, 2] = Field(
+        "auto",
+        description="With both a source and a sink: 1 runs them on two threads of one process (one interpreter "
+        "lock: one core's worth of Python for both); 2 runs the sink in a child process, so each side has a core; "
+        "`auto` picks 2 when this process has at least 2 CPUs of its own (a cgroup CPU limit) or may use at least "
+        "4, else 1. "
+        "`cdc run --processes` overrides it. See docs/operations.md.",
+    )
 
     @model_validator(mode="after")
     def _check_sections(self) -> ConnectorConfig:
@@ -92,6 +100,8 @@ class ConnectorConfig(Section):
                 "with both a source and a sink, write `transforms: {source: [...], sink: [...]}` "
                 "so each transform's side is explicit"
             )
+        if self.processes == 2 and (self.source is None or self.sink is None):
+            raise ValueError("`processes: 2` runs the sink beside the source: it needs both sections (or use `auto`)")
         return self
 
     def transforms_for(self, side: Literal["source", "sink"]) -> list[TransformSpec]:

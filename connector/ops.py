@@ -44,8 +44,9 @@ class OpsServer:
         problems: Callable[[], list[str]],
         ready: Callable[[], bool],
         status: Callable[[], dict[str, Any]],
+        metrics: Callable[[], bytes] = lambda: generate_latest(REGISTRY),
     ) -> None:
-        probes: dict[str, Any] = {"problems": problems, "ready": ready, "status": status}
+        probes: dict[str, Any] = {"problems": problems, "ready": ready, "status": status, "metrics": metrics}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -70,7 +71,7 @@ class OpsServer:
                     ok = probes["ready"]()
                     return (200 if ok else 503), (b"ready\n" if ok else b"not ready\n"), "text/plain"
                 if path == "/metrics":
-                    return 200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+                    return 200, probes["metrics"](), CONTENT_TYPE_LATEST
                 if path == "/status":
                     try:
                         return 200, json.dumps(probes["status"](), default=str).encode(), "application/json"

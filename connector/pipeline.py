@@ -21,10 +21,13 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Literal
 
+from prometheus_client import generate_latest
+
 from connector.config import ConnectorConfig
 from connector.ops import OpsServer
 from core.checks import Problem
 from core.errors import ConfigError, FatalError, classify
+from core.metrics import REGISTRY, Merged
 from sinks.base import Sink
 from sinks.postgres import PostgresSink
 from sources.base import Source
@@ -137,6 +140,12 @@ class Pipeline:
     def status(self) -> dict[str, Any]:
         return {w.side: w.component.status() for w in self._workers}
 
+    def metrics(self) -> bytes:
+        """/metrics: this process's registry plus what a component in a child process last reported."""
+        return generate_latest(
+            Merged(REGISTRY, lambda: [f for w in self._workers for f in w.component.metric_families()])
+        )
+
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals += 1
         if self._signals > 1:
@@ -183,7 +192,12 @@ class Pipeline:
         server = self.config.server
         if server.enabled:
             self._ops = OpsServer(
-                server.host, server.port, problems=self.problems, ready=self.ready, status=self.status
+                server.host,
+                server.port,
+                problems=self.problems,
+                ready=self.ready,
+                status=self.status,
+                metrics=self.metrics,
             )
             self._ops.start()
             log.info("serving /healthz /readyz /metrics /status on http://%s:%d", server.host, self._ops.port)

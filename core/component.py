@@ -10,6 +10,8 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
+from prometheus_client.metrics_core import Metric
+
 from core.checks import Problem
 from core.errors import ConnectorError
 
@@ -38,6 +40,11 @@ class Component(ABC):
 
         Answers at once from any thread: no I/O, nothing shared with the loops but what they publish.
         """
+
+    def metric_families(self) -> list[Metric]:
+        """Metrics it holds outside this process's registry (a component run in a child process), as last
+        reported; /metrics adds them to the registry's. Empty for a component running in this process."""
+        return []
 
     def inspect(self) -> dict[str, Any]:
         """The same, read from the services now: what `cdc status` shows of a process it is not part of."""

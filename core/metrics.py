@@ -1,8 +1,15 @@
-"""Prometheus metrics of the runtime. One registry per process; names are `cdc_*`."""
+"""Prometheus metrics of the runtime. One registry per process; names are `cdc_*`.
+
+With the sink in a child process (`connector/split.py`), the parent serves its registry `Merged` with the child's.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -41,3 +48,36 @@ SOURCE_UNREPRESENTABLE_VALUES = Counter(
     ["table", "column"],
     registry=REGISTRY,
 )
+
+
+class Merged:
+    """A collector (for `generate_latest`) of `registry` with the samples of `others` (families of the same
+    metrics read from another process's registry) added: each sample is written by one process only, the other
+    holds its zero, so the sum is the value and the names and labels stay those of one process."""
+
+    def __init__(self, registry: CollectorRegistry, others: Callable[[], Iterable[Metric]]) -> None:
+        self._registry = registry
+        self._others = others
+
+    def collect(self) -> Iterator[Metric]:
+        theirs = {family.name: family for family in self._others()}
+        for family in self._registry.collect():
+            other = theirs.pop(family.name, None)
+            yield family if other is None else _sum(family, other)
+        yield from theirs.values()
+
+
+def _sum(ours: Metric, theirs: Metric) -> Metric:
+    total = Metric(ours.name, ours.documentation, ours.type, ours.unit)
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], Sample] = {}
+    for sample in [*ours.samples, *theirs.samples]:
+        key = (sample.name, tuple(sorted(sample.labels.items())))
+        seen = values.get(key)
+        if seen is None:
+            values[key] = sample
+        elif sample.name.endswith("_created"):  # a timestamp: the earlier creation
+            values[key] = seen._replace(value=min(seen.value, sample.value))
+        else:
+            values[key] = seen._replace(value=seen.value + sample.value)
+    total.samples = list(values.values())
+    return total

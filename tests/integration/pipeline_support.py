@@ -97,7 +97,14 @@ def write_config(path: Path, name: str, table: str, port: int, transforms: dict[
     path.write_text(json.dumps(config))  # JSON is YAML
 
 
-def start_connector(config_path: Path, stack: Any, log_path: Path) -> subprocess.Popen[bytes]:
+PROCESSES = ["1", "2"]
+"""`cdc run --processes`: the source and the sink on threads of one process, or the sink in a child process."""
+
+
+def start_connector(
+    config_path: Path, stack: Any, log_path: Path, processes: str | None = None, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """`cdc run` on `config_path`; `processes` passes `--processes` (else the config's `processes` decides)."""
     env = dict(os.environ)
     env.update(
         CDC_SOURCE_DSN=stack.source_dsn,
@@ -107,10 +114,12 @@ def start_connector(config_path: Path, stack: Any, log_path: Path) -> subprocess
     )
     with log_path.open("wb") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "connector.cli", "--env-file", os.devnull, "run", str(config_path)],
+            [sys.executable, "-m", "connector.cli", "--env-file", os.devnull, "run", str(config_path)]
+            + ([] if processes is None else ["--processes", processes]),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            **popen,
         )
 
 

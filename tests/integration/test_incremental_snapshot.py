@@ -23,6 +23,7 @@ from psycopg import sql
 from schemas.registry import SchemaRegistry, SchemaRegistryConfig
 from schemas.serde import Decoder
 from tests.integration.pipeline_support import (
+    PROCESSES,
     drop_replication_state,
     drop_tables,
     free_port,
@@ -228,14 +229,17 @@ def test_signal_from_sql_snapshots_under_concurrent_writes(
         _cleanup(stack, name, table)
 
 
-def test_kill_mid_backfill_resumes_from_last_chunk(stack: Any, unique_name: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", PROCESSES)
+def test_kill_mid_backfill_resumes_from_last_chunk(
+    stack: Any, unique_name: Any, tmp_path: Path, processes: str
+) -> None:
     name, table = unique_name("incsnap"), unique_name("items")
     rows, chunk = 30_000, 200
     _fill(stack.source_dsn, table, rows)
     port = free_port()
     config_path = _config(tmp_path, name, table, port, chunk=chunk)
     log_path = tmp_path / "cdc.log"
-    process = start_connector(config_path, stack, log_path)
+    process = start_connector(config_path, stack, log_path, processes)
     try:
         wait_until(lambda: _streaming(port), 90, "the source to stream", process)
         requested = _cdc_snapshot(stack, config_path, "--table", f"public.{table}")
@@ -250,7 +254,7 @@ def test_kill_mid_backfill_resumes_from_last_chunk(stack: Any, unique_name: Any,
         assert at_kill["last_key"] == [str(at_kill["rows"])]  # no writes: the key of the last row acknowledged
         assert at_kill["rows"] == at_kill["chunks"] * chunk
 
-        process = start_connector(config_path, stack, log_path)
+        process = start_connector(config_path, stack, log_path, processes)
         wait_until(lambda: _table_progress(stack.source_dsn, name).get("done") is True, 180,
                    "the resumed backfill to finish", process)  # fmt: skip
         after = _table_progress(stack.source_dsn, name)
@@ -458,8 +462,9 @@ def _snapshot_state(dsn: str, slot: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+@pytest.mark.parametrize("processes", PROCESSES)
 def test_initial_snapshot_in_chunks_survives_a_kill_and_ends_equal_under_writes(
-    stack: Any, unique_name: Any, tmp_path: Path
+    stack: Any, unique_name: Any, tmp_path: Path, processes: str
 ) -> None:
     """`snapshot.initial: incremental`: no exported snapshot, every table queued at the slot's creation; a kill -9
     mid-load goes on from the last acknowledged chunk; concurrent writes throughout."""
@@ -474,7 +479,7 @@ def test_initial_snapshot_in_chunks_survives_a_kill_and_ends_equal_under_writes(
     config["source"]["incremental_snapshot"] = {"chunk_size": chunk}
     path.write_text(json.dumps(config))
     log_path = tmp_path / "cdc.log"
-    process = start_connector(path, stack, log_path)
+    process = start_connector(path, stack, log_path, processes)
     writer = Writer(stack.source_dsn, table, rows)
     try:
         wait_until(lambda: _table_progress(stack.source_dsn, name).get("chunks", 0) >= 10, 120,
@@ -486,7 +491,7 @@ def test_initial_snapshot_in_chunks_survives_a_kill_and_ends_equal_under_writes(
         process.wait(30)
         at_kill = _table_progress(stack.source_dsn, name)
         assert not at_kill["done"], "the load finished before the kill: make the table bigger"
-        process = start_connector(path, stack, log_path)
+        process = start_connector(path, stack, log_path, processes)
         wait_until(lambda: _table_progress(stack.source_dsn, name).get("done") is True, 180,
                    "the resumed initial load to finish", process)  # fmt: skip
         after = _table_progress(stack.source_dsn, name)

@@ -1,20 +1,24 @@
 """`cdc run` end to end on the real stack: PostgreSQL -> source -> Kafka -> sink -> PostgreSQL.
 
-One process runs both sides of one config, as a user would; the test changes the source while it runs,
-waits until the target equals the source, checks the probes, then stops it with SIGTERM.
+One `cdc run` runs both sides of one config, as a user would, on threads of one process or with the sink in a
+child process; the test changes the source while it runs, waits until the target equals the source, checks the
+probes (the same in both modes), then stops it with SIGTERM.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from tests.integration.pipeline_support import (
+    PROCESSES,
     drop_replication_state,
     free_port,
     start_connector,
@@ -28,7 +32,19 @@ from tests.support.helpers import http_get, rows_read_by_pg8000
 pytestmark = pytest.mark.integration
 
 
-def test_cdc_run_replicates_changes_and_stops_cleanly_on_sigterm(stack: Any, unique_name: Any, tmp_path: Path) -> None:
+def _applied(metrics: bytes) -> float:
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics.decode())
+        for sample in family.samples
+        if sample.name == "cdc_sink_applied_total"
+    )
+
+
+@pytest.mark.parametrize("processes", PROCESSES)
+def test_cdc_run_replicates_changes_and_stops_cleanly_on_sigterm(
+    stack: Any, unique_name: Any, tmp_path: Path, processes: str
+) -> None:
     name, table = unique_name("e2e"), unique_name("orders")
     columns = ["id", "customer", "amount", "note", "created_at"]
     with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
@@ -48,7 +64,7 @@ def test_cdc_run_replicates_changes_and_stops_cleanly_on_sigterm(stack: Any, uni
     port = free_port()
     config_path = tmp_path / "connector.yaml"
     write_config(config_path, name, table, port)
-    process = start_connector(config_path, stack, tmp_path / "cdc.log")
+    process = start_connector(config_path, stack, tmp_path / "cdc.log", processes)
     try:
         wait_until(lambda: http_get(port, "/readyz")[0] == 200, 90, "/readyz", process)
         with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
@@ -72,10 +88,16 @@ def test_cdc_run_replicates_changes_and_stops_cleanly_on_sigterm(stack: Any, uni
                 return False
 
         wait_until(target_matches, 120, "the target to equal the source", process)
-        code, metrics = http_get(port, "/metrics")
-        assert code == 200
-        assert b"cdc_sink_applied" in metrics
+        # Every change the ledger holds (below), counted by the sink wherever it runs.
+        applied = 200 + 1 + 100 + 30 + 42 + 2
+        wait_until(lambda: _applied(http_get(port, "/metrics")[1]) == applied, 30, "/metrics to count every change",
+                   process)  # fmt: skip
+        assert b"cdc_source_events_total" in http_get(port, "/metrics")[1]
         assert http_get(port, "/healthz")[0] == 200
+        status = json.loads(http_get(port, "/status")[1])
+        assert status["sink"]["assigned"] >= 1 and status["sink"]["partitions"], status
+        assert status["source"]
+        assert ("sink runs in process" in (tmp_path / "cdc.log").read_text()) == (processes == "2")
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
         log = (tmp_path / "cdc.log").read_text(errors="replace")
@@ -88,7 +110,7 @@ def test_cdc_run_replicates_changes_and_stops_cleanly_on_sigterm(stack: Any, uni
         assert ledger is not None
         # 200 snapshot rows + the snapshot-complete marker + 100 inserts + 30 updates + 42 deletes + 2 updates:
         # each applied once.
-        assert ledger[0] == ledger[1] == 200 + 1 + 100 + 30 + 42 + 2
+        assert ledger[0] == ledger[1] == applied
         with psycopg.connect(stack.source_dsn, autocommit=True) as conn:
             listed = sql.SQL(", ").join(map(sql.Identifier, columns))
             source_rows = [
