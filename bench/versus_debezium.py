@@ -30,11 +30,8 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -52,6 +49,15 @@ from psycopg.conninfo import make_conninfo
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.e2e_support import (  # noqa: E402
+    LATENCY_COLUMNS,
+    CdcRun,
+    applied_latencies_ms,
+    log,
+    machine,
+    offered_writer,
+    percentile,
+)
 from connector.config_loader import environment_with  # noqa: E402
 from devstack.connect import (  # noqa: E402
     AVRO_CONVERTER_VERSION,
@@ -162,52 +168,6 @@ def measure(
         if now > deadline:
             raise BenchError(f"{what}: {done} of {total} events within {timeout:.0f}s")
         time.sleep(interval)
-
-
-# --- our connector as a process ---------------------------------------------------------------------------------
-
-
-class OurProcess:
-    """`cdc run` on a config written to `workdir`, as its own process (SIGTERM to stop)."""
-
-    def __init__(self, workdir: Path, name: str, config: dict[str, Any], env: dict[str, str]) -> None:
-        self.config_path = workdir / f"{name}.json"
-        self.log = workdir / f"{name}.log"
-        self.config_path.write_text(json.dumps(config))  # JSON is YAML
-        self._env = env
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "connector.cli", "--env-file", os.devnull, "run", str(self.config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._env,
-                cwd=ROOT,
-            )
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    def failure(self) -> str | None:
-        if self._process is not None and self._process.poll() is not None:
-            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-15:])
-            return f"cdc run exited with {self._process.returncode}; see {self.log}\n{tail}"
-        return None
-
-    def stop(self) -> None:
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(60)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(10)
-        self._process = None
 
 
 class Worker:
@@ -411,7 +371,7 @@ class Repeat:
     def _sink(self, dsn: str, topics: list[str]) -> dict[str, Any]:
         return {"dsn": dsn, "topics": topics, "target_schema": "public", "table_name_format": "{table}"}
 
-    def _ours(self, name: str, source: bool, sink_dsn: str | None, topics: list[str] | None = None) -> OurProcess:
+    def _ours(self, name: str, source: bool, sink_dsn: str | None, topics: list[str] | None = None) -> CdcRun:
         config: dict[str, Any] = {
             "name": name,
             "kafka": {"bootstrap_servers": "${CDC_KAFKA_BOOTSTRAP}"},
@@ -423,7 +383,7 @@ class Repeat:
         if sink_dsn is not None:
             config["sink"] = self._sink(sink_dsn, topics or [f"{name}.public.{self.table}"])
             config["transforms"] = {"source": [], "sink": []}
-        return OurProcess(self.workdir, name, config, self.env)
+        return CdcRun(self.workdir, name, config, self.env)
 
     def _connect(self, name: str, settings: dict[str, str]) -> Worker:
         return Worker(
@@ -606,12 +566,7 @@ class Repeat:
         name = f"{self.id}_lat"
         ident = sql.Identifier(name)
         with psycopg.connect(src, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL(
-                    "CREATE TABLE {} (id bigint PRIMARY KEY, payload text, written_at timestamptz "
-                    "NOT NULL DEFAULT clock_timestamp())"
-                ).format(ident)
-            )
+            conn.execute(sql.SQL(f"CREATE TABLE {{}} ({LATENCY_COLUMNS})").format(ident))
         stack.callback(_drop, src, name)
         dsn = stack.enter_context(scratch_database(self.env["CDC_TARGET_DSN"], name))
         config: dict[str, Any] = {
@@ -623,7 +578,7 @@ class Repeat:
             "sink": {**self._sink(dsn, [f"{name}.public.{name}"]), "batch": {"max_wait_ms": 50}},
             "transforms": {"source": [], "sink": []},
         }
-        process = OurProcess(self.workdir, name, config, self.env)
+        process = CdcRun(self.workdir, name, config, self.env)
         stack.callback(drop_slot, src, name, name)
         stack.callback(process.stop)
         process.start()
@@ -634,27 +589,20 @@ class Repeat:
         began = time.monotonic()
         sent = offered_writer(src, name, args.rate, args.e2e_seconds, args.e2e_tx_rows, late)
         write_seconds = time.monotonic() - began
-        query = sql.SQL(
-            "SELECT extract(epoch FROM a.applied_at - t.written_at) FROM {} t "
-            "JOIN cdc.applied_changes a ON a.change_id = t.__cdc_change_id"
-        ).format(ident)
         values: list[float] = []
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            deadline = time.monotonic() + args.timeout
-            while time.monotonic() < deadline:
-                with contextlib.suppress(psycopg.errors.UndefinedTable):
-                    values = [float(row[0]) * 1000 for row in conn.execute(query)]
-                if len(values) >= sent:
-                    break
-                problem = process.failure()
-                if problem:
-                    raise BenchError(f"latency run: {problem}")
-                time.sleep(0.5)
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            values = applied_latencies_ms(dsn, name)
+            if len(values) >= sent:
+                break
+            problem = process.failure()
+            if problem:
+                raise BenchError(f"latency run: {problem}")
+            time.sleep(0.5)
         rss = peak_rss_mib(process.pid) if process.pid else 0.0
         process.stop()
         if len(values) < sent:
             raise BenchError(f"latency run: {len(values)} of {sent} rows applied within {args.timeout:.0f}s")
-        values.sort()
         return {
             "offered_rate": args.rate,
             "achieved_write_rate": round(sent / write_seconds),
@@ -700,55 +648,7 @@ def _figure(figure: Figure) -> dict[str, Any]:
     }
 
 
-def offered_writer(dsn: str, table: str, rate: float, seconds: float, tx_rows: int, late: list[float]) -> int:
-    """Commit `rate` rows/s in transactions of `tx_rows` on a fixed schedule; a late writer is counted, not hidden."""
-    interval = tx_rows / rate
-    statement = sql.SQL(
-        "INSERT INTO {} (id, payload) SELECT g, 'row ' || g FROM generate_series(%s::bigint, %s::bigint) g"
-    ).format(sql.Identifier(table))
-    sent = 0
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        start = time.monotonic()
-        for tick in range(int(seconds / interval)):
-            due = start + tick * interval
-            now = time.monotonic()
-            if due > now:
-                time.sleep(due - now)
-            else:
-                late.append(now - due)
-            conn.execute(statement, (sent + 1, sent + tx_rows))
-            sent += tx_rows
-    return sent
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # --- report -------------------------------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    memory = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.machine(),
-    )
-    return {
-        "cores": os.cpu_count(),
-        "cpu": model,
-        "ram_gib": round(int(memory.split()[1]) / 1024**2, 1),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-    }
 
 
 def medians(repeats: list[dict[str, Any]], stage: str) -> dict[str, dict[str, float]]:
