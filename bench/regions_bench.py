@@ -224,13 +224,15 @@ class Configuration:
         return int(row[0]) if row else 0
 
     def _applied_by_region(self, table: str) -> dict[str, int]:
-        """The ledger's rows of `table` by the topic their sink read: `A.<topic>` in region B, the rest in A."""
+        """The ledger's rows of the phase's changes (not the primed row) by the topic their sink read: `A.<topic>` in
+        region B, the rest in region A."""
+        query = sql.SQL(
+            "SELECT count(*) FILTER (WHERE a.topic NOT LIKE 'A.%%'), count(*) FILTER (WHERE a.topic LIKE 'A.%%') "
+            "FROM cdc.applied_changes a JOIN {} t ON a.change_id = t.__cdc_change_id "
+            "WHERE a.destination = {}::regclass::oid AND t.id >= %s"
+        ).format(sql.Identifier(table), sql.Literal(table))
         with psycopg.connect(self.env["CDC_TARGET_DSN"], autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FILTER (WHERE topic NOT LIKE 'A.%%'), count(*) FILTER (WHERE topic LIKE 'A.%%') "
-                "FROM cdc.applied_changes WHERE destination = to_regclass(%s)::oid",
-                (f"public.{table}",),
-            ).fetchone()
+            row = conn.execute(query, (1,)).fetchone()
         assert row is not None
         return {REGION_A: int(row[0]), REGION_B: int(row[1])}
 
