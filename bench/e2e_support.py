@@ -23,7 +23,37 @@ from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LATENCY_COLUMNS = "id bigint PRIMARY KEY, payload text, written_at timestamptz NOT NULL DEFAULT clock_timestamp()"
+
+
+def process_tree(pid: int) -> list[int]:
+    out, i = [pid], 0
+    while i < len(out):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{out[i]}/task").iterdir():
+                out.extend(int(child) for child in (task / "children").read_text().split())
+        i += 1
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0
+    for each in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return total / CLOCK_TICKS
+
+
+def peak_rss_mib(pid: int) -> float:
+    total = 0
+    for each in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total / 1024
 
 
 class CdcRun:

@@ -1,11 +1,12 @@
 """Two active regions against one: end-to-end throughput and latency, and the duplicates the ledger absorbs.
 
     python bench/regions_bench.py [--burst 30000 --tx-size 500] [--rate 200 --seconds 30 --tx-rows 5]
-                                  [--env-file <home>/dev.env]
+                                  [--two-first] [--env-file <home>/dev.env]
 
 Starts its own two-region stack, `cdc dev up --regions 2 --free-ports --home <temporary directory>`, and stops it
 at the end whatever happens (`cdc dev down --clean --home`); `--env-file` names a running two-region stack to use
-instead (left running). Two configurations, one after the other, each on its own tables, slot and topics:
+instead (left running). Two configurations, one after the other (`--two-first` swaps them), each on its own
+tables, slot and topics:
 
 - one region: region A's source and region A's sink (MirrorMaker still copies the topics to region B);
 - two regions: the same and region B's sink, which reads the copies in region B (`A.<topic>`) and applies into the
@@ -54,6 +55,7 @@ from bench.e2e_support import (  # noqa: E402
     LATENCY_COLUMNS,
     CdcRun,
     applied_latencies_ms,
+    cpu_seconds,
     insert_rows,
     log,
     machine,
@@ -205,6 +207,11 @@ class Configuration:
                 return problem
         return None
 
+    def _cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) each process used so far: `source`, `sink A`, `sink B`."""
+        processes = {"source": self.source, **{f"sink {s.region}": s.process for s in self.sinks}}
+        return {label: cpu_seconds(p.pid) if p.pid else 0.0 for label, p in processes.items()}
+
     def _counters(self) -> dict[str, dict[str, float]]:
         return {sink.region: sink_counters(sink.port) for sink in self.sinks}
 
@@ -270,7 +277,8 @@ class Configuration:
             return conn.execute(query, (self.name,)).fetchone() is not None
 
     def _settle(self, before: dict[str, dict[str, float]], changes: int) -> dict[str, dict[str, int]]:
-        """Wait until every sink has read `changes` more changes; what each applied and skipped meanwhile."""
+        """Wait until every sink has read `changes` more changes; what each applied and skipped meanwhile (counted by
+        the sink: `applied`, `duplicates`, `stale`)."""
         for sink in self.sinks:
             wait_for(
                 self._has_read(sink, sum(before[sink.region].values()) + changes),
@@ -288,7 +296,7 @@ class Configuration:
 
     def _burst(self) -> dict[str, Any]:
         args = self.args
-        before = self._counters()
+        before, cpu_before = self._counters(), self._cpu()
         log(f"{self.regions} region(s): burst of {args.burst:,} inserts in transactions of {args.tx_size:,}")
         started = time.monotonic()
         with psycopg.connect(self.env["CDC_SOURCE_DSN"], autocommit=True) as conn:
@@ -311,13 +319,14 @@ class Configuration:
             "all_sinks_read_s": round(settled_s, 2),
             "applied_by_region": self._applied_by_region(self.burst_table),
             "sinks": settled,
+            "cpu_s": {label: round(cpu - cpu_before[label], 1) for label, cpu in self._cpu().items()},
         }
         log(f"{self.regions} region(s): burst {figures}")
         return figures
 
     def _rate(self) -> dict[str, Any]:
         args = self.args
-        before = self._counters()
+        before, cpu_before = self._counters(), self._cpu()
         log(f"{self.regions} region(s): {args.rate:,.0f} rows/s offered for {args.seconds:.0f}s")
         late: list[float] = []
         started = time.monotonic()
@@ -345,6 +354,7 @@ class Configuration:
             "mean_ms": round(statistics.fmean(values), 1),
             "applied_by_region": self._applied_by_region(self.rate_table),
             "sinks": settled,
+            "cpu_s": {label: round(cpu - cpu_before[label], 1) for label, cpu in self._cpu().items()},
         }
         log(f"{self.regions} region(s): offered rate {figures}")
         return figures
@@ -382,6 +392,9 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
         return cell
 
+    def cpu(phase: str) -> Callable[[dict[str, Any]], str]:
+        return lambda result: ", ".join(f"{label} {seconds:.1f}" for label, seconds in result[phase]["cpu_s"].items())
+
     burst = results["one"]["burst"]
     row(
         f"burst: {burst['changes']:,} inserts, commit -> destination holds all",
@@ -391,6 +404,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         ),
     )
     row("burst: per region (ledger rows; sink's duplicate counter)", sinks("burst"))
+    row("burst: CPU seconds per process, first write -> every sink read all", cpu("burst"))
     rate = results["one"]["rate"]
     row(
         f"latency at {rate['offered_rate']:,.0f} rows/s offered ({rate['changes']:,} changes), first apply",
@@ -401,6 +415,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         ),
     )
     row("offered rate: per region (ledger rows; sink's duplicate counter)", sinks("rate"))
+    row("offered rate: CPU seconds per process, first write -> every sink read all", cpu("rate"))
     return "\n".join(lines)
 
 
@@ -412,6 +427,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=30, help="length of the latency phase")
     parser.add_argument("--tx-rows", type=int, default=5, help="rows per transaction in the latency phase")
     parser.add_argument("--batch", type=int, default=5_000, help="the sinks' batch.max_records")
+    parser.add_argument("--two-first", action="store_true", help="run the two-region configuration first")
     parser.add_argument("--timeout", type=float, default=600, help="seconds a phase may take")
     parser.add_argument(
         "--env-file", type=Path, default=None, help="a running two-region stack's dev.env (default: start one)"
@@ -430,7 +446,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if missing:
             raise SystemExit(f"no {', '.join(missing)} in the stack's env file: is it a two-region stack?")
         workdir = args.out / "work"
-        for label, regions in (("one", 1), ("two", 2)):
+        order = (("two", 2), ("one", 1)) if args.two_first else (("one", 1), ("two", 2))
+        for label, regions in order:
             with contextlib.ExitStack() as stack:
                 configuration = Configuration(env, workdir, regions, args)
                 results[label] = configuration.run(stack)

@@ -53,9 +53,11 @@ from bench.e2e_support import (  # noqa: E402
     LATENCY_COLUMNS,
     CdcRun,
     applied_latencies_ms,
+    cpu_seconds,
     log,
     machine,
     offered_writer,
+    peak_rss_mib,
     percentile,
 )
 from connector.config_loader import environment_with  # noqa: E402
@@ -80,43 +82,10 @@ TUNED_JDBC = {
     # second time"); the reduction buffer keeps each key's last change per batch.
     "use.reduction.buffer": "true",
 }
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(Exception):
     """A side failed or did not finish: the run stops with this message."""
-
-
-# --- processes: CPU time and peak RSS from /proc --------------------------------------------------------------
-
-
-def process_tree(pid: int) -> list[int]:
-    out, i = [pid], 0
-    while i < len(out):
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{out[i]}/task").iterdir():
-                out.extend(int(child) for child in (task / "children").read_text().split())
-        i += 1
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    total = 0
-    for each in process_tree(pid):
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
-    return total / CLOCK_TICKS
-
-
-def peak_rss_mib(pid: int) -> float:
-    total = 0
-    for each in process_tree(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{each}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-    return total / 1024
 
 
 @dataclass
