@@ -15,18 +15,22 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from connector.config import ConnectorConfig
-from connector.config_loader import environment_with
-from connector.pipeline import Pipeline
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.e2e_support import LATENCY_COLUMNS, applied_latencies_ms, percentile  # noqa: E402
+from connector.config import ConnectorConfig  # noqa: E402
+from connector.config_loader import environment_with  # noqa: E402
+from connector.pipeline import Pipeline  # noqa: E402
 
 
 def _config(env: dict[str, str], name: str, table: str, batch: int) -> ConnectorConfig:
@@ -74,11 +78,6 @@ def _writer(dsn: str, table: str, rate: float, seconds: float, late: list[float]
             sent += 1
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=2000, help="rows/s offered, one row per transaction")
@@ -90,12 +89,7 @@ def main() -> None:
     name = f"e2ebench_{uuid.uuid4().hex[:8]}"
     table = name
     with psycopg.connect(env["CDC_SOURCE_DSN"], autocommit=True) as conn:
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE {} (id bigint PRIMARY KEY, payload text, written_at timestamptz NOT NULL "
-                "DEFAULT clock_timestamp())"
-            ).format(sql.Identifier(table))
-        )
+        conn.execute(sql.SQL(f"CREATE TABLE {{}} ({LATENCY_COLUMNS})").format(sql.Identifier(table)))
     pipeline = Pipeline(_config(env, name, table, args.batch))
     runner = threading.Thread(target=lambda: pipeline.run(install_signals=False), daemon=True)
     runner.start()
@@ -106,20 +100,12 @@ def main() -> None:
     began = time.monotonic()
     sent = _writer(env["CDC_SOURCE_DSN"], table, args.rate, args.seconds, late)
     write_seconds = time.monotonic() - began
-    query = sql.SQL(
-        "SELECT extract(epoch FROM a.applied_at - t.written_at) FROM {t} t "
-        "JOIN cdc.applied_changes a ON a.change_id = t.__cdc_change_id"
-    ).format(t=sql.Identifier("public", table))
-    latencies: list[Any] = []
-    with psycopg.connect(env["CDC_TARGET_DSN"], autocommit=True) as conn:
-        while time.monotonic() < began + args.seconds + 120:
-            try:
-                latencies = [row[0] for row in conn.execute(query)]
-            except psycopg.errors.UndefinedTable:
-                latencies = []
-            if len(latencies) >= sent:
-                break
-            time.sleep(0.5)
+    values: list[float] = []
+    while time.monotonic() < began + args.seconds + 120:
+        values = applied_latencies_ms(env["CDC_TARGET_DSN"], table)
+        if len(values) >= sent:
+            break
+        time.sleep(0.5)
     drained = time.monotonic() - began
     pipeline.stop.set()
     runner.join(60)
@@ -127,15 +113,20 @@ def main() -> None:
         conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
         conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
-    values = [float(v) * 1000 for v in latencies]
-    print(f"offered {args.rate:.0f} rows/s for {args.seconds:.0f}s: wrote {sent} rows in {write_seconds:.1f}s "
-          f"({sent / write_seconds:.0f}/s; writer late {len(late)} times, max {max(late, default=0) * 1000:.0f} ms)")
-    print(f"applied {len(values)} of {sent} within {drained:.1f}s of the first write "
-          f"({len(values) / drained:.0f} rows/s end to end)")
+    print(
+        f"offered {args.rate:.0f} rows/s for {args.seconds:.0f}s: wrote {sent} rows in {write_seconds:.1f}s "
+        f"({sent / write_seconds:.0f}/s; writer late {len(late)} times, max {max(late, default=0) * 1000:.0f} ms)"
+    )
+    print(
+        f"applied {len(values)} of {sent} within {drained:.1f}s of the first write "
+        f"({len(values) / drained:.0f} rows/s end to end)"
+    )
     if values:
-        p50, p90, p99 = (_percentile(values, q) for q in (0.5, 0.9, 0.99))
-        print(f"latency commit -> applied: p50 {p50:.0f} ms, p90 {p90:.0f} ms, p99 {p99:.0f} ms, "
-              f"max {max(values):.0f} ms, mean {statistics.fmean(values):.0f} ms")
+        p50, p90, p99 = (percentile(values, q) for q in (0.5, 0.9, 0.99))
+        print(
+            f"latency commit -> applied: p50 {p50:.0f} ms, p90 {p90:.0f} ms, p99 {p99:.0f} ms, "
+            f"max {max(values):.0f} ms, mean {statistics.fmean(values):.0f} ms"
+        )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {rss:.0f} MiB (source + sink in one process)")
 

@@ -184,9 +184,7 @@ class Writer:
                             (uuid.uuid4().hex,),
                         )
                     else:
-                        conn.execute(
-                            sql.SQL("DELETE FROM {t} WHERE id = ").format(t=ident) + pick
-                        )
+                        conn.execute(sql.SQL("DELETE FROM {t} WHERE id = ").format(t=ident) + pick)
                     self.transactions += 1
                     time.sleep(1 / self.rate)
         except BaseException as exc:  # reported by stop()
@@ -254,8 +252,46 @@ def ledger(stack: TwoRegions, table: str) -> dict[str, set[uuid.UUID]]:
     return by_origin
 
 
+def applied_by_region(stack: TwoRegions, name: str, table: str, sources: tuple[str, ...]) -> dict[str, int]:
+    """The ledger's change ids of the destination table by the region whose sink applied them; `sources`: the
+    regions a source of the pipeline wrote in.
+
+    A `B.` topic is read only by region A's sink and an `A.` topic only by region B's. The local topic's name is
+    read in both regions once a source ran in each: the ledger row's (partition, offset) then names the cluster,
+    the one whose record at that position carries the row's change id.
+    """
+    with psycopg.connect(stack.endpoints.target_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            'SELECT change_id, topic, partition, "offset" FROM cdc.applied_changes '
+            "WHERE destination = to_regclass(%s)::oid",
+            (f"public.{table}",),
+        ).fetchall()
+    topic = topic_of(name, table)
+    positions = {region: positions_in(stack.bootstrap(region), topic) for region in sources}
+    counts = {REGION_A: 0, REGION_B: 0}
+    for change_id, read_from, partition, offset in rows:
+        origin = read_from.partition(".")[0]
+        if origin in (REGION_A, REGION_B):
+            counts[other(origin)] += 1
+            continue
+        regions = [r for r in sources if positions[r].get((partition, offset)) == change_id]
+        assert len(regions) == 1, f"change {change_id} of {read_from} at {partition}/{offset} found in {regions}"
+        counts[regions[0]] += 1
+    return counts
+
+
 def change_ids_in(bootstrap: str, topic: str, timeout: float = 30.0) -> list[uuid.UUID]:
     """The `change_id` header of every committed record of `topic`, in order, read up to its end."""
+    return [change_id for _, _, change_id in records_in(bootstrap, topic, timeout)]
+
+
+def positions_in(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[tuple[int, int], uuid.UUID]:
+    """The change id of the record at each (partition, offset) of `topic`."""
+    return {(partition, offset): change_id for partition, offset, change_id in records_in(bootstrap, topic, timeout)}
+
+
+def records_in(bootstrap: str, topic: str, timeout: float = 30.0) -> list[tuple[int, int, uuid.UUID]]:
+    """(partition, offset, `change_id` header) of every committed record of `topic`, in order, read to its end."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -271,7 +307,7 @@ def change_ids_in(bootstrap: str, topic: str, timeout: float = 30.0) -> list[uui
         partitions = [TopicPartition(topic, p, 0) for p in metadata.partitions]
         ends = {p.partition: consumer.get_watermark_offsets(p, timeout=timeout)[1] for p in partitions}
         consumer.assign(partitions)
-        found: list[uuid.UUID] = []
+        found: list[tuple[int, int, uuid.UUID]] = []
         done = {p for p, end in ends.items() if end == 0}
         deadline = time.monotonic() + timeout
         while len(done) < len(ends):
@@ -288,10 +324,12 @@ def change_ids_in(bootstrap: str, topic: str, timeout: float = 30.0) -> list[uui
                 continue
             headers = dict(message.headers() or [])
             raw = headers.get("change_id")
-            if raw is not None:
-                found.append(uuid.UUID(raw.decode() if isinstance(raw, bytes) else str(raw)))
             partition, offset = message.partition(), message.offset()
-            if partition is not None and offset is not None and offset + 1 >= ends[partition]:
+            if partition is None or offset is None:
+                continue
+            if raw is not None:
+                found.append((partition, offset, uuid.UUID(raw.decode() if isinstance(raw, bytes) else str(raw))))
+            if offset + 1 >= ends[partition]:
                 done.add(partition)
         return found
     finally:
