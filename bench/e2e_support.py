@@ -8,19 +8,13 @@ pipeline does (no coordinated omission): a late writer is counted, not hidden.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from bench.harness.procs import ROOT, cpu_seconds, log, peak_rss_mib, process_tree
+from bench.harness.procs import OurProcess, cpu_seconds, log, peak_rss_mib, process_tree
 from bench.harness.report import machine
 from bench.harness.steady import percentile
 
@@ -32,47 +26,8 @@ __all__ = [  # with what the harness gives every bench, re-exported
 LATENCY_COLUMNS = "id bigint PRIMARY KEY, payload text, written_at timestamptz NOT NULL DEFAULT clock_timestamp()"
 
 
-class CdcRun:
-    """`cdc run` on a config written to `workdir`, as its own process (SIGTERM to stop)."""
-
-    def __init__(self, workdir: Path, name: str, config: dict[str, Any], env: dict[str, str]) -> None:
-        self.config_path = workdir / f"{name}.json"
-        self.log = workdir / f"{name}.log"
-        self.config_path.write_text(json.dumps(config))  # JSON is YAML
-        self._env = env
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "connector.cli", "--env-file", os.devnull, "run", str(self.config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._env,
-                cwd=ROOT,
-            )
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    def failure(self) -> str | None:
-        if self._process is not None and self._process.poll() is not None:
-            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-15:])
-            return f"cdc run exited with {self._process.returncode}; see {self.log}\n{tail}"
-        return None
-
-    def stop(self) -> None:
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(60)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(10)
-        self._process = None
+CdcRun = OurProcess
+"""`cdc run` on a config written to a work directory, as its own process (SIGTERM to stop)."""
 
 
 def insert_rows(conn: psycopg.Connection[Any], table: str, low: int, high: int) -> None:
