@@ -14,6 +14,7 @@ pure generator's rules, so that both read the same schema the same way.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -100,7 +101,7 @@ def compile_reader(definition: Any, *, accelerated: bool = ENABLED) -> Reader | 
     return reader
 
 
-ChangeReader = Callable[[bytes, int], "tuple[str, str, int, int, str, str, int | None, bytes] | None"]
+ChangeReader = Callable[[bytes, int], "tuple[str, uuid.UUID, int, int, str, str, int | None, bytes] | None"]
 """`(buf, pos) -> (op, change_id, commit_lsn, lsn, schema, table, ts_ms, COPY line)`, or None for the pure path."""
 Kinds = Callable[[list[tuple[str, tuple[Any, ...]]]], "list[tuple[Any, ...]] | None"]
 """The row record's lowered fields `[(name, node), ...]` -> one COPY kind per field, or None (not supported)."""

@@ -10,8 +10,9 @@
 
 use std::fmt::Write as _;
 
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 
 use crate::{digits, lower, Cursor, Fail, Node, Res, Unsupported};
 
@@ -73,7 +74,7 @@ enum Scalar<'a> {
 }
 
 /// Reads one kind of envelope (one value schema) into `(op, change_id, commit_lsn, lsn, schema, table, ts_ms,
-/// line)`, or None where the pure path must decide.
+/// line)` (`change_id` a `uuid.UUID`), or None where the pure path must decide.
 #[pyclass(frozen, module = "cdc_accel")]
 pub(crate) struct ChangeReader {
     records: Vec<Vec<Node>>,
@@ -83,6 +84,11 @@ pub(crate) struct ChangeReader {
     source_slots: Vec<Slot>,
     row: usize,
     kinds: Vec<Kind>,
+    /// `uuid.UUID`, `uuid.SafeUUID.unknown` and the attribute names a `UUID` is made of (what `UUID(text)` sets).
+    uuid: Py<PyType>,
+    safe_unknown: Py<PyAny>,
+    int_name: Py<PyString>,
+    is_safe_name: Py<PyString>,
 }
 
 fn kind_of(spec: &Bound<'_, PyAny>) -> PyResult<Kind> {
@@ -263,9 +269,11 @@ fn value(cur: &mut Cursor<'_>, node: &Node, kind: Kind, out: &mut Vec<u8>) -> Re
             value(cur, branch, kind, out)?;
         }
         (Node::Long, Kind::Int) => {
-            let mut text = String::new();
-            let _ = write!(text, "{}", cur.long()?);
-            out.extend_from_slice(text.as_bytes());
+            let v = cur.long()?;
+            if v < 0 {
+                out.push(b'-');
+            }
+            digits_of(v.unsigned_abs(), 1, out);
         }
         (Node::Long, Kind::Timestamp { units, zone }) => timestamp(cur.long()?, units, zone, out)?,
         (Node::Boolean, Kind::Bool) => out.push(if cur.byte()? != 0 { b't' } else { b'f' }),
@@ -344,6 +352,19 @@ fn decimal(raw: &[u8], precision: u32, scale: i64, out: &mut Vec<u8>) -> Res<()>
     Ok(())
 }
 
+/// `n` in decimal, zero-padded to at least `width` digits (at most 20).
+fn digits_of(mut n: u64, width: usize, out: &mut Vec<u8>) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    while n > 0 {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let start = i.min(buf.len() - width.max(1));
+    out.extend_from_slice(&buf[start..]);
+}
+
 const PY_MIN_MICROS: i128 = -62_135_596_800_000_000;
 const PY_MAX_MICROS: i128 = 253_402_300_799_999_999;
 const MICROS_PER_DAY: i128 = 86_400_000_000;
@@ -366,25 +387,44 @@ fn timestamp(value: i64, units: i128, zone: bool, out: &mut Vec<u8>) -> Res<()> 
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     let (seconds, fraction) = (rest / 1_000_000, rest % 1_000_000);
-    let mut text = String::with_capacity(32);
-    let _ = write!(
-        text,
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        year,
-        month,
-        day,
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60
-    );
+    digits_of(year as u64, 4, out);
+    out.push(b'-');
+    digits_of(month as u64, 2, out);
+    out.push(b'-');
+    digits_of(day as u64, 2, out);
+    out.push(b' ');
+    digits_of((seconds / 3600) as u64, 2, out);
+    out.push(b':');
+    digits_of((seconds / 60 % 60) as u64, 2, out);
+    out.push(b':');
+    digits_of((seconds % 60) as u64, 2, out);
     if fraction != 0 {
-        let _ = write!(text, ".{:06}", fraction);
+        out.push(b'.');
+        digits_of(fraction as u64, 6, out);
     }
     if zone {
-        text.push_str("+00:00");
+        out.extend_from_slice(b"+00:00");
     }
-    out.extend_from_slice(text.as_bytes());
     Ok(())
+}
+
+/// The 128-bit value of a UUID in its canonical text (hyphens at 8, 13, 18, 23; hex digits of either case);
+/// None for any other spelling `uuid.UUID` accepts (braces, `urn:uuid:`, no hyphens): the pure path reads those.
+fn uuid_value(raw: &[u8]) -> Option<u128> {
+    if raw.len() != 36 {
+        return None;
+    }
+    let mut n: u128 = 0;
+    for (i, &b) in raw.iter().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if b != b'-' {
+                return None;
+            }
+            continue;
+        }
+        n = (n << 4) | (b as char).to_digit(16)? as u128;
+    }
+    Some(n)
 }
 
 fn str_of<'py>(py: Python<'py>, raw: &[u8]) -> Res<Bound<'py, PyAny>> {
@@ -454,7 +494,13 @@ impl ChangeReader {
                 return Err(Unsupported::new_err("a column's Avro type does not fit its kind"));
             }
         }
+        let py = root.py();
+        let module = py.import("uuid")?;
         Ok(ChangeReader {
+            uuid: module.getattr("UUID")?.cast_into::<PyType>()?.unbind(),
+            safe_unknown: module.getattr("SafeUUID")?.getattr("unknown")?.unbind(),
+            int_name: PyString::intern(py, "int").unbind(),
+            is_safe_name: PyString::intern(py, "is_safe").unbind(),
             records: lowered,
             envelope,
             slots: envelope_slots,
@@ -469,6 +515,38 @@ impl ChangeReader {
     fn __call__<'py>(&self, py: Python<'py>, buf: &Bound<'py, PyBytes>, pos: usize) -> PyResult<Option<Bound<'py, PyAny>>> {
         let data = buf.as_bytes();
         Ok(self.read(py, data, pos).ok())
+    }
+}
+
+impl ChangeReader {
+    /// `uuid.UUID(text)` for a canonical `text`, built as that constructor leaves it (`int`, `is_safe`)
+    /// without its parsing in Python.
+    fn uuid_of<'py>(&self, py: Python<'py>, value: u128) -> Res<Bound<'py, PyAny>> {
+        let bytes = value.to_le_bytes();
+        // SAFETY: plain CPython calls on owned references; `PyType_GenericAlloc` is what `object.__new__`
+        // allocates a `UUID` (a class with slots) with, and a failed call returns NULL with an exception set.
+        unsafe {
+            let int = ffi::_PyLong_FromByteArray(bytes.as_ptr(), 16, 1, 0);
+            if int.is_null() {
+                drop(PyErr::fetch(py));
+                return Err(Fail);
+            }
+            let int = Bound::from_owned_ptr(py, int);
+            let object = ffi::PyType_GenericAlloc(self.uuid.as_ptr() as *mut ffi::PyTypeObject, 0);
+            if object.is_null() {
+                drop(PyErr::fetch(py));
+                return Err(Fail);
+            }
+            let object = Bound::from_owned_ptr(py, object);
+            for (name, item) in [(self.int_name.bind(py), int.as_any()), (self.is_safe_name.bind(py), self.safe_unknown.bind(py))] {
+                // UUID's own __setattr__ refuses (immutable); its constructor sets these slots the same way.
+                if ffi::PyObject_GenericSetAttr(object.as_ptr(), name.as_ptr(), item.as_ptr()) != 0 {
+                    drop(PyErr::fetch(py));
+                    return Err(Fail);
+                }
+            }
+            Ok(object)
+        }
     }
 }
 
@@ -523,7 +601,7 @@ impl ChangeReader {
         };
         let image = if op == b"d" { before } else { after }.ok_or(Fail)?;
         let change_id = match change_id {
-            Some(Scalar::Str(raw)) if !raw.is_empty() => raw,
+            Some(Scalar::Str(raw)) => uuid_value(raw).ok_or(Fail)?,
             _ => return Err(Fail), // no id in the envelope: a header's or Debezium's, the pure path derives it
         };
         let lsn = match lsn {
@@ -548,7 +626,7 @@ impl ChangeReader {
         self.line(&mut row, &mut line)?;
         let items: [Bound<'py, PyAny>; 8] = [
             str_of(py, op)?,
-            str_of(py, change_id)?,
+            self.uuid_of(py, change_id)?,
             commit_lsn.into_pyobject(py)?.into_any(),
             lsn.into_pyobject(py)?.into_any(),
             str_of(py, schema)?,

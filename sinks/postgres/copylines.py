@@ -16,7 +16,6 @@ the pure path's reader the first time it is read.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -103,11 +102,7 @@ def native_change(
     got = read(data, start)
     if got is None:
         return None
-    op, raw_id, commit_lsn, lsn, schema, table, ts_ms, line = got
-    try:
-        change_id = uuid.UUID(raw_id)
-    except ValueError:
-        return None
+    op, change_id, commit_lsn, lsn, schema, table, ts_ms, line = got
     if not shape.key:
         keyed = None
     elif type(key) is dict or isinstance(key, Mapping):
