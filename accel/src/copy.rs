@@ -19,14 +19,10 @@ use crate::{digits, lower, Cursor, Fail, Node, Res, Unsupported};
 /// How a column's value is written, mirroring the pure path's value and psycopg's text dumper for it.
 #[derive(Clone, Copy)]
 enum Kind {
-    /// An Avro int/long as a Python int: decimal digits.
-    Int,
-    /// A Python bool: `t` / `f`.
-    Bool,
-    /// A Python str: its UTF-8 bytes with COPY's escapes; a NUL is psycopg's error, left to the pure path.
-    Text,
-    /// A `Decimal` of the fast decimal read: `str(Decimal)`.
-    Decimal,
+    /// A value written as the reader returns it (no converter), by its Avro type: an int/long as a Python int
+    /// (decimal digits), a boolean (`t` / `f`), a string (its UTF-8 bytes with COPY's escapes; a NUL is
+    /// psycopg's error, left to the pure path), a decimal of the fast read (`str(Decimal)`).
+    Plain,
     /// Integer time since the epoch in 1/`units` seconds, converted to a `datetime` by `types._epoch`:
     /// `str(datetime)`, with `+00:00` when `zone`. Values outside Python's years 1..9999 go the pure way.
     Timestamp { units: i128, zone: bool },
@@ -95,10 +91,7 @@ fn kind_of(spec: &Bound<'_, PyAny>) -> PyResult<Kind> {
     let tuple = spec.cast::<PyTuple>()?;
     let tag: String = tuple.get_item(0)?.extract()?;
     Ok(match tag.as_str() {
-        "int" => Kind::Int,
-        "bool" => Kind::Bool,
-        "text" => Kind::Text,
-        "decimal" => Kind::Decimal,
+        "plain" => Kind::Plain,
         "timestamp" => {
             let units: i64 = tuple.get_item(1)?.extract()?;
             if units <= 0 {
@@ -115,10 +108,8 @@ fn fits(node: &Node, kind: Kind) -> bool {
     match (node, kind) {
         (Node::Null, _) => true,
         (Node::Union(branches), _) => branches.iter().all(|b| fits(b, kind)),
-        (Node::Long, Kind::Int | Kind::Timestamp { .. }) => true,
-        (Node::Boolean, Kind::Bool) => true,
-        (Node::String, Kind::Text) => true,
-        (Node::Decimal { fast: Some(_), .. }, Kind::Decimal) => true,
+        (Node::Long, Kind::Plain | Kind::Timestamp { .. }) => true,
+        (Node::Boolean | Node::String | Node::Decimal { fast: Some(_), .. }, Kind::Plain) => true,
         _ => false,
     }
 }
@@ -268,7 +259,7 @@ fn value(cur: &mut Cursor<'_>, node: &Node, kind: Kind, out: &mut Vec<u8>) -> Re
             let branch = usize::try_from(index).ok().and_then(|i| branches.get(i)).ok_or(Fail)?;
             value(cur, branch, kind, out)?;
         }
-        (Node::Long, Kind::Int) => {
+        (Node::Long, Kind::Plain) => {
             let v = cur.long()?;
             if v < 0 {
                 out.push(b'-');
@@ -276,9 +267,9 @@ fn value(cur: &mut Cursor<'_>, node: &Node, kind: Kind, out: &mut Vec<u8>) -> Re
             digits_of(v.unsigned_abs(), 1, out);
         }
         (Node::Long, Kind::Timestamp { units, zone }) => timestamp(cur.long()?, units, zone, out)?,
-        (Node::Boolean, Kind::Bool) => out.push(if cur.byte()? != 0 { b't' } else { b'f' }),
-        (Node::String, Kind::Text) => text(cur.sized()?, out)?,
-        (Node::Decimal { fast: Some((precision, scale)), .. }, Kind::Decimal) => {
+        (Node::Boolean, Kind::Plain) => out.push(if cur.byte()? != 0 { b't' } else { b'f' }),
+        (Node::String, Kind::Plain) => text(cur.sized()?, out)?,
+        (Node::Decimal { fast: Some((precision, scale)), .. }, Kind::Plain) => {
             decimal(cur.sized()?, *precision, *scale, out)?
         }
         _ => return Err(Fail),
@@ -435,7 +426,7 @@ fn str_of<'py>(py: Python<'py>, raw: &[u8]) -> Res<Bound<'py, PyAny>> {
 #[pymethods]
 impl ChangeReader {
     /// `root`, `records` as for `Reader` (each record's `[(field name, node), ...]`); `kinds`: per field of the
-    /// row record, `("int",)`, `("bool",)`, `("text",)`, `("decimal",)` or `("timestamp", units, zone)`.
+    /// row record, `("plain",)` or `("timestamp", units, zone)`.
     #[new]
     fn new(root: &Bound<'_, PyAny>, records: &Bound<'_, PyAny>, kinds: &Bound<'_, PyAny>) -> PyResult<Self> {
         let mut lowered = Vec::new();

@@ -5,8 +5,9 @@ op applies (after, or before for a delete) and writes that row as one line of Po
 exactly what the pure path's `Copy.write_row` writes for the same message: the Avro values after each column's
 converter, as psycopg dumps them. The applier sends the line as it is when its table writes exactly the shape's
 columns (`Applier._copy`). Kinds of column claimed (and proven byte for byte on random values by
-tests/unit/sinks/test_sink_copylines.py): integers, booleans, strings, decimals of the fast decimal read, and
-integer timestamps converted to `datetime` (`types._epoch`). A schema with any other column, a chain of
+tests/unit/sinks/test_sink_copylines.py): integers, booleans, strings, decimals of the fast decimal read (and
+unions of these, such as a numeric's `[decimal, string]`), all without a converter, and integer timestamps
+converted to `datetime` (`types._epoch`). A schema with any other column, a chain of
 transforms, or a message the native reader leaves alone (no change id or LSN in the envelope, unsent TOAST
 columns, a value outside what a kind mirrors, anything malformed) takes the pure path, which stays the reference.
 
@@ -25,29 +26,24 @@ from schemas.serde import without_raw_logical_types
 from sinks.postgres.changes import Change, Shape
 from sinks.postgres.types import epoch_of
 
-_SIMPLE_KINDS = {"long": ("int",), "boolean": ("bool",), "string": ("text",)}
+_PLAIN = frozenset({"long", "boolean", "string"})
 
 
 def column_kinds(shape: Shape, fields: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[Any, ...]] | None:
-    """One COPY kind per field of the row record (lowered), or None when a column has no kind."""
+    """One COPY kind per field of the row record (lowered), or None when a column has no kind: `plain` for values
+    written as read (ints, booleans, strings, fast-read decimals, and unions of them such as a numeric's
+    `[decimal, string]`), `timestamp` for integer timestamps the column's converter turns into `datetime`."""
     if [name for name, _ in fields] != [c.field for c in shape.columns]:
         return None
     kinds: list[tuple[Any, ...]] = []
     for column, (_, node) in zip(shape.columns, fields, strict=True):
         members = [m for m in node[1] if m[0] != "null"] if node[0] == "union" else [node]
-        if len(members) != 1:
-            return None
-        tag = members[0][0]
         convert = column.type.convert
         epoch = epoch_of(convert)
-        if epoch is not None and tag == "long":
+        if epoch is not None and [m[0] for m in members] == ["long"]:
             kinds.append(("timestamp", epoch[0], epoch[1]))
-        elif convert is not None:
-            return None
-        elif tag in _SIMPLE_KINDS:
-            kinds.append(_SIMPLE_KINDS[tag])
-        elif tag == "decimal" and members[0][1] is not None:
-            kinds.append(("decimal",))
+        elif convert is None and members and all(m[0] in _PLAIN or (m[0] == "decimal" and m[1]) for m in members):
+            kinds.append(("plain",))
         else:
             return None
     return kinds

@@ -1,12 +1,13 @@
 """Envelopes read natively into COPY lines (sinks/postgres/copylines.py) write exactly what the pure path writes.
 
 For random envelope schemas over every column kind the native reader claims (int, long, boolean, string, decimal,
-integer timestamps of each logical type and Debezium/Connect name, each nullable or not) and random values with
-edge cases, one message is decoded by a `ChangeDecoder` on the pure path and by one on the native path: the
-changes agree field for field (the native row decodes lazily to the same row), and the bytes COPY receives are
-equal: the native line plus its bookkeeping tail against psycopg's own `write_row` formatting (its C and its
-Python implementation) of the pure path's values. Messages the native reader leaves to the pure path (NUL in a
-string, timestamps beyond Python's datetime, unsent TOAST columns, no change id) are checked to be left.
+a numeric's `[decimal, string]`, integer timestamps of each logical type and Debezium/Connect name, each nullable
+or not) and random values with edge cases, one message is decoded by a `ChangeDecoder` on the pure path and by
+one on the native path: the changes agree field for field (the native row decodes lazily to the same row), and
+the bytes COPY receives are equal: the native line plus its bookkeeping tail against psycopg's own `write_row`
+formatting (its C and its Python implementation) of the pure path's values. Messages the native reader leaves to
+the pure path (NUL in a string, timestamps beyond Python's datetime, unsent TOAST columns, no change id) are
+checked to be left.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class Registry:
 
 def column(rng: random.Random, i: int) -> tuple[dict[str, Any], Any]:
     """A random field and a generator of its values."""
-    kind = rng.choice(["int", "long", "boolean", "string", "decimal", "timestamp"])
+    kind = rng.choice(["int", "long", "boolean", "string", "decimal", "numeric", "timestamp"])
     avro: Any
     if kind == "int":
         avro, values = "int", lambda: rng.choice([0, 1, -1, 2**31 - 1, -(2**31), rng.randint(-(2**31), 2**31 - 1)])
@@ -86,7 +87,7 @@ def column(rng: random.Random, i: int) -> tuple[dict[str, Any], Any]:
             return "".join(chr(rng.choice([rng.randint(1, 127), rng.randint(128, 0xD7FF)])) for _ in range(8))
 
         avro, values = "string", text
-    elif kind == "decimal":
+    elif kind in ("decimal", "numeric"):
         scale = rng.choice([0, 1, 2, 6, 10, DECIMAL_PRECISION])
         avro = {"type": "bytes", "logicalType": "decimal", "precision": DECIMAL_PRECISION, "scale": scale}
 
@@ -96,6 +97,9 @@ def column(rng: random.Random, i: int) -> tuple[dict[str, Any], Any]:
             return Decimal(unscaled).scaleb(-scale)
 
         values = number
+        if kind == "numeric":  # the source's numeric: [decimal, string] (NaN and the infinities as text)
+            avro = [avro, "string"]
+            values = lambda: number() if rng.random() < 0.7 else rng.choice(["NaN", "Infinity", "-Infinity"])  # noqa: E731
     else:
         units, avro = rng.choice(TIMESTAMPS)
 
@@ -106,7 +110,10 @@ def column(rng: random.Random, i: int) -> tuple[dict[str, Any], Any]:
 
         values = instant
     nullable = rng.random() < 0.5
-    field = {"name": f"c{i}", "type": ["null", avro] if nullable else avro}
+    field = {
+        "name": f"c{i}",
+        "type": (["null", *avro] if isinstance(avro, list) else ["null", avro]) if nullable else avro,
+    }
     return field, (lambda: None if nullable and rng.random() < 0.2 else values())
 
 
