@@ -116,7 +116,7 @@ class ChangeDecoder:
                 self._subjects.check(topic, schema_id, schema, False)
             shape = _shape_for(schema, key_schema)
             if known is None or known[0] is not schema:
-                known = self._readers[schema_id] = (schema, change_reader(schema, shape))
+                known = self._readers[schema_id] = (schema, change_reader(schema, shape, accelerated=True))
         except ConnectorError:
             return None
         read = known[1]
