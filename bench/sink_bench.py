@@ -9,10 +9,18 @@ CDC_SCHEMA_REGISTRY_URL; `.cdc/dev.env` holds them for the local stack).
    transaction per batch) - the destination side alone; compared with a per-row `executemany` upsert.
 2. --e2e: envelopes produced to Kafka, then a PostgresSink consumes, decodes and applies them; rows/s from the
    first to the last applied offset (includes Kafka consume and Avro decoding).
+3. decode, decode-wide (only with --only): CPU per message (`time.process_time`, best of --rows/--batch batches) of
+   the sink's decoder (messages -> changes) and of the text COPY of their rows, no Kafka, no database. Rows are
+   read natively into COPY lines where cdc_accel is built; `--no-lines` keeps them as Python values (the path
+   before, and the one for schemas the native reader does not claim); `CDC_ACCEL=0` is the pure path.
+
+`apply` takes its changes from the sink's decoder too (wire-format messages, registry in memory), so with cdc_accel
+they carry native COPY lines (`lines=` counts them).
 
 Changes come in transactions of 1,000, 128 bytes of WAL apart, with the source's change ids (`--ids ordered`, the
 default: ascending with the commit LSN) or random UUIDs (`--ids random`, what ids of the earlier layout look like to
-the ledger's index). `--only` picks cases: apply, upsert, wide, wide-upsert, executemany, ledger, e2e, e2e-wide.
+the ledger's index). `--only` picks cases: apply, upsert, wide, wide-upsert, executemany, ledger, e2e, e2e-wide,
+decode, decode-wide.
 """
 
 from __future__ import annotations
@@ -30,10 +38,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from core.records import AvroSchema, Record
+from core.records import AvroSchema
 from schemas.accel import ENABLED as ACCELERATED
 from sinks.postgres.apply import Applier
-from sinks.postgres.changes import Change, to_changes
+from sinks.postgres.changes import Change
 from sinks.postgres.config import PostgresSinkConfig
 from sinks.postgres.state import ensure_state
 from sinks.postgres.tables import TableManager
@@ -41,6 +49,7 @@ from sources.postgres.change_id import ChangeIds, namespace_for
 
 IDS = ChangeIds(namespace_for("bench", "bench"))
 RANDOM_IDS = False
+NO_LINES = False
 TX = 1000
 WAL_PER_CHANGE = 128
 
@@ -123,17 +132,68 @@ def envelope(table: str, i: int, version: int, at: tuple[int, int, str], wide: b
     }
 
 
-def make_changes(table: str, n: int, wide: bool, upsert_heavy: bool, lsn0: int) -> list[Change]:
+class _Message:
+    """A consumed message, as the sink's decoder reads it (confluent-kafka's `Message` answers the same)."""
+
+    def __init__(self, topic: str, offset: int, key: bytes, value: bytes) -> None:
+        self._topic, self._offset, self._key, self._value = topic, offset, key, value
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (0, -1)
+
+
+class _Registry:
+    def __init__(self, schemas: dict[int, AvroSchema]) -> None:
+        self.schemas = schemas
+
+    def schema_by_id(self, schema_id: int) -> AvroSchema:
+        return self.schemas[schema_id]
+
+
+def make_messages(
+    table: str, n: int, wide: bool, upsert_heavy: bool, lsn0: int, *, lines: bool = True
+) -> tuple[list[Any], Any]:
+    """Wire-format messages of `n` changes and the sink's decoder for them (registry in memory)."""
+    import threading as _threading
+
+    from core.errors import Endpoints, RetryBudget
+    from schemas.serde import Decoder, Encoder
+    from sinks.postgres.decoding import ChangeDecoder
+    from sinks.postgres.retry import RetryPolicy
+    from transforms.base import TransformChain
+
     value_schema, key_schema = schemas(table, wide)
+    encoder = Encoder()
     keys = max(n // 10, 1) if upsert_heavy else n
-    out: list[Change] = []
+    messages = []
     for j in range(n):
         i = j % keys
         value = envelope(table, i, j // keys, position(lsn0, j), wide)
-        record = Record(f"bench.public.{table}", {"id": i}, value, key_schema, value_schema,
-                        partition=0, offset=j)
-        out.extend(to_changes(record))
-    return out
+        messages.append(_Message(f"bench.public.{table}", j, encoder.encode(2, key_schema, {"id": i}),
+                                 encoder.encode(1, value_schema, value)))
+    config = PostgresSinkConfig.model_validate({"dsn": "postgresql://bench/bench", "topics": ["x"]})
+    retry = RetryPolicy(config.retry, RetryBudget(None), Endpoints(), _threading.Event())
+    registry: Any = _Registry({1: value_schema, 2: key_schema})
+    decoder = ChangeDecoder(Decoder(registry), None, TransformChain(), config.errors, retry, accelerated=lines)
+    return messages, decoder
 
 
 def rss_mib() -> float:
@@ -144,8 +204,9 @@ def bench_apply(dsn: str, n: int, batch: int, wide: bool, upsert_heavy: bool) ->
     table = f"bench_{uuid.uuid4().hex[:8]}"
     config = PostgresSinkConfig.model_validate({"dsn": dsn, "topics": ["x"]})
     applier = Applier(config, "bench", TableManager(config))
+    messages, decoder = make_messages(table, n, wide, upsert_heavy, int(time.time()) << 24)
     built = time.perf_counter()
-    changes = make_changes(table, n, wide, upsert_heavy, int(time.time()) << 24)
+    changes = decoder.decode_batch(messages).changes
     build_s = time.perf_counter() - built
     latencies = []
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -164,8 +225,56 @@ def bench_apply(dsn: str, n: int, batch: int, wide: bool, upsert_heavy: bool) ->
         "rows_per_s": round((n - 1) / elapsed),
         "batch_p50_ms": round(statistics.median(latencies) * 1000, 1),
         "batch_max_ms": round(max(latencies) * 1000, 1),
-        "to_changes_per_s": round(n / build_s),
+        "decode_per_s": round(n / build_s),  # messages -> changes, the sink's decoder
+        "lines": sum(c.line is not None for c in changes),  # changes read natively into COPY lines
         "rss_mib": round(rss_mib()),
+    }
+
+
+def bench_decode(n: int, batch: int, wide: bool) -> dict[str, Any]:
+    """CPU per message of the sink's Python work that scales with rows, no Kafka and no database: decoding messages
+    into changes (`ChangeDecoder.decode_batch`) and the text COPY of their rows (as `Applier._copy` sends it)."""
+    from psycopg import _copy_base
+    from psycopg.adapt import Transformer
+
+    from sinks.postgres.apply import copy_values
+    from sinks.postgres.copylines import line_tail
+
+    messages, decoder = make_messages("bench", batch, wide, False, 1 << 40, lines=ACCELERATED and not NO_LINES)
+    decoder.decode_batch(messages[:1])  # the schema fetch, outside the measurement
+    transformer = Transformer()
+
+    def copy_text(changes: list[Change]) -> bytes:
+        shape = changes[0].shape
+        names = shape.names
+        converted = [(i, c.type.convert) for i, c in enumerate(shape.columns) if c.type.convert is not None]
+        position = {name: i for i, name in enumerate(names)}
+        out = bytearray()
+        parts: list[bytes] = []
+        for change in changes:
+            if change.line is not None:
+                parts += (change.line, line_tail(change, "u", 0))
+            else:
+                values = copy_values(change, "u", 0, names=names, whole=True, converted=converted, position=position)
+                _copy_base.format_row_text(values, transformer, out)
+        return bytes(out) + b"".join(parts)
+
+    decode_s = copy_s = float("inf")
+    rounds = max(3, n // batch)
+    for _ in range(rounds):
+        t0 = time.process_time()
+        changes = decoder.decode_batch(messages).changes
+        t1 = time.process_time()
+        copy_text(changes)
+        t2 = time.process_time()
+        decode_s, copy_s = min(decode_s, t1 - t0), min(copy_s, t2 - t1)
+    return {
+        "case": f"decode+copy cpu {'wide(31)' if wide else 'narrow(5)'}",
+        "rows": "python" if NO_LINES else "native lines" if changes[0].line is not None else "python (no cdc_accel)",
+        "decode_us": round(decode_s / batch * 1e6, 2),
+        "copy_us": round(copy_s / batch * 1e6, 2),
+        "total_us": round((decode_s + copy_s) / batch * 1e6, 2),
+        "rounds": rounds,
     }
 
 
@@ -303,9 +412,11 @@ def main() -> None:
     parser.add_argument("--e2e", action="store_true", help="also measure Kafka -> sink -> PostgreSQL")
     parser.add_argument("--ids", choices=("ordered", "random"), default="ordered")
     parser.add_argument("--only", nargs="*", help="cases to run, in this order (repeats allowed)")
+    parser.add_argument("--no-lines", action="store_true", help="decode: rows as Python values (the pure glue)")
     args = parser.parse_args()
-    global RANDOM_IDS
+    global RANDOM_IDS, NO_LINES
     RANDOM_IDS = args.ids == "random"
+    NO_LINES = args.no_lines
     load_env()
     dsn = os.environ["CDC_TARGET_DSN"]
     cases = {
@@ -315,10 +426,12 @@ def main() -> None:
         "wide-upsert": lambda: bench_apply(dsn, args.rows // 4, args.batch, wide=True, upsert_heavy=True),
         "executemany": lambda: bench_executemany(dsn, min(args.rows, 50_000), args.batch),
         "ledger": lambda: bench_ledger(dsn, args.rows, args.batch),
+        "decode": lambda: bench_decode(args.rows, args.batch, wide=False),
+        "decode-wide": lambda: bench_decode(args.rows, args.batch, wide=True),
         "e2e": lambda: bench_e2e(args.rows, args.batch, wide=False),
         "e2e-wide": lambda: bench_e2e(args.rows // 4, args.batch, wide=True),
     }
-    chosen = args.only or [c for c in cases if args.e2e or not c.startswith("e2e")]
+    chosen = args.only or [c for c in cases if (args.e2e or not c.startswith("e2e")) and not c.startswith("decode")]
     for name in chosen:
         print(f"ids={args.ids}  " + "  ".join(f"{k}={v}" for k, v in cases[name]().items()), flush=True)
 

@@ -14,6 +14,7 @@ pure generator's rules, so that both read the same schema the same way.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -98,3 +99,44 @@ def compile_reader(definition: Any, *, accelerated: bool = ENABLED) -> Reader | 
     except (_Unsupported, cdc_accel.Unsupported):
         return pure
     return reader
+
+
+ChangeReader = Callable[[bytes, int], "tuple[str, uuid.UUID, int, int, str, str, int | None, bytes] | None"]
+"""`(buf, pos) -> (op, change_id, commit_lsn, lsn, schema, table, ts_ms, COPY line)`, or None for the pure path."""
+Kinds = Callable[[list[tuple[str, tuple[Any, ...]]]], "list[tuple[Any, ...]] | None"]
+"""The row record's lowered fields `[(name, node), ...]` -> one COPY kind per field, or None (not supported)."""
+
+
+def compile_change_reader(definition: Any, kinds: Kinds, *, accelerated: bool = ENABLED) -> ChangeReader | None:
+    """The compiled reader of an envelope straight to what the PostgreSQL sink applies (`cdc_accel.ChangeReader`),
+    for `definition` as the decoder reads it (raw logical types removed); None where it is not installed, disabled,
+    or the schema is not an envelope whose row columns all have a kind."""
+    if not accelerated or cdc_accel is None:
+        return None
+    try:
+        lowered = _Lowering(definition)
+        root = lowered.root
+        if root[0] != "record":
+            return None
+        after = dict(lowered.records[root[1]]).get("after")
+        row = _record_index(after)
+        if row is None:
+            return None
+        found = kinds(lowered.records[row])
+        if found is None:
+            return None
+        reader: ChangeReader = cdc_accel.ChangeReader(root, lowered.records, found)
+    except (_Unsupported, cdc_accel.Unsupported):
+        return None
+    return reader
+
+
+def _record_index(node: tuple[Any, ...] | None) -> int | None:
+    if node is None:
+        return None
+    if node[0] == "record":
+        return int(node[1])
+    if node[0] == "union":
+        records = [b[1] for b in node[1] if b[0] == "record"]
+        return int(records[0]) if len(records) == 1 else None
+    return None

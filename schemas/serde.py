@@ -154,6 +154,15 @@ class Decoder:
             self._by_id[schema_id] = found
         return found
 
+    def cached(self, data: bytes) -> tuple[AvroSchema, int] | None:
+        """(writer schema, schema id) of a well-formed wire header whose schema is already known, else None
+        (`decode` then fetches it, or says what is wrong)."""
+        if len(data) < HEADER_SIZE:
+            return None
+        magic, schema_id = HEADER.unpack_from(data)
+        found = self._by_id.get(schema_id) if magic == MAGIC else None
+        return (found[0], schema_id) if found is not None else None
+
     def decode(self, data: bytes | None) -> tuple[Any, AvroSchema, int]:
         """(value, writer schema, schema id) of a message; PoisonMessageError says why it cannot be read."""
         if not data:
@@ -191,9 +200,7 @@ class Decoder:
                 f"truncated Avro body ({len(data) - HEADER_SIZE} bytes) for schema id {schema_id}"
             ) from exc
         except Exception as exc:  # fastavro raises many types on corrupt input (ValueError, UnicodeError, ...)
-            raise PoisonMessageError(
-                f"corrupt Avro body for schema id {schema_id}: {type(exc).__name__}"
-            ) from exc
+            raise PoisonMessageError(f"corrupt Avro body for schema id {schema_id}: {type(exc).__name__}") from exc
         if stream.tell() != len(data):
             raise PoisonMessageError(
                 f"corrupt Avro body for schema id {schema_id}: {len(data) - stream.tell()} bytes left after the value"

@@ -13,6 +13,8 @@
 
 use std::os::raw::c_char;
 
+mod copy;
+
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::ffi;
@@ -28,9 +30,9 @@ create_exception!(
 
 /// Records nest deeper than this only through recursive schemas; past it the pure reader decides (it
 /// raises RecursionError or reads the value), the native stack is never at risk.
-const MAX_DEPTH: u32 = 400;
+pub(crate) const MAX_DEPTH: u32 = 400;
 
-enum Node {
+pub(crate) enum Node {
     Null,
     Boolean,
     Long,
@@ -55,7 +57,7 @@ struct Record {
 }
 
 /// The input needs the pure reader (malformed, or a value the fast path does not mirror exactly).
-struct Fail;
+pub(crate) struct Fail;
 
 impl From<PyErr> for Fail {
     fn from(_: PyErr) -> Self {
@@ -69,16 +71,16 @@ impl From<std::convert::Infallible> for Fail {
     }
 }
 
-type Res<T> = Result<T, Fail>;
+pub(crate) type Res<T> = Result<T, Fail>;
 
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
+pub(crate) struct Cursor<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl<'a> Cursor<'a> {
     #[inline(always)]
-    fn byte(&mut self) -> Res<u8> {
+    pub(crate) fn byte(&mut self) -> Res<u8> {
         match self.buf.get(self.pos) {
             Some(&b) => {
                 self.pos += 1;
@@ -91,7 +93,7 @@ impl<'a> Cursor<'a> {
     /// A zig-zag varint of at most 64 bits; anything longer (the pure reader reads arbitrary Python ints)
     /// is left to the pure reader.
     #[inline(always)]
-    fn long(&mut self) -> Res<i64> {
+    pub(crate) fn long(&mut self) -> Res<i64> {
         let b = self.byte()?;
         let n = if b & 0x80 == 0 {
             b as u64
@@ -115,7 +117,7 @@ impl<'a> Cursor<'a> {
     }
 
     #[inline(always)]
-    fn take(&mut self, size: usize) -> Res<&'a [u8]> {
+    pub(crate) fn take(&mut self, size: usize) -> Res<&'a [u8]> {
         let end = self.pos.checked_add(size).ok_or(Fail)?;
         let out = self.buf.get(self.pos..end).ok_or(Fail)?;
         self.pos = end;
@@ -123,7 +125,7 @@ impl<'a> Cursor<'a> {
     }
 
     #[inline(always)]
-    fn sized(&mut self) -> Res<&'a [u8]> {
+    pub(crate) fn sized(&mut self) -> Res<&'a [u8]> {
         let size = self.long()?;
         if size < 0 {
             return Err(Fail);
@@ -147,7 +149,7 @@ fn tag_of<'py>(node: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyTuple>, Strin
     Ok((tuple, tag))
 }
 
-fn lower(node: &Bound<'_, PyAny>) -> PyResult<Node> {
+pub(crate) fn lower(node: &Bound<'_, PyAny>) -> PyResult<Node> {
     let (tuple, tag) = tag_of(node)?;
     Ok(match tag.as_str() {
         "null" => Node::Null,
@@ -180,7 +182,7 @@ fn lower(node: &Bound<'_, PyAny>) -> PyResult<Node> {
     })
 }
 
-fn digits(mut n: u128) -> u32 {
+pub(crate) fn digits(mut n: u128) -> u32 {
     let mut d = 1;
     while n >= 10 {
         n /= 10;
@@ -331,6 +333,7 @@ impl Reader {
 #[pymodule]
 fn cdc_accel(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Reader>()?;
+    m.add_class::<copy::ChangeReader>()?;
     m.add("Unsupported", m.py().get_type::<Unsupported>())?;
     Ok(())
 }

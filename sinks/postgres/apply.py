@@ -28,6 +28,7 @@ from psycopg import sql
 from core.errors import is_data_error
 from sinks.postgres.changes import UPSERT_OPS, Change, KeyMove, Shape, carry_across_key_changes, collapse
 from sinks.postgres.config import PostgresSinkConfig
+from sinks.postgres.copylines import line_tail
 from sinks.postgres.snapshots import SnapshotCleanup
 from sinks.postgres.tables import (
     CHANGE_ID,
@@ -42,6 +43,7 @@ from sinks.postgres.tables import (
     TargetTable,
     destination_of,
 )
+from sinks.postgres.types import ValueConverter
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,36 @@ class _TableRun:
     changes: list[Change]
     truncate: Change | None = None
     target: TargetTable | None = None
+
+
+def copy_values(
+    change: Change,
+    op: str,
+    toast: int,
+    *,
+    names: Sequence[str],
+    whole: bool,
+    converted: Sequence[tuple[int, ValueConverter]],
+    position: Mapping[str, int],
+) -> list[Any]:
+    """The values `Applier._copy` writes for `change`: the table's columns (`names`, converted), then the stage's
+    bookkeeping columns. `whole`: the change's shape has exactly `names`, in order."""
+    row = change.row
+    values: list[Any]
+    if row is not None:
+        values = list(row.values()) if whole and len(row) == len(names) else [row.get(n) for n in names]
+    else:
+        image = change.key or {}
+        values = [image.get(name) for name in names]
+    for i, convert in converted:
+        value = values[i]
+        if value is not None:
+            values[i] = convert(value)
+    for name in change.unchanged_toast:
+        if name in position:
+            values[position[name]] = None  # never written for this change (see _merge)
+    values += [change.commit_lsn, change.lsn, change.change_id, op, toast, change.ts_ms]
+    return values
 
 
 class Applier:
@@ -137,10 +169,14 @@ class Applier:
                     current = None
                     continue
                 shape = change.shape
-                if current is not None and current.shape is not None and (
-                    current.shape is shape
-                    or current.shape == shape
-                    or (shape.key_only and current.shape.key == shape.key)
+                if (
+                    current is not None
+                    and current.shape is not None
+                    and (
+                        current.shape is shape
+                        or current.shape == shape
+                        or (shape.key_only and current.shape.key == shape.key)
+                    )
                 ):
                     # A delete from a tombstone joins the run when its key fits: the run's table takes it by key
                     # as it is, and it keeps a key change's delete and create together (`carry_across_key_changes`).
@@ -376,9 +412,7 @@ class Applier:
     ) -> sql.Identifier:
         stage = self._stages[target]
         columns = [*target.columns, COMMIT_LSN, LSN, CHANGE_ID, _STAGE_OP, _STAGE_TOAST, TS_MS]
-        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-            stage, sql.SQL(", ").join(map(sql.Identifier, columns))
-        )
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(stage, sql.SQL(", ").join(map(sql.Identifier, columns)))
         # The stage empties only at commit, and one transaction may merge several runs into the same
         # table: rows staged by an earlier run must not be merged again (that would resurrect a row a
         # later delete removed).
@@ -388,31 +422,30 @@ class Applier:
         names = target.columns
         converted = [(i, convert) for i, convert in enumerate(target.converters) if convert is not None]
         position = {name: i for i, name in enumerate(names)}
-        # Rows whose shape has exactly the written columns, in order, are taken as they are (no per-name lookup).
+        # Rows whose shape has exactly the written columns, in order, are taken as they are (no per-name lookup),
+        # and so are rows read natively as COPY lines (copylines.py), when psycopg would encode text as UTF-8.
         same: dict[int, bool] = {}
-        width = len(names)
+        lines = conn.info.encoding == "utf-8"
+        pending: list[bytes] = []
         with conn.cursor() as cur, cur.copy(statement) as copy:
             for change, op, toast in rows:
-                row = change.row
-                values: list[Any]
-                if row is not None:
-                    shape = change.shape
-                    whole = same.get(id(shape))
-                    if whole is None:
-                        whole = same[id(shape)] = shape.names == names
-                    values = list(row.values()) if whole and len(row) == width else [row.get(n) for n in names]
-                else:
-                    image = change.key or {}
-                    values = [image.get(name) for name in names]
-                for i, convert in converted:
-                    value = values[i]
-                    if value is not None:
-                        values[i] = convert(value)
-                for name in change.unchanged_toast:
-                    if name in position:
-                        values[position[name]] = None  # never written for this change (see _merge)
-                values += [change.commit_lsn, change.lsn, change.change_id, op, toast, change.ts_ms]
-                copy.write_row(values)
+                shape = change.shape
+                whole = same.get(id(shape))
+                if whole is None:
+                    whole = same[id(shape)] = shape.names == names
+                line = change.line
+                if line is not None and whole and lines and not change.unchanged_toast:
+                    pending.append(line)
+                    pending.append(line_tail(change, op, toast))
+                    continue
+                if pending:
+                    copy.write(b"".join(pending))
+                    pending.clear()
+                copy.write_row(
+                    copy_values(change, op, toast, names=names, whole=whole, converted=converted, position=position)
+                )
+            if pending:
+                copy.write(b"".join(pending))
         return stage
 
     def _merge(
@@ -480,17 +513,13 @@ class Applier:
                     group=sql.Literal(group),
                     skey=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(k)) for k in target.key),
                     key=key,
-                    sets=sql.SQL(", ").join(
-                        sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in updated
-                    ),
+                    sets=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in updated),
                     guard=guard.format(t=sql.Identifier("t"), s=sql.Identifier("excluded"), cl=cl, l=lsn),
                 )
                 written += conn.execute(statement).rowcount
             result.stale += upserts - written
         if deletes:
-            match = sql.SQL(" AND ").join(
-                sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k)) for k in target.key
-            )
+            match = sql.SQL(" AND ").join(sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k)) for k in target.key)
             if target.soft:
                 statement = sql.SQL(
                     "INSERT INTO {table} AS t ({cols}, {cl}, {l}, {cid}, {deleted}, {deleted_at}) "
@@ -557,9 +586,7 @@ class Applier:
                     table=target.name.ident,
                     cid=sql.Identifier(CHANGE_ID),
                     op=sql.Identifier(_STAGE_OP),
-                    match=sql.SQL(" AND ").join(
-                        sql.SQL("o.{} = %s").format(sql.Identifier(k)) for k in target.key
-                    ),
+                    match=sql.SQL(" AND ").join(sql.SQL("o.{} = %s").format(sql.Identifier(k)) for k in target.key),
                 ),
                 [change.change_id, *old_key],
             )

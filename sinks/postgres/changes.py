@@ -116,6 +116,8 @@ class Change(NamedTuple):
     ts_ms: int | None = None
     snapshot_complete: bool = False
     """The end of a table's snapshot (op `t`): remove the rows positioned before it, if the sink is set to."""
+    line: bytes | None = None
+    """`row` as a line of text COPY (its columns in shape order), when read natively (`copylines.py`)."""
 
     @property
     def position(self) -> tuple[int, int]:
@@ -498,7 +500,8 @@ def carry_across_key_changes(changes: Sequence[Change]) -> tuple[list[Change], d
                     # The old key's row may itself be new in this batch, moved from a key the destination has.
                     earlier = moves.get(old)
                     moves[change.key_tuple] = (
-                        KeyMove(earlier.old_key, unknown) if earlier is not None and unknown <= earlier.columns
+                        KeyMove(earlier.old_key, unknown)
+                        if earlier is not None and unknown <= earlier.columns
                         else KeyMove(delete.key, unknown)
                     )
         if change.op in UPSERT_OPS:
@@ -522,7 +525,7 @@ def _take_known(change: Change, previous: Change) -> Change:
     row = dict(change.row)
     for name in known:
         row[name] = previous.row.get(name)
-    return change._replace(row=row, unchanged_toast=change.unchanged_toast - known)
+    return change._replace(row=row, unchanged_toast=change.unchanged_toast - known, line=None)
 
 
 def split_at_truncates(changes: Iterable[Change]) -> list[tuple[list[Change], Change | None]]:

@@ -9,11 +9,14 @@ from typing import Any
 from confluent_kafka import Message
 
 from core.errors import ConnectorError, PoisonMessageError, SchemaError
-from core.records import Record, RecordChain
-from schemas.serde import Decoder
+from core.records import AvroSchema, Record, RecordChain
+from schemas.accel import ENABLED as ACCELERATED
+from schemas.accel import ChangeReader
+from schemas.serde import HEADER_SIZE, Decoder
 from schemas.subjects import SubjectCheck
-from sinks.postgres.changes import Change, to_changes
+from sinks.postgres.changes import Change, _shape_for, to_changes
 from sinks.postgres.config import ErrorsConfig
+from sinks.postgres.copylines import change_reader, native_change
 from sinks.postgres.messages import Partition, coordinates, headers_of
 from sinks.postgres.retry import RetryPolicy
 
@@ -39,12 +42,17 @@ class ChangeDecoder:
         chain: RecordChain,
         errors: ErrorsConfig,
         retry: RetryPolicy,
+        *,
+        accelerated: bool = ACCELERATED,
     ) -> None:
         self._decoder = decoder
         self._subjects = subjects
         self._chain = chain
         self._errors = errors
         self._retry = retry
+        # Envelopes read natively into COPY lines (copylines.py): with no transforms to hand values to.
+        self._native = accelerated and isinstance(decoder, Decoder) and not len(chain)
+        self._readers: dict[int, tuple[AvroSchema, ChangeReader | None]] = {}
 
     def decode_batch(self, messages: Sequence[Message]) -> DecodedBatch:
         batch = DecodedBatch(messages)
@@ -69,6 +77,10 @@ class ChangeDecoder:
         key = key_schema = value = value_schema = None
         if raw_key is not None:
             key, key_schema = self._decode_one(raw_key, topic, True)
+        if self._native and raw_value is not None:
+            change = self._native_change(raw_value, topic, partition, offset, key=key, key_schema=key_schema)
+            if change is not None:
+                return [change]
         if raw_value is not None:
             value, value_schema = self._decode_one(raw_value, topic, False)
         _, timestamp = message.timestamp()
@@ -89,6 +101,35 @@ class ChangeDecoder:
         for item in self._chain.apply(record):
             out.extend(to_changes(item))
         return out
+
+    def _native_change(
+        self, data: bytes, topic: str, partition: int, offset: int, *, key: Any, key_schema: AvroSchema | None
+    ) -> Change | None:
+        """The change read natively, or None: the pure path reads the message (and raises what is wrong)."""
+        found = self._decoder.cached(data)
+        if found is None:
+            return None
+        schema, schema_id = found
+        known = self._readers.get(schema_id)
+        try:
+            if self._subjects is not None:
+                self._subjects.check(topic, schema_id, schema, False)
+            shape = _shape_for(schema, key_schema)
+            if known is None or known[0] is not schema:
+                known = self._readers[schema_id] = (schema, change_reader(schema, shape, accelerated=True))
+        except ConnectorError:
+            return None
+        read = known[1]
+        if read is None:
+            return None
+
+        def load() -> Any:
+            value = self._decoder.decode(data)[0]
+            return shape.row_of(value["before"] if value["op"] == "d" else value["after"])
+
+        return native_change(
+            read, data, HEADER_SIZE, topic=topic, partition=partition, offset=offset, shape=shape, key=key, load=load
+        )
 
     def _decode_one(self, data: bytes, topic: str, is_key: bool) -> tuple[Any, Any]:
         part = "key" if is_key else "value"

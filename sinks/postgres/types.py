@@ -178,7 +178,16 @@ def _epoch(scale: int, *, zone: bool) -> ValueConverter:
         text = text.removesuffix(" BC")
         return f"{text} {_clock_text(rest)}{suffix}{' BC' if bc else ''}"
 
+    _EPOCHS[convert] = (scale, zone)
     return convert
+
+
+_EPOCHS: dict[ValueConverter, tuple[int, bool]] = {}
+
+
+def epoch_of(convert: ValueConverter | None) -> tuple[int, bool] | None:
+    """(units per second, with time zone) when `convert` is an epoch -> timestamp converter (`_epoch`)."""
+    return _EPOCHS.get(convert) if convert is not None else None
 
 
 def _clock(scale: int) -> ValueConverter:
