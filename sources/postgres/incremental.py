@@ -276,6 +276,10 @@ class ChunkReader:
             )  # fmt: skip
             for (oid,) in conn.execute("SELECT oid::int FROM pg_type").fetchall():
                 conn.adapters.register_loader(oid, TextLoader)
+            # The high watermark's commit must flush the WAL, whatever the server's default: with
+            # `synchronous_commit = off` the stream would see it only at the WAL writer's next round (up to
+            # `wal_writer_delay`, 200 ms by default), every chunk. `local`: no wait for synchronous standbys.
+            conn.execute("SET synchronous_commit = local")
             self._conn = conn
         return self._conn
 
