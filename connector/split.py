@@ -65,7 +65,7 @@ class SinkProcessError(FatalError):
 class Cpus(NamedTuple):
     available: float
     limited: bool
-    """True when a cgroup CPU limit (a container's `cpu` limit) sets `count`: those CPUs are the process's own."""
+    """True when a cgroup CPU limit (a container's `cpu` limit) sets `available`: those CPUs are the process's own."""
 
 
 def usable_cpus() -> Cpus:
@@ -83,10 +83,22 @@ def usable_cpus() -> Cpus:
     return Cpus(min(cpus, int(quota) / int(period)), limited=True)
 
 
+def memory_limit() -> int | None:
+    """Bytes of a cgroup v2 memory limit (a container's `memory` limit, which counts every process in it), if any."""
+    try:
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
 # Without a CPU limit the machine's cores are shared with whatever else runs there (often the database and the
 # broker): on 2 cores shared so, one process drained a backlog faster than two (docs/operations.md).
 SPLIT_MIN_CPUS_LIMITED = 2
 SPLIT_MIN_CPUS_SHARED = 4
+# A second interpreter doubles the peak RSS (about 135 MiB in one process, 270-290 MiB in two, narrow rows):
+# under a memory limit below this, `auto` keeps one process rather than risk the OOM killer.
+SPLIT_MIN_MEMORY = 512 * 1024 * 1024
 
 
 def wants_split(config: ConnectorConfig, only: Literal["source", "sink"] | None, override: str | None) -> bool:
@@ -95,7 +107,9 @@ def wants_split(config: ConnectorConfig, only: Literal["source", "sink"] | None,
         return False
     choice = override if override is not None else str(config.processes)
     if choice == "auto":
-        cpus = usable_cpus()
+        cpus, memory = usable_cpus(), memory_limit()
+        if memory is not None and memory < SPLIT_MIN_MEMORY:
+            return False
         return cpus.available >= (SPLIT_MIN_CPUS_LIMITED if cpus.limited else SPLIT_MIN_CPUS_SHARED)
     return choice == "2"
 

@@ -60,6 +60,7 @@ def test_processes_defaults_to_auto_and_2_needs_both_sides() -> None:
 def test_auto_splits_on_two_own_cpus_or_four_shared_and_the_flag_or_only_decide_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(split, "memory_limit", lambda: None)
     monkeypatch.setattr(split, "usable_cpus", lambda: split.Cpus(1.0, limited=True))
     assert not wants_split(_config(), None, None)
     assert wants_split(_config(), None, "2")
@@ -68,6 +69,11 @@ def test_auto_splits_on_two_own_cpus_or_four_shared_and_the_flag_or_only_decide_
     monkeypatch.setattr(split, "usable_cpus", lambda: split.Cpus(4.0, limited=False))
     assert wants_split(_config(), None, None)
     monkeypatch.setattr(split, "usable_cpus", lambda: split.Cpus(2.0, limited=True))
+    assert wants_split(_config(), None, None)
+    monkeypatch.setattr(split, "memory_limit", lambda: 256 * 1024 * 1024)
+    assert not wants_split(_config(), None, None)  # two interpreters would not fit a 256 MiB container
+    assert wants_split(_config(), None, "2")
+    monkeypatch.setattr(split, "memory_limit", lambda: 1024**3)
     assert wants_split(_config(), None, None)
     assert not wants_split(_config(), None, "1")
     assert not wants_split(_config(processes=1), None, None)
