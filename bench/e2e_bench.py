@@ -27,7 +27,7 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.e2e_support import LATENCY_COLUMNS, applied_latencies_ms, percentile  # noqa: E402
+from bench.e2e_support import LATENCY_COLUMNS, WRITER_OPTIONS, applied_latencies_ms, percentile  # noqa: E402
 from connector.config import ConnectorConfig  # noqa: E402
 from connector.config_loader import environment_with  # noqa: E402
 from connector.pipeline import Pipeline  # noqa: E402
@@ -63,7 +63,7 @@ def _writer(dsn: str, table: str, rate: float, seconds: float, late: list[float]
     interval = 1.0 / rate
     statement = sql.SQL("INSERT INTO {} (id, payload) VALUES (%s, %s)").format(sql.Identifier(table))
     sent = 0
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, options=WRITER_OPTIONS) as conn:
         start = time.monotonic()
         while True:
             due = start + sent * interval

@@ -16,11 +16,11 @@ from psycopg import sql
 
 from bench.harness.procs import OurProcess, cpu_seconds, log, peak_rss_mib, process_tree
 from bench.harness.report import machine
-from bench.harness.steady import percentile
+from bench.harness.steady import WRITER_OPTIONS, percentile
 
 __all__ = [  # with what the harness gives every bench, re-exported
-    "LATENCY_COLUMNS", "CdcRun", "applied_latencies_ms", "cpu_seconds", "insert_rows", "log", "machine",
-    "offered_writer", "peak_rss_mib", "percentile", "process_tree",
+    "LATENCY_COLUMNS", "WRITER_OPTIONS", "CdcRun", "applied_latencies_ms", "cpu_seconds", "insert_rows", "log",
+    "machine", "offered_writer", "peak_rss_mib", "percentile", "process_tree",
 ]  # fmt: skip
 
 LATENCY_COLUMNS = "id bigint PRIMARY KEY, payload text, written_at timestamptz NOT NULL DEFAULT clock_timestamp()"
@@ -49,7 +49,7 @@ def offered_writer(
     """
     interval = tx_rows / rate
     sent = 0
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, options=WRITER_OPTIONS) as conn:
         start = time.monotonic()
         for tick in range(int(seconds / interval)):
             due = start + tick * interval

@@ -43,6 +43,12 @@ def rates(args: Any) -> list[float]:
     return [args.steady_rate * 2**k for k in range(count)]
 
 
+# Writers commit as an application does on a server of default settings: the local stack runs with
+# `synchronous_commit = off`, under which a commit reaches the WAL sender only at the WAL writer's next round (up to
+# `wal_writer_delay`, 200 ms), which would count as the pipeline's latency on either side.
+WRITER_OPTIONS = "-c synchronous_commit=on"
+
+
 class Writer:
     """Commits the mixed load on a fixed schedule; ids carry on from step to step."""
 
@@ -86,7 +92,7 @@ class Writer:
         rows = max(tx_rows, math.ceil(rate / MAX_TX_PER_S))
         interval = rows / rate
         first_id, late, sent = self.next_id, 0, 0
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
+        with psycopg.connect(self.dsn, autocommit=True, options=WRITER_OPTIONS) as conn:
             start = time.monotonic()
             for tick in range(max(1, int(seconds / interval))):
                 due = start + tick * interval
