@@ -107,7 +107,7 @@ def up(
     A service that ran from this directory (not stopped by `cdc dev down`) keeps its ports when started again.
     """
     requested = (
-        Ports(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        Ports.free()
         if free_ports
         else Ports(
             pg_port,

@@ -30,6 +30,11 @@ class Ports:
     registry_b_management: int = 29002
     kafka_secure: int = 19094  # the SASL_SSL listener, used by `cdc dev up --secure` only
 
+    @classmethod
+    def free(cls) -> Ports:
+        """Every port picked free at `resolved()` (`--free-ports`, private stacks of tests)."""
+        return cls(**{f.name: 0 for f in fields(cls)})
+
     def resolved(self) -> Ports:
         """This set with each 0 replaced by a free port."""
         wanted = [f.name for f in fields(self) if getattr(self, f.name) == 0]

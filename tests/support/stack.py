@@ -121,7 +121,7 @@ def own_stack() -> Iterator[Stack]:
     # PostgreSQL runs as a non-root OS user when we are root; it must reach its directory.
     home.chmod(0o755)
     try:
-        endpoints = control.up(home, Ports(0, 0, 0, 0, 0))
+        endpoints = control.up(home, Ports.free())
     except Exception as exc:
         control.down(home)
         # The home stays: its logs/ tell why.

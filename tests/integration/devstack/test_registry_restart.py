@@ -44,7 +44,7 @@ def private_stack() -> Iterator[tuple[Path, Endpoints]]:
     home = Path(tempfile.mkdtemp(prefix="cdc-registry-restart-"))
     home.chmod(0o755)
     try:
-        yield home, control.up(home, Ports(0, 0, 0, 0, 0))
+        yield home, control.up(home, Ports.free())
     finally:
         control.down(home)
         shutil.rmtree(home, ignore_errors=True)

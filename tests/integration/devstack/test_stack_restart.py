@@ -30,7 +30,7 @@ def home() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="cdc-stack-restart-"))
     path.chmod(0o755)
     try:
-        control.up(path, Ports(0, 0, 0, 0, 0))
+        control.up(path, Ports.free())
         yield path
     finally:
         control.down(path)

@@ -32,7 +32,7 @@ def regions() -> Iterator[TwoRegions]:
     home = Path(tempfile.mkdtemp(prefix="cdc-regions-"))
     home.chmod(0o755)
     try:
-        yield TwoRegions(home, control.up(home, Ports(*[0] * len(Ports().as_dict())), regions=2))
+        yield TwoRegions(home, control.up(home, Ports.free(), regions=2))
     finally:
         control.down(home, clean=True)
         shutil.rmtree(home, ignore_errors=True)

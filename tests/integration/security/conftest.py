@@ -38,7 +38,7 @@ def secure_env() -> Iterator[dict[str, str]]:
     saved = os.environ.get("PGPASSFILE")
     try:
         try:
-            endpoints = control.up(home, Ports(0, 0, 0, 0, 0, 0), secured=True)
+            endpoints = control.up(home, Ports.free(), secured=True)
         except Exception as exc:
             control.down(home)
             pytest.fail(f"could not start a secure stack in {home}: {exc}", pytrace=False)

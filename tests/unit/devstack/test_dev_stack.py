@@ -132,7 +132,7 @@ def test_a_foreign_dev_env_with_some_live_services_is_not_overwritten(tmp_path: 
         )
         before = env_file.read_text()
         with pytest.raises(StackError, match="did not start here, and part of it still runs"):
-            control.up(tmp_path, Ports(0, 0, 0, 0, 0))
+            control.up(tmp_path, Ports.free())
     finally:
         server.shutdown()
         server.server_close()

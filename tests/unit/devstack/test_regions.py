@@ -41,9 +41,9 @@ def test_region_b_endpoints_go_into_dev_env_under_their_own_names(tmp_path: Path
 
 
 def test_free_ports_for_one_region_leave_region_b_alone() -> None:
-    resolved = Ports(0, 0, 0, 0, 0).resolved()
+    resolved = Ports(0, 0, 0, 0, 0).resolved()  # region A's five ports only
     assert (resolved.kafka_b, resolved.registry_b) == (Ports().kafka_b, Ports().registry_b)
-    everything = Ports(*[0] * len(Ports().as_dict())).resolved()
+    everything = Ports.free().resolved()
     assert 0 not in everything.as_dict().values()
     assert len(set(everything.as_dict().values())) == len(everything.as_dict())
 
