@@ -83,6 +83,7 @@ def captured(secure_env: dict[str, str], unique_name: Callable[[str], str]) -> I
         )
         conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(t))
-        conn.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (name,))
+        if conn.execute("SELECT to_regclass('cdc.source_state')").fetchone() != (None,):  # made by a source run
+            conn.execute("DELETE FROM cdc.source_state WHERE slot_name = %s", (name,))
     with admin(secure_env, "target") as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(t))
