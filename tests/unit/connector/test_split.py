@@ -119,7 +119,8 @@ def test_metrics_merge_into_what_one_process_would_serve() -> None:
     assert generate_latest(Merged(parent, list)) == generate_latest(parent)
 
 
-def test_the_parent_mirrors_the_child_and_stops_it() -> None:
+def _running_sink_process() -> tuple[SinkProcess, threading.Event, threading.Thread, list[BaseException | None]]:
+    """A `SinkProcess` running on a thread (as the pipeline runs components); `outcome` gets None or its error."""
     sink = SinkProcess(_config(), log_level="WARNING")
     stop = threading.Event()
     outcome: list[BaseException | None] = []
@@ -133,6 +134,11 @@ def test_the_parent_mirrors_the_child_and_stops_it() -> None:
 
     thread = threading.Thread(target=run)
     thread.start()
+    return sink, stop, thread, outcome
+
+
+def test_the_parent_mirrors_the_child_and_stops_it() -> None:
+    sink, stop, thread, outcome = _running_sink_process()
     try:
         # Nothing listens on the sink's addresses: the child retries, and says so.
         wait_for(lambda: sink.problem() is not None, 60, what="the child's problem")
@@ -152,19 +158,7 @@ def test_the_parent_mirrors_the_child_and_stops_it() -> None:
 
 
 def test_a_child_killed_is_a_failed_component_naming_it() -> None:
-    sink = SinkProcess(_config(), log_level="WARNING")
-    stop = threading.Event()
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            sink.run(stop)
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    sink, stop, thread, outcome = _running_sink_process()
     try:
         wait_for(sink.status, 60, what="the child's first report")
         assert sink.pid is not None
