@@ -88,7 +88,11 @@ def start(
     started = start_time_of(proc.pid)
     if started is None:
         code = proc.wait()
-        raise StackError(f"{name} exited at once with code {code}", hint=f"see {log}")
+        lines = tail(output or log, 10)
+        raise StackError(
+            f"{name} exited at once with code {code}",
+            hint=f"last lines of {output or log}: " + (" | ".join(lines) if lines else "(empty)"),
+        )
     return ProcessRecord(name, proc.pid, started, str(log), dict(ports or {}), dict(info or {}))
 
 

@@ -143,7 +143,8 @@ def test_a_foreign_dev_env_with_some_live_services_is_not_overwritten(tmp_path: 
 
 def test_a_service_that_dies_while_starting_is_one_line_with_its_log_tail(tmp_path: Path) -> None:
     log = tmp_path / "kafka.out"
-    script = "for i in $(seq 1 15); do echo line-$i; done; exit 3"
+    # It lives long enough to be recorded as started; one that dies sooner fails in `start` (tested below).
+    script = "sleep 1; for i in $(seq 1 15); do echo line-$i; done; exit 3"
     record = processes.start("kafka", ["sh", "-c", script], log=log, cwd=tmp_path, ports={"kafka": free_ports(1)[0]})
     with pytest.raises(StackError) as caught:
         control._wait_healthy(record, timeout=30)
@@ -152,6 +153,22 @@ def test_a_service_that_dies_while_starting_is_one_line_with_its_log_tail(tmp_pa
     assert message.startswith("Apache Kafka exited with code 3 while starting")
     assert str(log) in message
     assert "line-15" in message and "line-6" in message and "line-5 " not in message + " "
+
+
+def test_a_service_that_dies_before_it_is_recorded_names_its_log_tail(tmp_path: Path) -> None:
+    log = tmp_path / "kafka.out"
+    script = "for i in $(seq 1 15); do echo line-$i; done; exit 3"
+    try:
+        record = processes.start("kafka", ["sh", "-c", script], log=log, cwd=tmp_path)
+    except StackError as exc:  # it died before `start` looked at it
+        message = str(exc)
+        assert message.startswith("kafka exited at once with code 3")
+    else:  # it was recorded while still running; the health wait then reports it
+        with pytest.raises(StackError) as caught:
+            control._wait_healthy(record, timeout=30)
+        message = str(caught.value)
+    assert "\n" not in message
+    assert str(log) in message and "line-15" in message and "line-5 " not in message + " "
 
 
 def test_a_dead_recorded_service_keeps_its_ports_over_the_requested_ones() -> None:
