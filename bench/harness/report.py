@@ -91,6 +91,68 @@ def ratios(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# The project's throughput targets (docs/benchmarks.md); the report says which a run met.
+TARGET_SINK_RATE = 100_000
+TARGET_SINK_VERSUS_TUNED_JDBC = 2.0
+TARGET_SOURCE_RATE = 100_000
+TARGET_E2E_RATE = 50_000
+TARGET_P99_RATE = 10_000
+TARGET_P99_MS = 250
+TARGET_MEMORY_SHARE = 0.25
+
+
+def targets(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, what this run measured, met) for each target whose workload ran; None: not measured."""
+    summary, ratio = report["medians"], report["ratios"]
+    burst_run = summary.get("burst", {})
+    rows: list[tuple[str, str, bool | None]] = []
+
+    def rate_row(target: str, stage: str, bound: float, unit: str) -> None:
+        figure = burst_run.get(stage, {}).get("ours")
+        if figure:
+            rows.append((target, f"{_n(figure['rate'])} {unit}", figure["rate"] >= bound))
+
+    rate_row(f"sink >= {TARGET_SINK_RATE:,} rows/s", "sink", TARGET_SINK_RATE, "rows/s")
+    versus = ratio.get("burst", {}).get("sink", {}).get("jdbc_tuned", {}).get("speed")
+    if versus is not None and not math.isnan(versus):
+        rows.append(
+            (
+                f"sink >= {TARGET_SINK_VERSUS_TUNED_JDBC:.0f}x the tuned JDBC sink",
+                f"{versus:.2f}x",
+                versus >= TARGET_SINK_VERSUS_TUNED_JDBC,
+            )
+        )
+    rate_row(f"source >= {TARGET_SOURCE_RATE:,} events/s", "source", TARGET_SOURCE_RATE, "events/s")
+    rate_row(f"end to end >= {TARGET_E2E_RATE:,} events/s", "e2e", TARGET_E2E_RATE, "events/s")
+    steps = report.get("repeats", [{}])[0].get("steady", {}).get("steps", {}).get("ours")
+    if steps is not None:
+        target = f"end to end p99 <= {TARGET_P99_MS} ms at {TARGET_P99_RATE:,} events/s offered"
+        step = next((s for s in steps if s["offered_rate"] == TARGET_P99_RATE), None)
+        if step is None:
+            reached = max((s["offered_rate"] for s in steps), default=0)
+            rows.append((target, f"not offered (the search stopped at {_n(reached)} rows/s)", None))
+        else:
+            met = step["p99_ms"] <= TARGET_P99_MS and step["held"]
+            rows.append((target, f"p99 {_n(step['p99_ms'])} ms, held: {'yes' if step['held'] else 'no'}", met))
+    memory = [
+        values["memory"]
+        for stages in ratio.values()
+        for sides in stages.values()
+        for values in sides.values()
+        if "memory" in values and not math.isnan(values["memory"])
+    ]
+    if memory:
+        share = max(memory)
+        rows.append(
+            (
+                f"peak RSS <= {TARGET_MEMORY_SHARE:.2f}x Debezium's",
+                f"{share:.2f}x at most",
+                share <= TARGET_MEMORY_SHARE,
+            )
+        )
+    return rows
+
+
 def _n(value: float, digits: int = 0) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:,.{digits}f}"
 
@@ -140,6 +202,13 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
             for side, values in sides.items():
                 against = SIDE_LABELS.get(side, side)
                 lines.append(f"| {workload} | {LABELS[workload][stage_name]} | {against} | {ratio_text(values)} |")
+    goals = targets(report)
+    if goals:
+        lines += ["", "## Targets", "", "| target | this run | met |", "| --- | --- | --- |"]
+        lines += [
+            f"| {target} | {measured} | {'-' if met is None else 'yes' if met else 'no'} |"
+            for target, measured, met in goals
+        ]
     lines += ["", "## Figures", "", "| workload | stage | ours | Debezium |", "| --- | --- | --- | --- |"]
     for workload, stages in summary.items():
         for stage_name, sides in stages.items():
