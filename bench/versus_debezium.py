@@ -3,6 +3,7 @@ transaction.
 
     python bench/versus_debezium.py [--quick] [--only snapshot burst steady bigtx] [--repeat N]
                                     [--publish] [--note TEXT] [--env-file .cdc/dev.env] [sizes...]
+    python bench/versus_debezium.py --render bench/results/versus-debezium-STAMP.json [--publish]
 
 Workloads (docs/benchmarks.md says what each figure means; bench/harness/ holds one module per workload):
 
@@ -116,6 +117,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="also write the report as latest.md (+ plots) here (default bench/reports/, committed)",
     )
     parser.add_argument("--note", default="", help="a line for the report's title (e.g. 'machine loaded')")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="run nothing: write the markdown and plots of an earlier run's JSON again (with --publish: publish it)",
+    )
     args = parser.parse_args(argv)
     args.size = "quick" if args.quick else "default"
     for key, value in SIZES[args.size].items():
@@ -135,6 +142,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
+    if args.render is not None:
+        report = json.loads(args.render.read_text())
+        write(report, args.render.parent, args.render.stem, args.publish)
+        return report
     load_at_start = os.getloadavg()
     env = environment_with(args.env_file if args.env_file.is_file() else None)
     missing = [
@@ -188,23 +199,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"versus-debezium-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(started))}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    pngs = plots.render(repeats[0], args.out, stem)
-    text = markdown(report, [p.name for p in pngs])
-    (args.out / f"{stem}.md").write_text(text)
-    if args.publish is not None:
-        args.publish.mkdir(parents=True, exist_ok=True)
-        published = []
-        for png in pngs:
-            target = args.publish / png.name.replace(stem, "latest")
-            shutil.copyfile(png, target)
-            published.append(target.name)
-        (args.publish / "latest.md").write_text(markdown(report, published))
-        (args.publish / "latest.json").write_text(
-            json.dumps({k: v for k, v in report.items() if k != "repeats"}, indent=2)
-        )
+    text = write(report, args.out, stem, args.publish)
     print(text)
     print(f"JSON: {args.out / (stem + '.json')}")
     return report
+
+
+def write(report: dict[str, Any], out: Path, stem: str, publish: Path | None) -> str:
+    """The run's markdown and plots beside its JSON in `out`, and with `publish` the committed copies too."""
+    pngs = plots.render(report["repeats"][0], out, stem)
+    text = markdown(report, [p.name for p in pngs])
+    (out / f"{stem}.md").write_text(text)
+    if publish is not None:
+        publish.mkdir(parents=True, exist_ok=True)
+        published = []
+        for png in pngs:
+            target = publish / png.name.replace(stem, "latest")
+            shutil.copyfile(png, target)
+            published.append(target.name)
+        (publish / "latest.md").write_text(markdown(report, published))
+        (publish / "latest.json").write_text(json.dumps({k: v for k, v in report.items() if k != "repeats"}, indent=2))
+    return text
 
 
 if __name__ == "__main__":

@@ -64,6 +64,9 @@ def test_bench_runs_every_workload_and_each_side_delivers_every_change(
         ["sink", ">="], ["sink", ">="], ["source", ">="], ["end", "to"], ["end", "to"], ["peak", "RSS"]
     ]  # fmt: skip
     assert "not offered (the search stopped at 400 rows/s) | - |" in targets[4]
+    # The run's JSON alone writes the same report again.
+    _harness().main([f"--render={written}", f"--publish={tmp_path / 'again'}"])
+    assert (tmp_path / "again" / "latest.md").read_text() == published
     (run,) = report["repeats"]
     assert list(run) == ["snapshot", "burst", "steady", "bigtx"]
 
