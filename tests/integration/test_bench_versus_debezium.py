@@ -63,7 +63,7 @@ def test_bench_runs_every_workload_and_each_side_delivers_every_change(
     assert [line.split(" | ")[0].lstrip("| ").split(" ")[0:2] for line in targets] == [
         ["sink", ">="], ["sink", ">="], ["source", ">="], ["end", "to"], ["end", "to"], ["peak", "RSS"]
     ]  # fmt: skip
-    assert "not offered (the search stopped at 400 rows/s) | - |" in targets[4]
+    assert "| not offered (the search stopped at " in targets[4] and targets[4].endswith(" rows/s) | - |")
     # The run's JSON alone writes the same report again.
     _harness().main([f"--render={written}", f"--publish={tmp_path / 'again'}"])
     assert (tmp_path / "again" / "latest.md").read_text() == published
