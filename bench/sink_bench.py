@@ -7,8 +7,10 @@ CDC_SCHEMA_REGISTRY_URL; `.cdc/dev.env` holds them for the local stack).
 
 1. apply: `Applier.apply` on prepared changes (ledger insert + COPY into the stage + merge + offsets, one
    transaction per batch) - the destination side alone; compared with a per-row `executemany` upsert.
-2. --e2e: envelopes produced to Kafka, then a PostgresSink consumes, decodes and applies them; rows/s from the
-   first to the last applied offset (includes Kafka consume and Avro decoding).
+2. --e2e: envelopes produced to Kafka (by a child process), then a PostgresSink consumes, decodes and applies
+   them; rows/s from the first to the last applied offset (includes Kafka consume and Avro decoding), and the
+   peak RSS of the process that ran the sink. `--consumer KEY=VALUE` sets a librdkafka property of the sink's
+   consumer (e.g. `queued.max.messages.kbytes=65536` for librdkafka's own prefetch limit).
 3. decode, decode-wide (only with --only): CPU per message (`time.process_time`, best of --rows/--batch batches) of
    the sink's decoder (messages -> changes) and of the text COPY of their rows, no Kafka, no database. Rows are
    read natively into COPY lines where cdc_accel is built; `--no-lines` keeps them as Python values (the path
@@ -20,18 +22,24 @@ they carry native COPY lines (`lines=` counts them).
 Changes come in transactions of 1,000, 128 bytes of WAL apart, with the source's change ids (`--ids ordered`, the
 default: ascending with the commit LSN) or random UUIDs (`--ids random`, what ids of the earlier layout look like to
 the ledger's index). `--only` picks cases: apply, upsert, wide, wide-upsert, executemany, ledger, e2e, e2e-wide,
-decode, decode-wide.
+decode, decode-wide, phases.
+
+4. phases (only with --only): `Applier.apply` of narrow insert-heavy batches with each statement timed (ledger
+   insert, COPY into the stage, merge, offsets, BEGIN/COMMIT; the rest is Python): where the destination side's
+   time goes, in µs per row and shares.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import statistics
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +239,96 @@ def bench_apply(dsn: str, n: int, batch: int, wide: bool, upsert_heavy: bool) ->
     }
 
 
+class _Phases:
+    """Wall time of `Applier.apply` per statement kind: each statement's round trip (client formatting + server
+    + result) under its label, every other wait on the server (BEGIN, COMMIT) as `begin+commit`, and the rest of
+    the batch's time as `python` (grouping, stage bookkeeping, the transaction's Python frame)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.label: str | None = None
+
+    def add(self, label: str, seconds: float) -> None:
+        self.seconds[label] = self.seconds.get(label, 0.0) + seconds
+
+    @staticmethod
+    def label_of(statement: Any, conn: Any) -> str:
+        text = statement if isinstance(statement, str) else statement.as_string(conn)
+        head = " ".join(text.split())[:60].lower()
+        if "cdc.applied_changes" in head:
+            return "ledger insert"
+        if "cdc.sink_offsets" in head:
+            return "offsets"
+        if head.startswith("truncate") or head.startswith("create temp"):
+            return "stage upkeep"
+        if head.startswith("select") and "pg_" in head:
+            return "catalog"
+        return "merge into table"
+
+
+PHASES = _Phases()
+
+
+class _TimedCursor(psycopg.Cursor[Any]):
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        PHASES.label = _Phases.label_of(query, self.connection)
+        t0 = time.perf_counter()
+        try:
+            return super().execute(query, params, **kwargs)
+        finally:
+            PHASES.add(PHASES.label, time.perf_counter() - t0)
+            PHASES.label = None
+
+    @contextlib.contextmanager
+    def copy(self, statement: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
+        PHASES.label = "copy into stage"
+        t0 = time.perf_counter()
+        try:
+            with super().copy(statement, params, **kwargs) as copy:
+                yield copy
+        finally:
+            PHASES.add("copy into stage", time.perf_counter() - t0)
+            PHASES.label = None
+
+
+class _TimedConnection(psycopg.Connection[Any]):
+    def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+        if PHASES.label is not None:
+            return super().wait(gen, *args, **kwargs)
+        t0 = time.perf_counter()
+        try:
+            return super().wait(gen, *args, **kwargs)
+        finally:
+            PHASES.add("begin+commit", time.perf_counter() - t0)
+
+
+def bench_phases(dsn: str, n: int, batch: int) -> dict[str, Any]:
+    """Where `Applier.apply`'s time goes, narrow insert-heavy batches: the share of each statement kind."""
+    table = f"bench_{uuid.uuid4().hex[:8]}"
+    config = PostgresSinkConfig.model_validate({"dsn": dsn, "topics": ["x"]})
+    applier = Applier(config, "bench", TableManager(config))
+    messages, decoder = make_messages(table, n, False, False, int(time.time()) << 24)
+    changes = decoder.decode_batch(messages).changes
+    conn = _TimedConnection.connect(dsn, autocommit=True, cursor_factory=_TimedCursor)
+    with conn:
+        ensure_state(conn)
+        applier.apply(conn, changes[:1], {})  # create the table outside the measurement
+        PHASES.seconds.clear()
+        started = time.perf_counter()
+        for start in range(1, n, batch):
+            chunk = changes[start : start + batch]
+            applier.apply(conn, chunk, {(f"bench.public.{table}", 0): start + len(chunk)})
+        elapsed = time.perf_counter() - started
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+    phases = dict(PHASES.seconds)
+    phases["python"] = elapsed - sum(phases.values())
+    per_row = {k: v / (n - 1) * 1e6 for k, v in phases.items()}
+    shares = "  ".join(f"{k}={v:.1f}us({phases[k] / elapsed:.0%})" for k, v in
+                       sorted(per_row.items(), key=lambda kv: -kv[1]))
+    return {"case": "phases of apply, narrow(5) insert-heavy", "rows_per_s": round((n - 1) / elapsed),
+            "us_per_row": round(elapsed / (n - 1) * 1e6, 1), "split": shares}
+
+
 def bench_decode(n: int, batch: int, wide: bool) -> dict[str, Any]:
     """CPU per message of the sink's Python work that scales with rows, no Kafka and no database: decoding messages
     into changes (`ChangeDecoder.decode_batch`) and the text COPY of their rows (as `Applier._copy` sends it)."""
@@ -336,23 +434,17 @@ def bench_ledger(dsn: str, n: int, batch: int) -> dict[str, Any]:
     }
 
 
-def bench_e2e(n: int, batch: int, wide: bool) -> dict[str, Any]:
+def produce_envelopes(topic: str, table: str, n: int, wide: bool) -> None:
+    """The e2e cases' backlog: `n` envelopes of `table` in `topic`, schemas registered. Runs in a child process,
+    so that the producer's buffers never count in the measuring process's peak RSS (the sink's)."""
     from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    from connector.config import ConnectorConfig, SchemaRegistryConfig
-    from connector.pipeline import build_sink
+    from connector.config import SchemaRegistryConfig
     from schemas.registry import SchemaRegistry
     from schemas.serde import Encoder
 
     bootstrap, registry_url = os.environ["CDC_KAFKA_BOOTSTRAP"], os.environ["CDC_SCHEMA_REGISTRY_URL"]
-    dsn = os.environ["CDC_TARGET_DSN"]
-    table = f"bench_{uuid.uuid4().hex[:8]}"
-    topic = f"bench.public.{table}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
-        future.result(30)
     value_schema, key_schema = schemas(table, wide)
     client = SchemaRegistryClient({"url": registry_url})
     registry = SchemaRegistry(SchemaRegistryConfig(url=registry_url), client=client)
@@ -367,8 +459,31 @@ def bench_e2e(n: int, batch: int, wide: bool) -> dict[str, Any]:
                          value=encoder.encode(value_id, value_schema, value))
         if j % 10000 == 0:
             producer.poll(0)
-    producer.flush(60)
+    if producer.flush(60):
+        raise SystemExit("the backlog was not acknowledged within 60 s")
     client.close()
+
+
+def bench_e2e(n: int, batch: int, wide: bool, consumer: dict[str, str]) -> dict[str, Any]:
+    import multiprocessing
+
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from connector.config import ConnectorConfig
+    from connector.pipeline import build_sink
+
+    bootstrap, registry_url = os.environ["CDC_KAFKA_BOOTSTRAP"], os.environ["CDC_SCHEMA_REGISTRY_URL"]
+    dsn = os.environ["CDC_TARGET_DSN"]
+    table = f"bench_{uuid.uuid4().hex[:8]}"
+    topic = f"bench.public.{table}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        future.result(30)
+    producing = multiprocessing.get_context("spawn").Process(target=produce_envelopes, args=(topic, table, n, wide))
+    producing.start()
+    producing.join()
+    if producing.exitcode != 0:
+        raise SystemExit(f"producing the backlog failed (exit {producing.exitcode})")
     config = ConnectorConfig.model_validate({
         "name": f"bench-{table}", "kafka": {"bootstrap_servers": bootstrap},
         "schema_registry": {"url": registry_url},
@@ -402,7 +517,8 @@ def bench_e2e(n: int, batch: int, wide: bool) -> dict[str, Any]:
     rate = (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
     return {"case": f"e2e kafka->pg {'wide(31)' if wide else 'narrow(5)'} insert-heavy",
             "reader": "compiled" if ACCELERATED else "pure",  # CDC_ACCEL=0: the pure-Python Avro reader
-            "rows_per_s": round(rate), "rss_mib": round(rss_mib())}
+            "rows_per_s": round(rate), "rss_mib": round(rss_mib()),
+            **({"consumer": consumer} if consumer else {})}
 
 
 def main() -> None:
@@ -412,6 +528,8 @@ def main() -> None:
     parser.add_argument("--e2e", action="store_true", help="also measure Kafka -> sink -> PostgreSQL")
     parser.add_argument("--ids", choices=("ordered", "random"), default="ordered")
     parser.add_argument("--only", nargs="*", help="cases to run, in this order (repeats allowed)")
+    parser.add_argument("--consumer", action="append", default=[], metavar="KEY=VALUE",
+                        help="e2e: a librdkafka consumer property of the sink (repeatable)")
     parser.add_argument("--no-lines", action="store_true", help="decode: rows as Python values (the pure glue)")
     args = parser.parse_args()
     global RANDOM_IDS, NO_LINES
@@ -419,19 +537,22 @@ def main() -> None:
     NO_LINES = args.no_lines
     load_env()
     dsn = os.environ["CDC_TARGET_DSN"]
+    consumer = dict(item.split("=", 1) for item in args.consumer)
     cases = {
         "apply": lambda: bench_apply(dsn, args.rows, args.batch, wide=False, upsert_heavy=False),
         "upsert": lambda: bench_apply(dsn, args.rows, args.batch, wide=False, upsert_heavy=True),
         "wide": lambda: bench_apply(dsn, args.rows // 4, args.batch, wide=True, upsert_heavy=False),
         "wide-upsert": lambda: bench_apply(dsn, args.rows // 4, args.batch, wide=True, upsert_heavy=True),
+        "phases": lambda: bench_phases(dsn, args.rows, args.batch),
         "executemany": lambda: bench_executemany(dsn, min(args.rows, 50_000), args.batch),
         "ledger": lambda: bench_ledger(dsn, args.rows, args.batch),
         "decode": lambda: bench_decode(args.rows, args.batch, wide=False),
         "decode-wide": lambda: bench_decode(args.rows, args.batch, wide=True),
-        "e2e": lambda: bench_e2e(args.rows, args.batch, wide=False),
-        "e2e-wide": lambda: bench_e2e(args.rows // 4, args.batch, wide=True),
+        "e2e": lambda: bench_e2e(args.rows, args.batch, wide=False, consumer=consumer),
+        "e2e-wide": lambda: bench_e2e(args.rows // 4, args.batch, wide=True, consumer=consumer),
     }
-    chosen = args.only or [c for c in cases if (args.e2e or not c.startswith("e2e")) and not c.startswith("decode")]
+    only_named = ("decode", "phases")
+    chosen = args.only or [c for c in cases if (args.e2e or not c.startswith("e2e")) and not c.startswith(only_named)]
     for name in chosen:
         print(f"ids={args.ids}  " + "  ".join(f"{k}={v}" for k, v in cases[name]().items()), flush=True)
 

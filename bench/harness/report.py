@@ -209,6 +209,12 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
             f"| {target} | {measured} | {'-' if met is None else 'yes' if met else 'no'} |"
             for target, measured, met in goals
         ]
+        if any(met is False for _, _, met in goals):
+            lines += [
+                "",
+                "Where the time goes in each stage that misses its target, and the next lever: "
+                "[docs/benchmarks.md](../../docs/benchmarks.md#where-the-time-goes).",
+            ]
     lines += ["", "## Figures", "", "| workload | stage | ours | Debezium |", "| --- | --- | --- | --- |"]
     for workload, stages in summary.items():
         for stage_name, sides in stages.items():

@@ -28,12 +28,29 @@ log = logging.getLogger(__name__)
 _HELD_REMEMBERED = 10_000
 
 
+# librdkafka prefetches up to 100,000 messages per partition and 64 MiB of payload (plus its per-message
+# overhead, several hundred bytes each), and a fetch response may be 50 MB: tens of MiB of resident memory on a
+# backlog, for nothing, since one batch (`batch.max_records`) is all the applier takes at a time. These limits
+# keep a few batches queued, so the fetcher stays ahead of the applier; `kafka.properties` and
+# `sink.consumer_properties` override them.
+PREFETCH_BATCHES = 4
+PREFETCH_LIMITS: dict[str, int] = {
+    "queued.max.messages.kbytes": 16_384,
+    "fetch.max.bytes": 16_777_216,
+}
+
+
+def prefetch_limits(config: PostgresSinkConfig) -> dict[str, int]:
+    return {**PREFETCH_LIMITS, "queued.min.messages": max(PREFETCH_BATCHES * config.batch.max_records, 10_000)}
+
+
 def consumer_settings(config: PostgresSinkConfig, kafka: KafkaConfig, group_id: str) -> dict[str, Any]:
     """librdkafka settings of the sink's consumer: auto commit and offset store stay off whatever is configured."""
     settings: dict[str, Any] = {
         # New topics matching a regex subscription are found on metadata refresh; librdkafka's default is 5 min.
         "topic.metadata.refresh.interval.ms": 10_000,
         "max.poll.interval.ms": 600_000,
+        **prefetch_limits(config),
     }
     settings.update(kafka_settings(kafka))
     settings.update(config.consumer_properties)
