@@ -47,10 +47,11 @@ typecheck: venv
 	$(BIN)/mypy
 
 # The whole suite with the compiled reader (required where cargo exists), then the decoding paths again in
-# pure mode: the sink's unit tests and the schema tests with `CDC_ACCEL=0`.
+# pure mode with `CDC_ACCEL=0`: the sink's and the schemas' unit tests, and the sink's fault tests (kill -9,
+# two groups, rebalance, replay past a pruned ledger, connection loss), so every guarantee holds in both modes.
 pytest: venv helm
 	CDC_ACCEL_REQUIRED=$(if $(CARGO),1,0) $(BIN)/pytest
-	CDC_ACCEL=0 $(BIN)/pytest -q tests/unit/schemas tests/unit/sinks
+	CDC_ACCEL=0 $(BIN)/pytest -q tests/unit/schemas tests/unit/sinks tests/integration/sinks/test_sink_faults.py
 
 # helm, built once from its Go module into a cache directory (minutes the first time; tests/deploy renders
 # the chart with it). HELM=/path/to/helm uses an installed one instead.
