@@ -204,6 +204,35 @@ def make_messages(
     return messages, decoder
 
 
+def backends_cpu_s(conn: psycopg.Connection[Any]) -> float:
+    """CPU seconds (user + system) so far of the destination database's other client backends (/proc)."""
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND backend_type = 'client backend'"
+    ).fetchall()
+    ticks = 0
+    for (pid,) in rows:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def threads_cpu_s() -> dict[str, float]:
+    """CPU seconds so far of this process's threads (/proc/self/task), by the Python thread's name, librdkafka's
+    threads (named `rdk:*` by librdkafka) together, and the rest (`other`)."""
+    names = {t.native_id: t.name.rstrip("_0123456789") for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            comm, fields = (task / "stat").read_text().split(" (", 1)[1].rsplit(")", 1)
+            tid = int(task.name)
+            label = names.get(tid) or ("librdkafka" if comm.startswith("rdk:") else "other")
+            values = fields.split()
+            out[label] = out.get(label, 0.0) + (int(values[11]) + int(values[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -495,6 +524,8 @@ def bench_e2e(n: int, batch: int, wide: bool, consumer: dict[str, str]) -> dict[
     with psycopg.connect(dsn, autocommit=True) as conn:
         thread.start()
         first = last = None
+        cpu_first = cpu_last = (0.0, 0.0)
+        threads_first = threads_last = {}
         while True:
             exists = conn.execute("SELECT to_regclass('cdc.sink_offsets') IS NOT NULL").fetchone()
             found = None
@@ -503,9 +534,11 @@ def bench_e2e(n: int, batch: int, wide: bool, consumer: dict[str, str]) -> dict[
                                      (config.group_id, topic)).fetchone()
             now = time.perf_counter()
             if found and first is None:
-                first = (now, found[0])
+                first, cpu_first = (now, found[0]), (time.process_time(), backends_cpu_s(conn))
+                threads_first = threads_cpu_s()
             if found and found[0] >= n:
-                last = (now, found[0])
+                last, cpu_last = (now, found[0]), (time.process_time(), backends_cpu_s(conn))
+                threads_last = threads_cpu_s()
                 break
             if not thread.is_alive():
                 raise SystemExit("sink stopped")
@@ -514,10 +547,18 @@ def bench_e2e(n: int, batch: int, wide: bool, consumer: dict[str, str]) -> dict[
         thread.join(60)
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
     assert first is not None and last is not None
-    rate = (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
+    applied = max(last[1] - first[1], 1)
+    rate = applied / max(last[0] - first[0], 1e-9)
     return {"case": f"e2e kafka->pg {'wide(31)' if wide else 'narrow(5)'} insert-heavy",
             "reader": "compiled" if ACCELERATED else "pure",  # CDC_ACCEL=0: the pure-Python Avro reader
             "rows_per_s": round(rate), "rss_mib": round(rss_mib()),
+            # CPU per applied row over the same span: this process (the sink's threads; the bench's polling is
+            # negligible) and the destination's backends (the sink's connections).
+            "cpu_us_per_row_sink": round((cpu_last[0] - cpu_first[0]) / applied * 1e6, 1),
+            "cpu_us_per_row_postgres": round((cpu_last[1] - cpu_first[1]) / applied * 1e6, 1),
+            "cpu_us_per_row_by_thread": {
+                k: round((v - threads_first.get(k, 0.0)) / applied * 1e6, 1) for k, v in threads_last.items()
+            },
             **({"consumer": consumer} if consumer else {})}
 
 
