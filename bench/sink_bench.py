@@ -36,6 +36,7 @@ import contextlib
 import os
 import resource
 import statistics
+import sys
 import threading
 import time
 import uuid
@@ -46,14 +47,19 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from core.records import AvroSchema
-from schemas.accel import ENABLED as ACCELERATED
-from sinks.postgres.apply import Applier
-from sinks.postgres.changes import Change
-from sinks.postgres.config import PostgresSinkConfig
-from sinks.postgres.state import ensure_state
-from sinks.postgres.tables import TableManager
-from sources.postgres.change_id import ChangeIds, namespace_for
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.harness.procs import CLOCK_TICKS, cpu_seconds  # noqa: E402
+from connector.config_loader import read_env_file  # noqa: E402
+from core.records import AvroSchema  # noqa: E402
+from schemas.accel import ENABLED as ACCELERATED  # noqa: E402
+from sinks.postgres.apply import Applier  # noqa: E402
+from sinks.postgres.changes import Change  # noqa: E402
+from sinks.postgres.config import PostgresSinkConfig  # noqa: E402
+from sinks.postgres.state import ensure_state  # noqa: E402
+from sinks.postgres.tables import TableManager  # noqa: E402
+from sources.postgres.change_id import ChangeIds, namespace_for  # noqa: E402
 
 IDS = ChangeIds(namespace_for("bench", "bench"))
 RANDOM_IDS = False
@@ -70,12 +76,10 @@ def position(lsn0: int, j: int) -> tuple[int, int, str]:
 
 
 def load_env() -> None:
-    path = Path(__file__).resolve().parents[1] / ".cdc" / "dev.env"
+    path = ROOT / ".cdc" / "dev.env"
     if path.exists():
-        for line in path.read_text().splitlines():
-            if "=" in line and not line.startswith("#"):
-                key, _, value = line.partition("=")
-                os.environ.setdefault(key.strip(), value.strip())
+        for key, value in read_env_file(path).items():
+            os.environ.setdefault(key, value)
 
 
 def schemas(table: str, wide: bool) -> tuple[AvroSchema, AvroSchema]:
@@ -204,33 +208,24 @@ def make_messages(
     return messages, decoder
 
 
-def backends_cpu_s(conn: psycopg.Connection[Any]) -> float:
-    """CPU seconds (user + system) so far of the destination database's other client backends (/proc)."""
-    rows = conn.execute(
+def cpu_sample(conn: psycopg.Connection[Any]) -> dict[str, float]:
+    """CPU seconds so far: of this process (`sink`), of the destination database's other client backends
+    (`postgres`, the sink's connections), and of this process's threads by the Python thread's name, librdkafka's
+    threads (named `rdk:*`) together as `librdkafka`, the rest as `other` (`thread:<name>`)."""
+    pids = conn.execute(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         " AND backend_type = 'client backend'"
     ).fetchall()
-    ticks = 0
-    for (pid,) in rows:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def threads_cpu_s() -> dict[str, float]:
-    """CPU seconds so far of this process's threads (/proc/self/task), by the Python thread's name, librdkafka's
-    threads (named `rdk:*` by librdkafka) together, and the rest (`other`)."""
+    sample = {"sink": time.process_time(), "postgres": sum(cpu_seconds(pid) for (pid,) in pids)}
     names = {t.native_id: t.name.rstrip("_0123456789") for t in threading.enumerate()}
-    out: dict[str, float] = {}
     for task in Path("/proc/self/task").iterdir():
         with contextlib.suppress(OSError):
             comm, fields = (task / "stat").read_text().split(" (", 1)[1].rsplit(")", 1)
-            tid = int(task.name)
-            label = names.get(tid) or ("librdkafka" if comm.startswith("rdk:") else "other")
-            values = fields.split()
-            out[label] = out.get(label, 0.0) + (int(values[11]) + int(values[12])) / os.sysconf("SC_CLK_TCK")
-    return out
+            label = names.get(int(task.name)) or ("librdkafka" if comm.startswith("rdk:") else "other")
+            values = fields.split()  # a task's own utime and stime (the c* fields are the process's)
+            key = f"thread:{label}"
+            sample[key] = sample.get(key, 0.0) + (int(values[11]) + int(values[12])) / CLOCK_TICKS
+    return sample
 
 
 def rss_mib() -> float:
@@ -524,8 +519,8 @@ def bench_e2e(n: int, batch: int, wide: bool, consumer: dict[str, str]) -> dict[
     with psycopg.connect(dsn, autocommit=True) as conn:
         thread.start()
         first = last = None
-        cpu_first = cpu_last = (0.0, 0.0)
-        threads_first = threads_last = {}
+        cpu_first: dict[str, float] = {}
+        cpu_last: dict[str, float] = {}
         while True:
             exists = conn.execute("SELECT to_regclass('cdc.sink_offsets') IS NOT NULL").fetchone()
             found = None
@@ -534,11 +529,9 @@ def bench_e2e(n: int, batch: int, wide: bool, consumer: dict[str, str]) -> dict[
                                      (config.group_id, topic)).fetchone()
             now = time.perf_counter()
             if found and first is None:
-                first, cpu_first = (now, found[0]), (time.process_time(), backends_cpu_s(conn))
-                threads_first = threads_cpu_s()
+                first, cpu_first = (now, found[0]), cpu_sample(conn)
             if found and found[0] >= n:
-                last, cpu_last = (now, found[0]), (time.process_time(), backends_cpu_s(conn))
-                threads_last = threads_cpu_s()
+                last, cpu_last = (now, found[0]), cpu_sample(conn)
                 break
             if not thread.is_alive():
                 raise SystemExit("sink stopped")
@@ -549,16 +542,14 @@ def bench_e2e(n: int, batch: int, wide: bool, consumer: dict[str, str]) -> dict[
     assert first is not None and last is not None
     applied = max(last[1] - first[1], 1)
     rate = applied / max(last[0] - first[0], 1e-9)
+    per_row = {k: round((v - cpu_first.get(k, 0.0)) / applied * 1e6, 1) for k, v in cpu_last.items()}
     return {"case": f"e2e kafka->pg {'wide(31)' if wide else 'narrow(5)'} insert-heavy",
             "reader": "compiled" if ACCELERATED else "pure",  # CDC_ACCEL=0: the pure-Python Avro reader
             "rows_per_s": round(rate), "rss_mib": round(rss_mib()),
             # CPU per applied row over the same span: this process (the sink's threads; the bench's polling is
             # negligible) and the destination's backends (the sink's connections).
-            "cpu_us_per_row_sink": round((cpu_last[0] - cpu_first[0]) / applied * 1e6, 1),
-            "cpu_us_per_row_postgres": round((cpu_last[1] - cpu_first[1]) / applied * 1e6, 1),
-            "cpu_us_per_row_by_thread": {
-                k: round((v - threads_first.get(k, 0.0)) / applied * 1e6, 1) for k, v in threads_last.items()
-            },
+            **{f"cpu_us_per_row_{k}": per_row[k] for k in ("sink", "postgres")},
+            "cpu_us_per_row_by_thread": {k[7:]: v for k, v in per_row.items() if k.startswith("thread:")},
             **({"consumer": consumer} if consumer else {})}
 
 
